@@ -1,0 +1,136 @@
+"""Waveform in, waveform out: STFT -> U-Net complex mask -> iSTFT, offline or as a stream of sample chunks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from stmc.stft import STFT, StreamingAnalysis, StreamingSynthesis
+from stmc.streaming import streaming
+from stmc.unet import UNet
+
+CHECKPOINT_KEY = "stmc"
+
+
+def to_channels(spec: torch.Tensor) -> torch.Tensor:
+    """Complex ``[B, F, T]`` -> real/imag channels ``[B, 2, F, T]``."""
+    return torch.stack([spec.real, spec.imag], 1)
+
+
+def apply_mask(mask: torch.Tensor, spec: torch.Tensor) -> torch.Tensor:
+    """Complex product of a ``[B, 2, F, T]`` mask and a complex ``[B, F, T]`` spectrum."""
+    return torch.complex(mask[:, 0], mask[:, 1]) * spec
+
+
+def check_waveform(x: torch.Tensor, dtype: torch.dtype) -> None:
+    """Raise ``ValueError`` unless ``x`` is a ``[batch, samples]`` waveform of ``dtype``."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 2:
+        shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"expected a waveform [batch, samples] at 16 kHz, got {shape}")
+    if x.dtype != dtype:
+        raise ValueError(f"expected a {dtype} waveform [batch, samples], got {x.dtype}")
+
+
+class Enhancer(nn.Module):
+    """A U-Net as a speech enhancer at 16 kHz (n_fft 1024, hop 256)."""
+
+    def __init__(self, model: UNet, stft: STFT | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.stft = stft if stft is not None else STFT()
+        if self.stft.n_freq != model.n_freq:
+            raise ValueError(f"model has {model.n_freq} bins, the STFT gives {self.stft.n_freq}")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.layers[0].conv.weight.dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, N]`` noisy waveform -> ``[B, N]`` enhanced waveform."""
+        check_waveform(x, self.dtype)
+        spec = self.stft.stft(x)
+        mask = self.model(to_channels(spec))
+        return self.stft.istft(apply_mask(mask, spec), x.shape[-1])
+
+    def stream(self, method: str = "stmc") -> EnhancerStream:
+        """A stream over audio chunks of any length whose output equals :meth:`forward`."""
+        return EnhancerStream(self, method)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, map_location: str = "cpu") -> Enhancer:
+        """Load a checkpoint written by ``train.py`` (no pickled code runs: ``weights_only=True``)."""
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"checkpoint {path} does not exist")
+        try:
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as err:  # torch raises several types for corrupt or unsafe files
+            raise ValueError(f"cannot read checkpoint {path}: {err}") from err
+        meta = ckpt.get(CHECKPOINT_KEY) if isinstance(ckpt, dict) else None
+        if not isinstance(meta, dict) or "model_config" not in meta:
+            raise ValueError(f"{path} is not an STMC checkpoint (no '{CHECKPOINT_KEY}' entry)")
+        model = UNet(**meta["model_config"])
+        prefix = "model."
+        state = {
+            key[len(prefix) :]: value
+            for key, value in ckpt.get("state_dict", {}).items()
+            if key.startswith(prefix)
+        }
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as err:
+            raise ValueError(
+                f"{path}: weights do not match the architecture {meta['model_config']}: {err}"
+            ) from err
+        return cls(model.eval())
+
+
+class EnhancerStream:
+    """Chunks of samples in, enhanced samples out; ``flush()`` returns the rest, up to the input length."""
+
+    def __init__(self, enhancer: Enhancer, method: str = "stmc") -> None:
+        self.enhancer = enhancer
+        self.frames = streaming(enhancer.model, method)
+        self.reset()
+
+    @property
+    def latency_samples(self) -> int:
+        """Algorithmic latency: the window plus the look-ahead frames times the hop."""
+        stft = self.enhancer.stft
+        return stft.n_fft + self.frames.delay * stft.hop
+
+    def reset(self) -> None:
+        """Start a new stream (zero state, weights re-read)."""
+        self.frames.reset()
+        self.analysis = StreamingAnalysis(self.enhancer.stft)
+        self.synthesis = StreamingSynthesis(self.enhancer.stft)
+        self.pending: torch.Tensor | None = None  # spectrum frames waiting for their mask
+        self.flushed = False
+
+    def _masked(self, spec: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        pending = spec if self.pending is None else torch.cat([self.pending, spec], -1)
+        ready = mask.shape[-1]
+        self.pending = pending[..., ready:]
+        return apply_mask(mask, pending[..., :ready])
+
+    @torch.inference_mode()
+    def __call__(self, chunk: torch.Tensor) -> torch.Tensor:
+        if self.flushed:
+            raise RuntimeError("this stream was flushed; call reset() before streaming again")
+        check_waveform(chunk, self.enhancer.dtype)
+        spec = self.analysis(chunk)
+        return self.synthesis(self._masked(spec, self.frames(to_channels(spec))))
+
+    @torch.inference_mode()
+    def flush(self) -> torch.Tensor:
+        """The remaining samples: zero padding and look-ahead run out exactly as offline."""
+        if self.flushed:
+            raise RuntimeError("this stream was flushed already; call reset() before streaming again")
+        self.flushed = True
+        if self.analysis.buffer is None:
+            return torch.zeros(0, 0, dtype=self.enhancer.dtype)
+        spec = self.analysis.flush()
+        mask = torch.cat([self.frames(to_channels(spec)), self.frames.flush()], -1)
+        return self.synthesis.finish(self._masked(spec, mask), self.analysis.samples)

@@ -1,0 +1,115 @@
+"""The temporal layer: the one place that defines a layer's time context ``(past, future)``.
+
+Every layer is *valid* in time: given ``past + T + future`` input frames it returns ``T`` output frames, output
+frame ``τ`` depending on input frames ``τ - past .. τ + future``. Padding, state and delays are the business of
+the engine that runs the layer (offline, STMC, INC, window), never of the layer itself.
+
+In frequency an encoder layer is a strided convolution and a decoder layer a transposed one (stride 2). In
+time a decoder layer is a plain convolution (tSTMC): the time taps are stacked into channels and the transposed
+convolution sees a time kernel of 1, so no anti-causal extra frames exist and no multiply is wasted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+FREQ_KERNEL = 5
+FREQ_STRIDE = 2
+
+
+def stack_time_taps(x: torch.Tensor, taps: int) -> torch.Tensor:
+    """``[B, C, F, T]`` -> ``[B, taps*C, F, T - taps + 1]``; channel ``k*C + c`` holds frame ``τ + k`` of ``c``."""
+    batch, channels, freq, _ = x.shape
+    windows = x.unfold(-1, taps, 1)  # [B, C, F, T', taps]
+    return windows.permute(0, 4, 1, 2, 3).reshape(batch, taps * channels, freq, -1)
+
+
+class TemporalLayer(nn.Module):
+    """Conv (encoder) or tSTMC transposed conv (decoder), then BatchNorm and PReLU unless ``final``.
+
+    BatchNorm is frame-local at inference (a per-channel affine map), so it never mixes time frames and can be
+    folded into the convolution (:meth:`frozen`).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        past: int,
+        future: int,
+        transposed: bool,
+        final: bool = False,
+    ) -> None:
+        super().__init__()
+        if past < 0 or future < 0:
+            raise ValueError(f"time context must be non-negative, got past={past}, future={future}")
+        self.past, self.future, self.transposed = past, future, transposed
+        self.in_channels, self.out_channels = in_channels, out_channels
+        pad = FREQ_KERNEL // 2
+        if transposed:
+            self.conv: nn.Module = nn.ConvTranspose2d(
+                self.taps * in_channels, out_channels, (FREQ_KERNEL, 1), (FREQ_STRIDE, 1), (pad, 0)
+            )
+        else:
+            self.conv = nn.Conv2d(
+                in_channels, out_channels, (FREQ_KERNEL, self.taps), (FREQ_STRIDE, 1), (pad, 0)
+            )
+        self.norm = None if final else nn.BatchNorm2d(out_channels)
+        self.act = None if final else nn.PReLU(out_channels)
+
+    @property
+    def taps(self) -> int:
+        """Time kernel size: ``past + 1 + future`` frames."""
+        return self.past + 1 + self.future
+
+    def time_conv(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """The layer's convolution with the given weights, valid in time."""
+        pad = FREQ_KERNEL // 2
+        if self.transposed:
+            return F.conv_transpose2d(stack_time_taps(x, self.taps), weight, bias, (FREQ_STRIDE, 1), (pad, 0))
+        return F.conv2d(x, weight, bias, (FREQ_STRIDE, 1), (pad, 0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.time_conv(x, self.conv.weight, self.conv.bias)
+        if self.norm is not None:
+            y = self.act(self.norm(y))
+        return y
+
+    @torch.no_grad()
+    def frozen(self) -> FrozenLayer:
+        """Inference form with BatchNorm (running statistics) folded into the convolution's weights."""
+        weight, bias = self.conv.weight.detach(), self.conv.bias.detach()
+        prelu = None
+        if self.norm is not None:
+            scale = self.norm.weight / torch.sqrt(self.norm.running_var + self.norm.eps)
+            shift = self.norm.bias - self.norm.running_mean * scale
+            shape = [1, -1, 1, 1] if self.transposed else [-1, 1, 1, 1]
+            weight, bias = weight * scale.reshape(shape), bias * scale + shift
+            prelu = self.act.weight.detach().clone()
+        return FrozenLayer(self, weight.contiguous(), bias.contiguous(), prelu)
+
+
+@dataclass(frozen=True)
+class FrozenLayer:
+    """A :class:`TemporalLayer` at inference: folded weights, same time context, no autograd."""
+
+    layer: TemporalLayer
+    weight: torch.Tensor
+    bias: torch.Tensor
+    prelu: torch.Tensor | None
+
+    @property
+    def past(self) -> int:
+        return self.layer.past
+
+    @property
+    def future(self) -> int:
+        return self.layer.future
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.layer.time_conv(x, self.weight, self.bias)
+        return y if self.prelu is None else F.prelu(y, self.prelu)

@@ -1,0 +1,178 @@
+"""The depth-7 U-Net of the paper on STFT real/imag channels, producing a bounded complex mask.
+
+Our choices where the paper is silent (documented in the README):
+- channels ``DEFAULT_CHANNELS`` per encoder level (x ``width``); the causal model has ~1.1 M parameters;
+- input compression: the spectrum enters as ``X * |X|^(compress - 1)`` (frame-local, keeps the phase);
+- mask bound: ``M = z * tanh(|z|) / |z|``, so ``|M| < 1`` and the phase is free;
+- look-ahead placement: ``lookahead_layers`` picks which temporal layers see one future frame.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stmc.layers import FREQ_STRIDE, FrozenLayer, TemporalLayer
+
+DEFAULT_CHANNELS = (16, 32, 48, 64, 96, 128, 160)
+PLACEMENTS = ("first", "last", "spread")
+
+Apply = Callable[[int, torch.Tensor], torch.Tensor]
+Join = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def lookahead_placement(n_layers: int, lookahead: int, how: str | Sequence[int]) -> list[int]:
+    """Indices (along the layer chain) of the layers that get one future frame."""
+    if not isinstance(how, str):
+        chosen = sorted({int(i) for i in how})
+        if len(chosen) != lookahead or any(not 0 <= i < n_layers for i in chosen):
+            raise ValueError(
+                f"lookahead_layers={list(how)} must name {lookahead} distinct layers in 0..{n_layers - 1}"
+            )
+        return chosen
+    if how == "first":
+        return list(range(lookahead))
+    if how == "last":
+        return list(range(n_layers - lookahead, n_layers))
+    if how == "spread":
+        return sorted({(2 * i + 1) * n_layers // (2 * lookahead) for i in range(lookahead)})
+    raise ValueError(f"lookahead_layers={how!r}: choose one of {PLACEMENTS} or a list of layer indices")
+
+
+class UNet(nn.Module):
+    """Encoder of strided convolutions, decoder of tSTMC layers, skip connections at every level.
+
+    ``spec [B, 2, F, T]`` (real, imag) -> complex mask ``[B, 2, F, T]``. Layer ``k`` of the chain (encoder
+    ``0..depth-1``, then decoder from deep to shallow) has time context ``(1, 1)`` if it is a look-ahead layer
+    and ``(1, 0)`` otherwise, so ``lookahead=0`` is causal and ``lookahead=2*depth`` the paper's non-causal model.
+    """
+
+    def __init__(
+        self,
+        depth: int = 7,
+        lookahead: int = 0,
+        width: float = 1.0,
+        channels: Sequence[int] | None = None,
+        lookahead_layers: str | Sequence[int] = "first",
+        n_freq: int = 513,
+        compress: float = 0.3,
+    ) -> None:
+        super().__init__()
+        if not isinstance(depth, int) or depth < 1:
+            raise ValueError(f"depth must be a positive integer, got {depth!r}")
+        if not isinstance(lookahead, int) or not 0 <= lookahead <= 2 * depth:
+            raise ValueError(f"lookahead must be an integer in 0..{2 * depth} (2*depth), got {lookahead!r}")
+        if (n_freq - 1) % FREQ_STRIDE**depth:
+            raise ValueError(f"n_freq - 1 must be divisible by 2**depth={2**depth}, got n_freq={n_freq}")
+        if not 0 < compress <= 1:
+            raise ValueError(f"compress must be in (0, 1], got {compress}")
+        base = tuple(channels) if channels is not None else DEFAULT_CHANNELS[:depth]
+        if len(base) != depth:
+            raise ValueError(f"channels needs {depth} entries (one per level), got {len(base)}")
+        widths = [max(1, round(c * width)) for c in base]
+        self.config = {
+            "depth": depth,
+            "lookahead": lookahead,
+            "width": width,
+            "channels": list(base),
+            "lookahead_layers": lookahead_layers
+            if isinstance(lookahead_layers, str)
+            else list(lookahead_layers),
+            "n_freq": n_freq,
+            "compress": compress,
+        }
+        self.depth, self.n_freq, self.compress = depth, n_freq, compress
+        ahead = set(lookahead_placement(2 * depth, lookahead, lookahead_layers))
+        layers = []
+        for level in range(depth):
+            cin = 2 if level == 0 else widths[level - 1]
+            layers.append(TemporalLayer(cin, widths[level], 1, int(level in ahead), False))
+        for j in range(depth):
+            level = depth - 1 - j
+            cin = widths[level] * (1 if j == 0 else 2)
+            final = level == 0
+            cout = 2 if final else widths[level - 1]
+            layers.append(TemporalLayer(cin, cout, 1, int(depth + j in ahead), True, final))
+        self.layers = nn.ModuleList(layers)
+        # decoder layer index -> encoder layer whose output is concatenated to its input
+        self.joins = {depth + j: depth - 1 - j for j in range(1, depth)}
+        self.lags = torch.tensor([m.past for m in layers]).cumsum(0).tolist()
+        self.delays = torch.tensor([m.future for m in layers]).cumsum(0).tolist()
+
+    # -- derived time structure --
+    @property
+    def receptive_field(self) -> tuple[int, int]:
+        """``(past, future)`` frames that one output frame depends on."""
+        return self.lags[-1], self.delays[-1]
+
+    def join_delay(self, k: int) -> int:
+        """Frames by which the skip into layer ``k`` is ahead of the decoder path (STMC delay line length)."""
+        return self.delays[k - 1] - self.delays[self.joins[k]]
+
+    def join_offset(self, k: int) -> int:
+        """Frames by which the skip into layer ``k`` starts earlier than the decoder path in a valid pass."""
+        return self.lags[k - 1] - self.lags[self.joins[k]]
+
+    # -- the graph, shared by every engine --
+    def walk(self, h: torch.Tensor, apply: Apply, join: Join) -> torch.Tensor:
+        """Run the layer chain; ``apply(k, h)`` evaluates layer ``k``, ``join(k, h, skip)`` merges a skip."""
+        skips: dict[int, torch.Tensor] = {}
+        sources = set(self.joins.values())
+        for k in range(len(self.layers)):
+            if k in self.joins:
+                h = join(k, h, skips.pop(self.joins[k]))
+            h = apply(k, h)
+            if k in sources:
+                skips[k] = h
+        return h
+
+    def features(self, spec: torch.Tensor) -> torch.Tensor:
+        """Power-law compressed spectrum (frame-local), the network's actual input."""
+        if self.compress == 1:
+            return spec
+        power = spec.pow(2).sum(1, keepdim=True)
+        return spec * (power + 1e-12).pow((self.compress - 1) / 2)
+
+    @staticmethod
+    def bound(out: torch.Tensor) -> torch.Tensor:
+        """Complex mask with magnitude ``tanh(|z|) < 1`` (frame-local)."""
+        magnitude = (out.pow(2).sum(1, keepdim=True) + 1e-12).sqrt()
+        return out * (torch.tanh(magnitude) / magnitude)
+
+    def check_input(self, spec: torch.Tensor, batch: int | None = None) -> None:
+        """Raise ``ValueError`` naming the expected shape unless ``spec`` is ``[B, 2, n_freq, T]``."""
+        expected = f"[batch, 2 (real, imag), {self.n_freq} bins, frames]"
+        if not isinstance(spec, torch.Tensor):
+            raise ValueError(f"expected a tensor {expected}, got {type(spec).__name__}")
+        if spec.dim() != 4 or spec.shape[1] != 2 or spec.shape[2] != self.n_freq:
+            raise ValueError(f"expected a spectrum {expected}, got shape {list(spec.shape)}")
+        dtype = self.layers[0].conv.weight.dtype
+        if spec.dtype != dtype:
+            raise ValueError(f"expected dtype {dtype} for {expected}, got {spec.dtype}")
+        if batch is not None and spec.shape[0] != batch:
+            raise ValueError(
+                f"this stream has batch {batch}, got a chunk of batch {spec.shape[0]}; reset() first"
+            )
+
+    def forward(self, spec: torch.Tensor) -> torch.Tensor:
+        self.check_input(spec)
+        if spec.shape[-1] == 0:
+            return torch.zeros_like(spec)
+
+        def apply(k: int, h: torch.Tensor) -> torch.Tensor:
+            layer = self.layers[k]
+            return layer(F.pad(h, (layer.past, layer.future)))
+
+        return self.bound(self.walk(self.features(spec), apply, concat_skip))
+
+    def frozen(self) -> list[FrozenLayer]:
+        """Inference form of every layer (BatchNorm folded), in chain order."""
+        return [layer.frozen() for layer in self.layers]
+
+
+def concat_skip(k: int, h: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    """The U-Net merge: decoder features and the encoder skip, stacked as channels."""
+    return torch.cat([h, skip], 1)
