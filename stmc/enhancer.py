@@ -74,16 +74,12 @@ class Enhancer(nn.Module):
         model = UNet(**meta["model_config"])
         prefix = "model."
         state = {
-            key[len(prefix) :]: value
-            for key, value in ckpt.get("state_dict", {}).items()
-            if key.startswith(prefix)
+            key[len(prefix) :]: value for key, value in ckpt.get("state_dict", {}).items() if key.startswith(prefix)
         }
         try:
             model.load_state_dict(state)
         except RuntimeError as err:
-            raise ValueError(
-                f"{path}: weights do not match the architecture {meta['model_config']}: {err}"
-            ) from err
+            raise ValueError(f"{path}: weights do not match the architecture {meta['model_config']}: {err}") from err
         return cls(model.eval())
 
 

@@ -55,9 +55,7 @@ class TemporalLayer(nn.Module):
                 self.taps * in_channels, out_channels, (FREQ_KERNEL, 1), (FREQ_STRIDE, 1), (pad, 0)
             )
         else:
-            self.conv = nn.Conv2d(
-                in_channels, out_channels, (FREQ_KERNEL, self.taps), (FREQ_STRIDE, 1), (pad, 0)
-            )
+            self.conv = nn.Conv2d(in_channels, out_channels, (FREQ_KERNEL, self.taps), (FREQ_STRIDE, 1), (pad, 0))
         self.norm = None if final else nn.BatchNorm2d(out_channels)
         self.act = None if final else nn.PReLU(out_channels)
 

@@ -18,9 +18,7 @@ def _valid_mask(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor |
     return (idx < lengths.to(x.device).unsqueeze(-1)).to(x.dtype)
 
 
-def si_snr(
-    estimate: torch.Tensor, reference: torch.Tensor, lengths: torch.Tensor | None = None
-) -> torch.Tensor:
+def si_snr(estimate: torch.Tensor, reference: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
     """SI-SNR in dB over the last axis: ``[..., N] x [..., N] -> [...]``.
 
     ``lengths`` (``[...]``, samples) restricts each item to its first ``lengths`` samples.
@@ -36,9 +34,7 @@ def si_snr(
         count = mask.sum(-1, keepdim=True).clamp_min(1)
         estimate = (estimate - (estimate * mask).sum(-1, keepdim=True) / count) * mask
         reference = (reference - (reference * mask).sum(-1, keepdim=True) / count) * mask
-    alpha = ((estimate * reference).sum(-1, keepdim=True) + EPS) / (
-        reference.pow(2).sum(-1, keepdim=True) + EPS
-    )
+    alpha = ((estimate * reference).sum(-1, keepdim=True) + EPS) / (reference.pow(2).sum(-1, keepdim=True) + EPS)
     target = alpha * reference
     noise = target - estimate
     ratio = (target.pow(2).sum(-1) + EPS) / (noise.pow(2).sum(-1) + EPS)

@@ -29,9 +29,7 @@ def lookahead_placement(n_layers: int, lookahead: int, how: str | Sequence[int])
     if not isinstance(how, str):
         chosen = sorted({int(i) for i in how})
         if len(chosen) != lookahead or any(not 0 <= i < n_layers for i in chosen):
-            raise ValueError(
-                f"lookahead_layers={list(how)} must name {lookahead} distinct layers in 0..{n_layers - 1}"
-            )
+            raise ValueError(f"lookahead_layers={list(how)} must name {lookahead} distinct layers in 0..{n_layers - 1}")
         return chosen
     if how == "first":
         return list(range(lookahead))
@@ -78,9 +76,7 @@ class UNet(nn.Module):
             "lookahead": lookahead,
             "width": width,
             "channels": list(base),
-            "lookahead_layers": lookahead_layers
-            if isinstance(lookahead_layers, str)
-            else list(lookahead_layers),
+            "lookahead_layers": lookahead_layers if isinstance(lookahead_layers, str) else list(lookahead_layers),
             "n_freq": n_freq,
             "compress": compress,
         }
@@ -115,6 +111,19 @@ class UNet(nn.Module):
     def join_offset(self, k: int) -> int:
         """Frames by which the skip into layer ``k`` starts earlier than the decoder path in a valid pass."""
         return self.lags[k - 1] - self.lags[self.joins[k]]
+
+    def bins(self, level: int) -> int:
+        """Frequency bins at encoder level ``level`` (0 = the input)."""
+        bins = self.n_freq
+        for _ in range(level):
+            bins = (bins - 1) // FREQ_STRIDE + 1
+        return bins
+
+    def input_shape(self, k: int) -> tuple[int, int]:
+        """``(channels, bins)`` of layer ``k``'s input (after any skip merge)."""
+        layer = self.layers[k]
+        level = k if k < self.depth else 2 * self.depth - k
+        return layer.in_channels, self.bins(level)
 
     # -- the graph, shared by every engine --
     def walk(self, h: torch.Tensor, apply: Apply, join: Join) -> torch.Tensor:
@@ -153,9 +162,7 @@ class UNet(nn.Module):
         if spec.dtype != dtype:
             raise ValueError(f"expected dtype {dtype} for {expected}, got {spec.dtype}")
         if batch is not None and spec.shape[0] != batch:
-            raise ValueError(
-                f"this stream has batch {batch}, got a chunk of batch {spec.shape[0]}; reset() first"
-            )
+            raise ValueError(f"this stream has batch {batch}, got a chunk of batch {spec.shape[0]}; reset() first")
 
     def forward(self, spec: torch.Tensor) -> torch.Tensor:
         self.check_input(spec)
