@@ -54,9 +54,9 @@ class Enhancer(nn.Module):
         mask = self.model(to_channels(spec))
         return self.stft.istft(apply_mask(mask, spec), x.shape[-1])
 
-    def stream(self, method: str = "stmc") -> EnhancerStream:
+    def stream(self, method: str = "stmc", compile: bool = False) -> EnhancerStream:
         """A stream over audio chunks of any length whose output equals :meth:`forward`."""
-        return EnhancerStream(self, method)
+        return EnhancerStream(self, method, compile)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, map_location: str = "cpu") -> Enhancer:
@@ -86,9 +86,9 @@ class Enhancer(nn.Module):
 class EnhancerStream:
     """Chunks of samples in, enhanced samples out; ``flush()`` returns the rest, up to the input length."""
 
-    def __init__(self, enhancer: Enhancer, method: str = "stmc") -> None:
+    def __init__(self, enhancer: Enhancer, method: str = "stmc", compile: bool = False) -> None:
         self.enhancer = enhancer
-        self.frames = streaming(enhancer.model, method)
+        self.frames = streaming(enhancer.model, method, compile)
         self.reset()
 
     @property

@@ -79,7 +79,7 @@ class TemporalLayer(nn.Module):
 
     @torch.no_grad()
     def frozen(self) -> FrozenLayer:
-        """Inference form with BatchNorm (running statistics) folded into the convolution's weights."""
+        """Inference form: BatchNorm (running statistics) folded in, weights laid out as one GEMM matrix."""
         weight, bias = self.conv.weight.detach(), self.conv.bias.detach()
         prelu = None
         if self.norm is not None:
@@ -88,26 +88,65 @@ class TemporalLayer(nn.Module):
             shape = [1, -1, 1, 1] if self.transposed else [-1, 1, 1, 1]
             weight, bias = weight * scale.reshape(shape), bias * scale + shift
             prelu = self.act.weight.detach().clone()
-        return FrozenLayer(self, weight.contiguous(), bias.contiguous(), prelu)
+        if self.transposed:  # [taps*C, Cout, 5, 1] -> rows (tap, c), columns (cout, freq tap)
+            matrix = weight[..., 0].reshape(weight.shape[0], -1)
+        else:  # [Cout, C, 5, taps] -> rows (tap, freq tap, c), columns cout
+            matrix = weight.permute(3, 2, 1, 0).reshape(-1, weight.shape[0])
+        return FrozenLayer(self.past, self.future, self.transposed, matrix.contiguous(), bias.contiguous(), prelu)
 
 
 @dataclass(frozen=True)
 class FrozenLayer:
-    """A :class:`TemporalLayer` at inference: folded weights, same time context, no autograd."""
+    """A :class:`TemporalLayer` at inference, on frames laid out ``[batch, time, freq, channels]``.
 
-    layer: TemporalLayer
-    weight: torch.Tensor
+    One im2col and one GEMM per call whatever the number of frames (rows are frequency positions, which is
+    the fast orientation for the few-bin deep layers), so a single streamed frame costs the same multiplies
+    as one frame of a long sequence. Same time context as the layer, valid in time.
+    """
+
+    past: int
+    future: int
+    transposed: bool
+    matrix: torch.Tensor
     bias: torch.Tensor
     prelu: torch.Tensor | None
 
     @property
-    def past(self) -> int:
-        return self.layer.past
+    def taps(self) -> int:
+        return self.past + 1 + self.future
 
     @property
-    def future(self) -> int:
-        return self.layer.future
+    def out_channels(self) -> int:
+        return self.bias.shape[0]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.layer.time_conv(x, self.weight, self.bias)
-        return y if self.prelu is None else F.prelu(y, self.prelu)
+        """``[B, T, F, C]`` -> ``[B, T - past - future, F', C']``."""
+        batch, pad = x.shape[0], FREQ_KERNEL // 2
+        if self.transposed:
+            windows = x.unfold(1, self.taps, 1)  # [B, T', F, C, taps]
+            frames, bins = windows.shape[1], windows.shape[2]
+            cols = windows.permute(0, 1, 2, 4, 3).reshape(batch * frames * bins, -1)
+            spread = torch.mm(cols, self.matrix).view(batch * frames, bins, -1).transpose(1, 2)
+            out_bins = (bins - 1) * FREQ_STRIDE + 1
+            y = F.fold(spread, (1, out_bins), (1, FREQ_KERNEL), padding=(0, pad), stride=(1, FREQ_STRIDE))
+            y += self.bias[:, None, None]  # y: [B*T', C', 1, F']
+            if self.prelu is not None:
+                y = F.prelu(y, self.prelu)
+            return y.view(batch, frames, -1, out_bins).transpose(2, 3)
+        windows = F.pad(x, (0, 0, pad, pad)).unfold(1, self.taps, 1).unfold(2, FREQ_KERNEL, FREQ_STRIDE)
+        frames, bins = windows.shape[1], windows.shape[2]  # windows: [B, T', F', C, taps, 5]
+        cols = windows.permute(0, 1, 2, 4, 5, 3).reshape(batch * frames * bins, -1)
+        y = torch.addmm(self.bias, cols, self.matrix)
+        if self.prelu is not None:
+            y = F.prelu(y, self.prelu)
+        return y.view(batch, frames, bins, -1)
+
+
+def to_frames(spec: torch.Tensor) -> torch.Tensor:
+    """``[B, C, F, T]`` (the model's layout) -> ``[B, T, F, C]`` (the frozen layers' layout)."""
+    return spec.permute(0, 3, 2, 1)
+
+
+def from_frames(frames: torch.Tensor) -> torch.Tensor:
+    """``[B, T, F, C]`` -> ``[B, C, F, T]``."""
+    return frames.permute(0, 3, 2, 1)

@@ -24,18 +24,46 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stmc.unet import UNet, concat_skip
+from stmc.layers import FrozenLayer, from_frames, to_frames
+from stmc.unet import UNet
+
+TIME = 1  # the time axis of the frozen layers' layout [batch, time, freq, channels]
+
+
+def merge(k: int, h: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    """The U-Net skip merge in the frozen layout: decoder channels, then encoder channels."""
+    return torch.cat([h, skip], -1)
+
+
+def pad_time(x: torch.Tensor, before: int, after: int) -> torch.Tensor:
+    """Zero frames before and after, on the time axis of the frozen layout."""
+    return F.pad(x, (0, 0, 0, 0, before, after))
+
+
+def padded_walk(model: UNet, layers: list[FrozenLayer], h: torch.Tensor, clip=None) -> torch.Tensor:
+    """Offline inference in the frozen layout: each layer's input padded with its (past, future) zeros.
+
+    ``clip(y)``, if given, post-processes every layer output (the window engine masks time there).
+    """
+
+    def apply(k: int, x: torch.Tensor) -> torch.Tensor:
+        y = layers[k](pad_time(x, layers[k].past, layers[k].future))
+        return y if clip is None else clip(y)
+
+    return model.walk(h, apply, merge)
 
 
 class Stream(nn.Module):
     """Common contract of the engines: input checks, per-stream time, output alignment, flush and reset."""
 
-    def __init__(self, model: UNet) -> None:
+    def __init__(self, model: UNet, compile: bool = False) -> None:
         super().__init__()
         if not isinstance(model, UNet):
             raise ValueError(f"streaming() needs a stmc.UNet, got {type(model).__name__}")
         self.model = model
-        self.always_mask = False  # compute time masks with tensor ops even when no frame needs it (export)
+        # Masks by tensor ops even where no frame needs one: a traced step must not depend on the time.
+        self.always_mask = compile
+        self.compiled = torch.compile(self.pure_step, dynamic=False) if compile else None
         self.reset()
 
     @property
@@ -60,7 +88,7 @@ class Stream(nn.Module):
 
     def set_state(self, state: list[torch.Tensor]) -> None:
         """Adopt a state from :meth:`get_state` (or exported step outputs)."""
-        *self.state, self.time = state
+        self.state, self.time = list(state[:-1]), state[-1]
         self.batch = self.time.shape[0]
 
     @torch.inference_mode()
@@ -86,14 +114,14 @@ class Stream(nn.Module):
 
     def clip(self, y: torch.Tensor, offset: int) -> torch.Tensor:
         """Zero the frames of ``y`` outside each stream's ``[0, end)``; ``y`` starts at ``time + offset``."""
-        length = y.shape[-1]
+        length = y.shape[TIME]
         if not self.always_mask and self.end is None and self.settled + offset >= 0:
             return y
         times = self.time.unsqueeze(1) + offset + torch.arange(length, device=y.device)
         valid = times >= 0
         if self.end is not None:
             valid = valid & (times < self.end.unsqueeze(1))
-        return y * valid[:, None, None, :].to(y.dtype)
+        return y * valid[:, :, None, None].to(y.dtype)
 
     # -- running --
     def step(self, h: torch.Tensor) -> torch.Tensor:
@@ -109,7 +137,7 @@ class Stream(nn.Module):
             self.init_state(chunk.shape[0], chunk)
         if chunk.shape[-1] == 0:
             return chunk.new_zeros(chunk.shape)
-        return self._emit(self.model.features(chunk))
+        return self._emit(chunk)
 
     @torch.inference_mode()
     def flush(self) -> torch.Tensor:
@@ -117,18 +145,32 @@ class Stream(nn.Module):
         if self.flushed:
             raise RuntimeError("this stream was flushed already; call reset() before streaming again")
         self.flushed = True
-        weight = self.layers[0].weight
+        weight = self.layers[0].matrix
         if self.delay == 0 or self.batch is None:
             return weight.new_zeros(self.batch or 0, 2, self.model.n_freq, 0)
         self.end = self.time.clone()
         return self._emit(weight.new_zeros(self.batch, 2, self.model.n_freq, self.delay))
 
-    def _emit(self, h: torch.Tensor) -> torch.Tensor:
-        self.settled = int(self.time.min())  # every stream is at least this far in (fast path of clip)
-        out = self.model.bound(self.step(h))
+    def pure_step(self, chunk: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """One step as a function of its inputs: ``(chunk, *state) -> (out, *next_state)``.
+
+        ``chunk`` is ``[B, 2, F, t]``, ``out`` the bounded mask at times ``time - D ..`` (for every stream,
+        including times before its start). This is what ``torch.compile`` and the ONNX export trace.
+        """
+        self.set_state(list(state))
+        out = self.step(to_frames(self.model.features(chunk)))
+        self.time = self.time + chunk.shape[-1]
+        return (self.model.bound(from_frames(out)), *self.get_state())
+
+    def _emit(self, chunk: torch.Tensor) -> torch.Tensor:
+        if self.compiled is not None and self.end is None:
+            out, *state = self.compiled(chunk, *self.get_state())
+            self.set_state(state)
+        else:
+            self.settled = int(self.time.min())  # every stream is at least this far in (fast path of clip)
+            out, *state = self.pure_step(chunk, *self.get_state())
         early = max(0, self.delay - self.frames_in)  # outputs at times < 0 are not part of the signal
-        self.frames_in += h.shape[-1]
-        self.time = self.time + h.shape[-1]
+        self.frames_in += chunk.shape[-1]
         return out[..., early:]
 
 
@@ -137,11 +179,13 @@ class STMCStream(Stream):
 
     def state_shapes(self) -> list[tuple[int, ...]]:
         model = self.model
-        shapes = [(*model.input_shape(k), layer.past + layer.future) for k, layer in enumerate(model.layers)]
+        shapes = []
+        for k, layer in enumerate(model.layers):
+            channels, bins = model.input_shape(k)
+            shapes.append((layer.past + layer.future, bins, channels))
         for k, source in model.joins.items():
             if model.join_delay(k):
-                bins = model.bins(source + 1)
-                shapes.append((model.layers[source].out_channels, bins, model.join_delay(k)))
+                shapes.append((model.join_delay(k), model.bins(source + 1), model.layers[source].out_channels))
         return shapes
 
     def step(self, h: torch.Tensor) -> torch.Tensor:
@@ -151,16 +195,16 @@ class STMCStream(Stream):
 
         def apply(k: int, x: torch.Tensor) -> torch.Tensor:
             layer = self.layers[k]
-            x = torch.cat([registers[k], x], -1)
-            registers[k] = x[..., x.shape[-1] - layer.past - layer.future :]
+            x = torch.cat([registers[k], x], TIME)
+            registers[k] = x[:, x.shape[TIME] - layer.past - layer.future :]
             return self.clip(layer(x), -model.delays[k])
 
         def join(k: int, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
             if k in slots:
                 slot = slots[k]
-                skip = torch.cat([registers[slot], skip], -1)
-                registers[slot] = skip[..., skip.shape[-1] - model.join_delay(k) :]
-            return concat_skip(k, x, skip[..., : x.shape[-1]])
+                skip = torch.cat([registers[slot], skip], TIME)
+                registers[slot] = skip[:, skip.shape[TIME] - model.join_delay(k) :]
+            return merge(k, x, skip[:, : x.shape[TIME]])
 
         return model.walk(h, apply, join)
 
@@ -169,12 +213,12 @@ class IncStream(Stream):
     """Incremental inference: keep the receptive field of input frames, compute only what new outputs need."""
 
     def state_shapes(self) -> list[tuple[int, ...]]:
-        return [(2, self.model.n_freq, sum(self.model.receptive_field))]
+        return [(sum(self.model.receptive_field), self.model.n_freq, 2)]
 
     def history(self, h: torch.Tensor) -> torch.Tensor:
         """The input frames of the receptive field followed by ``h``; keeps the newest as state."""
-        x = torch.cat([self.state[0], h], -1)
-        self.state[0] = x[..., h.shape[-1] :]
+        x = torch.cat([self.state[0], h], TIME)
+        self.state[0] = x[:, h.shape[TIME] :]
         return x
 
     def step(self, h: torch.Tensor) -> torch.Tensor:
@@ -186,7 +230,7 @@ class IncStream(Stream):
 
         def join(k: int, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
             offset = model.join_offset(k)
-            return concat_skip(k, x, skip[..., offset : offset + x.shape[-1]])
+            return merge(k, x, skip[:, offset : offset + x.shape[TIME]])
 
         return model.walk(self.history(h), apply, join)
 
@@ -199,24 +243,25 @@ class WindowStream(IncStream):
         past, future = model.receptive_field
         x = self.history(h)
         outputs = []
-        for i in range(h.shape[-1]):
+        for i in range(h.shape[TIME]):
             first = i - past - future  # time of this window's first frame, relative to h's
-
-            def apply(k: int, w: torch.Tensor, first: int = first) -> torch.Tensor:
-                layer = self.layers[k]
-                return self.clip(layer(F.pad(w, (layer.past, layer.future))), first)
-
-            out = model.walk(x[..., i : i + past + future + 1], apply, concat_skip)
-            outputs.append(out[..., past : past + 1])
-        return torch.cat(outputs, -1)
+            window = x[:, i : i + past + future + 1]
+            out = padded_walk(model, self.layers, window, lambda y, first=first: self.clip(y, first))
+            outputs.append(out[:, past : past + 1])
+        return torch.cat(outputs, TIME)
 
 
 ENGINES: dict[str, type[Stream]] = {"stmc": STMCStream, "inc": IncStream, "window": WindowStream}
 METHODS = tuple(ENGINES)
 
 
-def streaming(model: UNet, method: str = "stmc") -> Stream:
-    """A stateful stream over ``model``'s weights; ``method`` is one of :data:`METHODS`."""
+def streaming(model: UNet, method: str = "stmc", compile: bool = False) -> Stream:
+    """A stateful stream over ``model``'s weights; ``method`` is one of :data:`METHODS`.
+
+    ``compile=True`` runs each step through ``torch.compile`` (inductor): the first chunk of each new size
+    compiles for tens of seconds, then per-step Python and dispatch overhead all but vanishes. Use it with a
+    fixed chunk size.
+    """
     if method not in ENGINES:
         raise ValueError(f"unknown streaming method {method!r}; choose one of {', '.join(METHODS)}")
-    return ENGINES[method](model)
+    return ENGINES[method](model, compile=compile)
