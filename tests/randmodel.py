@@ -1,0 +1,50 @@
+"""Random small U-Nets with non-trivial inference statistics, for property tests."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import strategies as st
+
+import stmc
+
+
+def randomise_norms(model: stmc.UNet, seed: int) -> stmc.UNet:
+    """Give every BatchNorm and PReLU non-default values so that folding them is actually exercised."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                n = module.num_features
+                module.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
+                module.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+                module.weight.copy_(1 + 0.2 * torch.randn(n, generator=gen))
+                module.bias.copy_(0.1 * torch.randn(n, generator=gen))
+            elif isinstance(module, torch.nn.PReLU):
+                module.weight.copy_(torch.rand(module.weight.shape, generator=gen) * 0.5)
+    return model.eval()
+
+
+@st.composite
+def unets(draw, max_depth: int = 7, n_freq: int | None = None) -> stmc.UNet:
+    """A random U-Net: depth 2..max_depth, random widths, any set of look-ahead layers."""
+    depth = draw(st.integers(2, max_depth))
+    channels = draw(st.lists(st.integers(1, 6), min_size=depth, max_size=depth))
+    ahead = draw(st.lists(st.integers(0, 2 * depth - 1), unique=True, max_size=2 * depth))
+    bins = n_freq if n_freq is not None else 2**depth * draw(st.integers(1, 2)) + 1
+    seed = draw(st.integers(0, 2**16))
+    torch.manual_seed(seed)
+    model = stmc.UNet(depth=depth, lookahead=len(ahead), channels=channels, lookahead_layers=ahead, n_freq=bins)
+    return randomise_norms(model, seed)
+
+
+def split_points(draw, total: int, max_chunk: int) -> list[int]:
+    """Random chunk sizes (zeros included) that add up to ``total``; at least one chunk."""
+    sizes, left = [], total
+    while left > 0 or not sizes:
+        if draw(st.booleans()) or left == 0:
+            sizes.append(0)
+        if left:
+            size = draw(st.integers(1, min(left, max_chunk)))
+            sizes.append(size)
+            left -= size
+    return sizes

@@ -1,0 +1,76 @@
+"""Bad input is refused with a ValueError that says what was expected."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import stmc
+
+
+@pytest.fixture(scope="module")
+def model():
+    return stmc.UNet(depth=2, channels=[2, 2], n_freq=513).eval()
+
+
+@pytest.mark.parametrize(
+    "spec, needle",
+    [
+        (torch.randn(2, 513, 4), r"\[batch, 2 \(real, imag\), 513 bins, frames\]"),
+        (torch.randn(1, 3, 513, 4), r"got shape \[1, 3, 513, 4\]"),
+        (torch.randn(1, 2, 512, 4), "513 bins"),
+        (torch.randn(1, 2, 513, 4, dtype=torch.float64), "dtype torch.float32"),
+    ],
+)
+def test_model_and_streams_name_the_expected_shape(model, spec, needle):
+    with pytest.raises(ValueError, match=needle):
+        model(spec)
+    for method in stmc.METHODS:
+        with pytest.raises(ValueError, match=needle):
+            stmc.streaming(model, method)(spec)
+
+
+def test_stream_refuses_a_change_of_batch(model):
+    stream = stmc.streaming(model)
+    stream(torch.randn(2, 2, 513, 3))
+    with pytest.raises(ValueError, match="batch 2"):
+        stream(torch.randn(3, 2, 513, 3))
+
+
+@pytest.mark.parametrize("lookahead", [-1, 15, 2.5])
+def test_lookahead_outside_zero_to_two_depth(lookahead):
+    with pytest.raises(ValueError, match=r"0\.\.14"):
+        stmc.UNet(lookahead=lookahead)
+
+
+def test_unknown_method_lists_the_methods(model):
+    with pytest.raises(ValueError, match="stmc, inc, window"):
+        stmc.streaming(model, "fast")
+
+
+def test_enhancer_wants_batch_by_samples(model):
+    enhancer = stmc.Enhancer(model)
+    with pytest.raises(ValueError, match=r"\[batch, samples\]"):
+        enhancer(torch.randn(16000))
+    with pytest.raises(ValueError, match="float32"):
+        enhancer(torch.randn(1, 16000, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"\[batch, samples\]"):
+        enhancer.stream()(torch.randn(1, 2, 100))
+
+
+def test_checkpoint_errors_are_one_line(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        stmc.Enhancer.from_checkpoint(tmp_path / "missing.ckpt")
+    other = tmp_path / "other.ckpt"
+    torch.save({"state_dict": {}}, other)
+    with pytest.raises(ValueError, match="not an STMC checkpoint"):
+        stmc.Enhancer.from_checkpoint(other)
+    wrong = tmp_path / "wrong.ckpt"
+    small = stmc.UNet(depth=2, channels=[2, 2])
+    config = {**small.config, "channels": [3, 3]}
+    torch.save(
+        {"stmc": {"model_config": config}, "state_dict": {f"model.{k}": v for k, v in small.state_dict().items()}},
+        wrong,
+    )
+    with pytest.raises(ValueError, match="do not match the architecture"):
+        stmc.Enhancer.from_checkpoint(wrong)

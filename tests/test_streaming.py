@@ -1,0 +1,147 @@
+"""Streamed inference equals offline inference, for every engine, on random U-Nets and random chunkings."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import stmc
+from tests.randmodel import randomise_norms, split_points, unets
+
+PROPERTY = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def stream_all(stream: stmc.streaming, spec: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    outs, start = [], 0
+    for size in sizes:
+        outs.append(stream(spec[..., start : start + size]))
+        start += size
+    return torch.cat(outs + [stream.flush()], -1)
+
+
+@PROPERTY
+@given(model=unets(), method=st.sampled_from(stmc.METHODS), batch=st.integers(1, 3), data=st.data())
+def test_stream_then_flush_equals_offline(model, method, batch, data):
+    frames = data.draw(st.integers(0, 40))
+    spec = torch.randn(batch, 2, model.n_freq, frames)
+    sizes = split_points(data.draw, frames, 12)
+    out = stream_all(stmc.streaming(model, method), spec, sizes)
+    expected = model(spec)
+    assert out.shape == expected.shape
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+
+
+@PROPERTY
+@given(model=unets(), data=st.data())
+def test_chunk_outputs_lag_inputs_by_the_lookahead(model, data):
+    """After n input frames a stream has emitted exactly max(0, n - future) frames: no more, no less."""
+    frames = data.draw(st.integers(1, 30))
+    spec = torch.randn(1, 2, model.n_freq, frames)
+    stream = stmc.streaming(model, "stmc")
+    emitted, fed = 0, 0
+    for size in split_points(data.draw, frames, 7):
+        emitted += stream(spec[..., fed : fed + size]).shape[-1]
+        fed += size
+        assert emitted == max(0, fed - model.receptive_field[1])
+
+
+@pytest.mark.parametrize("lookahead", [0, 1, 5, 14])
+@pytest.mark.parametrize("placement", ["first", "last", "spread"])
+def test_dependency_cone_is_the_declared_receptive_field(lookahead, placement):
+    """Perturbing input frame t changes exactly output frames t - future .. t + past (causality, look-ahead)."""
+    torch.manual_seed(lookahead)
+    model = randomise_norms(stmc.UNet(lookahead=lookahead, lookahead_layers=placement, width=0.25), 1)
+    past, future = model.receptive_field
+    assert (past, future) == (14, lookahead)
+    frames, t = 40, 20
+    spec = torch.randn(1, 2, model.n_freq, frames)
+    bumped = spec.clone()
+    bumped[..., t] += 10 * torch.randn(2, model.n_freq)
+    with torch.no_grad():
+        changed = (model(spec) != model(bumped)).flatten(0, 2).any(0)
+    expected = torch.zeros(frames, dtype=torch.bool)
+    expected[max(0, t - future) : t + past + 1] = True
+    assert changed.tolist() == expected.tolist()
+
+
+def test_paper_models_receptive_fields_and_sizes():
+    causal, noncausal = stmc.UNet(lookahead=0), stmc.UNet(lookahead=14)
+    assert causal.receptive_field == (14, 0)
+    assert noncausal.receptive_field == (14, 14)
+    n_causal = sum(p.numel() for p in causal.parameters())
+    n_noncausal = sum(p.numel() for p in noncausal.parameters())
+    assert 0.8e6 <= n_causal <= 1.5e6
+    assert 0.6 < n_causal / n_noncausal < 0.72  # the paper: causal models ~33 % smaller
+
+
+def test_multi_stream_reset_restarts_only_the_masked_streams():
+    """B streams advance together; a restarted stream equals offline on its new input, the others continue."""
+    model = randomise_norms(stmc.UNet(depth=3, lookahead=2, channels=[3, 4, 5], n_freq=17), 0)
+    delay = model.receptive_field[1]
+    a = torch.randn(1, 2, 17, 30)
+    b_old, b_new = torch.randn(1, 2, 17, 12), torch.randn(1, 2, 17, 18)
+    stream = stmc.streaming(model, "stmc")
+    first = stream(torch.cat([a[..., :12], b_old], 0))
+    stream.reset(torch.tensor([False, True]))
+    second = stream(torch.cat([a[..., 12:], b_new], 0))
+    rest = stream.flush()
+    out_a = torch.cat([first[:1], second[:1], rest[:1]], -1)
+    torch.testing.assert_close(out_a, model(a), atol=1e-5, rtol=0)
+    restarted = torch.cat([second[1:], rest[1:]], -1)[..., delay:]  # its first `delay` frames precede it
+    torch.testing.assert_close(restarted, model(b_new), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("method", stmc.METHODS)
+def test_state_has_fixed_shapes_and_round_trips(method):
+    model = randomise_norms(stmc.UNet(depth=3, lookahead=3, channels=[2, 3, 4], n_freq=17), 0)
+    spec = torch.randn(2, 2, 17, 9)
+    stream = stmc.streaming(model, method)
+    shapes = None
+    for t in range(9):
+        stream(spec[..., t : t + 1])
+        now = [tuple(s.shape) for s in stream.get_state()]
+        assert shapes is None or now == shapes
+        shapes = now
+    assert shapes[:-1] == [(2, *s) for s in stream.state_shapes()]
+    saved = [s.clone() for s in stream.get_state()]
+    twin = stmc.streaming(model, method)
+    twin(spec[..., :1])
+    twin.set_state(saved)
+    twin.frames_in = stream.frames_in
+    torch.testing.assert_close(twin.flush(), stream.flush())
+
+
+def test_flushed_stream_refuses_chunks_until_reset():
+    model = stmc.UNet(depth=2, lookahead=1, channels=[2, 2], n_freq=5).eval()
+    stream = stmc.streaming(model)
+    spec = torch.randn(1, 2, 5, 4)
+    stream(spec)
+    stream.flush()
+    with pytest.raises(RuntimeError, match="reset"):
+        stream(spec)
+    with pytest.raises(RuntimeError, match="reset"):
+        stream.flush()
+    stream.reset()
+    torch.testing.assert_close(torch.cat([stream(spec), stream.flush()], -1), model(spec))
+
+
+def test_stream_reads_new_weights_at_reset():
+    model = stmc.UNet(depth=2, lookahead=0, channels=[2, 2], n_freq=5).eval()
+    stream = stmc.streaming(model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.5)
+    stream.reset()
+    spec = torch.randn(1, 2, 5, 6)
+    torch.testing.assert_close(stream(spec), model(spec), atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+def test_compiled_stream_equals_offline():
+    model = randomise_norms(stmc.UNet(depth=3, lookahead=2, channels=[2, 3, 4], n_freq=17), 0)
+    spec = torch.randn(1, 2, 17, 12)
+    stream = stmc.streaming(model, "stmc", compile=True)
+    out = stream_all(stream, spec, [1] * 12)
+    torch.testing.assert_close(out, model(spec), atol=1e-5, rtol=0)
