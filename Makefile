@@ -26,3 +26,20 @@ lint: venv
 
 bench: venv
 	$(PY) -m stmc.bench
+
+# The demo corpus, built from Debian packages into demo_corpus/ (a no-op when it is already there).
+# `apt-deps` installs the missing packages when run as root (CI) and prints the command otherwise.
+.PHONY: apt-deps corpus
+
+apt-deps:
+	@missing="$$(python3 -m data.demo packages --missing)"; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then \
+		echo "missing Debian packages; install them with:"; \
+		echo "  sudo apt-get update && sudo apt-get install -y --no-install-recommends $$missing"; \
+		exit 1; \
+	fi; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing
+
+corpus: venv apt-deps
+	$(PY) -m data.demo build --root demo_corpus
