@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from lightning.pytorch import LightningDataModule
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from data.datasets import EpochSampler, MixingDataset, PairedDataset, collate
@@ -42,6 +43,11 @@ def original_cwd() -> Path:
     except ImportError:
         pass
     return Path.cwd()
+
+
+def _plain(value: object) -> object:
+    """OmegaConf containers (Hydra instantiation without ``_convert_``) as plain lists and dicts."""
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig | ListConfig) else value
 
 
 def _check_spec(spec: Mapping[str, str], key: str, named: bool = False) -> None:
@@ -77,7 +83,9 @@ class SpeechDataModule(LightningDataModule):
         source_hint: str = "",
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        train, val, test = _plain(train), _plain(val), _plain(test)
+        snr_range, level_range_db = _plain(snr_range), _plain(level_range_db)
+        self.save_hyperparameters()  # plain containers only, so checkpoints load with weights_only=True
         _check_spec(train, "data.train")
         for key, specs in (("data.val", val or ()), ("data.test", test)):
             for i, spec in enumerate(specs):
