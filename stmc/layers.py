@@ -129,7 +129,7 @@ class FrozenLayer:
             spread = torch.mm(cols, self.matrix).view(batch * frames, bins, -1).transpose(1, 2)
             out_bins = (bins - 1) * FREQ_STRIDE + 1
             y = F.fold(spread, (1, out_bins), (1, FREQ_KERNEL), padding=(0, pad), stride=(1, FREQ_STRIDE))
-            y += self.bias[:, None, None]  # y: [B*T', C', 1, F']
+            y += self.bias.view(-1, 1, 1)  # y: [B*T', C', 1, F']
             if self.prelu is not None:
                 y = F.prelu(y, self.prelu)
             return y.view(batch, frames, -1, out_bins).transpose(2, 3)

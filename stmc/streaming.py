@@ -80,6 +80,7 @@ class Stream(nn.Module):
         """Zero state for ``batch`` streams, then every stream at time 0."""
         self.state = [like.new_zeros(batch, *shape) for shape in self.state_shapes()]
         self.time = torch.zeros(batch, dtype=torch.long, device=like.device)
+        self.settled = 0  # every stream is at least this many frames in (the fast path of clip)
         self.batch = batch
 
     def get_state(self) -> list[torch.Tensor]:
@@ -89,6 +90,8 @@ class Stream(nn.Module):
     def set_state(self, state: list[torch.Tensor]) -> None:
         """Adopt a state from :meth:`get_state` (or exported step outputs)."""
         self.state, self.time = list(state[:-1]), state[-1]
+        if not self.always_mask:
+            self.settled = int(self.time.min())
         self.batch = self.time.shape[0]
 
     @torch.inference_mode()
@@ -111,6 +114,7 @@ class Stream(nn.Module):
         for tensor in self.state:
             tensor[mask] = 0
         self.time[mask] = 0
+        self.settled = 0
 
     def clip(self, y: torch.Tensor, offset: int) -> torch.Tensor:
         """Zero the frames of ``y`` outside each stream's ``[0, end)``; ``y`` starts at ``time + offset``."""
@@ -151,24 +155,28 @@ class Stream(nn.Module):
         self.end = self.time.clone()
         return self._emit(weight.new_zeros(self.batch, 2, self.model.n_freq, self.delay))
 
+    def advance(self, chunk: torch.Tensor) -> torch.Tensor:
+        """Run one chunk ``[B, 2, F, t]`` through the engine in place; the bounded mask at times ``time - D..``."""
+        out = self.step(to_frames(self.model.features(chunk)))
+        self.time = self.time + chunk.shape[-1]
+        return self.model.bound(from_frames(out))
+
     def pure_step(self, chunk: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """One step as a function of its inputs: ``(chunk, *state) -> (out, *next_state)``.
 
-        ``chunk`` is ``[B, 2, F, t]``, ``out`` the bounded mask at times ``time - D ..`` (for every stream,
-        including times before its start). This is what ``torch.compile`` and the ONNX export trace.
+        ``out`` covers times ``time - D ..`` of every stream, including times before its start. This is what
+        ``torch.compile`` and the ONNX export trace (with ``always_mask``).
         """
         self.set_state(list(state))
-        out = self.step(to_frames(self.model.features(chunk)))
-        self.time = self.time + chunk.shape[-1]
-        return (self.model.bound(from_frames(out)), *self.get_state())
+        return (self.advance(chunk), *self.get_state())
 
     def _emit(self, chunk: torch.Tensor) -> torch.Tensor:
         if self.compiled is not None and self.end is None:
             out, *state = self.compiled(chunk, *self.get_state())
             self.set_state(state)
         else:
-            self.settled = int(self.time.min())  # every stream is at least this far in (fast path of clip)
-            out, *state = self.pure_step(chunk, *self.get_state())
+            out = self.advance(chunk)
+        self.settled += chunk.shape[-1]
         early = max(0, self.delay - self.frames_in)  # outputs at times < 0 are not part of the signal
         self.frames_in += chunk.shape[-1]
         return out[..., early:]

@@ -148,7 +148,7 @@ class UNet(nn.Module):
     @staticmethod
     def bound(out: torch.Tensor) -> torch.Tensor:
         """Complex mask with magnitude ``tanh(|z|) < 1`` (frame-local)."""
-        magnitude = (out.pow(2).sum(1, keepdim=True) + 1e-12).sqrt()
+        magnitude = torch.linalg.vector_norm(out, dim=1, keepdim=True).clamp_min(1e-12)
         return out * (torch.tanh(magnitude) / magnitude)
 
     def check_input(self, spec: torch.Tensor, batch: int | None = None) -> None:

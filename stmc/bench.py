@@ -1,0 +1,208 @@
+"""Benchmark of streamed inference: time per hop, MACs per hop, state and peak memory, per method.
+
+``python -m stmc.bench`` pins one thread and, for the default causal and non-causal models, times
+
+- ``full``: offline inference over a long sequence divided by its frames (the floor a stream should approach),
+  with the frozen layers the streams use, and ``full (nn.Module)``, the training module in eval mode;
+- ``stmc``, ``inc``, ``window``: one hop (one frame) per call, as a real-time stream would;
+
+interleaved in rounds so that background load hits every method alike, and reports medians and ratios from
+that one run. MACs are counted (``torch.utils.flop_counter``) on the calls themselves, not derived. Peak
+memory is the most bytes held at once by tensors that the call allocates plus the stream's state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+from torch.utils.flop_counter import FlopCounterMode
+
+from stmc.layers import from_frames, to_frames
+from stmc.streaming import METHODS, Stream, padded_walk, streaming
+from stmc.unet import UNet
+
+MODELS = {"causal": 0, "noncausal": 14}
+
+
+class PeakBytes(TorchDispatchMode):
+    """Most bytes held at once by the tracked tensors and by every tensor created under this mode."""
+
+    def __init__(self, held: list[torch.Tensor]) -> None:
+        super().__init__()
+        self.live: dict[int, tuple[StorageWeakRef, int]] = {}
+        for tensor in held:
+            self._track(tensor)
+        self.peak = self._total()
+
+    def _track(self, tensor: torch.Tensor) -> None:
+        storage = tensor.untyped_storage()
+        ref = StorageWeakRef(storage)
+        self.live.setdefault(ref.cdata, (ref, storage.nbytes()))
+
+    def _total(self) -> int:
+        self.live = {key: entry for key, entry in self.live.items() if not entry[0].expired()}
+        return sum(size for _, size in self.live.values())
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for leaf in tree_leaves(out):
+            if isinstance(leaf, torch.Tensor):
+                self._track(leaf)
+        self.peak = max(self.peak, self._total())
+        return out
+
+
+@dataclass
+class Row:
+    """Measurements of one method on one model."""
+
+    method: str
+    seconds: list[float] = field(default_factory=list)  # per hop (or per frame for offline rows)
+    macs: float = 0.0
+    state_bytes: int = 0
+    peak_bytes: int = 0
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.seconds) * 1e3
+
+
+def stream_state_bytes(stream: Stream) -> int:
+    return sum(t.numel() * t.element_size() for t in stream.state)
+
+
+def offline_frozen(model: UNet) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Offline inference with the frozen (BatchNorm-folded, GEMM) layers that the streams run."""
+    layers = model.frozen()
+
+    def run(spec: torch.Tensor) -> torch.Tensor:
+        return model.bound(from_frames(padded_walk(model, layers, to_frames(model.features(spec)))))
+
+    return run
+
+
+def count_macs(fn: Callable[[], object]) -> float:
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return counter.get_total_flops() / 2
+
+
+@torch.inference_mode()
+def measure(model: UNet, frames: int, rounds: int, hops: int, compile: bool) -> list[Row]:
+    """Interleaved timing of offline and streamed inference on one model; see the module docstring."""
+    model = model.eval()
+    warmup = 30
+    spec = torch.randn(1, 2, model.n_freq, warmup + rounds * hops + 1)
+    offline = {"full": offline_frozen(model), "full (nn.Module)": model}
+    long = torch.randn(1, 2, model.n_freq, frames)
+    streams = {method: streaming(model, method) for method in METHODS}
+    if compile:
+        streams.update({f"{method} (compiled)": streaming(model, method, compile=True) for method in METHODS})
+    rows = {name: Row(name) for name in [*offline, *streams]}
+    for name, run in offline.items():
+        run(long)
+        rows[name].macs = count_macs(lambda run=run: run(long)) / frames
+        with PeakBytes([]) as tracker:
+            run(long)
+        rows[name].peak_bytes = tracker.peak
+    for stream in streams.values():
+        for t in range(warmup):
+            stream(spec[..., t : t + 1])
+    position = warmup
+    for _ in range(rounds):
+        for name, run in offline.items():
+            start = time.perf_counter()
+            run(long)
+            rows[name].seconds.append((time.perf_counter() - start) / frames)
+        for name, stream in streams.items():
+            for t in range(position, position + hops):
+                chunk = spec[..., t : t + 1]
+                start = time.perf_counter()
+                stream(chunk)
+                rows[name].seconds.append(time.perf_counter() - start)
+        position += hops
+    for name, stream in streams.items():
+        chunk = spec[..., position : position + 1]
+        row = rows[name]
+        row.state_bytes = stream_state_bytes(stream)
+        if stream.compiled is not None:  # opaque to dispatch modes: count on an eager twin in the same state
+            twin = streaming(model, name.split()[0])
+            twin(chunk)
+            twin.set_state([s.clone() for s in stream.get_state()])
+            stream = twin
+        row.macs = count_macs(lambda stream=stream, chunk=chunk: stream(chunk))
+        with PeakBytes(stream.get_state()) as tracker:
+            stream(chunk)
+        row.peak_bytes = tracker.peak
+    return list(rows.values())
+
+
+def table(results: dict[str, list[Row]]) -> str:
+    """Markdown: one block of rows per model; ratios against the faster offline row and against ``stmc``.
+
+    Compiled streams are compared with the compiled ``stmc``.
+    """
+    lines = [
+        "| model | method | time per hop (ms, median) | × full | ÷ stmc | MACs per hop (M) | state (KiB) "
+        "| peak memory (KiB) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for model_name, rows in results.items():
+        by = {row.method: row for row in rows}
+        floor = min(by["full"].median_ms, by["full (nn.Module)"].median_ms)
+        for row in rows:
+            streamed = not row.method.startswith("full")
+            reference = by["stmc (compiled)" if row.method.endswith("(compiled)") else "stmc"].median_ms
+            per = "hop" if streamed else "frame"
+            lines.append(
+                f"| {model_name} | {row.method} | {row.median_ms:.3f} (per {per}) | {row.median_ms / floor:.2f} "
+                f"| {row.median_ms / reference:.2f} | {row.macs / 1e6:.2f} | {row.state_bytes / 1024:.1f} "
+                f"| {row.peak_bytes / 1024:.0f} |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--width", type=float, default=1.0, help="channel multiplier of the benchmarked U-Nets")
+    parser.add_argument("--frames", type=int, default=256, help="sequence length of the offline rows")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (medians are over all of them)")
+    parser.add_argument("--hops", type=int, default=20, help="streamed hops per method per round")
+    parser.add_argument(
+        "--no-compile",
+        dest="compile",
+        action="store_false",
+        help="skip the torch.compile'd streams (each takes ~1 min to compile)",
+    )
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    results = {}
+    for name in args.models:
+        model = UNet(lookahead=MODELS[name], width=args.width)
+        results[name] = measure(model, args.frames, args.rounds, args.hops, args.compile)
+    params = {
+        name: sum(p.numel() for p in UNet(lookahead=MODELS[name], width=args.width).parameters())
+        for name in args.models
+    }
+    print(
+        f"threads={args.threads} width={args.width} chunk=1 hop (256 samples, 16 ms); "
+        f"x full = time / fastest offline time per frame; ÷ stmc against stmc of the same kind (eager/compiled)"
+    )
+    print("parameters: " + ", ".join(f"{name} {count / 1e6:.2f} M" for name, count in params.items()))
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
