@@ -121,6 +121,8 @@ class SpeechDataModule(LightningDataModule):
         folder = resolve_folder(self.root, pattern, key)
         if folder not in self._scans:
             self._scans[folder] = scan(folder, self.root)
+        if not self._scans[folder]:
+            raise FileNotFoundError(f"{key}: no usable audio files in {folder}")
         return self._scans[folder]
 
     @property

@@ -153,7 +153,7 @@ class MixingDataset(Dataset):
         rng = np.random.default_rng([self.seed, 1, key])
         entry = self.clean[key]
         clean = read(entry.path, entry.info)
-        noisy, clean, snr, noise_entry = self._mix(rng, clean)
+        noisy, clean, snr, noise_entry = self._mix(rng, clean)  # type of the first noise file used
         return _item(noisy, clean, name=entry.stem, split=self.split,
                      noise_type=self.noise_types.get(noise_entry.rel, UNKNOWN), snr=snr)
 

@@ -151,6 +151,14 @@ def test_folder_glob_must_match_one(tmp_path):
         resolve_folder(tmp_path, "nothing_here", "data.val.clean")
 
 
+def test_empty_folder_names_its_key(tmp_path):
+    demo_like_tree(tmp_path)
+    for wav in (tmp_path / "train/noise").iterdir():
+        wav.unlink()
+    with pytest.raises(FileNotFoundError, match=r"data\.train\.noise: no usable audio"):
+        demo_module(tmp_path).setup("fit")
+
+
 # ------------------------------------------------------------------------------------------ datamodule
 def test_missing_root_names_the_key_and_the_way_to_build(tmp_path):
     module = demo_module(tmp_path / "nowhere")
