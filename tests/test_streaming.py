@@ -145,3 +145,21 @@ def test_compiled_stream_equals_offline():
     stream = stmc.streaming(model, "stmc", compile=True)
     out = stream_all(stream, spec, [1] * 12)
     torch.testing.assert_close(out, model(spec), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("lookahead", [0, 7, 14])
+def test_stmc_step_does_no_redundant_work(lookahead):
+    """Counted MACs of one steady-state STMC hop equal offline MACs divided by the frames."""
+    from stmc.bench import count_macs, offline_frozen
+
+    model = randomise_norms(stmc.UNet(lookahead=lookahead, width=0.25), 0)
+    frames = 64
+    spec = torch.randn(1, 2, model.n_freq, frames + 1)
+    offline = count_macs(lambda: offline_frozen(model)(spec[..., :frames])) / frames
+    stream = stmc.streaming(model, "stmc")
+    stream(spec[..., :frames])
+    per_hop = count_macs(lambda: stream(spec[..., frames:]))
+    assert per_hop == offline > 0
+    inc = stmc.streaming(model, "inc")
+    inc(spec[..., :frames])
+    assert count_macs(lambda: inc(spec[..., frames:])) > 2 * per_hop  # INC recomputes inside the receptive field
