@@ -49,7 +49,7 @@ def evaluate(loaders: list[torch.utils.data.DataLoader]) -> dict[str, dict[str, 
                 scores[(split, kind)].append(row)
                 scores[(split, "all")].append(row)
     table: dict[str, dict[str, dict[str, float]]] = defaultdict(dict)
-    for (split, kind), rows in sorted(scores.items()):
+    for (split, kind), rows in scores.items():  # splits in loader order (validation, then test)
         mean = torch.stack(rows).mean(0)
         table[split][kind] = {"count": len(rows), **{c: round(float(v), 2) for c, v in zip(COLUMNS, mean, strict=True)}}
     return dict(table)
