@@ -1,0 +1,374 @@
+"""ONNX export of the STMC step with all state explicit, and an onnxruntime stream with the engine's contract.
+
+The exported **step graph** is one call of the STMC engine's pure step (:meth:`stmc.streaming.Stream.pure_step`)
+on a fixed number of spectrum frames (``frames_per_call``, default 1 = one hop)::
+
+    inputs   frames [B, 2, n_freq, frames_per_call] float32, state_0 .. state_N
+    outputs  out    [B, 2, n_freq, frames_per_call] float32, next_state_0 .. next_state_N
+
+``state_0 .. state_{N-1}`` are the per-layer shift registers and skip delay lines (float32) and ``state_N`` is each
+stream's time in frames (int64 ``[B]``). A new stream starts from zeros of the shapes stored in the model's ONNX
+metadata (``stmc.state_shapes``/``stmc.state_dtypes``, without the batch axis); the batch axis is dynamic, and
+zeroing one row of every state restarts that stream alone. ``out`` is the bounded complex mask of the frames
+``D = stmc.delay`` hops earlier; the first ``D`` outputs of a fresh stream precede its start (zeros, drop them).
+
+Look-ahead models (``D > 0``) also get a **flush graph** (``<name>.flush.onnx``, named in ``stmc.flush``): inputs
+``state_0 .. state_N``, output ``out [B, 2, n_freq, D]``, the last ``D`` mask frames of every stream in the
+batch, computed as offline inference's zero padding would give them (each layer's outputs past the end are
+masked). It is pure: to end only some streams of a batch, take their rows and zero their state rows.
+
+How: the engine's own code (registers, delay lines, time masks: :meth:`Stream.pure_step` with ``always_mask``)
+is traced by the TorchScript exporter (``onnxscript``, which the dynamo exporter needs, is not a dependency). Its
+layers (:class:`stmc.layers.FrozenLayer`, im2col + GEMM via ``unfold``) do not export (``unfold`` needs sizes the
+tracer loses), so the graph runs the same folded weights as plain ``Conv``/``ConvTranspose`` nodes
+(:class:`ExportLayer`). The trace uses a fixed batch of 2 so that every size folds to a constant (a graph with
+symbolic sizes carries hundreds of ``Shape``/``Gather`` nodes and ran ~2x slower); no node depends on the batch
+size, so the batch axis of the inputs and outputs is then declared symbolic (tests run batches 1 to 4).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stmc.layers import FREQ_KERNEL, FREQ_STRIDE, FrozenLayer
+from stmc.stft import HOP, N_FFT, SAMPLE_RATE
+from stmc.streaming import Stream, streaming
+from stmc.unet import UNet
+
+INPUT, OUTPUT = "frames", "out"
+META = "stmc."
+OPSET = 17
+
+
+def state_names(count: int, prefix: str = "") -> list[str]:
+    """``state_0 .. state_{count-1}`` (or ``next_state_*``), the order of :meth:`Stream.get_state`."""
+    return [f"{prefix}state_{i}" for i in range(count)]
+
+
+def flush_path(path: str | Path) -> Path:
+    """Where the flush graph of the step graph at ``path`` lives: ``model.onnx`` -> ``model.flush.onnx``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.flush{path.suffix or '.onnx'}")
+
+
+class ExportLayer(nn.Module):
+    """A :class:`FrozenLayer` as ``Conv``/``ConvTranspose`` nodes: same weights, same ``[B, T, F, C]`` contract."""
+
+    def __init__(self, frozen: FrozenLayer) -> None:
+        super().__init__()
+        self.past, self.future, self.transposed = frozen.past, frozen.future, frozen.transposed
+        taps, matrix = frozen.taps, frozen.matrix
+        if self.transposed:  # rows (tap, c), columns (cout, freq tap) -> [taps*C, Cout, 5, 1]
+            weight = matrix.reshape(matrix.shape[0], -1, FREQ_KERNEL).unsqueeze(-1)
+        else:  # rows (tap, freq tap, c), columns cout -> [Cout, C, 5, taps]
+            weight = matrix.reshape(taps, FREQ_KERNEL, -1, matrix.shape[1]).permute(3, 2, 1, 0)
+        self.register_buffer("weight", weight.contiguous())
+        self.register_buffer("bias", frozen.bias)
+        self.register_buffer("prelu", frozen.prelu)
+
+    @property
+    def taps(self) -> int:
+        return self.past + 1 + self.future
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, T, F, C]`` -> ``[B, T - past - future, F', C']``, valid in time like the frozen layer."""
+        h = x.permute(0, 3, 2, 1)  # [B, C, F, T]
+        pad = FREQ_KERNEL // 2
+        if self.transposed:  # tSTMC: time taps stacked as channels (channel k*C + c = frame t + k of c)
+            frames = h.shape[-1] - self.taps + 1
+            h = torch.cat([h[..., k : k + frames] for k in range(self.taps)], 1)
+            y = F.conv_transpose2d(h, self.weight, self.bias, (FREQ_STRIDE, 1), (pad, 0))
+        else:
+            y = F.conv2d(h, self.weight, self.bias, (FREQ_STRIDE, 1), (pad, 0))
+        if self.prelu is not None:
+            y = F.prelu(y, self.prelu)
+        return y.permute(0, 3, 2, 1)
+
+
+def export_stream(model: UNet) -> Stream:
+    """An STMC stream over ``model`` that traces to ONNX: time masks as tensor ops, :class:`ExportLayer` layers."""
+    stream = streaming(model, "stmc")  # frozen layers use the running statistics whatever the mode
+    stream.always_mask = True
+    stream.layers = [ExportLayer(layer) for layer in stream.layers]
+    return stream
+
+
+class StepGraph(nn.Module):
+    """``(frames, *state) -> (out, *next_state)``: one engine step, the function the step graph holds."""
+
+    def __init__(self, stream: Stream) -> None:
+        super().__init__()
+        self.stream = stream
+
+    def forward(self, frames: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.stream.pure_step(frames, *state)
+
+
+class FlushGraph(nn.Module):
+    """``(*state) -> out``: the last ``D`` frames of every stream, as :meth:`Stream.flush` computes them."""
+
+    def __init__(self, stream: Stream) -> None:
+        super().__init__()
+        self.stream = stream
+
+    def forward(self, *state: torch.Tensor) -> torch.Tensor:
+        stream = self.stream
+        first = state[0]
+        zeros = first[:, :1, :1, :1] * 0 + first.new_zeros(1, 2, stream.model.n_freq, stream.delay)
+        stream.end = state[-1]  # every layer's outputs at times >= the stream's end are offline padding
+        try:
+            return stream.pure_step(zeros, *state)[0]
+        finally:
+            stream.end = None
+
+
+def metadata(model: UNet, stream: Stream, frames_per_call: int, flush_name: str) -> dict[str, str]:
+    """What a runtime needs to drive the graphs, stored as ONNX ``metadata_props`` (JSON values)."""
+    shapes = [list(shape) for shape in stream.state_shapes()] + [[]]
+    dtypes = ["float32"] * (len(shapes) - 1) + ["int64"]
+    return {
+        f"{META}state_shapes": json.dumps(shapes),
+        f"{META}state_dtypes": json.dumps(dtypes),
+        f"{META}frames_per_call": str(frames_per_call),
+        f"{META}delay": str(stream.delay),
+        f"{META}receptive_field": json.dumps(list(model.receptive_field)),
+        f"{META}n_freq": str(model.n_freq),
+        f"{META}model_config": json.dumps(model.config),
+        f"{META}flush": flush_name,
+        f"{META}stft": json.dumps({"sample_rate": SAMPLE_RATE, "n_fft": N_FFT, "hop": HOP}),
+    }
+
+
+def _save(
+    module: nn.Module,
+    args: tuple[torch.Tensor, ...],
+    path: Path,
+    inputs: list[str],
+    outputs: list[str],
+    meta: dict[str, str],
+    opset: int,
+) -> None:
+    """Trace ``module`` to ``path`` with a dynamic batch axis on every input and output, then add ``meta``."""
+    module.eval()  # the exporter restores this mode afterwards, on the wrapped model too
+    with torch.no_grad():
+        torch.onnx.export(
+            module, args, str(path), input_names=inputs, output_names=outputs, opset_version=opset, dynamo=False
+        )
+    graph = onnx.load(str(path))
+    del graph.graph.value_info[:]
+    for value in [*graph.graph.input, *graph.graph.output]:
+        value.type.tensor_type.shape.dim[0].dim_param = "batch"
+    for key, value in meta.items():
+        entry = graph.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.checker.check_model(graph)
+    onnx.save(graph, str(path))
+
+
+def to_onnx(model: UNet, path: str | Path, frames_per_call: int = 1, opset: int = OPSET) -> Path:
+    """Export ``model``'s STMC step (and, for look-ahead models, its flush graph); returns the step graph's path.
+
+    ``frames_per_call`` is fixed in the graph (the tracer needs static time sizes); 1 is one hop per call, the
+    lowest latency. Both files are written next to each other; see the module docstring for the contract.
+    """
+    if not isinstance(model, UNet):
+        raise ValueError(f"to_onnx needs a stmc.UNet, got {type(model).__name__}")
+    if not isinstance(frames_per_call, int) or frames_per_call < 1:
+        raise ValueError(f"frames_per_call must be a positive integer, got {frames_per_call!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    training = model.training
+    stream = export_stream(model)
+    batch = 2  # traced with 2 streams so that no size-1 broadcast is baked in
+    stream.init_state(batch, model.layers[0].conv.weight)
+    state = stream.get_state()
+    n = len(state)
+    flush_name = flush_path(path).name if stream.delay else ""
+    meta = metadata(model, stream, frames_per_call, flush_name)
+    frames = torch.zeros(batch, 2, model.n_freq, frames_per_call)
+    _save(
+        StepGraph(stream),
+        (frames, *state),
+        path,
+        [INPUT, *state_names(n)],
+        [OUTPUT, *state_names(n, "next_")],
+        meta,
+        opset,
+    )
+    if stream.delay:
+        _save(FlushGraph(stream), tuple(state), flush_path(path), state_names(n), [OUTPUT], meta, opset)
+    model.train(training)
+    return path
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The ``stmc.*`` metadata of an exported graph, without the prefix."""
+    props = onnx.load(str(path), load_external_data=False).metadata_props
+    return {p.key[len(META) :]: p.value for p in props if p.key.startswith(META)}
+
+
+def session(path: str | Path, threads: int = 1):
+    """An onnxruntime CPU session with ``threads`` intra-op threads, sequential execution (timing-friendly)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+class OnnxStream:
+    """The exported step in onnxruntime behind the engine's per-call contract (:class:`stmc.streaming.Stream`).
+
+    ``s(chunk [B, 2, F, t])`` returns the mask frames delayed by ``D`` (nothing before a stream's start),
+    ``s.flush()`` the last ``D`` frames, ``s.reset()`` / ``s.reset(mask)`` restart all / chosen streams.
+    ``t`` must be a multiple of the graph's ``frames_per_call`` (any ``t`` for the default 1).
+    """
+
+    def __init__(self, path: str | Path, threads: int = 1) -> None:
+        self.path = Path(path)
+        meta = read_metadata(self.path)
+        if "state_shapes" not in meta:
+            raise ValueError(f"{self.path} is not an STMC step graph (no {META}state_shapes metadata)")
+        self.shapes = [tuple(s) for s in json.loads(meta["state_shapes"])]
+        self.dtypes = [np.dtype(d) for d in json.loads(meta["state_dtypes"])]
+        self.frames_per_call = int(meta["frames_per_call"])
+        self.delay = int(meta["delay"])
+        self.n_freq = int(meta["n_freq"])
+        self.config = json.loads(meta["model_config"])
+        self.step_session = session(self.path, threads)
+        self.flush_session = session(self.path.parent / meta["flush"], threads) if meta["flush"] else None
+        self.names = state_names(len(self.shapes))
+        self.reset()
+
+    def reset(self, mask: torch.Tensor | None = None) -> None:
+        """Restart every stream, or only those where the bool ``mask [B]`` is true (they start at time 0)."""
+        if mask is None:
+            self.state: list[np.ndarray] | None = None
+            self.frames_in = 0
+            self.flushed = False
+            return
+        if self.state is None or tuple(mask.shape) != (self.batch,) or mask.dtype != torch.bool:
+            raise ValueError(f"reset(mask) needs a bool mask of shape [{self.batch}] after the first chunk")
+        rows = mask.cpu().numpy()
+        for tensor in self.state:
+            tensor[rows] = 0
+
+    @property
+    def batch(self) -> int | None:
+        return None if self.state is None else self.state[-1].shape[0]
+
+    def zero_state(self, batch: int) -> list[np.ndarray]:
+        """The initial state of ``batch`` streams: zeros of the shapes and dtypes in the metadata."""
+        return [np.zeros((batch, *shape), dtype) for shape, dtype in zip(self.shapes, self.dtypes, strict=True)]
+
+    def step(self, frames: np.ndarray, state: Sequence[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """One graph call: ``frames [B, 2, F, frames_per_call]`` and a state -> ``(out, next_state)``."""
+        out, *state = self.step_session.run(None, {INPUT: frames, **dict(zip(self.names, state, strict=True))})
+        return out, state
+
+    def __call__(self, chunk: torch.Tensor) -> torch.Tensor:
+        if self.flushed:
+            raise RuntimeError("this stream was flushed; call reset() before streaming again")
+        if chunk.dim() != 4 or chunk.shape[1] != 2 or chunk.shape[2] != self.n_freq or chunk.dtype != torch.float32:
+            raise ValueError(
+                f"expected a float32 spectrum [batch, 2 (real, imag), {self.n_freq} bins, frames], "
+                f"got {chunk.dtype} {list(chunk.shape)}"
+            )
+        if self.state is None:
+            self.state = self.zero_state(chunk.shape[0])
+        elif chunk.shape[0] != self.batch:
+            raise ValueError(f"this stream has batch {self.batch}, got a chunk of batch {chunk.shape[0]}; reset first")
+        size = self.frames_per_call
+        if chunk.shape[-1] % size:
+            raise ValueError(f"this graph takes {size} frames per call; got a chunk of {chunk.shape[-1]} frames")
+        frames = chunk.detach().cpu().numpy()
+        outs = []
+        for start in range(0, frames.shape[-1], size):
+            out, self.state = self.step(np.ascontiguousarray(frames[..., start : start + size]), self.state)
+            outs.append(out)
+        out = np.concatenate(outs, -1) if outs else np.zeros(frames.shape, np.float32)
+        early = max(0, self.delay - self.frames_in)  # outputs at times < 0 are not part of the signal
+        self.frames_in += frames.shape[-1]
+        return torch.from_numpy(out[..., early:])
+
+    def flush(self) -> torch.Tensor:
+        """The last ``D`` frames of every stream (zero padding run out as offline); then the stream needs reset()."""
+        if self.flushed:
+            raise RuntimeError("this stream was flushed already; call reset() before streaming again")
+        self.flushed = True
+        if self.flush_session is None or self.state is None:
+            return torch.zeros(self.batch or 0, 2, self.n_freq, 0)
+        (out,) = self.flush_session.run(None, dict(zip(self.names, self.state, strict=True)))
+        early = max(0, self.delay - self.frames_in)
+        return torch.from_numpy(out[..., early:])
+
+
+def max_error(model: UNet, path: str | Path, frames: int = 64, batch: int = 2, seed: int = 0) -> float:
+    """Largest difference between the exported graphs in onnxruntime and offline PyTorch on random spectra."""
+    spec = torch.randn(batch, 2, model.n_freq, frames, generator=torch.Generator().manual_seed(seed))
+    stream = OnnxStream(path)
+    out = torch.cat([stream(spec), stream.flush()], -1)
+    training = model.training
+    with torch.no_grad():
+        expected = model.eval()(spec)
+    model.train(training)
+    return float((out - expected).abs().max())
+
+
+def load_model(ckpt: str | None, depth: int, lookahead: int, width: float, seed: int) -> UNet:
+    """A checkpoint's model, or (``ckpt=None``) a fresh untrained one for dry runs."""
+    from stmc.enhancer import Enhancer
+
+    if ckpt:
+        return Enhancer.from_checkpoint(ckpt).model
+    torch.manual_seed(seed)
+    return UNet(depth=depth, lookahead=lookahead, width=width).eval()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m stmc.export OUT.onnx [--ckpt CKPT | --lookahead L --width W]``: export and verify."""
+    parser = argparse.ArgumentParser(prog="python -m stmc.export", description=main.__doc__)
+    parser.add_argument("out", help="path of the step graph (.onnx); look-ahead models add <name>.flush.onnx")
+    parser.add_argument("--ckpt", help="checkpoint from train.py; without it a fresh untrained model (dry run)")
+    parser.add_argument("--depth", type=int, default=7, help="dry-run model depth")
+    parser.add_argument("--lookahead", type=int, default=0, help="dry-run model look-ahead frames")
+    parser.add_argument("--width", type=float, default=1.0, help="dry-run model channel multiplier")
+    parser.add_argument("--seed", type=int, default=0, help="dry-run model initialisation seed")
+    parser.add_argument("--frames-per-call", type=int, default=1, help="spectrum frames per step call (hops)")
+    parser.add_argument("--no-check", action="store_true", help="skip the onnxruntime vs PyTorch comparison")
+    args = parser.parse_args(argv)
+    try:
+        model = load_model(args.ckpt, args.depth, args.lookahead, args.width, args.seed)
+        path = to_onnx(model, args.out, args.frames_per_call)
+    except ValueError as err:
+        parser.exit(1, f"error: {err}\n")
+    meta = read_metadata(path)
+    print(f"wrote {path}" + (f" and {flush_path(path)}" if meta["flush"] else ""))
+    print(
+        f"  state: {len(json.loads(meta['state_shapes']))} tensors, look-ahead D={meta['delay']} frames, "
+        f"{meta['frames_per_call']} frame(s) per call"
+    )
+    if not args.no_check:
+        frames = args.frames_per_call * max(1, 64 // args.frames_per_call)
+        error = max_error(model, path, frames=frames)
+        print(f"  onnxruntime vs offline PyTorch over {frames} frames: max |error| = {error:.2e}")
+        if error > 1e-4:
+            print("  error above 1e-4")
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

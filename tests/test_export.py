@@ -1,0 +1,174 @@
+"""ONNX export: the STMC step with explicit state, run in onnxruntime, equals offline PyTorch; multi-stream resets."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import stmc
+from stmc.export import OnnxStream, flush_path, main, read_metadata, state_names, to_onnx
+from stmc.stft import STFT
+from tests.randmodel import randomise_norms
+
+
+@pytest.fixture(scope="module", params=[0, 14], ids=["causal", "noncausal"])
+def exported(request, tmp_path_factory):
+    """The paper's depth-7 model (narrowed for speed), causal and with 14 frames of look-ahead, exported."""
+    torch.manual_seed(request.param)
+    model = randomise_norms(stmc.UNet(lookahead=request.param, width=0.25), request.param)
+    return model, to_onnx(model, tmp_path_factory.mktemp("onnx") / "step.onnx")
+
+
+def utterance_spectrum(seconds: float, batch: int = 1, seed: int = 0) -> torch.Tensor:
+    """STFT channels of a noisy chirp: a whole utterance as the model sees it."""
+    gen = torch.Generator().manual_seed(seed)
+    t = torch.arange(int(seconds * 16000)) / 16000
+    x = 0.3 * torch.sin(2 * torch.pi * (200 + 400 * t) * t) + 0.05 * torch.randn(batch, t.numel(), generator=gen)
+    spec = STFT().stft(x)
+    return torch.stack([spec.real, spec.imag], 1).float()
+
+
+def test_onnxruntime_over_a_whole_utterance_equals_offline(exported):
+    model, path = exported
+    spec = utterance_spectrum(2.0)  # 128 frames, one step call per frame
+    stream = OnnxStream(path)
+    out = torch.cat([stream(spec[..., t : t + 1]) for t in range(spec.shape[-1])] + [stream.flush()], -1)
+    with torch.no_grad():
+        expected = model(spec)
+    assert out.shape == expected.shape
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=0)
+
+
+def test_graph_contract_names_dynamic_batch_and_zero_state_metadata(exported):
+    model, path = exported
+    graph = onnx.load(str(path))
+    meta = read_metadata(path)
+    shapes, dtypes = json.loads(meta["state_shapes"]), json.loads(meta["state_dtypes"])
+    n = len(shapes)
+    assert [i.name for i in graph.graph.input] == ["frames", *state_names(n)]
+    assert [o.name for o in graph.graph.output] == ["out", *state_names(n, "next_")]
+    for value, shape in zip(graph.graph.input[1:], shapes, strict=True):
+        dims = value.type.tensor_type.shape.dim
+        assert dims[0].dim_param == "batch"
+        assert [d.dim_value for d in dims[1:]] == shape
+    assert dtypes[-1] == "int64" and set(dtypes[:-1]) == {"float32"}
+    stream = stmc.streaming(model, "stmc")
+    assert shapes[:-1] == [list(s) for s in stream.state_shapes()]
+    assert int(meta["delay"]) == model.receptive_field[1]
+    assert json.loads(meta["model_config"]) == json.loads(json.dumps(model.config))
+    assert flush_path(path).exists() == bool(model.receptive_field[1])
+    assert meta["flush"] == (flush_path(path).name if model.receptive_field[1] else "")
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_any_batch_size_from_zero_state(exported, batch):
+    model, path = exported
+    spec = utterance_spectrum(0.5, batch, seed=batch)
+    stream = OnnxStream(path)
+    out = torch.cat([stream(spec[..., :5]), stream(spec[..., 5:]), stream.flush()], -1)
+    with torch.no_grad():
+        torch.testing.assert_close(out, model(spec), atol=1e-4, rtol=0)
+
+
+def test_several_frames_per_call(tmp_path):
+    model = randomise_norms(stmc.UNet(depth=3, lookahead=2, channels=[2, 3, 4]), 0)
+    path = to_onnx(model, tmp_path / "four.onnx", frames_per_call=4)
+    spec = torch.randn(2, 2, 513, 24)
+    stream = OnnxStream(path)
+    out = torch.cat([stream(spec[..., :8]), stream(spec[..., 8:12]), stream(spec[..., 12:]), stream.flush()], -1)
+    torch.testing.assert_close(out, model(spec), atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="4 frames per call"):
+        OnnxStream(path)(spec[..., :3])
+
+
+class TorchFrames:
+    """The PyTorch engine behind the same calls as :class:`OnnxStream` (the reference backend)."""
+
+    def __init__(self, model: stmc.UNet) -> None:
+        self.stream = stmc.streaming(model, "stmc")
+
+    def __call__(self, chunk: torch.Tensor) -> torch.Tensor:
+        return self.stream(chunk)
+
+    def reset(self, mask: torch.Tensor) -> None:
+        self.stream.reset(mask)
+
+    def flush(self) -> torch.Tensor:
+        return self.stream.flush()
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_multi_stream_resets_leave_every_stream_equal_to_its_own_offline_output(tmp_path, backend):
+    """4 streams advance together; streams 1-3 restart on new utterances at different frames (one twice)."""
+    model = randomise_norms(stmc.UNet(depth=3, lookahead=3, channels=[3, 4, 5]), 7)
+    delay, frames = model.receptive_field[1], 40
+    restarts = {1: [12], 2: [9, 27], 3: [33]}  # stream -> frames at which it starts a new utterance
+    spec = torch.randn(4, 2, 513, frames)  # row b at frame t: the input of stream b at that step
+    stream = TorchFrames(model) if backend == "torch" else OnnxStream(to_onnx(model, tmp_path / "multi.onnx"))
+    outs = []
+    for t in range(0, frames, 3):
+        mask = torch.tensor([t in restarts.get(b, []) for b in range(4)])
+        if mask.any():
+            stream.reset(mask)
+        outs.append(stream(spec[..., t : t + 3]))
+    out = torch.cat(outs + [stream.flush()], -1)  # [4, 2, F, frames]: frame t is the output for input t
+    for b in range(4):
+        bounds = [0, *restarts.get(b, []), frames]
+        for k, (start, stop) in enumerate(zip(bounds, bounds[1:], strict=False)):
+            expected = model(spec[b : b + 1, ..., start:stop])
+            last = stop < frames  # an interrupted utterance never gets its last `delay` frames
+            got = out[b : b + 1, ..., start : stop - delay if last else stop]
+            torch.testing.assert_close(
+                got, expected[..., : got.shape[-1]], atol=1e-4, rtol=0, msg=f"stream {b}, utterance {k}"
+            )
+
+
+def test_flush_graph_ends_chosen_streams_only(tmp_path):
+    """Ending one stream of a batch: its rows of the pure flush graph, then zeroed state rows."""
+    model = randomise_norms(stmc.UNet(depth=3, lookahead=3, channels=[3, 4, 5]), 3)
+    stream = OnnxStream(to_onnx(model, tmp_path / "m.onnx"))
+    a, b, c = torch.randn(1, 2, 513, 20), torch.randn(1, 2, 513, 12), torch.randn(1, 2, 513, 8)
+    first = stream(torch.cat([a[..., :12], b], 0))
+    (tail,) = stream.flush_session.run(None, dict(zip(stream.names, stream.state, strict=True)))
+    stream.reset(torch.tensor([False, True]))
+    second = stream(torch.cat([a[..., 12:], c], 0))
+    rest = stream.flush()
+    ended_b = torch.cat([first[1:], torch.from_numpy(tail[1:])], -1)
+    torch.testing.assert_close(ended_b, model(b), atol=1e-4, rtol=0)
+    torch.testing.assert_close(torch.cat([first[:1], second[:1], rest[:1]], -1), model(a), atol=1e-4, rtol=0)
+    torch.testing.assert_close(torch.cat([second[1:], rest[1:]], -1)[..., 3:], model(c), atol=1e-4, rtol=0)
+
+
+def test_cli_exports_a_checkpoint_and_checks_it(tmp_path, capsys):
+    model = randomise_norms(stmc.UNet(depth=3, lookahead=1, channels=[2, 3, 4]), 1)
+    ckpt = tmp_path / "model.ckpt"
+    torch.save(
+        {
+            "stmc": {"model_config": model.config},
+            "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+        },
+        ckpt,
+    )
+    assert main([str(tmp_path / "out.onnx"), "--ckpt", str(ckpt)]) == 0
+    printed = capsys.readouterr().out
+    assert "out.flush.onnx" in printed and "max |error|" in printed
+    error = float(printed.rsplit("=", 1)[1])
+    assert error < 1e-4
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "bad.onnx"), "--ckpt", str(tmp_path / "missing.ckpt")])
+    assert "missing.ckpt does not exist" in capsys.readouterr().err
+
+
+def test_onnx_stream_refuses_wrong_input(exported):
+    _, path = exported
+    stream = OnnxStream(path)
+    with pytest.raises(ValueError, match=r"\[batch, 2 \(real, imag\), 513 bins, frames\]"):
+        stream(torch.randn(1, 2, 512, 1))
+    stream(torch.randn(2, 2, 513, 1))
+    with pytest.raises(ValueError, match="batch 2"):
+        stream(torch.randn(1, 2, 513, 1))
+    assert np.all(stream.zero_state(3)[-1] == 0)
