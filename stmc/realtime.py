@@ -1,0 +1,517 @@
+"""Streaming a trained enhancer over real audio: sources, sinks, chunking, real-time pacing and latency statistics.
+
+``stream_infer.py`` is a thin Hydra front end to :func:`infer`. Audio goes through :class:`stmc.Enhancer`'s
+stream (or its ONNX export, :class:`stmc.export.OnnxStream`) in chunks of any number of samples:
+
+- sources: an audio file, a folder of them, raw 16-bit little-endian PCM on stdin, or a live microphone
+  (``sounddevice``, optional);
+- sinks: audio files written atomically (a temporary file renamed into place, so a killed run never leaves a
+  half-written output), or raw 16-bit PCM on stdout as soon as each chunk is enhanced (or a live speaker);
+- ``realtime``: a file is fed at the audio rate (chunk ``i`` is handed over when its last sample would have
+  arrived), and every chunk's compute latency is measured against its deadline, the chunk's own duration.
+
+Files are read whole with ``soundfile``; other sample rates are resampled to 16 kHz with
+``torchaudio.functional.resample`` (a logged note) or rejected; multichannel files are downmixed or enhanced
+per channel, the channels then being independent streams of one batch. (``data.audio`` reads training crops and
+always downmixes; it neither keeps channels nor locates non-finite samples, which this module needs.)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import queue
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+
+from stmc.enhancer import Enhancer, EnhancerStream
+from stmc.stft import SAMPLE_RATE
+
+log = logging.getLogger("stmc.realtime")
+
+PCM_SCALE = 32768.0
+CHANNEL_MODES = ("mix", "each")
+
+
+class InputError(ValueError):
+    """A bad input or output: a missing, unreadable or invalid file. The message names it, on one line."""
+
+
+# -- chunk sizes --
+def parse_chunk(value: int | str, rate: int = SAMPLE_RATE) -> int:
+    """A chunk size in samples: ``320``, ``"320"``, ``"20ms"`` or ``"0.02s"`` (any value of at least 1 sample)."""
+    text = str(value).strip().lower()
+    match = re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+)\s*(ms|s)?", text)
+    if match is None:
+        raise ValueError(f"chunk={value!r}: give samples (320) or a duration (20ms, 0.02s)")
+    number, unit = float(match.group(1)), match.group(2)
+    if unit is None and not number.is_integer():
+        raise ValueError(f"chunk={value!r}: a chunk in samples must be a whole number")
+    samples = round(number * rate / {None: rate, "ms": 1000, "s": 1}[unit])
+    if samples < 1:
+        raise ValueError(f"chunk={value!r} is shorter than one sample at {rate} Hz")
+    return samples
+
+
+# -- reading --
+def check_finite(audio: np.ndarray, name: str, rate: int, offset: int = 0) -> None:
+    """Raise :class:`InputError` naming the first non-finite sample of ``audio [channels, samples]``."""
+    bad = ~np.isfinite(audio)
+    if not bad.any():
+        return
+    index = int(np.flatnonzero(bad.any(0))[0])
+    channel = int(np.flatnonzero(bad[:, index])[0])
+    position = offset + index
+    raise InputError(
+        f"{name}: non-finite sample ({audio[channel, index]}) at sample {position} "
+        f"({position / rate:.3f} s, channel {channel})"
+    )
+
+
+def read_audio(path: str | Path, resample: bool = True, channels: str = "mix") -> np.ndarray:
+    """An audio file as float32 ``[channels, samples]`` at 16 kHz (one channel when ``channels="mix"``).
+
+    Raises :class:`InputError` for a missing or unreadable file, non-finite samples (naming the first one's
+    position, in the file's own samples) and, with ``resample=False``, a sample rate other than 16 kHz.
+    """
+    if channels not in CHANNEL_MODES:
+        raise ValueError(f"channels={channels!r}: choose one of {', '.join(CHANNEL_MODES)}")
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    try:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as err:
+        raise InputError(f"{path}: unreadable audio file ({' '.join(str(err).split())})") from err
+    audio = np.ascontiguousarray(data.T)
+    check_finite(audio, str(path), rate)
+    if channels == "mix" and audio.shape[0] > 1:
+        log.info("%s: %d channels downmixed to mono (channels=each enhances each one)", path, audio.shape[0])
+        audio = audio.mean(0, keepdims=True, dtype=np.float32)
+    if rate != SAMPLE_RATE:
+        if not resample:
+            raise InputError(f"{path}: sample rate {rate} Hz, expected {SAMPLE_RATE} Hz (resample=true converts it)")
+        log.info("%s: resampling %d Hz -> %d Hz", path, rate, SAMPLE_RATE)
+        if audio.shape[1]:
+            audio = AF.resample(torch.from_numpy(audio), rate, SAMPLE_RATE).numpy()
+        else:
+            audio = np.zeros((audio.shape[0], 0), np.float32)
+    return audio
+
+
+def array_chunks(audio: np.ndarray, size: int) -> Iterator[torch.Tensor]:
+    """``[channels, samples]`` in consecutive chunks of ``size`` samples (the last one may be shorter)."""
+    tensor = torch.from_numpy(audio)
+    for start in range(0, tensor.shape[1], size):
+        yield tensor[:, start : start + size]
+
+
+def pcm_chunks(stream: BinaryIO, size: int, channels: int = 1) -> Iterator[torch.Tensor]:
+    """Raw 16-bit little-endian interleaved PCM at 16 kHz from ``stream``, as float32 ``[channels, size]`` chunks.
+
+    Each chunk is returned as soon as its bytes have arrived (the last one may be shorter); a trailing partial
+    sample frame is an error.
+    """
+    frame_bytes = 2 * channels
+    want = size * frame_bytes
+    while True:
+        data = bytearray()
+        while len(data) < want:
+            more = stream.read(want - len(data))
+            if not more:
+                break
+            data += more
+        if len(data) % frame_bytes:
+            raise InputError(f"stdin: the stream ends inside a sample frame ({len(data) % frame_bytes} stray bytes)")
+        if data:
+            pcm = np.frombuffer(bytes(data), dtype="<i2").reshape(-1, channels).T
+            yield torch.from_numpy(pcm.astype(np.float32) / PCM_SCALE)
+        if len(data) < want:
+            return
+
+
+def microphone_chunks(size: int, channels: int = 1) -> Iterator[torch.Tensor]:
+    """Live input from the default microphone through ``sounddevice`` (optional), until Ctrl-C."""
+    sd = _sounddevice()
+    blocks: queue.Queue[np.ndarray] = queue.Queue()
+
+    def callback(indata: np.ndarray, frames: int, when: object, status: object) -> None:
+        if status:
+            log.warning("microphone: %s", status)
+        blocks.put(indata.T.copy())
+
+    with sd.InputStream(SAMPLE_RATE, size, channels=channels, dtype="float32", callback=callback):
+        try:
+            while True:
+                yield torch.from_numpy(blocks.get())
+        except KeyboardInterrupt:
+            return
+
+
+def _sounddevice():
+    try:
+        import sounddevice
+    except (ImportError, OSError) as err:  # OSError: the package is there but PortAudio is not
+        raise InputError(f"live audio needs the 'sounddevice' package and PortAudio ({err})") from err
+    return sounddevice
+
+
+# -- writing --
+def to_pcm(audio: torch.Tensor) -> tuple[bytes, int]:
+    """``[channels, samples]`` float -> interleaved 16-bit little-endian bytes, and how many samples clipped."""
+    scaled = audio.detach().cpu().numpy().T * PCM_SCALE
+    clipped = int(np.count_nonzero((scaled > 32767) | (scaled < -32768)))
+    return np.clip(np.round(scaled), -32768, 32767).astype("<i2").tobytes(), clipped
+
+
+@contextmanager
+def atomic_audio_file(path: str | Path, channels: int, subtype: str = "FLOAT") -> Iterator[Callable]:
+    """Yield ``write(chunk [channels, n])``; the file appears at ``path`` only when the block completes.
+
+    Chunks go to a temporary file in the same folder, renamed over ``path`` at the end (an atomic replace);
+    on any error, or an interrupt, the temporary file is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    fmt = path.suffix.lstrip(".").upper()
+    if fmt not in sf.available_formats():
+        raise InputError(f"{path}: cannot write audio as '{path.suffix}'; use .wav or .flac")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(handle)
+    try:
+        with sf.SoundFile(temp, "w", SAMPLE_RATE, channels, subtype, format=fmt) as out:
+
+            def write(chunk: torch.Tensor) -> None:
+                if chunk.numel():
+                    out.write(chunk.detach().cpu().numpy().T)
+
+            yield write
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+class PcmWriter:
+    """Enhanced chunks as raw 16-bit PCM on a binary stream (stdout), flushed per chunk; counts clipping."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self.stream = stream
+        self.clipped = 0
+
+    def __call__(self, chunk: torch.Tensor) -> None:
+        data, clipped = to_pcm(chunk)
+        self.clipped += clipped
+        self.stream.write(data)
+        self.stream.flush()
+
+
+class SpeakerWriter:
+    """Enhanced chunks to the default output device through ``sounddevice`` (optional)."""
+
+    def __init__(self, channels: int) -> None:
+        sd = _sounddevice()
+        self.device = sd.OutputStream(SAMPLE_RATE, channels=channels, dtype="float32")
+        self.device.start()
+
+    def __call__(self, chunk: torch.Tensor) -> None:
+        if chunk.numel():
+            self.device.write(np.ascontiguousarray(chunk.detach().cpu().numpy().T))
+
+    def close(self) -> None:
+        self.device.stop()
+        self.device.close()
+
+
+# -- latency --
+@dataclass
+class LatencyStats:
+    """Per-chunk compute latency against the real-time deadline (the chunk's own duration).
+
+    A chunk misses its deadline when its output is ready later than one chunk duration after the chunk was
+    complete (its arrival); with pacing, arrival is when its last sample would have come in, so time spent
+    waiting for an earlier late chunk counts too. The real-time factor is total compute over audio duration.
+    """
+
+    compute: list[float] = field(default_factory=list)
+    lateness: list[float] = field(default_factory=list)
+    samples: int = 0
+    flush_seconds: float = 0.0
+
+    def add(self, compute: float, response: float, samples: int) -> None:
+        """One chunk of ``samples``: ``compute`` seconds, output ready ``response`` seconds after arrival."""
+        self.compute.append(compute)
+        self.lateness.append(response - samples / SAMPLE_RATE)
+        self.samples += samples
+
+    def extend(self, other: LatencyStats) -> None:
+        self.compute += other.compute
+        self.lateness += other.lateness
+        self.samples += other.samples
+        self.flush_seconds += other.flush_seconds
+
+    def summary(self) -> dict[str, float]:
+        """Chunk count, compute latency percentiles (ms), deadline misses and real-time factor."""
+        ms = np.asarray(self.compute) * 1e3
+        pick = (lambda q: float(np.percentile(ms, q))) if len(ms) else (lambda q: math.nan)
+        audio = self.samples / SAMPLE_RATE
+        return {
+            "chunks": len(ms),
+            "audio_s": audio,
+            "p50_ms": pick(50),
+            "p95_ms": pick(95),
+            "p99_ms": pick(99),
+            "max_ms": float(ms.max()) if len(ms) else math.nan,
+            "misses": int(np.count_nonzero(np.asarray(self.lateness) > 0)),
+            "rtf": (sum(self.compute) + self.flush_seconds) / audio if audio else math.nan,
+        }
+
+
+def stream_through(
+    stream: EnhancerStream,
+    chunks: Iterable[torch.Tensor],
+    write: Callable[[torch.Tensor], None],
+    realtime: bool = False,
+    stats: LatencyStats | None = None,
+) -> LatencyStats:
+    """Enhance ``chunks`` (``[streams, n]`` each) one by one, writing each output at once, then the flush.
+
+    ``realtime=True`` hands chunk ``i`` over only when its last sample would have arrived at the audio rate;
+    otherwise a chunk arrives when the previous one is done (or when the source yields it: stdin, microphone).
+    """
+    stats = stats if stats is not None else LatencyStats()
+    stream.reset()
+    start, fed = time.perf_counter(), 0
+    for chunk in chunks:
+        fed += chunk.shape[-1]
+        if realtime:
+            arrival = start + fed / SAMPLE_RATE
+            wait = arrival - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
+        else:
+            arrival = time.perf_counter()
+        begin = time.perf_counter()
+        out = stream(chunk)
+        done = time.perf_counter()
+        stats.add(done - begin, done - arrival, chunk.shape[-1])
+        write(out)
+    begin = time.perf_counter()
+    rest = stream.flush()
+    stats.flush_seconds += time.perf_counter() - begin
+    write(rest)
+    return stats
+
+
+# -- the whole run --
+@dataclass
+class InferOptions:
+    """What ``stream_infer.py`` does; the fields of ``configs/stream_infer.yaml`` (see there for each one)."""
+
+    input: str
+    output: str | None = None
+    ckpt: str | None = None
+    onnx: str | None = None
+    model: dict | None = None
+    seed: int = 0
+    method: str = "stmc"
+    compile: bool = False
+    chunk: int | str = "16ms"
+    realtime: bool = False
+    resample: bool = True
+    channels: str = "mix"
+    stdin_channels: int = 1
+    subtype: str = "FLOAT"
+    threads: int | None = 1
+    stats: str | None = None
+    progress: bool = True
+
+
+def build_enhancer(options: InferOptions) -> Enhancer:
+    """The checkpoint's enhancer, or one built from the ONNX export's config, or (dry run) an untrained ``model``.
+
+    With ``onnx`` only the STFT front end of this enhancer is used: the network runs from the export.
+    """
+    if options.ckpt and options.onnx:
+        raise ValueError("give ckpt (PyTorch) or onnx (an export, weights included), not both")
+    if options.ckpt:
+        return Enhancer.from_checkpoint(options.ckpt)
+    if options.onnx:
+        from stmc.export import read_metadata
+
+        config = json.loads(read_metadata(options.onnx)["model_config"])
+    else:
+        config = {key: value for key, value in (options.model or {}).items() if key != "_target_"}
+    torch.manual_seed(options.seed)
+    from stmc.unet import UNet
+
+    return Enhancer(UNet(**config).eval())
+
+
+def open_stream(enhancer: Enhancer, options: InferOptions) -> EnhancerStream:
+    """The enhancer's sample stream; with ``onnx`` set the network runs in onnxruntime from that export."""
+    stream = enhancer.stream(options.method, compile=options.compile)
+    if options.onnx:
+        from stmc.export import OnnxStream
+
+        stream.frames = OnnxStream(options.onnx, threads=options.threads or 1)
+        stream.reset()
+    return stream
+
+
+AUDIO_SUFFIXES = {f".{name.lower()}" for name in sf.available_formats()} | {".aif", ".oga", ".opus"}
+
+
+def list_audio(folder: Path) -> list[Path]:
+    """Audio files (by extension) under ``folder``, recursively, in a stable order."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+
+
+def default_output(source: Path) -> Path:
+    """``noisy.wav`` -> ``noisy.enhanced.wav``; a folder ``noisy/`` -> ``noisy_enhanced/``."""
+    if source.is_dir():
+        return source.with_name(f"{source.name}_enhanced")
+    return source.with_name(f"{source.stem}.enhanced.wav")
+
+
+def enhance_file(
+    stream: EnhancerStream, source: Path, target: str | Path, options: InferOptions, size: int
+) -> LatencyStats:
+    """One file through the stream into ``target`` (a file path, or ``-`` for raw PCM on stdout)."""
+    audio = read_audio(source, options.resample, options.channels)
+    chunks = array_chunks(audio, size)
+    if str(target) == "-":
+        writer = PcmWriter(sys.stdout.buffer)
+        stats = stream_through(stream, chunks, writer, options.realtime)
+        if writer.clipped:
+            log.warning("%s: %d output samples clipped to 16-bit range", source, writer.clipped)
+        return stats
+    with atomic_audio_file(target, audio.shape[0], options.subtype) as write:
+        return stream_through(stream, chunks, write, options.realtime)
+
+
+def infer(options: InferOptions) -> int:
+    """Run ``stream_infer.py``: enhance the input, log per-input and total latency; returns the exit status.
+
+    Bad inputs (missing, unreadable, NaN/Inf, wrong rate with ``resample=false``) are reported on one line
+    each; a folder run carries on with the other files and returns 1 at the end.
+    """
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    size = parse_chunk(options.chunk)
+    if options.input not in ("-", "mic") and not Path(options.input).exists():
+        raise InputError(f"{options.input}: no such file or folder")
+    enhancer = build_enhancer(options)
+    stream = open_stream(enhancer, options)
+    log.info(
+        "%s model (%s), method %s%s; chunk %d samples (%.2f ms), algorithmic latency %.1f ms",
+        "checkpoint" if options.ckpt else "exported" if options.onnx else "untrained (dry run)",
+        ", ".join(f"{k}={v}" for k, v in enhancer.model.config.items() if k in ("depth", "lookahead", "width")),
+        options.method,
+        " via onnxruntime" if options.onnx else "",
+        size,
+        1e3 * size / SAMPLE_RATE,
+        1e3 * stream.latency_samples / SAMPLE_RATE,
+    )
+    total, failures = LatencyStats(), 0
+    if options.input in ("-", "mic"):
+        live = options.input == "mic"
+        channels = 1 if live else options.stdin_channels
+        chunks = microphone_chunks(size, channels) if live else pcm_chunks(sys.stdin.buffer, size, channels)
+        target = options.output or ("speaker" if live else "-")
+        if target == "speaker":
+            writer = SpeakerWriter(channels)
+            try:
+                stream_through(stream, chunks, writer, stats=total)
+            finally:
+                writer.close()
+        elif target == "-":
+            stream_through(stream, chunks, PcmWriter(sys.stdout.buffer), stats=total)
+        else:
+            with atomic_audio_file(target, channels, options.subtype) as write:
+                stream_through(stream, chunks, write, stats=total)
+    else:
+        source = Path(options.input)
+        if source.is_dir():
+            if options.output == "-":
+                raise InputError(f"{source}: a folder cannot go to stdout; give output=<folder>")
+            target = Path(options.output) if options.output else default_output(source)
+            files = list_audio(source)
+            if not files:
+                raise InputError(f"{source}: no audio files in this folder")
+            for path in _progress(files, options.progress and not options.realtime):
+                try:
+                    stats = enhance_file(
+                        stream, path, (target / path.relative_to(source)).with_suffix(".wav"), options, size
+                    )
+                except InputError as err:
+                    log.error("%s", err)
+                    failures += 1
+                    continue
+                total.extend(stats)
+                if options.realtime:
+                    log_summary(str(path), stats)
+        else:
+            target = options.output or default_output(source)
+            total.extend(enhance_file(stream, source, target, options, size))
+        if options.output != "-":
+            log.info("wrote %s", target)
+    log_summary("total", total)
+    if options.stats:
+        summary = {
+            **total.summary(),
+            "chunk_samples": size,
+            "latency_ms": 1e3 * stream.latency_samples / SAMPLE_RATE,
+            "failures": failures,
+            "options": asdict(options),
+        }
+        Path(options.stats).write_text(json.dumps(summary, indent=2))
+    return 1 if failures else 0
+
+
+def log_summary(name: str, stats: LatencyStats) -> None:
+    """One line: compute latency percentiles, deadline misses and real-time factor."""
+    s = stats.summary()
+    log.info(
+        "%s: %d chunks, %.1f s of audio; compute latency p50 %.3f ms, p95 %.3f ms, p99 %.3f ms, max %.3f ms; "
+        "deadline misses %d; real-time factor %.3f",
+        name,
+        s["chunks"],
+        s["audio_s"],
+        s["p50_ms"],
+        s["p95_ms"],
+        s["p99_ms"],
+        s["max_ms"],
+        s["misses"],
+        s["rtf"],
+    )
+
+
+def _progress(files: list[Path], show: bool) -> Iterable[Path]:
+    """``files`` with a rich progress bar on stderr when ``show``."""
+    if not show:
+        yield from files
+        return
+    from rich.console import Console
+    from rich.progress import Progress
+
+    with Progress(console=Console(stderr=True), transient=False) as progress:
+        task = progress.add_task("enhancing", total=len(files))
+        for path in files:
+            progress.update(task, description=path.name)
+            yield path
+            progress.advance(task)

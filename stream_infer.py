@@ -1,0 +1,33 @@
+"""Stream audio through a trained (or, for a dry run, untrained) enhancer: ``python stream_infer.py input=...``.
+
+Everything happens in :func:`stmc.realtime.infer`; this file only handles the command line (configs/stream_infer.yaml).
+Logs go to stderr, so that ``output=-`` leaves stdout to the audio. A bad input or checkpoint is reported on one
+line; the exit status is 1 if any input failed.
+"""
+
+import logging
+import sys
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from stmc.realtime import InferOptions, infer
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="stream_infer")
+def main(cfg: DictConfig) -> None:
+    """Enhance the configured input (Hydra calls this once)."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr
+    )
+    options = InferOptions(**OmegaConf.to_container(cfg, resolve=True))
+    try:
+        status = infer(options)
+    except ValueError as err:  # bad input, checkpoint or option: one line, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        status = 1
+    sys.exit(status)
+
+
+if __name__ == "__main__":
+    main()

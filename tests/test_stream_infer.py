@@ -1,0 +1,229 @@
+"""stream_infer.py: files, folders and stdin through the stream equal offline enhancement; bad input; latency."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+
+import stmc
+from stmc.export import to_onnx
+from stmc.realtime import InferOptions, InputError, atomic_audio_file, build_enhancer, infer, parse_chunk, read_audio
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {"depth": 2, "lookahead": 1, "channels": [2, 3], "n_freq": 513}  # dry-run model, fast
+
+
+def options(tmp_path: Path, **kw) -> InferOptions:
+    return InferOptions(**{"model": TINY, "stats": str(tmp_path / "stats.json"), "progress": False, **kw})
+
+
+def noisy(seconds: float, channels: int = 1, rate: int = 16000, seed: int = 0) -> np.ndarray:
+    """``[samples, channels]`` float32: a tone in noise."""
+    gen = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    tone = 0.3 * np.sin(2 * np.pi * 220 * t)[:, None]
+    return (tone + 0.05 * gen.standard_normal((t.size, channels))).astype(np.float32)
+
+
+def offline(opts: InferOptions, x: np.ndarray) -> np.ndarray:
+    """The enhancer of ``opts`` applied offline to ``x [channels, samples]``."""
+    with torch.no_grad():
+        return build_enhancer(opts)(torch.from_numpy(np.ascontiguousarray(x))).numpy()
+
+
+def run_script(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "stream_infer.py", *args], cwd=ROOT, input=stdin, capture_output=True, timeout=120
+    )
+
+
+@pytest.mark.parametrize(
+    "value, samples", [(320, 320), ("17", 17), ("20ms", 320), ("0.5s", 8000), ("1.3ms", 21), (".01s", 160)]
+)
+def test_chunk_sizes_in_samples_or_durations(value, samples):
+    assert parse_chunk(value) == samples
+
+
+@pytest.mark.parametrize("value", ["0", "0.01ms", "2.5", "ten", "-3"])
+def test_bad_chunk_sizes_are_refused(value):
+    with pytest.raises(ValueError, match="chunk"):
+        parse_chunk(value)
+
+
+@pytest.mark.parametrize("chunk", [1000, "7ms", 4097])
+def test_file_streamed_in_any_chunk_size_equals_offline(tmp_path, chunk):
+    sf.write(tmp_path / "in.wav", noisy(1.3), 16000, subtype="FLOAT")
+    opts = options(tmp_path, input=str(tmp_path / "in.wav"), chunk=chunk)
+    assert infer(opts) == 0
+    out, rate = sf.read(tmp_path / "in.enhanced.wav", dtype="float32")
+    expected = offline(opts, sf.read(tmp_path / "in.wav", dtype="float32")[0][None])[0]
+    assert rate == 16000 and out.shape == expected.shape
+    np.testing.assert_allclose(out, expected, atol=1e-5 * np.abs(expected).max())
+
+
+def test_checkpoint_model_streams_like_its_offline_enhancer(tmp_path):
+    torch.manual_seed(3)
+    model = stmc.UNet(depth=3, lookahead=2, channels=[2, 3, 4])
+    ckpt = tmp_path / "last.ckpt"
+    torch.save(
+        {
+            "stmc": {"model_config": model.config},
+            "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+        },
+        ckpt,
+    )
+    sf.write(tmp_path / "in.wav", noisy(1.0), 16000, subtype="FLOAT")
+    assert infer(options(tmp_path, input=str(tmp_path / "in.wav"), output=str(tmp_path / "o.wav"), ckpt=str(ckpt))) == 0
+    expected = stmc.Enhancer.from_checkpoint(ckpt)(torch.from_numpy(noisy(1.0).T)).detach().numpy()[0]
+    np.testing.assert_allclose(sf.read(tmp_path / "o.wav", dtype="float32")[0], expected, atol=1e-5)
+
+
+class Payload:
+    """A pickle that would create a file when unpickled: checkpoints are untrusted input."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_checkpoint_with_pickled_code_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "pwned"
+    ckpt = tmp_path / "evil.ckpt"
+    torch.save({"stmc": {"model_config": TINY}, "state_dict": {}, "hook": Payload(marker)}, ckpt)
+    with pytest.raises(ValueError, match="cannot read checkpoint"):
+        infer(options(tmp_path, input=str(tmp_path), ckpt=str(ckpt)))
+    assert not marker.exists()
+
+
+def test_multichannel_downmixed_or_enhanced_per_channel(tmp_path, caplog):
+    stereo = noisy(0.8, channels=2)
+    sf.write(tmp_path / "st.wav", stereo, 16000, subtype="FLOAT")
+    mixed = options(tmp_path, input=str(tmp_path / "st.wav"), output=str(tmp_path / "mix.wav"), chunk=300)
+    with caplog.at_level(logging.INFO):
+        assert infer(mixed) == 0
+    assert "2 channels downmixed" in caplog.text
+    out = sf.read(tmp_path / "mix.wav", dtype="float32")[0]
+    np.testing.assert_allclose(out, offline(mixed, stereo.mean(1)[None])[0], atol=1e-5)
+    each = options(tmp_path, input=str(tmp_path / "st.wav"), output=str(tmp_path / "each.wav"), channels="each")
+    assert infer(each) == 0
+    out = sf.read(tmp_path / "each.wav", dtype="float32", always_2d=True)[0]
+    assert out.shape == stereo.shape
+    np.testing.assert_allclose(out.T, offline(each, stereo.T), atol=1e-5)
+
+
+def test_other_sample_rates_are_resampled_with_a_note_or_refused(tmp_path, caplog):
+    sf.write(tmp_path / "8k.wav", noisy(0.5, rate=8000), 8000, subtype="FLOAT")
+    opts = options(tmp_path, input=str(tmp_path / "8k.wav"), output=str(tmp_path / "o.wav"))
+    with caplog.at_level(logging.INFO):
+        assert infer(opts) == 0
+    assert "resampling 8000 Hz -> 16000 Hz" in caplog.text
+    x = AF.resample(torch.from_numpy(noisy(0.5, rate=8000).T), 8000, 16000).numpy()
+    np.testing.assert_allclose(sf.read(tmp_path / "o.wav", dtype="float32")[0], offline(opts, x)[0], atol=1e-5)
+    with pytest.raises(InputError, match=r"8k.wav: sample rate 8000 Hz, expected 16000 Hz"):
+        read_audio(tmp_path / "8k.wav", resample=False)
+
+
+def test_folder_enhances_good_files_and_names_the_bad_ones(tmp_path, caplog):
+    src = tmp_path / "noisy"
+    (src / "sub").mkdir(parents=True)
+    sf.write(src / "a.wav", noisy(0.6), 16000, subtype="FLOAT")
+    sf.write(src / "sub" / "b.flac", noisy(0.4, seed=1), 16000)
+    broken = noisy(0.5)
+    broken[5000, 0] = np.nan
+    sf.write(src / "nan.wav", broken, 16000, subtype="FLOAT")
+    sf.write(src / "empty.wav", np.zeros((0, 1), np.float32), 16000)
+    (src / "junk.wav").write_bytes(b"not audio at all")
+    with caplog.at_level(logging.INFO):
+        status = infer(options(tmp_path, input=str(src), output=str(tmp_path / "clean"), progress=True))
+    assert status == 1
+    written = sorted(p.relative_to(tmp_path / "clean").as_posix() for p in (tmp_path / "clean").rglob("*"))
+    assert written == ["a.wav", "empty.wav", "sub", "sub/b.wav"]
+    assert sf.info(tmp_path / "clean" / "empty.wav").frames == 0
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 2
+    assert any("nan.wav: non-finite sample (nan) at sample 5000 (0.312 s, channel 0)" in e for e in errors)
+    assert any("junk.wav: unreadable audio file" in e and "\n" not in e for e in errors)
+    assert json.loads((tmp_path / "stats.json").read_text())["failures"] == 2
+
+
+def test_failed_write_leaves_no_file_and_keeps_the_old_one(tmp_path):
+    target = tmp_path / "out.wav"
+    with pytest.raises(RuntimeError), atomic_audio_file(target, 1) as write:
+        write(torch.zeros(1, 100))
+        raise RuntimeError("killed mid-way")
+    assert list(tmp_path.iterdir()) == []
+    target.write_bytes(b"previous")
+    with pytest.raises(KeyboardInterrupt), atomic_audio_file(target, 1) as write:
+        write(torch.zeros(1, 100))
+        raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == [target] and target.read_bytes() == b"previous"
+
+
+def test_realtime_paces_input_and_reports_latency(tmp_path):
+    sf.write(tmp_path / "in.wav", noisy(0.6), 16000, subtype="FLOAT")
+    start = time.perf_counter()
+    assert infer(options(tmp_path, input=str(tmp_path / "in.wav"), chunk="20ms", realtime=True)) == 0
+    assert time.perf_counter() - start >= 0.6
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert stats["chunks"] == 30 and stats["audio_s"] == pytest.approx(0.6)
+    assert 0 < stats["p50_ms"] <= stats["p95_ms"] <= stats["p99_ms"] <= stats["max_ms"]
+    assert 0 <= stats["misses"] <= 30 and stats["rtf"] > 0
+    assert stats["latency_ms"] == pytest.approx(64 + 16)  # window + one look-ahead hop
+
+
+def test_onnx_backend_equals_pytorch(tmp_path):
+    sf.write(tmp_path / "in.wav", noisy(0.7), 16000, subtype="FLOAT")
+    base = options(tmp_path, input=str(tmp_path / "in.wav"), chunk=250)
+    path = to_onnx(build_enhancer(base).model, tmp_path / "m.onnx")
+    assert infer(options(tmp_path, input=base.input, output=str(tmp_path / "torch.wav"), chunk=250)) == 0
+    assert infer(options(tmp_path, input=base.input, output=str(tmp_path / "onnx.wav"), chunk=250, onnx=str(path))) == 0
+    torch_out = sf.read(tmp_path / "torch.wav", dtype="float32")[0]
+    np.testing.assert_allclose(sf.read(tmp_path / "onnx.wav", dtype="float32")[0], torch_out, atol=1e-4)
+
+
+def test_stdin_pcm_to_stdout_pcm(tmp_path):
+    pcm = np.round(noisy(0.5)[:, 0] * 32767).astype("<i2")
+    done = run_script("input=-", "chunk=123", "model.depth=2", "model.channels=[2,3]", stdin=pcm.tobytes())
+    assert done.returncode == 0, done.stderr.decode()
+    out = np.frombuffer(done.stdout, dtype="<i2")
+    opts = options(tmp_path, input="-", model={**TINY, "lookahead": 0})
+    expected = offline(opts, (pcm.astype(np.float32) / 32768)[None])[0] * 32768
+    assert out.shape == expected.shape
+    assert np.abs(out - expected).max() <= 1  # 16-bit rounding
+    assert b"real-time factor" in done.stderr
+
+
+def test_missing_file_is_one_line(tmp_path):
+    done = run_script(f"input={tmp_path}/nowhere.wav")
+    assert done.returncode == 1
+    assert done.stderr.decode().strip() == f"error: {tmp_path}/nowhere.wav: no such file or folder"
+
+
+def test_killed_run_leaves_no_partial_output(tmp_path):
+    sf.write(tmp_path / "long.wav", noisy(30.0), 16000, subtype="FLOAT")
+    args = [sys.executable, "stream_infer.py", f"input={tmp_path}/long.wav", "realtime=true", "model.depth=2"]
+    proc = subprocess.Popen([*args, "model.channels=[2,3]"], cwd=ROOT, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not list(tmp_path.glob(".long.enhanced.wav.*.partial")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert list(tmp_path.glob(".long.enhanced.wav.*.partial")), "the run never started writing"
+        time.sleep(0.5)  # some chunks written
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (tmp_path / "long.enhanced.wav").exists()
