@@ -1,0 +1,164 @@
+"""evaluate.py and stmc.evaluation: chunk sizes, statistics, checkpoint discovery, streamed == offline per
+utterance, and the whole evaluate.py path on a tiny checkpoint and a tiny corpus (twice: identical numbers)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from scipy import stats
+
+import stmc
+from stmc.evaluation import (
+    Settings,
+    chunk_samples,
+    evaluate_utterance,
+    find_checkpoints,
+    mean_ci,
+    model_names,
+    spread,
+)
+from tests.randmodel import randomise_norms
+from tests.test_data_folders import demo_like_tree, speechlike
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("STMC_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def tiny_model(lookahead: int = 0, seed: int = 0, width: float = 1.0) -> stmc.UNet:
+    """A depth-2 U-Net with non-trivial BatchNorm statistics: fast, and it exercises the whole path."""
+    torch.manual_seed(seed)
+    return randomise_norms(stmc.UNet(depth=2, channels=(4, 8), lookahead=lookahead, width=width), seed)
+
+
+def tiny_checkpoint(path: Path, lookahead: int = 0, seed: int = 0, width: float = 1.0) -> Path:
+    """A checkpoint in train.py's format (what ``Enhancer.from_checkpoint`` reads) holding a tiny U-Net."""
+    model = tiny_model(lookahead, seed, width)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"stmc": {"model_config": model.config, "run_config": {"seed": seed}}, "global_step": 7,
+                "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, path)
+    return path
+
+
+def test_chunk_sizes_in_frames_ms_and_samples():
+    assert chunk_samples(1) == 256
+    assert chunk_samples("4") == chunk_samples("4frames") == chunk_samples("4 hops") == 1024
+    assert chunk_samples("20ms") == 320
+    assert chunk_samples("1000samples") == chunk_samples("1000 sample") == 1000
+    for bad in ("0", "0.01ms", "ten", "3.5samples", "-2"):
+        with pytest.raises(ValueError, match="chunk"):
+            chunk_samples(bad)
+
+
+def test_mean_ci_is_the_student_t_interval_and_leaves_out_nan():
+    values = [1.0, 2.0, 4.0, 7.0, math.nan]
+    got = mean_ci(values)
+    kept = values[:4]
+    low, high = stats.t.interval(0.95, 3, loc=sum(kept) / 4, scale=stats.sem(kept))
+    assert got["n"] == 4 and got["mean"] == pytest.approx(3.5)
+    assert got["ci95"] == pytest.approx((high - low) / 2)
+    assert mean_ci([2.0]) == {"mean": 2.0, "ci95": None, "n": 1}
+    assert mean_ci([math.nan]) == {"mean": None, "ci95": None, "n": 0}
+
+
+def test_spread_keeps_the_ends_and_is_even():
+    assert spread(10, None) == list(range(10))
+    assert spread(10, 3) == [0, 4, 9]
+    assert spread(3, 10) == [0, 1, 2]
+
+
+def test_checkpoint_discovery_best_last_newest(tmp_path):
+    old = tiny_checkpoint(tmp_path / "runs/a/checkpoints/best-step5-sisnri1.00.ckpt")
+    tiny_checkpoint(tmp_path / "runs/a/checkpoints/last.ckpt")
+    only_last = tiny_checkpoint(tmp_path / "runs/b/checkpoints/last.ckpt")
+    os.utime(old, (1, 1))
+    assert find_checkpoints([tmp_path / "runs"]) == [old, only_last]
+    assert find_checkpoints([tmp_path / "runs"], select="last") == [old.parent / "last.ckpt", only_last]
+    assert find_checkpoints([tmp_path / "runs"], newest=True) == [only_last]
+    assert find_checkpoints([old]) == [old]
+    assert model_names([old, only_last]) == ["a", "b"]
+    with pytest.raises(FileNotFoundError, match="neither"):
+        find_checkpoints([tmp_path / "missing"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no checkpoints"):
+        find_checkpoints([tmp_path / "empty"])
+
+
+@pytest.mark.parametrize("lookahead,chunk", [(0, 256), (3, 1000), (4, 37)])
+def test_streamed_equals_offline_on_an_utterance(lookahead, chunk):
+    enhancer = stmc.Enhancer(tiny_model(lookahead))
+    clean = torch.from_numpy(speechlike(1.3, 1))
+    noisy = clean + torch.from_numpy(speechlike(1.3, 2))
+    settings = Settings(("offline", "stmc"), ("si_snri",), chunk)
+    rows = evaluate_utterance(enhancer, {"noisy": noisy, "clean": clean}, settings)
+    assert rows["stmc"]["max_abs_diff"] <= 1e-5 * max(1.0, float(enhancer(noisy[None]).detach().abs().max()))
+    assert rows["stmc"]["si_snri"] == pytest.approx(rows["offline"]["si_snri"], abs=1e-3)
+
+
+def test_settings_reject_unknown_methods_and_metrics():
+    with pytest.raises(ValueError, match="methods"):
+        Settings(("stmc",))
+    with pytest.raises(ValueError, match="methods"):
+        Settings(("offline", "fast"))
+    with pytest.raises(ValueError, match="metrics"):
+        Settings(metrics=("pesq",))
+
+
+def run_evaluate(*overrides: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "evaluate.py"), *overrides], cwd=cwd, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def test_evaluate_py_on_tiny_checkpoints_twice_gives_identical_numbers(tmp_path):
+    demo_like_tree(tmp_path / "corpus")
+    runs = tmp_path / "train"
+    tiny_checkpoint(runs / "lookahead=0/checkpoints/best-step7-sisnri0.00.ckpt", lookahead=0, seed=0)
+    tiny_checkpoint(runs / "lookahead=2/checkpoints/last.ckpt", lookahead=2, seed=1)
+    common = [f"checkpoints=[{runs}]", f"data.root={tmp_path / 'corpus'}", "chunk=300samples", "examples=1"]
+    first = run_evaluate(*common, "workers=2", f"hydra.run.dir={tmp_path / 'eval1'}")
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = run_evaluate(*common, "workers=1", "examples=0", f"hydra.run.dir={tmp_path / 'eval2'}")
+    assert second.returncode == 0, second.stderr[-3000:]
+
+    results = json.loads((tmp_path / "eval1/results.json").read_text())
+    assert set(results["si_snri"]) == {"wiener", "offline", "stmc"}
+    assert results["si_snri"]["stmc"] == pytest.approx(results["si_snri"]["offline"], abs=1e-3)
+    assert 0 < results["max_abs_diff"] < 1e-5
+    assert set(results["per_noise"]) == {"babble", "music", "sfx"}
+    assert set(results["per_split"]) == {"test_real", "test_tts"}
+    assert all(row["n"] == 2 for row in results["per_noise"].values())
+    assert [(m["name"], m["lookahead"], m["seed"]) for m in results["models"]] == [("lookahead=0", 0, 0),
+                                                                                    ("lookahead=2", 2, 1)]
+    overall = results["models"][0]["groups"]["all"]
+    for signal in ("mixture", "wiener", "offline", "stmc"):
+        assert set(overall[signal]) >= {"si_snr", "si_snri", "sdr", "sdri", "pesq", "stoi"}
+        assert overall[signal]["si_snri"]["n"] == 6
+    assert overall["offline"]["pesq"]["mean"] is not None and 0 < overall["offline"]["stoi"]["mean"] <= 1
+
+    again = json.loads((tmp_path / "eval2/results.json").read_text())
+    assert again == results  # same numbers, with 2 worker processes or none
+    assert "max |stmc − offline|" in (tmp_path / "eval1/results.md").read_text().replace("\\|", "|")
+    lines = (tmp_path / "eval1/utterances.csv").read_text().splitlines()
+    assert len(lines) == 1 + 6 * 2 + 2 * 6 * 2  # header, baselines (2 signals), 2 models x 2 methods
+    examples = list((tmp_path / "eval1/examples").glob("*/enhanced.wav"))
+    assert len(examples) == 1 and (examples[0].parent / "noisy.wav").is_file()
+    assert "SI-SNRi" in first.stdout and "max |streamed − offline|" in first.stdout
+
+
+def test_evaluate_py_config_mistake_is_one_line(tmp_path):
+    demo_like_tree(tmp_path / "corpus")
+    missing = run_evaluate(f"checkpoints=[{tmp_path / 'nope.ckpt'}]", f"data.root={tmp_path / 'corpus'}",
+                           f"hydra.run.dir={tmp_path / 'e'}")
+    assert missing.returncode == 2
+    assert missing.stderr.strip().splitlines() == [f"error: checkpoints: {tmp_path / 'nope.ckpt'} is neither a "
+                                                   "checkpoint file nor a folder"]
