@@ -1,0 +1,237 @@
+"""Run a reproduction preset end to end into one folder: train the sweeps, evaluate every run offline and
+streamed, then the speed table (Table 1), the look-ahead figure (Figure 5) and the model-size figure (Figure 4).
+
+    python -m scripts.reproduce mini              # CPU, demo corpus, <= 60 min on 2 cores (configs/preset/mini.yaml)
+    python -m scripts.reproduce paper out=/scratch/stmc data_root=/data/DNS-Challenge    # SLURM (preset/paper.yaml)
+    python -m scripts.reproduce mini --dry-run    # print the commands, run nothing
+
+Arguments ``key=value`` override the preset file (OmegaConf dot-list, e.g. ``steps=100 train.jobs=1``).
+Layout of ``out``: ``train/<sweep>/<param>=<value>/...`` (one training run each), ``evaluate/`` (results.json,
+results.md, utterances.csv), ``speed_table.{md,csv,json}``, ``lookahead.{png,csv,json}``, ``size.{png,csv,json}``,
+``logs/`` (one log per command) and ``index.md`` (what ran, how long, and the tables). A training run that
+finished before (``.done`` in its folder) is not run again, so an interrupted preset resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import re
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from stmc.evaluation import atomic_write
+
+ROOT = Path(__file__).resolve().parents[1]
+PRESETS = ROOT / "configs" / "preset"
+DONE = ".done"
+
+
+@dataclass
+class Command:
+    """One process to run: its arguments, a name (its log file) and the folder that marks it done."""
+
+    name: str
+    argv: list[str]
+    done: Path | None = None  # a training run folder: skipped when it holds DONE
+    seconds: float = 0.0
+    status: str = "pending"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def line(self) -> str:
+        """The command as a shell line (double quotes where they read better and mean the same)."""
+        return " ".join(shell_word(arg) for arg in self.argv)
+
+
+def shell_word(arg: str) -> str:
+    """``arg`` quoted for a POSIX shell, preferring double quotes when nothing in it would expand."""
+    quoted = shlex.quote(arg)
+    if quoted == arg or any(c in arg for c in '"$`\\!'):
+        return quoted
+    return f'"{arg}"'
+
+
+def load_preset(name: str, overrides: Sequence[str] = ()) -> DictConfig:
+    """``configs/preset/<name>.yaml`` with dot-list overrides; missing values (``???``) are an error here."""
+    path = PRESETS / f"{name}.yaml"
+    if not path.is_file():
+        choices = ", ".join(sorted(p.stem for p in PRESETS.glob("*.yaml")))
+        raise ValueError(f"preset {name!r} does not exist; choose one of {choices}")
+    cfg = OmegaConf.merge(OmegaConf.load(path), OmegaConf.from_dotlist(list(overrides)))
+    plain = OmegaConf.to_container(cfg, resolve=False)
+    missing = [key for key, value in plain.items() if value == "???"]
+    if missing:
+        raise ValueError(f"preset {name}: set {', '.join(f'{k}=...' for k in missing)}")
+    return cfg
+
+
+def quote(text: str | Path) -> str:
+    """A Hydra override value, quoted where Hydra's grammar needs it (``=``, spaces, brackets in paths)."""
+    text = str(text)
+    if re.fullmatch(r"[\w/.:+-]+", text):
+        return text
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _value(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _short(key: str) -> str:
+    return key.rsplit(".", 1)[-1]
+
+
+def train_commands(cfg: DictConfig, out: Path) -> list[Command]:
+    """The training commands: one per run (``local``) or one Hydra multirun per sweep (``slurm``)."""
+    python = [sys.executable, str(ROOT / "train.py")]
+    common = [*cfg.train.overrides, *cfg.data]
+    commands = []
+    for sweep, spec in cfg.train.sweeps.items():
+        params = {key: [_value(v) for v in values] for key, values in spec.params.items()}
+        if cfg.train.launcher == "local":
+            for combo in itertools.product(*params.values()):
+                subdir = "/".join(f"{_short(k)}={v}" for k, v in zip(params, combo, strict=True))
+                folder = out / "train" / sweep / subdir
+                argv = [*python, *common, *spec.overrides, *(f"{k}={v}" for k, v in zip(params, combo, strict=True)),
+                        f"task_name={cfg.name}_{sweep}", f"hydra.run.dir={quote(folder)}"]
+                commands.append(Command(f"train_{sweep}_{subdir.replace('/', '_')}", argv, folder))
+        elif cfg.train.launcher == "slurm":
+            subdir = "/".join(f"{_short(k)}=${{{k}}}" for k in params)
+            argv = [*python, "-m", *common, *cfg.slurm, *spec.overrides,
+                    *(f"{k}={','.join(v)}" for k, v in params.items()), f"task_name={cfg.name}_{sweep}",
+                    f"hydra.sweep.dir={quote(out / 'train' / sweep)}", f"hydra.sweep.subdir={quote(subdir)}"]
+            commands.append(Command(f"train_{sweep}", argv))
+        else:
+            raise ValueError(f"train.launcher={cfg.train.launcher!r}: choose local or slurm")
+    return commands
+
+
+def later_commands(cfg: DictConfig, out: Path) -> list[Command]:
+    """Evaluation of every training run, the speed table and the two figures."""
+    evaluate = [sys.executable, str(ROOT / "evaluate.py")]
+    if cfg.evaluate.launcher:  # one job per sweep folder
+        sweeps = ",".join(f"[{quote(out / 'train' / sweep)}]" for sweep in cfg.train.sweeps)
+        evaluate += ["-m", *cfg.evaluate.launcher, *cfg.get("slurm", []), f"checkpoints={sweeps}",
+                     f"hydra.sweep.dir={quote(out / 'evaluate')}"]
+    else:
+        evaluate += [f"checkpoints=[{quote(out / 'train')}]", f"hydra.run.dir={quote(out / 'evaluate')}"]
+    evaluate += [*cfg.data, *cfg.evaluate.overrides]
+    module = [sys.executable, "-m"]
+    results = str(out / "evaluate")
+    return [
+        Command("evaluate", evaluate),
+        Command("speed_table", [*module, "scripts.speed_table", "--results", results, "--out", str(out),
+                                *cfg.speed_table]),
+        Command("lookahead_figure", [*module, "scripts.lookahead_figure", results, "--out", str(out),
+                                     *cfg.lookahead_figure]),
+        Command("size_figure", [*module, "scripts.size_figure", results, "--out", str(out), *cfg.size_figure]),
+    ]
+
+
+def run_parallel(commands: Sequence[Command], jobs: int, logs: Path) -> None:
+    """Run ``commands`` with at most ``jobs`` at a time, each logging to ``logs/<name>.log``; skip finished
+    training runs; raise after all have ended if any failed."""
+    logs.mkdir(parents=True, exist_ok=True)
+    pending = []
+    for command in commands:
+        if command.done is not None and (command.done / DONE).is_file():
+            command.status = "done before"
+            print(f"skip {command.name}: finished in an earlier run", flush=True)
+        else:
+            pending.append(command)
+    running: list[tuple[Command, subprocess.Popen, float, Any]] = []
+    while pending or running:
+        while pending and len(running) < max(1, jobs):
+            command = pending.pop(0)
+            log = open(logs / f"{command.name}.log", "w")  # noqa: SIM115 (closed when the process ends)
+            log.write(command.line() + "\n\n")
+            log.flush()
+            print(f"start {command.name}", flush=True)
+            process = subprocess.Popen(command.argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+            running.append((command, process, time.perf_counter(), log))
+        time.sleep(0.5)
+        for entry in list(running):
+            command, process, started, log = entry
+            if process.poll() is None:
+                continue
+            running.remove(entry)
+            log.close()
+            command.seconds = time.perf_counter() - started
+            command.status = "ok" if process.returncode == 0 else f"failed ({process.returncode})"
+            if process.returncode == 0 and command.done is not None:
+                (command.done / DONE).write_text(f"{command.seconds:.0f} s\n")
+            print(f"{command.status:>6} {command.name} ({command.seconds:.0f} s)", flush=True)
+    failed = [c.name for c in commands if c.status.startswith("failed")]
+    if failed:
+        raise RuntimeError(f"failed: {', '.join(failed)}; see {logs}/<name>.log")
+
+
+def index(cfg: DictConfig, out: Path, commands: Sequence[Command], wall: float) -> str:
+    """``index.md``: the preset, each command with its status and time, and the tables and figures made."""
+    lines = [f"# `{cfg.name}` preset", "", f"`python -m scripts.reproduce {cfg.name}` — {wall / 60:.1f} min wall "
+             "time in all.", "", "| step | status | time (s) |", "|---|---|---:|"]
+    lines += [f"| {c.name} | {c.status} | {c.seconds:.0f} |" for c in commands]
+    for title, file in (("Evaluation (SI-SNRi)", out / "evaluate" / "results.md"),
+                        ("Speed table", out / "speed_table.md")):
+        if file.is_file():
+            text = file.read_text()
+            if file.name == "results.md":  # the overview only: one line per model
+                text = text.split("\n## ", 1)[0]
+            lines += ["", f"## {title}", "", text.strip()]
+    for figure in ("lookahead.png", "size.png"):
+        if (out / figure).is_file():
+            lines += ["", f"![{figure}]({figure})"]
+    lookahead = out / "lookahead.json"
+    if lookahead.is_file():
+        from scripts.lookahead_figure import describe
+
+        lines += ["", "Look-ahead: " + describe(json.loads(lookahead.read_text())["gains"]) + "."]
+    lines += ["", "Preset:", "", "```yaml", OmegaConf.to_yaml(cfg).strip(), "```"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m scripts.reproduce", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("preset", help="a file in configs/preset: mini | paper")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides of the preset")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands only")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_preset(args.preset, args.overrides)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out = Path(cfg.out) if Path(cfg.out).is_absolute() else ROOT / cfg.out
+    training, later = train_commands(cfg, out), later_commands(cfg, out)
+    if args.dry_run:
+        for command in [*training, *later]:
+            print(command.line())
+        return 0
+    started = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        run_parallel(training, cfg.train.jobs, out / "logs")
+        for command in later:
+            run_parallel([command], 1, out / "logs")
+    finally:
+        wall = time.perf_counter() - started
+        atomic_write(out / "index.md", index(cfg, out, [*training, *later], wall))
+        atomic_write(out / "timings.json", json.dumps(
+            {"wall_seconds": wall, "steps": {c.name: {"status": c.status, "seconds": c.seconds}
+                                             for c in [*training, *later]}}, indent=1) + "\n")
+    print(f"{cfg.name} preset: {wall / 60:.1f} min; everything is in {out} (start with index.md)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""The paper's Table 1 on this machine: standard (window), INC and STMC streams of the causal and non-causal U-Nets.
+
+    python -m scripts.speed_table --results outputs/evaluate/<run> --out outputs/speed   # SI-SNRi from evaluate.py
+    python -m scripts.speed_table --no-compile --rounds 3                               # timing only, quicker
+
+Timing, MACs and memory come from the benchmark library (``stmc.bench.measure``): one thread, one hop (256
+samples, 16 ms) per call, methods interleaved in rounds so that background load hits them alike, medians and
+ratios from that one run. Columns (DESIGN.md "Definitions"):
+
+- algorithmic latency = window + look-ahead x hop (64 ms + D x 16 ms);
+- compute latency = median wall time of one streaming step (what a hop waits for its output);
+- total latency = algorithmic + compute latency;
+- inference time = mean wall time per hop over all timed steps (what streaming costs; real time needs < 16 ms),
+  and ``offline (floor)`` = offline inference time / frames;
+- peak memory = weights + the stream's state + the most bytes its step allocates at once;
+- model size = the inference weights (float32, BatchNorm folded); MACs per hop are counted, not derived.
+
+SI-SNRi: the mean offline SI-SNRi of the evaluated checkpoints with that look-ahead and width (``--results``);
+the three streams give the same output (they equal offline within 1e-5), so they share it.
+Writes ``speed_table.md``, ``speed_table.csv`` and ``speed_table.json`` into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from scripts.common import architecture, depth_of, evaluated_models, mean_si_snri, weight_bytes, write_csv
+from stmc.bench import Row, measure
+from stmc.evaluation import atomic_write
+from stmc.stft import HOP, N_FFT, SAMPLE_RATE
+from stmc.unet import UNet
+
+MODELS = ("causal", "non-causal")  # look-ahead 0 and 2 x depth (14 frames for the paper's depth 7)
+LABELS = {"window": "standard (window)", "inc": "INC", "stmc": "STMC (tSTMC)", "full": "offline ÷ frames (floor)"}
+# Ratios the paper quotes for Table 1 (TFLite on a desktop CPU; not comparable in absolute terms).
+PAPER = {
+    "causal": {"latency standard÷INC": 29.74, "latency INC÷STMC": 2.52},
+    "non-causal": {"latency standard÷INC": 8.00, "latency INC÷STMC": 1.32},
+    "inference time INC÷STMC": 5.68,
+}
+HOP_MS = HOP / SAMPLE_RATE * 1000
+
+
+def records(name: str, model: UNet, rows: Sequence[Row], si_snri: float | None, n_models: int) -> list[dict]:
+    """Table rows of one model: the streams (window, INC, STMC, then compiled ones) and the offline floor."""
+    lookahead = model.receptive_field[1]
+    algorithmic = (N_FFT + lookahead * HOP) / SAMPLE_RATE * 1000
+    weights = weight_bytes(model)
+    by = {row.method: row for row in rows}
+    floor = min((by[m] for m in ("full", "full (nn.Module)")), key=lambda r: r.median_ms)
+    order = [m for m in ("window", "inc", "stmc") if m in by]
+    order += [m for base in ("window", "inc", "stmc") for m in by if m == f"{base} (compiled)"]
+    out = []
+    for method in order:
+        row = by[method]
+        base, _, compiled = method.partition(" ")
+        mean_ms = statistics.fmean(row.seconds) * 1e3
+        out.append({
+            "model": name,
+            "method": method,
+            "label": LABELS[base] + (f" {compiled}" if compiled else ""),
+            "lookahead": lookahead,
+            "si_snri_db": si_snri,
+            "si_snri_models": n_models,
+            "algorithmic_latency_ms": algorithmic,
+            "compute_latency_ms": row.median_ms,
+            "total_latency_ms": algorithmic + row.median_ms,
+            "inference_time_ms": mean_ms,
+            "real_time_factor": mean_ms / HOP_MS,
+            "peak_memory_mb": (weights + row.peak_bytes) / 1e6,
+            "model_size_mb": weights / 1e6,
+            "macs_per_hop_m": row.macs / 1e6,
+            "state_kib": row.state_bytes / 1024,
+            "timed_steps": len(row.seconds),
+        })
+    out.append({
+        "model": name, "method": floor.method, "label": LABELS["full"], "lookahead": lookahead,
+        "si_snri_db": si_snri, "si_snri_models": n_models, "algorithmic_latency_ms": None,
+        "compute_latency_ms": None, "total_latency_ms": None,
+        "inference_time_ms": statistics.fmean(floor.seconds) * 1e3,
+        "real_time_factor": statistics.fmean(floor.seconds) * 1e3 / HOP_MS, "peak_memory_mb": None,
+        "model_size_mb": weights / 1e6, "macs_per_hop_m": floor.macs / 1e6, "state_kib": None,
+        "timed_steps": len(floor.seconds),
+    })
+    return out
+
+
+def ratios(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per model: the latency reductions standard -> INC -> STMC and the inference-time ratio INC / STMC."""
+    out = []
+    for name in dict.fromkeys(r["model"] for r in rows):
+        by = {r["method"]: r for r in rows if r["model"] == name}
+        if not all(m in by for m in ("window", "inc", "stmc")):
+            continue
+        window, inc, stmc = by["window"], by["inc"], by["stmc"]
+        paper = PAPER.get(name, {})
+        out.append({
+            "model": name,
+            "compute latency standard÷INC": window["compute_latency_ms"] / inc["compute_latency_ms"],
+            "compute latency INC÷STMC": inc["compute_latency_ms"] / stmc["compute_latency_ms"],
+            "compute latency standard÷STMC": window["compute_latency_ms"] / stmc["compute_latency_ms"],
+            "total latency standard÷STMC": window["total_latency_ms"] / stmc["total_latency_ms"],
+            "inference time INC÷STMC": inc["inference_time_ms"] / stmc["inference_time_ms"],
+            "paper latency standard÷INC": paper.get("latency standard÷INC"),
+            "paper latency INC÷STMC": paper.get("latency INC÷STMC"),
+            "paper inference time INC÷STMC": PAPER["inference time INC÷STMC"],
+        })
+    return out
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def markdown(rows: Sequence[dict[str, Any]], ratio_rows: Sequence[dict[str, Any]], header: str) -> str:
+    """The table and the ratios, with the measurement conditions above them."""
+    lines = [header, "",
+             "| model | method | SI-SNRi (dB) | algorithmic latency (ms) | compute latency (ms/hop, median) "
+             "| total latency (ms) | inference time (ms/hop, mean) | real-time factor | peak memory (MB) "
+             "| model size (MB) | MACs per hop (M) | state (KiB) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        si = _fmt(r["si_snri_db"]) + (f" (n={r['si_snri_models']})" if r["si_snri_db"] is not None else "")
+        lines.append(
+            f"| {r['model']} | {r['label']} | {si} | {_fmt(r['algorithmic_latency_ms'], 0)} "
+            f"| {_fmt(r['compute_latency_ms'], 3)} | {_fmt(r['total_latency_ms'], 1)} "
+            f"| {_fmt(r['inference_time_ms'], 3)} | {_fmt(r['real_time_factor'], 3)} | {_fmt(r['peak_memory_mb'])} "
+            f"| {_fmt(r['model_size_mb'])} | {_fmt(r['macs_per_hop_m'], 1)} | {_fmt(r['state_kib'], 1)} |"
+        )
+    if ratio_rows:
+        keys = [k for k in ratio_rows[0] if k != "model"]
+        lines += ["", "| model | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
+        for r in ratio_rows:
+            lines.append(f"| {r['model']} | " + " | ".join(_fmt(r[k]) + ("×" if r[k] else "") for k in keys) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m scripts.speed_table", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results", nargs="*", default=[], help="results.json files or folders (SI-SNRi column)")
+    parser.add_argument("--out", type=Path, default=None, help="folder for speed_table.{md,csv,json}")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--width", type=float, default=1.0, help="channel multiplier of the timed U-Nets")
+    parser.add_argument("--frames", type=int, default=256, help="sequence length of the offline floor")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (medians over all of them)")
+    parser.add_argument("--hops", type=int, default=20, help="streamed hops per method per round")
+    parser.add_argument("--compile", action="store_true", help="also torch.compile'd streams (~1 min each)")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    evaluated = evaluated_models(args.results)
+    started = time.perf_counter()
+    rows = []
+    for name in args.models:
+        lookahead = 0 if name == "causal" else 2 * depth_of(evaluated)
+        model = architecture(evaluated, lookahead, args.width)
+        measured = measure(model, args.frames, args.rounds, args.hops, args.compile)
+        si_snri, n_models = mean_si_snri(evaluated, lookahead, args.width)
+        rows += records(name, model, measured, si_snri, n_models)
+    ratio_rows = ratios(rows)
+    header = (f"Speed on {platform.machine()} CPU ({torch.get_num_threads()} thread), torch {torch.__version__}; "
+              f"width {args.width}; {args.rounds} rounds x {args.hops} hops per method, interleaved; chunk = 1 hop "
+              f"(256 samples, 16 ms); measured in {time.perf_counter() - started:.0f} s. Paper ratios: TFLite on a "
+              "desktop CPU (Table 1), for comparison of ratios only.")
+    table = markdown(rows, ratio_rows, header)
+    print(table)
+    document = {"header": header, "rows": rows, "ratios": ratio_rows, "paper": PAPER, "threads": args.threads,
+                "rounds": args.rounds, "hops": args.hops, "width": args.width}
+    if args.out is not None:
+        atomic_write(args.out / "speed_table.md", table + "\n")
+        atomic_write(args.out / "speed_table.json", json.dumps(document, indent=1) + "\n")
+        write_csv(args.out / "speed_table.csv", rows)
+    return document
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""The reproduction scripts on small synthetic run folders: look-ahead figure, size figure, speed table, and the
+preset runner's commands (mini runs locally, paper through SLURM multiruns)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from scripts import lookahead_figure, reproduce, size_figure, speed_table
+from scripts.common import evaluated_models
+from stmc.evaluation import evaluate_model_summary, results_document, write_results
+
+TINY = {"depth": 2, "channels": [4, 8], "lookahead_layers": "first", "n_freq": 513, "compress": 0.3}
+ITEMS = [{"split": "test_real", "noise_type": kind, "name": f"u{i}"} for i, kind in enumerate(["hum", "babble", "hum"])]
+
+
+def synthetic_results(folder: Path, models: list[tuple[int, float, int, float]]) -> Path:
+    """A results.json as evaluate.py writes it, for models ``(lookahead, width, seed, SI-SNRi)``."""
+    baselines = [{"mixture": {"si_snr": 5.0, "si_snri": 0.0}, "wiener": {"si_snr": 7.0, "si_snri": 2.0}}] * 3
+    entries = []
+    for lookahead, width, seed, score in models:
+        info = {"name": f"L{lookahead}-w{width}-s{seed}", "checkpoint": f"/runs/L{lookahead}/w{width}/s{seed}.ckpt",
+                "model_config": {**TINY, "lookahead": lookahead, "width": width}, "lookahead": lookahead,
+                "width": width, "seed": seed, "step": 10, "params": 1000, "size_mb": 0.004,
+                "receptive_field": [4, lookahead]}
+        rows = [{"offline": {"si_snr": 5 + score + d, "si_snri": score + d},
+                 "stmc": {"si_snr": 5 + score + d, "si_snri": score + d, "max_abs_diff": 1e-7, "max_rel_diff": 1e-6}}
+                for d in (-0.5, 0.0, 0.5)]
+        entries.append(evaluate_model_summary(info, ITEMS, baselines, rows))
+    write_results(folder, results_document(entries, {"utterances": 3, "methods": ["offline", "stmc"],
+                                                     "chunk_samples": 256}))
+    return folder / "results.json"
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_evaluated_models_are_read_from_nested_results(tmp_path):
+    synthetic_results(tmp_path / "a", [(0, 1.0, 0, 3.0)])
+    synthetic_results(tmp_path / "b" / "c", [(2, 1.0, 1, 4.0), (0, 1.0, 0, 3.0)])
+    models = evaluated_models([tmp_path])
+    assert sorted((m["lookahead"], m["seed"], m["si_snri"]) for m in models) == [(0, 0, 3.0), (2, 1, 4.0)]
+
+
+def test_lookahead_figure_means_gains_and_files(tmp_path):
+    curve = {0: 5.0, 1: 5.2, 2: 5.3, 13: 5.6, 14: 5.62}
+    models = [(la, 1.0, seed, value + 0.1 * (seed - 1)) for la, value in curve.items() for seed in range(3)]
+    models.append((0, 0.5, 0, 1.0))  # another width: not part of the look-ahead sweep
+    synthetic_results(tmp_path / "eval", models)
+    out = lookahead_figure.main([str(tmp_path / "eval"), "--out", str(tmp_path / "fig")])
+    summary = {row["lookahead"]: row for row in out["summary"]}
+    assert sorted(summary) == sorted(curve)
+    assert summary[2]["mean_db"] == pytest.approx(5.3) and summary[2]["sd_db"] == pytest.approx(0.1)
+    assert out["gains"]["first_frame_gain_db"] == pytest.approx(0.2)
+    assert out["gains"]["last_frame_gain_db"] == pytest.approx(0.02)
+    assert out["gains"]["causal_loss_percent"] == pytest.approx(100 * 0.62 / 5.62)
+    assert "frame 1" in lookahead_figure.describe(out["gains"])
+    assert (tmp_path / "fig/lookahead.png").stat().st_size > 10_000
+    assert len(read_csv(tmp_path / "fig/lookahead.csv")) == 15
+    assert len(read_csv(tmp_path / "fig/lookahead_summary.csv")) == 5
+
+
+def test_lookahead_gains_over_gaps_are_per_frame():
+    summary = lookahead_figure.summarize([{"lookahead": la, "width": 1.0, "seed": 0, "si_snri": v}
+                                          for la, v in ((0, 4.0), (2, 4.4), (7, 4.9), (14, 5.6))])
+    gains = lookahead_figure.gains(summary)
+    assert gains["first_frame_gain_db"] == pytest.approx(0.2) and gains["last_frame_gain_db"] == pytest.approx(0.1)
+    assert "frames 0→2, per frame" in lookahead_figure.describe(gains)
+
+
+def test_size_figure_times_every_width_and_takes_si_snri_from_the_trained_ones(tmp_path):
+    synthetic_results(tmp_path / "eval", [(0, 1.0, 0, 3.0), (0, 1.0, 1, 3.4), (0, 2.0, 0, 3.9), (2, 1.0, 0, 9.0)])
+    rows = size_figure.main([str(tmp_path / "eval"), "--out", str(tmp_path / "fig"), "--widths", "0.5", "1",
+                             "--rounds", "1", "--hops", "2"])
+    assert [r["width"] for r in rows] == [0.5, 1.0, 2.0]
+    assert [r["si_snri_db"] for r in rows] == [None, pytest.approx(3.2), pytest.approx(3.9)]
+    assert rows[0]["size_mb"] < rows[1]["size_mb"] < rows[2]["size_mb"]
+    for r in rows:
+        assert r["stmc_ms"] > 0 and r["inc_ms"] > 0
+        assert r["speed_up_percent"] == pytest.approx(100 * (1 - r["stmc_ms"] / r["inc_ms"]))
+    assert (tmp_path / "fig/size.png").stat().st_size > 10_000
+    assert len(read_csv(tmp_path / "fig/size.csv")) == 3
+
+
+def test_speed_table_rows_ratios_and_files(tmp_path):
+    synthetic_results(tmp_path / "eval", [(0, 1.0, 0, 3.0), (0, 1.0, 1, 4.0)])
+    doc = speed_table.main(["--results", str(tmp_path / "eval"), "--out", str(tmp_path), "--rounds", "1",
+                            "--hops", "3", "--frames", "16"])
+    rows = {(r["model"], r["method"]): r for r in doc["rows"]}
+    causal, noncausal = rows[("causal", "stmc")], rows[("non-causal", "stmc")]
+    assert causal["si_snri_db"] == pytest.approx(3.5) and causal["si_snri_models"] == 2
+    assert noncausal["si_snri_db"] is None and noncausal["lookahead"] == 4  # 2 x depth of the evaluated U-Net
+    assert causal["algorithmic_latency_ms"] == 64 and noncausal["algorithmic_latency_ms"] == 64 + 4 * 16
+    assert rows[("causal", "window")]["macs_per_hop_m"] > rows[("causal", "inc")]["macs_per_hop_m"]
+    for row in doc["rows"]:
+        if row["compute_latency_ms"] is not None:
+            assert row["total_latency_ms"] == pytest.approx(row["algorithmic_latency_ms"] + row["compute_latency_ms"])
+            assert row["timed_steps"] == 3
+    ratio = doc["ratios"][0]
+    assert ratio["inference time INC÷STMC"] == pytest.approx(rows[("causal", "inc")]["inference_time_ms"]
+                                                             / causal["inference_time_ms"])
+    assert ratio["paper latency standard÷INC"] == 29.74
+    assert "| causal | STMC (tSTMC) | 3.50 (n=2) | 64 |" in (tmp_path / "speed_table.md").read_text()
+    assert len(read_csv(tmp_path / "speed_table.csv")) == 8  # 2 models x (3 streams + the offline floor)
+    assert json.loads((tmp_path / "speed_table.json").read_text())["ratios"][1]["model"] == "non-causal"
+
+
+def parse(argv: list[str]) -> dict[str, object]:
+    """Hydra's reading of a command's overrides: key -> value (a list for sweeps)."""
+    parsed = OverridesParser.create().parse_overrides([a for a in argv if "=" in a and not a.startswith("/")])
+    return {o.key_or_group: (list(o.sweep_iterator()) if o.is_sweep_override() else o.value()) for o in parsed}
+
+
+def test_mini_preset_runs_ten_trainings_in_distinct_folders_then_the_scripts(tmp_path):
+    cfg = reproduce.load_preset("mini", [f"out={tmp_path}", "steps=7"])
+    training = reproduce.train_commands(cfg, tmp_path)
+    assert len(training) == 4 * 2 + 2
+    folders = [parse(c.argv)["hydra.run.dir"] for c in training]
+    assert len(set(folders)) == 10 and str(tmp_path / "train/lookahead/lookahead=14/seed=1") in folders
+    first = parse(training[0].argv)
+    assert first["trainer.max_steps"] == 7 and first["model.lookahead"] == 0 and first["data"] == "demo"
+    assert [c.done for c in training] == [Path(f) for f in folders]
+    later = reproduce.later_commands(cfg, tmp_path)
+    assert [c.name for c in later] == ["evaluate", "speed_table", "lookahead_figure", "size_figure"]
+    assert parse(later[0].argv)["checkpoints"] == [str(tmp_path / "train")]
+    assert all(str(tmp_path) in " ".join(c.argv) for c in later)
+
+
+def test_paper_preset_is_two_slurm_multiruns_of_75_and_5_runs(tmp_path):
+    with pytest.raises(ValueError, match="out=..., data_root=..."):
+        reproduce.load_preset("paper")
+    cfg = reproduce.load_preset("paper", [f"out={tmp_path}", "data_root=/data/dns",
+                                          "slurm=[hydra.launcher.partition=gpu]"])
+    lookahead, size = reproduce.train_commands(cfg, tmp_path)
+    assert "-m" in lookahead.argv and "hydra/launcher=slurm" in lookahead.argv
+    values = parse(lookahead.argv)
+    assert len(values["model.lookahead"]) * len(values["seed"]) == 75
+    assert values["hydra.sweep.subdir"] == "lookahead=${model.lookahead}/seed=${seed}"
+    assert values["data.root"] == "/data/dns" and values["hydra.launcher.partition"] == "gpu"
+    assert parse(size.argv)["model.width"] == [0.25, 0.5, 0.75, 1.5, 2.0]
+    evaluate = reproduce.later_commands(cfg, tmp_path)[0]
+    assert parse(evaluate.argv)["checkpoints"] == [[str(tmp_path / "train/lookahead")], [str(tmp_path / "train/size")]]
+    with pytest.raises(ValueError, match="does not exist"):
+        reproduce.load_preset("huge")
+
+
+def test_runner_skips_finished_runs_and_reports_failures(tmp_path):
+    done, fresh = tmp_path / "done", tmp_path / "fresh"
+    done.mkdir()
+    (done / reproduce.DONE).write_text("1 s\n")
+    commands = [reproduce.Command("a", ["false"], done), reproduce.Command("b", ["true"], fresh),
+                reproduce.Command("c", ["false"])]
+    fresh.mkdir()
+    with pytest.raises(RuntimeError, match="failed: c"):
+        reproduce.run_parallel(commands, 2, tmp_path / "logs")
+    assert [c.status for c in commands] == ["done before", "ok", "failed (1)"]
+    assert (fresh / reproduce.DONE).is_file() and (tmp_path / "logs/b.log").read_text().startswith("true")
+
+
+@pytest.mark.parametrize("path", ["/a/b", "/a/lookahead=0/seed=1", "/with space/x", "/it's"])
+def test_hydra_quoting_keeps_paths_whole(path):
+    assert parse([f"hydra.run.dir={reproduce.quote(path)}"])["hydra.run.dir"] == path
