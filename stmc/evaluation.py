@@ -126,7 +126,7 @@ def find_checkpoints(paths: Iterable[str | Path], select: str = "best", newest: 
             continue
         if not path.is_dir():
             raise FileNotFoundError(f"checkpoints: {path} is neither a checkpoint file nor a folder")
-        runs = sorted({ckpt.parent.parent for ckpt in path.rglob("checkpoints/*.ckpt")})
+        runs = sorted({ckpt.parent.parent for ckpt in path.rglob("checkpoints/*.ckpt")}, key=natural_key)
         picks = [pick for run in runs if (pick := _pick(run / "checkpoints", select)) is not None]
         if newest and picks:
             picks = [max(picks, key=lambda p: p.stat().st_mtime)]
@@ -136,6 +136,11 @@ def find_checkpoints(paths: Iterable[str | Path], select: str = "best", newest: 
     if not found:
         raise ValueError("checkpoints: give at least one checkpoint file or run folder")
     return found
+
+
+def natural_key(path: Path) -> list[str | int]:
+    """Sort key that orders numbers by value: ``lookahead=2`` before ``lookahead=14``."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
 
 
 def _pick(folder: Path, select: str) -> Path | None:
