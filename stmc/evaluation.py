@@ -283,14 +283,17 @@ def run_all(
     """
     tasks: list[tuple[int | None, int]] = [(None, i) for i in range(len(items))]
     tasks += [(m, i) for m in range(len(checkpoints)) for i in range(len(items))]
+    # longest utterances first, so that no worker is left with a long one at the end; results in task order
+    order = sorted(range(len(tasks)), key=lambda t: -len(items[tasks[t][1]]["noisy"]))
     args = (list(items), [str(c) for c in checkpoints], settings, threads)
-    results: list[dict[str, Row]] = []
+    results: list[dict[str, Row]] = [{} for _ in tasks]
     if workers <= 1:
         previous = torch.get_num_threads()
         _init_worker(*args)
         try:
-            for done, task in enumerate(tasks, 1):
-                results.append(_task(task))
+            outcomes = (_task(tasks[t]) for t in order)
+            for done, (t, rows) in enumerate(zip(order, outcomes, strict=True), 1):
+                results[t] = rows
                 if progress:
                     progress(done, len(tasks))
         finally:
@@ -299,8 +302,9 @@ def run_all(
     else:
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
                                  initargs=args) as pool:
-            for done, rows in enumerate(pool.map(_task, tasks, chunksize=1), 1):
-                results.append(rows)
+            outcomes = pool.map(_task, [tasks[t] for t in order], chunksize=1)
+            for done, (t, rows) in enumerate(zip(order, outcomes, strict=True), 1):
+                results[t] = rows
                 if progress:
                     progress(done, len(tasks))
     n = len(items)
