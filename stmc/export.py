@@ -22,8 +22,9 @@ is traced by the TorchScript exporter (``onnxscript``, which the dynamo exporter
 layers (:class:`stmc.layers.FrozenLayer`, im2col + GEMM via ``unfold``) do not export (``unfold`` needs sizes the
 tracer loses), so the graph runs the same folded weights as plain ``Conv``/``ConvTranspose`` nodes
 (:class:`ExportLayer`). The trace uses a fixed batch of 2 so that every size folds to a constant (a graph with
-symbolic sizes carries hundreds of ``Shape``/``Gather`` nodes and ran ~2x slower); no node depends on the batch
-size, so the batch axis of the inputs and outputs is then declared symbolic (tests run batches 1 to 4).
+symbolic sizes carries hundreds of ``Shape``/``Gather`` nodes and ran several times slower per call); no node
+depends on the batch size, so the batch axis of the inputs and outputs is then declared symbolic (tests run
+batches 1 to 4).
 """
 
 from __future__ import annotations
@@ -157,7 +158,11 @@ def _save(
     meta: dict[str, str],
     opset: int,
 ) -> None:
-    """Trace ``module`` to ``path`` with a dynamic batch axis on every input and output, then add ``meta``."""
+    """Trace ``module`` to ``path`` at the batch of ``args``; declare the inputs' and outputs' axis 0 symbolic.
+
+    The intermediate shapes the exporter records (``value_info``) carry the traced batch, so they are dropped;
+    onnxruntime infers them again from the inputs. ``meta`` goes into the graph's ``metadata_props``.
+    """
     module.eval()  # the exporter restores this mode afterwards, on the wrapped model too
     with torch.no_grad():
         torch.onnx.export(

@@ -40,6 +40,7 @@ import torchaudio.functional as AF
 
 from stmc.enhancer import Enhancer, EnhancerStream
 from stmc.stft import SAMPLE_RATE
+from stmc.unet import UNet
 
 log = logging.getLogger("stmc.realtime")
 
@@ -351,14 +352,12 @@ def build_enhancer(options: InferOptions) -> Enhancer:
     if options.ckpt:
         return Enhancer.from_checkpoint(options.ckpt)
     if options.onnx:
-        from stmc.export import read_metadata
+        from stmc.export import read_metadata  # onnx is imported only when used
 
         config = json.loads(read_metadata(options.onnx)["model_config"])
     else:
         config = {key: value for key, value in (options.model or {}).items() if key != "_target_"}
     torch.manual_seed(options.seed)
-    from stmc.unet import UNet
-
     return Enhancer(UNet(**config).eval())
 
 
@@ -398,7 +397,7 @@ def enhance_file(
         writer = PcmWriter(sys.stdout.buffer)
         stats = stream_through(stream, chunks, writer, options.realtime)
         if writer.clipped:
-            log.warning("%s: %d output samples clipped to 16-bit range", source, writer.clipped)
+            log.warning("%s: %d output samples clipped to the 16-bit range", source, writer.clipped)
         return stats
     with atomic_audio_file(target, audio.shape[0], options.subtype) as write:
         return stream_through(stream, chunks, write, options.realtime)
@@ -440,7 +439,10 @@ def infer(options: InferOptions) -> int:
             finally:
                 writer.close()
         elif target == "-":
-            stream_through(stream, chunks, PcmWriter(sys.stdout.buffer), stats=total)
+            pcm = PcmWriter(sys.stdout.buffer)
+            stream_through(stream, chunks, pcm, stats=total)
+            if pcm.clipped:
+                log.warning("%d output samples clipped to the 16-bit range", pcm.clipped)
         else:
             with atomic_audio_file(target, channels, options.subtype) as write:
                 stream_through(stream, chunks, write, stats=total)
