@@ -165,3 +165,16 @@ def test_evaluate_py_config_mistake_is_one_line(tmp_path):
     assert missing.returncode == 2
     assert missing.stderr.strip().splitlines() == [f"error: checkpoints: {tmp_path / 'nope.ckpt'} is neither a "
                                                    "checkpoint file nor a folder"]
+
+
+def test_offline_only_documents_have_no_stream_columns():
+    from stmc.evaluation import evaluate_model_summary, headline_table, markdown, results_document
+
+    items = [{"split": "s", "noise_type": "hum"}, {"split": "s", "noise_type": "pink"}]
+    baselines = [{"mixture": {"si_snr": 1.0, "si_snri": 0.0}, "wiener": {"si_snr": 2.0, "si_snri": 1.0}}] * 2
+    rows = [{"offline": {"si_snr": 4.0, "si_snri": 3.0}}, {"offline": {"si_snr": 6.0, "si_snri": 5.0}}]
+    info = {"name": "m", "checkpoint": "m.ckpt", "lookahead": 0, "width": 1.0, "seed": 0, "step": 1, "params": 10}
+    doc = results_document([evaluate_model_summary(info, items, baselines, rows)], {"chunk_samples": 256})
+    assert doc["si_snri"] == {"wiener": 1.0, "offline": 4.0} and doc["max_abs_diff"] is None
+    assert doc["per_noise"]["pink"] == {"wiener": 1.0, "offline": 5.0, "input_si_snr": 1.0, "n": 1}
+    assert "streamed" not in headline_table(doc) and "stmc" not in markdown(doc)
