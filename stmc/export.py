@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -164,7 +165,9 @@ def _save(
     onnxruntime infers them again from the inputs. ``meta`` goes into the graph's ``metadata_props``.
     """
     module.eval()  # the exporter restores this mode afterwards, on the wrapped model too
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # deliberate: the dynamo exporter needs onnxscript (see the module docstring)
+        warnings.filterwarnings("ignore", "You are using the legacy TorchScript", DeprecationWarning)
         torch.onnx.export(
             module, args, str(path), input_names=inputs, output_names=outputs, opset_version=opset, dynamo=False
         )
