@@ -4,7 +4,8 @@
 
 - ``full``: offline inference over a long sequence divided by its frames (the floor a stream should approach),
   with the frozen layers the streams use, and ``full (nn.Module)``, the training module in eval mode;
-- ``stmc``, ``inc``, ``window``: one hop (one frame) per call, as a real-time stream would;
+- ``stmc``, ``inc``, ``window``: one hop (one frame) per call, as a real-time stream would, eager and
+  through ``torch.compile``; and the exported STMC step in onnxruntime (one thread);
 
 interleaved in rounds so that background load hits every method alike, and reports medians and ratios from
 that one run. MACs are counted (``torch.utils.flop_counter``) on the calls themselves, not derived. Peak
@@ -15,9 +16,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch.multiprocessing.reductions import StorageWeakRef
@@ -66,9 +69,9 @@ class Row:
 
     method: str
     seconds: list[float] = field(default_factory=list)  # per hop (or per frame for offline rows)
-    macs: float = 0.0
+    macs: float | None = None  # None where the calls cannot be seen (onnxruntime)
     state_bytes: int = 0
-    peak_bytes: int = 0
+    peak_bytes: int | None = None
 
     @property
     def median_ms(self) -> float:
@@ -97,8 +100,20 @@ def count_macs(fn: Callable[[], object]) -> float:
 
 
 @torch.inference_mode()
-def measure(model: UNet, frames: int, rounds: int, hops: int, compile: bool) -> list[Row]:
-    """Interleaved timing of offline and streamed inference on one model; see the module docstring."""
+def onnx_stream(model: UNet, folder: Path) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The exported STMC step in onnxruntime (one thread), with the stream's per-call contract."""
+    from stmc.export import OnnxStream, to_onnx
+
+    return OnnxStream(to_onnx(model, folder / "step.onnx"), threads=1)
+
+
+def measure(
+    model: UNet, frames: int, rounds: int, hops: int, compile: bool, onnx_folder: Path | None = None
+) -> list[Row]:
+    """Interleaved timing of offline and streamed inference on one model; see the module docstring.
+
+    With ``onnx_folder``, the STMC step is also exported there and timed in onnxruntime.
+    """
     model = model.eval()
     warmup = 30
     spec = torch.randn(1, 2, model.n_freq, warmup + rounds * hops + 1)
@@ -107,14 +122,15 @@ def measure(model: UNet, frames: int, rounds: int, hops: int, compile: bool) -> 
     streams = {method: streaming(model, method) for method in METHODS}
     if compile:
         streams.update({f"{method} (compiled)": streaming(model, method, compile=True) for method in METHODS})
-    rows = {name: Row(name) for name in [*offline, *streams]}
+    extra = {"stmc (onnxruntime)": onnx_stream(model, onnx_folder)} if onnx_folder is not None else {}
+    rows = {name: Row(name) for name in [*offline, *streams, *extra]}
     for name, run in offline.items():
         run(long)
         rows[name].macs = count_macs(lambda run=run: run(long)) / frames
         with PeakBytes([]) as tracker:
             run(long)
         rows[name].peak_bytes = tracker.peak
-    for stream in streams.values():
+    for stream in [*streams.values(), *extra.values()]:
         for t in range(warmup):
             stream(spec[..., t : t + 1])
     position = warmup
@@ -123,7 +139,7 @@ def measure(model: UNet, frames: int, rounds: int, hops: int, compile: bool) -> 
             start = time.perf_counter()
             run(long)
             rows[name].seconds.append((time.perf_counter() - start) / frames)
-        for name, stream in streams.items():
+        for name, stream in [*streams.items(), *extra.items()]:
             for t in range(position, position + hops):
                 chunk = spec[..., t : t + 1]
                 start = time.perf_counter()
@@ -143,6 +159,8 @@ def measure(model: UNet, frames: int, rounds: int, hops: int, compile: bool) -> 
         with PeakBytes(stream.get_state()) as tracker:
             stream(chunk)
         row.peak_bytes = tracker.peak
+    for name, stream in extra.items():
+        rows[name].state_bytes = sum(s.nbytes for s in stream.state)
     return list(rows.values())
 
 
@@ -163,10 +181,11 @@ def table(results: dict[str, list[Row]]) -> str:
             streamed = not row.method.startswith("full")
             reference = by["stmc (compiled)" if row.method.endswith("(compiled)") else "stmc"].median_ms
             per = "hop" if streamed else "frame"
+            macs = "—" if row.macs is None else f"{row.macs / 1e6:.2f}"
+            peak = "—" if row.peak_bytes is None else f"{row.peak_bytes / 1024:.0f}"
             lines.append(
                 f"| {model_name} | {row.method} | {row.median_ms:.3f} (per {per}) | {row.median_ms / floor:.2f} "
-                f"| {row.median_ms / reference:.2f} | {row.macs / 1e6:.2f} | {row.state_bytes / 1024:.1f} "
-                f"| {row.peak_bytes / 1024:.0f} |"
+                f"| {row.median_ms / reference:.2f} | {macs} | {row.state_bytes / 1024:.1f} | {peak} |"
             )
     return "\n".join(lines)
 
@@ -184,14 +203,19 @@ def main(argv: list[str] | None = None) -> None:
         action="store_false",
         help="skip the torch.compile'd streams (each takes ~1 min to compile)",
     )
+    parser.add_argument("--no-onnx", dest="onnx", action="store_false", help="skip the onnxruntime row")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     results = {}
-    for name in args.models:
-        model = UNet(lookahead=MODELS[name], width=args.width)
-        results[name] = measure(model, args.frames, args.rounds, args.hops, args.compile)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models:
+            model = UNet(lookahead=MODELS[name], width=args.width)
+            folder = Path(tmp, name) if args.onnx else None
+            if folder is not None:
+                folder.mkdir()
+            results[name] = measure(model, args.frames, args.rounds, args.hops, args.compile, folder)
     params = {
         name: sum(p.numel() for p in UNet(lookahead=MODELS[name], width=args.width).parameters())
         for name in args.models
