@@ -12,7 +12,8 @@ ratios from that one run. Columns (DESIGN.md "Definitions"):
 - total latency = algorithmic + compute latency;
 - inference time = mean wall time per hop over all timed steps (what streaming costs; real time needs < 16 ms),
   and ``offline (floor)`` = offline inference time / frames;
-- peak memory = weights + the stream's state + the most bytes its step allocates at once;
+- peak memory = weights + the stream's state + the most bytes its step allocates at once (not visible inside
+  onnxruntime, nor the MACs: ``—`` in that row);
 - model size = the inference weights (float32, BatchNorm folded); MACs per hop are counted, not derived.
 
 SI-SNRi: the mean offline SI-SNRi of the evaluated checkpoints with that look-ahead and width (``--results``);
@@ -26,6 +27,7 @@ import argparse
 import json
 import platform
 import statistics
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -58,16 +60,17 @@ def records(name: str, model: UNet, rows: Sequence[Row], si_snri: float | None, 
     by = {row.method: row for row in rows}
     floor = min((by[m] for m in ("full", "full (nn.Module)")), key=lambda r: r.median_ms)
     order = [m for m in ("window", "inc", "stmc") if m in by]
-    order += [m for base in ("window", "inc", "stmc") for m in by if m == f"{base} (compiled)"]
+    order += [f"{base} ({kind})" for kind in ("compiled", "onnxruntime") for base in ("window", "inc", "stmc")
+              if f"{base} ({kind})" in by]
     out = []
     for method in order:
         row = by[method]
-        base, _, compiled = method.partition(" ")
+        base, _, variant = method.partition(" ")
         mean_ms = statistics.fmean(row.seconds) * 1e3
         out.append({
             "model": name,
             "method": method,
-            "label": LABELS[base] + (f" {compiled}" if compiled else ""),
+            "label": LABELS[base] + (f", {variant.strip('()')}" if variant else ""),
             "lookahead": lookahead,
             "si_snri_db": si_snri,
             "si_snri_models": n_models,
@@ -76,9 +79,9 @@ def records(name: str, model: UNet, rows: Sequence[Row], si_snri: float | None, 
             "total_latency_ms": algorithmic + row.median_ms,
             "inference_time_ms": mean_ms,
             "real_time_factor": mean_ms / HOP_MS,
-            "peak_memory_mb": (weights + row.peak_bytes) / 1e6,
+            "peak_memory_mb": None if row.peak_bytes is None else (weights + row.peak_bytes) / 1e6,
             "model_size_mb": weights / 1e6,
-            "macs_per_hop_m": row.macs / 1e6,
+            "macs_per_hop_m": None if row.macs is None else row.macs / 1e6,
             "state_kib": row.state_bytes / 1024,
             "timed_steps": len(row.seconds),
         })
@@ -157,18 +160,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (medians over all of them)")
     parser.add_argument("--hops", type=int, default=20, help="streamed hops per method per round")
     parser.add_argument("--compile", action="store_true", help="also torch.compile'd streams (~1 min each)")
+    parser.add_argument("--onnx", action="store_true", help="also the exported STMC step in onnxruntime")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     evaluated = evaluated_models(args.results)
     started = time.perf_counter()
     rows = []
-    for name in args.models:
-        lookahead = 0 if name == "causal" else 2 * depth_of(evaluated)
-        model = architecture(evaluated, lookahead, args.width)
-        measured = measure(model, args.frames, args.rounds, args.hops, args.compile)
-        si_snri, n_models = mean_si_snri(evaluated, lookahead, args.width)
-        rows += records(name, model, measured, si_snri, n_models)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models:
+            lookahead = 0 if name == "causal" else 2 * depth_of(evaluated)
+            model = architecture(evaluated, lookahead, args.width)
+            onnx_folder = Path(tmp, name) if args.onnx else None
+            if onnx_folder is not None:
+                onnx_folder.mkdir()
+            measured = measure(model, args.frames, args.rounds, args.hops, args.compile, onnx_folder)
+            si_snri, n_models = mean_si_snri(evaluated, lookahead, args.width)
+            rows += records(name, model, measured, si_snri, n_models)
     ratio_rows = ratios(rows)
     header = (f"Speed on {platform.machine()} CPU ({torch.get_num_threads()} thread), torch {torch.__version__}; "
               f"width {args.width}; {args.rounds} rounds x {args.hops} hops per method, interleaved; chunk = 1 hop "

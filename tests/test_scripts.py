@@ -91,7 +91,7 @@ def test_size_figure_times_every_width_and_takes_si_snri_from_the_trained_ones(t
 def test_speed_table_rows_ratios_and_files(tmp_path):
     synthetic_results(tmp_path / "eval", [(0, 1.0, 0, 3.0), (0, 1.0, 1, 4.0)])
     doc = speed_table.main(["--results", str(tmp_path / "eval"), "--out", str(tmp_path), "--rounds", "1",
-                            "--hops", "3", "--frames", "16"])
+                            "--hops", "3", "--frames", "16", "--onnx"])
     rows = {(r["model"], r["method"]): r for r in doc["rows"]}
     causal, noncausal = rows[("causal", "stmc")], rows[("non-causal", "stmc")]
     assert causal["si_snri_db"] == pytest.approx(3.5) and causal["si_snri_models"] == 2
@@ -107,7 +107,9 @@ def test_speed_table_rows_ratios_and_files(tmp_path):
                                                              / causal["inference_time_ms"])
     assert ratio["paper latency standard÷INC"] == 29.74
     assert "| causal | STMC (tSTMC) | 3.50 (n=2) | 64 |" in (tmp_path / "speed_table.md").read_text()
-    assert len(read_csv(tmp_path / "speed_table.csv")) == 8  # 2 models x (3 streams + the offline floor)
+    onnx = rows[("causal", "stmc (onnxruntime)")]
+    assert onnx["label"] == "STMC (tSTMC), onnxruntime" and onnx["macs_per_hop_m"] is None and onnx["timed_steps"] == 3
+    assert len(read_csv(tmp_path / "speed_table.csv")) == 10  # 2 models x (3 streams, onnxruntime, offline floor)
     assert json.loads((tmp_path / "speed_table.json").read_text())["ratios"][1]["model"] == "non-causal"
 
 
