@@ -1,0 +1,201 @@
+"""``train(cfg)``: build everything from a composed Hydra config and fit; ``train.py`` is a thin wrapper around it.
+
+Config mistakes (an unknown config name, a look-ahead out of range, a missing value, a data root that does not
+exist) raise :class:`ConfigError` with one line naming the key and the allowed values, before any training
+starts. A non-finite loss raises :class:`TrainingStopped` naming the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException, MissingConfigException
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import WandbLogger
+from omegaconf import DictConfig, OmegaConf
+
+from stmc.lightning import NonFiniteLossError
+from stmc.unet import UNet
+
+log = logging.getLogger(__name__)
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+LAST = "last"
+
+
+class ConfigError(ValueError):
+    """A configuration mistake found before training; the message is one line naming the key."""
+
+
+class TrainingStopped(RuntimeError):
+    """Training could not go on (non-finite loss); the message names the last good checkpoint."""
+
+
+def check_overrides(overrides: Sequence[str], config_name: str = "train") -> None:
+    """Raise :class:`ConfigError` if a command-line override selects a config that does not exist.
+
+    Hydra reports such mistakes over several lines; this composes the config once beforehand to say it in one.
+    Sweep overrides (``a=1,2``) are left to Hydra, as is every other kind of error.
+    """
+    try:
+        parsed = OverridesParser.create().parse_overrides([o for o in overrides if not o.startswith("-")])
+    except HydraException:
+        return
+    plain = [o.input_line for o in parsed if not o.is_sweep_override()]
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        try:
+            compose(config_name, overrides=plain)
+        except MissingConfigException as err:
+            if err.missing_cfg_file and err.options is not None:
+                group, _, name = err.missing_cfg_file.rpartition("/")
+                raise ConfigError(
+                    f"{group}={name} does not exist; allowed values: {', '.join(sorted(err.options))}"
+                ) from None
+        except HydraException:
+            return
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Raise :class:`ConfigError` for a model that cannot be built or a value left unset (``???``)."""
+    model = cfg.get("model")
+    if not model or "_target_" not in model:
+        raise ConfigError(f"model: none selected; allowed values: {', '.join(group_options('model'))}")
+    depth = model.get("depth", 7)
+    if OmegaConf.is_missing(model, "lookahead"):
+        raise ConfigError(f"model.lookahead is required (model=lookahead); allowed values: 0..{2 * depth}")
+    lookahead = model.lookahead
+    if not isinstance(lookahead, int) or isinstance(lookahead, bool) or not 0 <= lookahead <= 2 * depth:
+        raise ConfigError(
+            f"model.lookahead={lookahead} is out of range; allowed values: 0..{2 * depth} "
+            f"(0 = causal, {2 * depth} = non-causal, 2 * model.depth)"
+        )
+    missing = missing_keys(OmegaConf.to_container(cfg, resolve=False))
+    if missing:
+        raise ConfigError(f"{missing[0]} is required (set {missing[0]}=...)")
+
+
+def missing_keys(node: Any, prefix: str = "") -> list[str]:
+    """Dotted keys left at ``???`` in an unresolved config container, the ``hydra`` node aside."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    keys = []
+    for key, value in items:
+        path = f"{prefix}{key}"
+        if value == "???":
+            keys.append(path)
+        elif path != "hydra":
+            keys.extend(missing_keys(value, f"{path}."))
+    return sorted(keys)
+
+
+def group_options(group: str) -> list[str]:
+    """Names of the configs in ``configs/<group>/``."""
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def build_model(cfg: DictConfig) -> UNet:
+    """The UNet of ``cfg.model``; its own argument errors become one-line :class:`ConfigError`."""
+    try:
+        return instantiate(cfg.model, _convert_="all")
+    except Exception as err:  # Hydra wraps the constructor's ValueError in InstantiationException
+        cause = err.__cause__ or err
+        raise ConfigError(f"model: {cause}".splitlines()[0]) from err
+
+
+def resolve_checkpoint(ckpt_path: str | None, output_dir: Path, search_siblings: bool) -> str | None:
+    """The checkpoint to resume from: a path, or ``last``, this run folder's ``checkpoints/last.ckpt``.
+
+    With ``search_siblings`` (single runs, whose folders are timestamped), ``last`` falls back to the newest
+    ``last.ckpt`` among the other runs of the same task (``outputs/<task_name>/*/checkpoints/last.ckpt``).
+    No checkpoint found for ``last`` means a fresh start (so that a re-launched sweep resumes what it can).
+    """
+    if ckpt_path is None:
+        return None
+    if str(ckpt_path) != LAST:
+        if not Path(ckpt_path).is_file():
+            raise ConfigError(f"ckpt_path={ckpt_path} does not exist; allowed values: a checkpoint file, last, null")
+        return str(ckpt_path)
+    own = output_dir / "checkpoints" / "last.ckpt"
+    if own.is_file():
+        return str(own)
+    if search_siblings:
+        found = sorted(output_dir.parent.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+        if found:
+            return str(found[-1])
+    log.warning(
+        "ckpt_path=last: no last.ckpt in %s%s; starting from scratch",
+        output_dir,
+        " or its sibling runs" if search_siblings else "",
+    )
+    return None
+
+
+def _checkpoint(trainer: pl.Trainer, kind: str) -> str:
+    """Path of the best (``kind="best"``) or last checkpoint written so far, or ``""``."""
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, ModelCheckpoint):
+            path = callback.best_model_path if kind == "best" and callback.monitor else ""
+            path = path or (callback.last_model_path if kind == "last" else "")
+            if path:
+                return path
+    return ""
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit ``cfg.module`` (holding ``cfg.model``) on ``cfg.data``; then, if ``cfg.test``, test the best checkpoint.
+
+    Returns the final logged metrics (``val/...``, and ``test/...`` when tested) as floats.
+    """
+    check_config(cfg)
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    model = build_model(cfg)
+    datamodule = instantiate(cfg.data, _convert_="all")  # plain containers: the checkpoint stays weights_only
+    try:
+        datamodule.setup("fit")
+    except FileNotFoundError as err:
+        raise ConfigError(str(err).splitlines()[0]) from err
+    output_dir = Path(cfg.paths.output_dir)
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    ckpt_path = resolve_checkpoint(cfg.get("ckpt_path"), output_dir, search_siblings=not multirun)
+
+    run_config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    module = instantiate(cfg.module, model=model)
+    module.run_config = run_config
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
+    logger = instantiate(cfg.logger) if cfg.get("logger") and "_target_" in cfg.logger else False
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+    if logger:
+        logger.log_hyperparams(run_config)
+    log.info("output folder: %s", output_dir)
+    if ckpt_path:
+        log.info("resuming from %s", ckpt_path)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        best, last = _checkpoint(trainer, "best"), _checkpoint(trainer, "last")
+        log.info("best checkpoint: %s", best or "none (no validation ran)")
+        log.info("last checkpoint: %s", last or "none")
+        if cfg.get("test"):
+            results = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+            metrics.update({k: float(v) for k, v in results[0].items()})
+            log.info("tested checkpoint: %s", best or "the final weights")
+    except NonFiniteLossError as err:
+        last = _checkpoint(trainer, "last")
+        raise TrainingStopped(f"training stopped: {err}; last good checkpoint: {last or 'none saved yet'}") from err
+    finally:
+        if isinstance(logger, WandbLogger):  # close the run, so that the next one in this process starts afresh
+            import wandb
+
+            wandb.finish()
+    return metrics

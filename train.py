@@ -1,0 +1,37 @@
+"""Train a U-Net speech enhancer from the Hydra configs in ``configs/``: ``python train.py experiment=quickstart``.
+
+Everything happens in :func:`stmc.training.train`; this file only handles the command line. A config mistake
+exits with status 2 and one line on stderr; a diverged run (NaN/Inf loss) exits with status 1.
+"""
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from stmc.training import ConfigError, TrainingStopped, check_overrides, train
+
+
+def fail(err: Exception, status: int) -> None:
+    """Print ``err`` as one line on stderr and exit with ``status``."""
+    print(f"error: {err}", file=sys.stderr)
+    sys.exit(status)
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="train")
+def main(cfg: DictConfig) -> None:
+    """Train one run (Hydra calls this once per job of a sweep)."""
+    try:
+        train(cfg)
+    except ConfigError as err:
+        fail(err, 2)
+    except TrainingStopped as err:
+        fail(err, 1)
+
+
+if __name__ == "__main__":
+    try:
+        check_overrides(sys.argv[1:])
+    except ConfigError as err:
+        fail(err, 2)
+    main()
