@@ -1,0 +1,150 @@
+"""Training configs without training: every experiment composes, the sweep expands to 75 distinct runs, and
+config mistakes are one-line errors naming the key and the allowed values."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+import stmc
+from stmc.training import CONFIG_DIR, ConfigError, check_config, check_overrides, group_options, train
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = group_options("experiment")
+
+
+def compose_train(overrides: list[str], hydra_config: bool = False):
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        return compose("train", overrides=overrides, return_hydra_config=hydra_config)
+
+
+def test_groups_have_the_documented_options():
+    assert EXPERIMENTS == ["paper_causal", "paper_lookahead", "paper_noncausal", "quickstart"]
+    assert group_options("model") == ["causal", "lookahead", "noncausal"]
+    assert set(group_options("trainer")) >= {"cpu", "gpu", "ddp"}
+    assert set(group_options("logger")) == {"wandb", "csv", "none"}
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+@pytest.mark.parametrize("launcher", ["basic", "slurm"])
+def test_every_experiment_composes_and_builds_its_model(experiment, launcher, tmp_path):
+    overrides = [f"experiment={experiment}", f"hydra/launcher={launcher}", f"paths.output_dir={tmp_path}"]
+    if experiment == "paper_lookahead":
+        overrides.append("model.lookahead=5")
+    cfg = compose_train(overrides, hydra_config=True)
+    assert cfg.task_name == experiment
+    check_config(cfg)
+    model = instantiate(cfg.model)
+    assert isinstance(model, stmc.UNet)
+    expected = {"paper_causal": 0, "paper_noncausal": 14, "paper_lookahead": 5, "quickstart": 0}[experiment]
+    assert model.receptive_field[1] == expected
+    OmegaConf.resolve(cfg.trainer)  # every interpolation resolves
+    OmegaConf.resolve(cfg.callbacks)
+
+
+def test_wandb_is_the_default_logger_and_offline():
+    cfg = compose_train(["paths.output_dir=/tmp/x"])
+    assert cfg.logger._target_.endswith("WandbLogger") and cfg.logger.offline is True
+    assert cfg.data._target_ == "data.datamodule.SpeechDataModule"
+
+
+def test_gpu_trainers_use_bf16_and_ddp_syncs_batchnorm():
+    cfg = compose_train(["trainer=ddp", "paths.output_dir=/tmp/x"])
+    assert cfg.trainer.strategy == "ddp" and cfg.trainer.sync_batchnorm and cfg.trainer.precision == "bf16-mixed"
+
+
+def sweep_jobs(overrides: list[str]) -> list[list[str]]:
+    """The job override lists Hydra's basic sweeper would launch (the same merge of config params and CLI)."""
+    parser = OverridesParser.create()
+    plain = [o.input_line for o in parser.parse_overrides(overrides) if not o.is_sweep_override()]
+    cfg = compose_train(plain, hydra_config=True)
+    assert cfg.hydra.mode == RunMode.MULTIRUN
+    params = [f"{key}={value}" for key, value in cfg.hydra.sweeper.params.items()]  # as BasicSweeper does
+    parsed = parser.parse_overrides(params + overrides)
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def test_lookahead_sweep_expands_to_75_runs_with_distinct_folders():
+    base = ["experiment=paper_lookahead", "sweep=lookahead"]
+    jobs = sweep_jobs(base)
+    assert len(jobs) == 75
+    folders, settings = set(), set()
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        for num, job in enumerate(jobs):
+            cfg = compose("train", overrides=[*base, *job, f"hydra.job.num={num}"], return_hydra_config=True)
+            check_config(cfg)
+            settings.add((cfg.model.lookahead, cfg.seed))
+            folders.add(f"{cfg.hydra.sweep.dir}/{cfg.hydra.sweep.subdir}")
+            assert cfg.ckpt_path == "last"  # a re-launched sweep resumes each run
+    assert settings == {(n, s) for n in range(15) for s in range(5)}
+    assert len(folders) == 75
+    assert any(f.endswith("lookahead=14/seed=4") for f in folders)
+
+
+def test_sweep_command_line_narrows_the_grid():
+    jobs = sweep_jobs(["experiment=quickstart", "sweep=lookahead", "model.lookahead=0,7,14", "seed=0"])
+    assert len(jobs) == 3
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model=foo"], "model=foo does not exist; allowed values: causal, lookahead, noncausal"),
+        (["trainer=tpu"], "trainer=tpu does not exist; allowed values: cpu, ddp, default, gpu"),
+        (["experiment=paper"], "allowed values: paper_causal, paper_lookahead, paper_noncausal, quickstart"),
+    ],
+)
+def test_unknown_config_names_are_one_line_errors(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        check_overrides(overrides)
+
+
+def test_valid_overrides_pass_the_check():
+    check_overrides(["experiment=quickstart", "model=lookahead", "model.lookahead=3", "seed=0,1", "-m"])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model=lookahead"], r"model.lookahead is required \(model=lookahead\); allowed values: 0..14"),
+        (["model.lookahead=15"], r"model.lookahead=15 is out of range; allowed values: 0..14"),
+        (["model=lookahead", "model.lookahead=-1"], r"model.lookahead=-1 is out of range; allowed values: 0..14"),
+        (["model.depth=5", "model.lookahead=11"], r"allowed values: 0..10"),
+        (["model.compress=2"], r"^model: compress must be in \(0, 1\], got 2"),
+    ],
+)
+def test_bad_model_values_stop_before_training(overrides, message, tmp_path):
+    cfg = compose_train([*overrides, f"paths.output_dir={tmp_path}", f"data.root={tmp_path}"])
+    with pytest.raises(ConfigError, match=message) as err:
+        train(cfg)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_missing_data_root_stops_before_training(tmp_path):
+    cfg = compose_train([f"paths.output_dir={tmp_path}", f"data.root={tmp_path / 'nowhere'}", "logger=none"])
+    with pytest.raises(ConfigError, match=r"^data.root: .*nowhere does not exist.*make corpus") as err:
+        train(cfg)
+    assert "\n" not in str(err.value)
+
+
+def test_train_py_reports_a_config_error_in_one_line():
+    run = subprocess.run(
+        [sys.executable, "train.py", "model=lookahead", "model.lookahead=99"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 2
+    (line,) = run.stderr.strip().splitlines()
+    assert line.startswith("error: model.lookahead=99 is out of range; allowed values: 0..14 (0 = causal")
