@@ -43,3 +43,9 @@ apt-deps:
 
 corpus: venv apt-deps
 	$(PY) -m data.demo build --root demo_corpus
+
+# The main job on a fresh machine: .venv, the demo corpus, then the quickstart U-Net trained on CPU for a fixed
+# wall-clock budget and scored on the test splits; prints where its checkpoints are (README "Training").
+.PHONY: quickstart
+quickstart: corpus
+	$(PY) train.py experiment=quickstart
