@@ -20,7 +20,9 @@ def to_channels(spec: torch.Tensor) -> torch.Tensor:
 
 
 def apply_mask(mask: torch.Tensor, spec: torch.Tensor) -> torch.Tensor:
-    """Complex product of a ``[B, 2, F, T]`` mask and a complex ``[B, F, T]`` spectrum."""
+    """Complex product of a ``[B, 2, F, T]`` mask and a complex ``[B, F, T]`` spectrum (in the spectrum's precision,
+    also when the mask comes out of a bf16 autocast region)."""
+    mask = mask.to(spec.real.dtype)
     return torch.complex(mask[:, 0], mask[:, 1]) * spec
 
 

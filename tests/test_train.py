@@ -209,11 +209,6 @@ def test_schedule_warms_up_then_decays_over_the_budget():
     assert "progress" not in scheduler.state_dict()
 
 
-@pytest.mark.xfail(
-    raises=RuntimeError,
-    strict=True,
-    reason="engine: the Enhancer's complex mask needs a float32 cast under bf16 autocast (apply_mask)",
-)
 def test_bf16_mixed_precision_fit(corpus, tmp_path):
     train(compose_train(tiny_run(corpus, tmp_path, "model.width=0.25", "trainer.precision=bf16-mixed")))
 
