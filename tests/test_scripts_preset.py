@@ -1,0 +1,40 @@
+"""The mini preset end to end at toy scale (slow): train.py runs, evaluate.py, the speed table and both figures,
+all through ``python -m scripts.reproduce mini`` into one folder, on a tiny generated corpus."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from scripts import reproduce
+from tests.test_data_folders import demo_like_tree
+
+
+@pytest.mark.slow
+def test_mini_preset_chain_at_toy_scale(tmp_path, monkeypatch):
+    monkeypatch.setenv("STMC_CACHE_DIR", str(tmp_path / "cache"))
+    demo_like_tree(tmp_path / "corpus")
+    out = tmp_path / "mini"
+    overrides = [
+        f"out={out}", "steps=2",
+        f"data=[data=demo,data.root={tmp_path / 'corpus'},data.batch_size=2]",
+        "train.sweeps={lookahead: {overrides: [], params: {model.lookahead: [0, 14], seed: [0]}},"
+        " size: {overrides: [], params: {model.width: [0.25], seed: [0]}}}",
+        "speed_table=[--rounds,'1',--hops,'2',--frames,'8']",
+        "size_figure=[--widths,'0.25','1.0',--rounds,'1',--hops,'2']",
+    ]
+    assert reproduce.main(["mini", *overrides]) == 0
+    results = json.loads((out / "evaluate/results.json").read_text())
+    assert sorted((m["lookahead"], m["width"]) for m in results["models"]) == [(0, 0.25), (0, 1.0), (14, 1.0)]
+    assert results["max_abs_diff"] < 1e-5
+    speed = json.loads((out / "speed_table.json").read_text())
+    assert {r["model"] for r in speed["rows"] if r["si_snri_db"] is not None} == {"causal", "non-causal"}
+    for artifact in ("lookahead.png", "size.png", "speed_table.md", "index.md", "timings.json"):
+        assert (out / artifact).is_file(), artifact
+    index = (out / "index.md").read_text()
+    assert "![lookahead.png](lookahead.png)" in index and "| evaluate | ok |" in index
+    # a second call finds every training run finished and only redoes the cheap steps
+    assert reproduce.main(["mini", *overrides]) == 0
+    timings = json.loads((out / "timings.json").read_text())["steps"]
+    assert {s["status"] for name, s in timings.items() if name.startswith("train_")} == {"done before"}
