@@ -155,7 +155,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--results", nargs="*", default=[], help="results.json files or folders (SI-SNRi column)")
     parser.add_argument("--out", type=Path, default=None, help="folder for speed_table.{md,csv,json}")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
-    parser.add_argument("--width", type=float, default=1.0, help="channel multiplier of the timed U-Nets")
+    parser.add_argument("--width", type=float, default=None,
+                        help="channel multiplier of the timed U-Nets (default: the evaluated models' most common "
+                             "width, else 1.0)")
     parser.add_argument("--frames", type=int, default=256, help="sequence length of the offline floor")
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (medians over all of them)")
     parser.add_argument("--hops", type=int, default=20, help="streamed hops per method per round")
@@ -165,6 +167,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     evaluated = evaluated_models(args.results)
+    if args.width is None:
+        widths = [m["width"] for m in evaluated]
+        args.width = max(set(widths), key=lambda w: (widths.count(w), w)) if widths else 1.0
     started = time.perf_counter()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
