@@ -63,7 +63,15 @@ class Stream(nn.Module):
         self.model = model
         # Masks by tensor ops even where no frame needs one: a traced step must not depend on the time.
         self.always_mask = compile
-        self.compiled = torch.compile(self.pure_step, dynamic=False) if compile else None
+        self.compiled = None
+        if compile:
+            # every stream shares pure_step's code object, and dynamo guards each instance separately:
+            # leave room for many streams before it would silently fall back to eager
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+            torch._dynamo.config.accumulated_recompile_limit = max(
+                torch._dynamo.config.accumulated_recompile_limit, 1024
+            )
+            self.compiled = torch.compile(self.pure_step, dynamic=False)
         self.reset()
 
     @property
