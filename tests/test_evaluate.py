@@ -91,7 +91,9 @@ def test_checkpoint_discovery_best_last_newest(tmp_path):
         find_checkpoints([tmp_path / "missing"])
     fourteen = tiny_checkpoint(tmp_path / "sweep/lookahead=14/checkpoints/last.ckpt")
     two = tiny_checkpoint(tmp_path / "sweep/lookahead=2/checkpoints/last.ckpt")
-    assert find_checkpoints([tmp_path / "sweep"]) == [two, fourteen]  # numbers by value
+    quarter = tiny_checkpoint(tmp_path / "sweep/width=0.25/checkpoints/last.ckpt")
+    half = tiny_checkpoint(tmp_path / "sweep/width=0.5/checkpoints/last.ckpt")
+    assert find_checkpoints([tmp_path / "sweep"]) == [two, fourteen, quarter, half]  # numbers by value
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no checkpoints"):
         find_checkpoints([tmp_path / "empty"])
