@@ -8,6 +8,7 @@ starts. A non-finite loss raises :class:`TrainingStopped` naming the last good c
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -181,7 +182,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if ckpt_path:
         log.info("resuming from %s", ckpt_path)
     try:
+        started = time.monotonic()
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        minutes = (time.monotonic() - started) / 60
+        rate = f" ({trainer.global_step / minutes:.0f} steps/min)" if not ckpt_path and minutes > 0 else ""
+        log.info("step %d after %.1f min of fitting%s", trainer.global_step, minutes, rate)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         best, last = _checkpoint(trainer, "best"), _checkpoint(trainer, "last")
         log.info("best checkpoint: %s", best or "none (no validation ran)")
