@@ -87,7 +87,7 @@ def offline_frozen(model: UNet) -> Callable[[torch.Tensor], torch.Tensor]:
     layers = model.frozen()
 
     def run(spec: torch.Tensor) -> torch.Tensor:
-        return model.bound(from_frames(padded_walk(model, layers, to_frames(model.features(spec)))))
+        return from_frames(model.bound(padded_walk(model, layers, model.features(to_frames(spec), dim=-1)), dim=-1))
 
     return run
 

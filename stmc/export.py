@@ -68,12 +68,7 @@ class ExportLayer(nn.Module):
     def __init__(self, frozen: FrozenLayer) -> None:
         super().__init__()
         self.past, self.future, self.transposed = frozen.past, frozen.future, frozen.transposed
-        taps, matrix = frozen.taps, frozen.matrix
-        if self.transposed:  # rows (tap, c), columns (cout, freq tap) -> [taps*C, Cout, 5, 1]
-            weight = matrix.reshape(matrix.shape[0], -1, FREQ_KERNEL).unsqueeze(-1)
-        else:  # rows (tap, freq tap, c), columns cout -> [Cout, C, 5, taps]
-            weight = matrix.reshape(taps, FREQ_KERNEL, -1, matrix.shape[1]).permute(3, 2, 1, 0)
-        self.register_buffer("weight", weight.contiguous())
+        self.register_buffer("weight", frozen.conv_weight())
         self.register_buffer("bias", frozen.bias)
         self.register_buffer("prelu", frozen.prelu)
 

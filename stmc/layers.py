@@ -79,7 +79,7 @@ class TemporalLayer(nn.Module):
 
     @torch.no_grad()
     def frozen(self) -> FrozenLayer:
-        """Inference form: BatchNorm (running statistics) folded in, weights laid out as one GEMM matrix."""
+        """Inference form: BatchNorm (running statistics) folded in, weights laid out as GEMM matrices."""
         weight, bias = self.conv.weight.detach(), self.conv.bias.detach()
         prelu = None
         if self.norm is not None:
@@ -119,12 +119,19 @@ class FrozenLayer:
     def out_channels(self) -> int:
         return self.bias.shape[0]
 
+    def conv_weight(self) -> torch.Tensor:
+        """The folded weight in the layout of the layer's convolution (what a Conv / ConvTranspose node needs)."""
+        if self.transposed:  # rows (tap, c), columns (cout, freq tap) -> [taps*C, Cout, 5, 1]
+            return self.matrix.reshape(self.matrix.shape[0], -1, FREQ_KERNEL).unsqueeze(-1).contiguous()
+        # rows (tap, freq tap, c), columns cout -> [Cout, C, 5, taps]
+        return self.matrix.reshape(self.taps, FREQ_KERNEL, -1, self.matrix.shape[1]).permute(3, 2, 1, 0).contiguous()
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, T, F, C]`` -> ``[B, T - past - future, F', C']``."""
-        batch, pad = x.shape[0], FREQ_KERNEL // 2
+        batch, frames, pad = x.shape[0], x.shape[1] - self.taps + 1, FREQ_KERNEL // 2
         if self.transposed:
+            bins = x.shape[2]
             windows = x.unfold(1, self.taps, 1)  # [B, T', F, C, taps]
-            frames, bins = windows.shape[1], windows.shape[2]
             cols = windows.permute(0, 1, 2, 4, 3).reshape(batch * frames * bins, -1)
             spread = torch.mm(cols, self.matrix).view(batch * frames, bins, -1).transpose(1, 2)
             out_bins = (bins - 1) * FREQ_STRIDE + 1
@@ -133,10 +140,13 @@ class FrozenLayer:
             if self.prelu is not None:
                 y = F.prelu(y, self.prelu)
             return y.view(batch, frames, -1, out_bins).transpose(2, 3)
-        windows = F.pad(x, (0, 0, pad, pad)).unfold(1, self.taps, 1).unfold(2, FREQ_KERNEL, FREQ_STRIDE)
-        frames, bins = windows.shape[1], windows.shape[2]  # windows: [B, T', F', C, taps, 5]
-        cols = windows.permute(0, 1, 2, 4, 5, 3).reshape(batch * frames * bins, -1)
-        y = torch.addmm(self.bias, cols, self.matrix)
+        xp = F.pad(x, (0, 0, pad, pad))
+        bins = (x.shape[2] - 1) // FREQ_STRIDE + 1
+        s_b, s_t, s_f, s_c = xp.stride()
+        windows = xp.as_strided(  # [B, T', F', taps, 5, C], a view: the reshape below is the one im2col copy
+            (batch, frames, bins, self.taps, FREQ_KERNEL, x.shape[3]), (s_b, s_t, FREQ_STRIDE * s_f, s_t, s_f, s_c)
+        )
+        y = torch.addmm(self.bias, windows.reshape(batch * frames * bins, -1), self.matrix)
         if self.prelu is not None:
             y = F.prelu(y, self.prelu)
         return y.view(batch, frames, bins, -1)

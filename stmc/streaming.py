@@ -157,7 +157,7 @@ class Stream(nn.Module):
         if self.flushed:
             raise RuntimeError("this stream was flushed already; call reset() before streaming again")
         self.flushed = True
-        weight = self.layers[0].matrix
+        weight = self.layers[0].bias
         if self.delay == 0 or self.batch is None:
             return weight.new_zeros(self.batch or 0, 2, self.model.n_freq, 0)
         self.end = self.time.clone()
@@ -165,9 +165,9 @@ class Stream(nn.Module):
 
     def advance(self, chunk: torch.Tensor) -> torch.Tensor:
         """Run one chunk ``[B, 2, F, t]`` through the engine in place; the bounded mask at times ``time - D..``."""
-        out = self.step(to_frames(self.model.features(chunk)))
+        out = self.step(self.model.features(to_frames(chunk), dim=-1))
         self.time = self.time + chunk.shape[-1]
-        return self.model.bound(from_frames(out))
+        return from_frames(self.model.bound(out, dim=-1))
 
     def pure_step(self, chunk: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """One step as a function of its inputs: ``(chunk, *state) -> (out, *next_state)``.

@@ -138,17 +138,17 @@ class UNet(nn.Module):
                 skips[k] = h
         return h
 
-    def features(self, spec: torch.Tensor) -> torch.Tensor:
-        """Power-law compressed spectrum (frame-local), the network's actual input."""
+    def features(self, spec: torch.Tensor, dim: int = 1) -> torch.Tensor:
+        """Power-law compressed spectrum (frame-local), the network's actual input; ``dim`` is (real, imag)."""
         if self.compress == 1:
             return spec
-        power = spec.pow(2).sum(1, keepdim=True)
+        power = spec.pow(2).sum(dim, keepdim=True)
         return spec * (power + 1e-12).pow((self.compress - 1) / 2)
 
     @staticmethod
-    def bound(out: torch.Tensor) -> torch.Tensor:
-        """Complex mask with magnitude ``tanh(|z|) < 1`` (frame-local)."""
-        magnitude = torch.linalg.vector_norm(out, dim=1, keepdim=True).clamp_min(1e-12)
+    def bound(out: torch.Tensor, dim: int = 1) -> torch.Tensor:
+        """Complex mask with magnitude ``tanh(|z|) < 1`` (frame-local); ``dim`` is (real, imag)."""
+        magnitude = torch.linalg.vector_norm(out, dim=dim, keepdim=True).clamp_min(1e-12)
         return out * (torch.tanh(magnitude) / magnitude)
 
     def check_input(self, spec: torch.Tensor, batch: int | None = None) -> None:
