@@ -104,6 +104,14 @@ def _read_pair(pair: tuple[Entry, Entry], start: int, count: int) -> list[np.nda
     return [read(clean.path, clean.info, start, count), read(noisy.path, noisy.info, start, count)]
 
 
+def epoch_size(lengths: Sequence[int], segment: int | None, items: int | None) -> int:
+    """Items per epoch: every file once in evaluation (``segment`` None); in training ``items`` crops, or by
+    default as many crops of ``segment`` samples as the files hold."""
+    if segment is None:
+        return len(lengths)
+    return items if items is not None else max(1, -(-sum(lengths) // segment))
+
+
 def _item(noisy: np.ndarray, clean: np.ndarray, **meta: object) -> Item:
     return {"noisy": torch.from_numpy(noisy), "clean": torch.from_numpy(clean),
             "length": int(noisy.shape[0]), **meta}
@@ -134,11 +142,7 @@ class MixingDataset(Dataset):
         self.clean = sorted(clean, key=lambda e: (e.length, e.rel))
         self.pick_clean = _Picker(self.clean, lambda e: e.length)
         self.pick_noise = _Picker(noise, lambda e: e.length)
-        if segment is None:
-            self.size = len(self.clean)
-        else:
-            total = sum(e.length for e in self.clean)
-            self.size = items if items is not None else max(1, -(-total // segment))
+        self.size = epoch_size([e.length for e in self.clean], segment, items)
 
     def __len__(self) -> int:
         return self.size
@@ -184,11 +188,7 @@ class PairedDataset(Dataset):
         self.noise_types = dict(noise_types or {})
         self.pairs = sorted(pairs, key=lambda p: (p[0].length, p[1].rel))
         self.pick = _Picker(self.pairs, lambda p: p[0].length)
-        if segment is None:
-            self.size = len(self.pairs)
-        else:
-            total = sum(p[0].length for p in self.pairs)
-            self.size = items if items is not None else max(1, -(-total // segment))
+        self.size = epoch_size([p[0].length for p in self.pairs], segment, items)
 
     def __len__(self) -> int:
         return self.size
