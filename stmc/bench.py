@@ -35,8 +35,16 @@ from stmc.unet import UNet
 MODELS = {"causal": 0, "noncausal": 14}
 
 
+def _storage_key(tensor: torch.Tensor) -> int:
+    return StorageWeakRef(tensor.untyped_storage()).cdata
+
+
 class PeakBytes(TorchDispatchMode):
-    """Most bytes held at once by the tracked tensors and by every tensor created under this mode."""
+    """Most bytes held at once by the tracked tensors and by every tensor allocated under this mode.
+
+    A view of a tensor from outside (the caller's input chunk, a slice of a long signal) allocates nothing and
+    is not counted; a view of a counted tensor counts once.
+    """
 
     def __init__(self, held: list[torch.Tensor]) -> None:
         super().__init__()
@@ -55,9 +63,11 @@ class PeakBytes(TorchDispatchMode):
         return sum(size for _, size in self.live.values())
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self._total()  # forget storages freed since the last call before their addresses can be reused
+        inputs = {_storage_key(leaf) for leaf in tree_leaves((args, kwargs)) if isinstance(leaf, torch.Tensor)}
         out = func(*args, **(kwargs or {}))
         for leaf in tree_leaves(out):
-            if isinstance(leaf, torch.Tensor):
+            if isinstance(leaf, torch.Tensor) and _storage_key(leaf) not in inputs:
                 self._track(leaf)
         self.peak = max(self.peak, self._total())
         return out
