@@ -27,7 +27,6 @@ import argparse
 import json
 import platform
 import statistics
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -172,16 +171,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.width = max(set(widths), key=lambda w: (widths.count(w), w)) if widths else 1.0
     started = time.perf_counter()
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in args.models:
-            lookahead = 0 if name == "causal" else 2 * depth_of(evaluated)
-            model = architecture(evaluated, lookahead, args.width)
-            onnx_folder = Path(tmp, name) if args.onnx else None
-            if onnx_folder is not None:
-                onnx_folder.mkdir()
-            measured = measure(model, args.frames, args.rounds, args.hops, args.compile, onnx_folder)
-            si_snri, n_models = mean_si_snri(evaluated, lookahead, args.width)
-            rows += records(name, model, measured, si_snri, n_models)
+    for name in args.models:
+        lookahead = 0 if name == "causal" else 2 * depth_of(evaluated)
+        model = architecture(evaluated, lookahead, args.width)
+        measured = measure(model, args.frames, args.rounds, args.hops, args.compile, args.onnx)
+        si_snri, n_models = mean_si_snri(evaluated, lookahead, args.width)
+        rows += records(name, model, measured, si_snri, n_models)
     ratio_rows = ratios(rows)
     header = (f"Speed on {platform.machine()} CPU ({torch.get_num_threads()} thread), torch {torch.__version__}; "
               f"width {args.width}; {args.rounds} rounds x {args.hops} hops per method, interleaved; chunk = 1 hop "

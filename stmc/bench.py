@@ -28,7 +28,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
-from stmc.layers import from_frames, to_frames
 from stmc.streaming import METHODS, Stream, padded_walk, streaming
 from stmc.unet import UNet
 
@@ -97,7 +96,7 @@ def offline_frozen(model: UNet) -> Callable[[torch.Tensor], torch.Tensor]:
     layers = model.frozen()
 
     def run(spec: torch.Tensor) -> torch.Tensor:
-        return from_frames(model.bound(padded_walk(model, layers, model.features(to_frames(spec), dim=-1)), dim=-1))
+        return model.through_frames(spec, lambda h: padded_walk(model, layers, h))
 
     return run
 
@@ -110,19 +109,21 @@ def count_macs(fn: Callable[[], object]) -> float:
 
 
 @torch.inference_mode()
-def onnx_stream(model: UNet, folder: Path) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The exported STMC step in onnxruntime (one thread), with the stream's per-call contract."""
+def onnx_stream(model: UNet) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The exported STMC step in onnxruntime (one thread), with the stream's per-call contract.
+
+    The graphs are written to a temporary folder and loaded into memory; the folder is gone on return.
+    """
     from stmc.export import OnnxStream, to_onnx
 
-    return OnnxStream(to_onnx(model, folder / "step.onnx"), threads=1)
+    with tempfile.TemporaryDirectory() as folder:
+        return OnnxStream(to_onnx(model, Path(folder) / "step.onnx"), threads=1)
 
 
-def measure(
-    model: UNet, frames: int, rounds: int, hops: int, compile: bool, onnx_folder: Path | None = None
-) -> list[Row]:
+def measure(model: UNet, frames: int, rounds: int, hops: int, compile: bool, onnx: bool = False) -> list[Row]:
     """Interleaved timing of offline and streamed inference on one model; see the module docstring.
 
-    With ``onnx_folder``, the STMC step is also exported there and timed in onnxruntime.
+    With ``onnx``, the exported STMC step is also timed in onnxruntime.
     """
     model = model.eval()
     warmup = 30
@@ -132,7 +133,7 @@ def measure(
     streams = {method: streaming(model, method) for method in METHODS}
     if compile:
         streams.update({f"{method} (compiled)": streaming(model, method, compile=True) for method in METHODS})
-    extra = {"stmc (onnxruntime)": onnx_stream(model, onnx_folder)} if onnx_folder is not None else {}
+    extra = {"stmc (onnxruntime)": onnx_stream(model)} if onnx else {}
     rows = {name: Row(name) for name in [*offline, *streams, *extra]}
     for name, run in offline.items():
         run(long)
@@ -219,13 +220,9 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     results = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in args.models:
-            model = UNet(lookahead=MODELS[name], width=args.width)
-            folder = Path(tmp, name) if args.onnx else None
-            if folder is not None:
-                folder.mkdir()
-            results[name] = measure(model, args.frames, args.rounds, args.hops, args.compile, folder)
+    for name in args.models:
+        model = UNet(lookahead=MODELS[name], width=args.width)
+        results[name] = measure(model, args.frames, args.rounds, args.hops, args.compile, args.onnx)
     params = {
         name: sum(p.numel() for p in UNet(lookahead=MODELS[name], width=args.width).parameters())
         for name in args.models

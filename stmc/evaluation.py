@@ -287,27 +287,27 @@ def run_all(
     # longest utterances first, so that no worker is left with a long one at the end; results in task order
     order = sorted(range(len(tasks)), key=lambda t: -len(items[tasks[t][1]]["noisy"]))
     args = (list(items), [str(c) for c in checkpoints], settings, threads)
+    ordered = [tasks[t] for t in order]
     results: list[dict[str, Row]] = [{} for _ in tasks]
+
+    def collect(outcomes: Iterable[dict[str, Row]]) -> None:
+        for done, (t, rows) in enumerate(zip(order, outcomes, strict=True), 1):
+            results[t] = rows
+            if progress:
+                progress(done, len(tasks))
+
     if workers <= 1:
         previous = torch.get_num_threads()
         _init_worker(*args)
         try:
-            outcomes = (_task(tasks[t]) for t in order)
-            for done, (t, rows) in enumerate(zip(order, outcomes, strict=True), 1):
-                results[t] = rows
-                if progress:
-                    progress(done, len(tasks))
+            collect(map(_task, ordered))
         finally:
             _WORKER.clear()
             torch.set_num_threads(previous)
     else:
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
                                  initargs=args) as pool:
-            outcomes = pool.map(_task, [tasks[t] for t in order], chunksize=1)
-            for done, (t, rows) in enumerate(zip(order, outcomes, strict=True), 1):
-                results[t] = rows
-                if progress:
-                    progress(done, len(tasks))
+            collect(pool.map(_task, ordered, chunksize=1))
     n = len(items)
     return results[:n], [results[n * (m + 1) : n * (m + 2)] for m in range(len(checkpoints))]
 

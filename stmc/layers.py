@@ -79,7 +79,7 @@ class TemporalLayer(nn.Module):
 
     @torch.no_grad()
     def frozen(self) -> FrozenLayer:
-        """Inference form: BatchNorm (running statistics) folded in, weights laid out as GEMM matrices."""
+        """Inference form: BatchNorm (running statistics) folded in, weights laid out as one GEMM matrix."""
         weight, bias = self.conv.weight.detach(), self.conv.bias.detach()
         prelu = None
         if self.norm is not None:

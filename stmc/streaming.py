@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stmc.layers import FrozenLayer, from_frames, to_frames
+from stmc.layers import FrozenLayer
 from stmc.unet import UNet
 
 TIME = 1  # the time axis of the frozen layers' layout [batch, time, freq, channels]
@@ -157,17 +157,17 @@ class Stream(nn.Module):
         if self.flushed:
             raise RuntimeError("this stream was flushed already; call reset() before streaming again")
         self.flushed = True
-        weight = self.layers[0].bias
+        like = self.layers[0].bias  # dtype and device of the frames
         if self.delay == 0 or self.batch is None:
-            return weight.new_zeros(self.batch or 0, 2, self.model.n_freq, 0)
+            return like.new_zeros(self.batch or 0, 2, self.model.n_freq, 0)
         self.end = self.time.clone()
-        return self._emit(weight.new_zeros(self.batch, 2, self.model.n_freq, self.delay))
+        return self._emit(like.new_zeros(self.batch, 2, self.model.n_freq, self.delay))
 
     def advance(self, chunk: torch.Tensor) -> torch.Tensor:
         """Run one chunk ``[B, 2, F, t]`` through the engine in place; the bounded mask at times ``time - D..``."""
-        out = self.step(self.model.features(to_frames(chunk), dim=-1))
+        out = self.model.through_frames(chunk, self.step)
         self.time = self.time + chunk.shape[-1]
-        return from_frames(self.model.bound(out, dim=-1))
+        return out
 
     def pure_step(self, chunk: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """One step as a function of its inputs: ``(chunk, *state) -> (out, *next_state)``.

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stmc.layers import FREQ_STRIDE, FrozenLayer, TemporalLayer
+from stmc.layers import FREQ_STRIDE, FrozenLayer, TemporalLayer, from_frames, to_frames
 
 DEFAULT_CHANNELS = (16, 32, 48, 64, 96, 128, 160)
 PLACEMENTS = ("first", "last", "spread")
@@ -150,6 +150,11 @@ class UNet(nn.Module):
         """Complex mask with magnitude ``tanh(|z|) < 1`` (frame-local); ``dim`` is (real, imag)."""
         magnitude = torch.linalg.vector_norm(out, dim=dim, keepdim=True).clamp_min(1e-12)
         return out * (torch.tanh(magnitude) / magnitude)
+
+    def through_frames(self, spec: torch.Tensor, walk: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """``spec [B, 2, F, T]`` -> bounded mask ``[B, 2, F, T']``, with ``walk`` running the frozen layers on the
+        features laid out ``[B, T, F, 2]`` (compression and bound work there too: contiguous, fast per frame)."""
+        return from_frames(self.bound(walk(self.features(to_frames(spec), dim=-1)), dim=-1))
 
     def check_input(self, spec: torch.Tensor, batch: int | None = None) -> None:
         """Raise ``ValueError`` naming the expected shape unless ``spec`` is ``[B, 2, n_freq, T]``."""
