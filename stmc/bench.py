@@ -5,11 +5,14 @@
 - ``full``: offline inference over a long sequence divided by its frames (the floor a stream should approach),
   with the frozen layers the streams use, and ``full (nn.Module)``, the training module in eval mode;
 - ``stmc``, ``inc``, ``window``: one hop (one frame) per call, as a real-time stream would, eager and
-  through ``torch.compile``; and the exported STMC step in onnxruntime (one thread);
+  through ``torch.compile``; ``stmc`` runs its native step (:mod:`stmc.native`) where it can, and
+  ``stmc (PyTorch ops)`` is the same engine on PyTorch operators, like every other row; and the exported STMC
+  step in onnxruntime (one thread);
 
 interleaved in rounds so that background load hits every method alike, and reports medians and ratios from
 that one run. MACs are counted (``torch.utils.flop_counter``) on the calls themselves, not derived. Peak
-memory is the most bytes held at once by tensors that the call allocates plus the stream's state.
+memory is the most bytes held at once by tensors that the call allocates plus the stream's state (plus, for
+the native step, its preallocated buffers; the native step counts its own GEMMs' MACs).
 """
 
 from __future__ import annotations
@@ -28,10 +31,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
+from stmc.native import unavailable as native_unavailable
 from stmc.streaming import METHODS, Stream, padded_walk, streaming
 from stmc.unet import UNet
 
 MODELS = {"causal": 0, "noncausal": 14}
+OPS = "stmc (PyTorch ops)"  # the row of the STMC engine without its native step
 
 
 def _storage_key(tensor: torch.Tensor) -> int:
@@ -131,6 +136,8 @@ def measure(model: UNet, frames: int, rounds: int, hops: int, compile: bool, onn
     offline = {"full": offline_frozen(model), "full (nn.Module)": model}
     long = torch.randn(1, 2, model.n_freq, frames)
     streams = {method: streaming(model, method) for method in METHODS}
+    if streams["stmc"].native:  # the same engine on PyTorch operators: the algorithm without the native kernel
+        streams = {**streams, OPS: streaming(model, "stmc", native=False)}
     if compile:
         streams.update({f"{method} (compiled)": streaming(model, method, compile=True) for method in METHODS})
     extra = {"stmc (onnxruntime)": onnx_stream(model)} if onnx else {}
@@ -166,24 +173,28 @@ def measure(model: UNet, frames: int, rounds: int, hops: int, compile: bool, onn
             twin(chunk)
             twin.set_state([s.clone() for s in stream.get_state()])
             stream = twin
-        row.macs = count_macs(lambda stream=stream, chunk=chunk: stream(chunk))
+        native = getattr(stream, "native_step", None) if getattr(stream, "native", False) else None
+        if native is not None:  # GEMMs invisible to dispatch modes: the native step counts its own
+            before = native.macs
+            stream(chunk)
+            row.macs = native.macs - before
+        else:
+            row.macs = count_macs(lambda stream=stream, chunk=chunk: stream(chunk))
         with PeakBytes(stream.get_state()) as tracker:
             stream(chunk)
-        row.peak_bytes = tracker.peak
+        row.peak_bytes = tracker.peak + (native.scratch_bytes if native is not None else 0)
     for name, stream in extra.items():
         rows[name].state_bytes = sum(s.nbytes for s in stream.state)
     return list(rows.values())
 
 
 def table(results: dict[str, list[Row]]) -> str:
-    """Markdown: one block of rows per model; ratios against the faster offline row and against ``stmc``.
-
-    Compiled streams are compared with the compiled ``stmc``.
-    """
+    """Markdown: one block of rows per model; ratios against the faster offline row, against ``stmc`` (compiled
+    streams against the compiled ``stmc``) and against ``stmc (PyTorch ops)`` where the native step ran."""
     lines = [
-        "| model | method | time per hop (ms, median) | × full | ÷ stmc | MACs per hop (M) | state (KiB) "
-        "| peak memory (KiB) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| model | method | time per hop (ms, median) | × full | ÷ stmc | ÷ stmc (PyTorch ops) | MACs per hop (M) "
+        "| state (KiB) | peak memory (KiB) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for model_name, rows in results.items():
         by = {row.method: row for row in rows}
@@ -191,12 +202,13 @@ def table(results: dict[str, list[Row]]) -> str:
         for row in rows:
             streamed = not row.method.startswith("full")
             reference = by["stmc (compiled)" if row.method.endswith("(compiled)") else "stmc"].median_ms
+            ops = f"{row.median_ms / by[OPS].median_ms:.2f}" if OPS in by else "—"
             per = "hop" if streamed else "frame"
             macs = "—" if row.macs is None else f"{row.macs / 1e6:.2f}"
             peak = "—" if row.peak_bytes is None else f"{row.peak_bytes / 1024:.0f}"
             lines.append(
                 f"| {model_name} | {row.method} | {row.median_ms:.3f} (per {per}) | {row.median_ms / floor:.2f} "
-                f"| {row.median_ms / reference:.2f} | {macs} | {row.state_bytes / 1024:.1f} | {peak} |"
+                f"| {row.median_ms / reference:.2f} | {ops} | {macs} | {row.state_bytes / 1024:.1f} | {peak} |"
             )
     return "\n".join(lines)
 
@@ -231,6 +243,8 @@ def main(argv: list[str] | None = None) -> None:
         f"threads={args.threads} width={args.width} chunk=1 hop (256 samples, 16 ms); "
         f"x full = time / fastest offline time per frame; ÷ stmc against stmc of the same kind (eager/compiled)"
     )
+    why = native_unavailable()
+    print("stmc: " + ("native step (stmc.native)" if why is None else f"PyTorch operators (no native step: {why})"))
     print("parameters: " + ", ".join(f"{name} {count / 1e6:.2f} M" for name, count in params.items()))
     print(table(results))
 

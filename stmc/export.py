@@ -93,7 +93,7 @@ class ExportLayer(nn.Module):
 
 def export_stream(model: UNet) -> Stream:
     """An STMC stream over ``model`` that traces to ONNX: time masks as tensor ops, :class:`ExportLayer` layers."""
-    stream = streaming(model, "stmc")  # frozen layers use the running statistics whatever the mode
+    stream = streaming(model, "stmc", native=False)  # traced: PyTorch operators; running statistics always
     stream.always_mask = True
     stream.layers = [ExportLayer(layer) for layer in stream.layers]
     return stream

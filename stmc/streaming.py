@@ -20,11 +20,15 @@ end stand for the zero padding of offline inference: every layer zeroes its outp
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from stmc.layers import FrozenLayer
+from stmc.native import NativeStep
+from stmc.native import unavailable as native_unavailable
 from stmc.unet import UNet
 
 TIME = 1  # the time axis of the frozen layers' layout [batch, time, freq, channels]
@@ -92,7 +96,10 @@ class Stream(nn.Module):
         self.batch = batch
 
     def get_state(self) -> list[torch.Tensor]:
-        """The whole state: the engine's buffers, then each stream's time (frames since its start)."""
+        """The whole state: the engine's buffers, then each stream's time (frames since its start).
+
+        The tensors are live (the native STMC step shifts them in place): ``clone()`` them to keep a snapshot.
+        """
         return [*self.state, self.time]
 
     def set_state(self, state: list[torch.Tensor]) -> None:
@@ -164,7 +171,11 @@ class Stream(nn.Module):
         return self._emit(like.new_zeros(self.batch, 2, self.model.n_freq, self.delay))
 
     def advance(self, chunk: torch.Tensor) -> torch.Tensor:
-        """Run one chunk ``[B, 2, F, t]`` through the engine in place; the bounded mask at times ``time - D..``."""
+        """Run one chunk ``[B, 2, F, t]`` through the engine; the bounded mask at times ``time - D..``."""
+        return self.advance_ops(chunk)
+
+    def advance_ops(self, chunk: torch.Tensor) -> torch.Tensor:
+        """:meth:`advance` with PyTorch operators; state tensors are replaced, never written in place."""
         out = self.model.through_frames(chunk, self.step)
         self.time = self.time + chunk.shape[-1]
         return out
@@ -176,7 +187,7 @@ class Stream(nn.Module):
         ``torch.compile`` and the ONNX export trace (with ``always_mask``).
         """
         self.set_state(list(state))
-        return (self.advance(chunk), *self.get_state())
+        return (self.advance_ops(chunk), *self.get_state())
 
     def _emit(self, chunk: torch.Tensor) -> torch.Tensor:
         if self.compiled is not None and self.end is None:
@@ -191,7 +202,28 @@ class Stream(nn.Module):
 
 
 class STMCStream(Stream):
-    """Short-Term Memory Convolution: per-layer shift registers and per-skip delay lines."""
+    """Short-Term Memory Convolution: per-layer shift registers and per-skip delay lines.
+
+    ``native`` runs each chunk through the native step (:mod:`stmc.native`: the same arithmetic in one call,
+    the registers shifted in place); ``None`` (the default) uses it wherever it can run (float32 on CPU, not
+    compiled, a C++ compiler present) and the PyTorch operators otherwise; ``False`` always uses the latter.
+    """
+
+    def __init__(self, model: UNet, compile: bool = False, native: bool | None = None) -> None:
+        self.native = native_choice(model, native, compile)
+        self.native_step: NativeStep | None = None
+        super().__init__(model, compile)
+
+    def advance(self, chunk: torch.Tensor) -> torch.Tensor:
+        if not self.native or not chunk.is_cpu:
+            return self.advance_ops(chunk)
+        if self.native_step is None or not self.native_step.binds(self.layers, self.state):
+            self.state = [tensor.contiguous() for tensor in self.state]
+            self.time = self.time.contiguous()
+            self.native_step = NativeStep(self.model, self.layers, self.state, self.batch)
+        out = self.native_step(chunk, self.time, self.end)
+        self.time = self.time + chunk.shape[-1]
+        return out
 
     def state_shapes(self) -> list[tuple[int, ...]]:
         model = self.model
@@ -267,12 +299,35 @@ class WindowStream(IncStream):
         return torch.cat(outputs, TIME)
 
 
+def native_choice(model: UNet, native: bool | None, compile: bool) -> bool:
+    """Whether an STMC stream runs the native step; ``native=True`` where it cannot is a ``ValueError``."""
+    if native is False or (native is None and compile):
+        return False
+    weight = model.layers[0].conv.weight
+    if compile:
+        reason = "torch.compile traces the PyTorch operators; pass native=False or compile=False"
+    elif weight.dtype != torch.float32 or not weight.is_cpu:
+        reason = f"it runs float32 models on the CPU, this one is {weight.dtype} on {weight.device}"
+    else:
+        reason = native_unavailable()
+    if reason is None:
+        return True
+    if native:
+        raise ValueError(f"native=True, but the native STMC step cannot run: {reason}")
+    if not weight.is_cpu or weight.dtype != torch.float32:
+        return False
+    warnings.warn(f"STMC streams use PyTorch operators (slower per hop): {reason}", stacklevel=3)
+    return False
+
+
 ENGINES: dict[str, type[Stream]] = {"stmc": STMCStream, "inc": IncStream, "window": WindowStream}
 METHODS = tuple(ENGINES)
 
 
-def streaming(model: UNet, method: str = "stmc", compile: bool = False) -> Stream:
+def streaming(model: UNet, method: str = "stmc", compile: bool = False, native: bool | None = None) -> Stream:
     """A stateful stream over ``model``'s weights; ``method`` is one of :data:`METHODS`.
+
+    ``native`` (``stmc`` only) chooses the native step of :class:`STMCStream`; None: wherever it can run.
 
     ``compile=True`` runs each step through ``torch.compile`` (inductor): the first chunk of each new size
     compiles for tens of seconds, then per-step Python and dispatch overhead all but vanishes. Use it with a
@@ -280,4 +335,8 @@ def streaming(model: UNet, method: str = "stmc", compile: bool = False) -> Strea
     """
     if method not in ENGINES:
         raise ValueError(f"unknown streaming method {method!r}; choose one of {', '.join(METHODS)}")
+    if method == "stmc":
+        return STMCStream(model, compile=compile, native=native)
+    if native:
+        raise ValueError(f"native=True is for the stmc method only, got method={method!r}")
     return ENGINES[method](model, compile=compile)

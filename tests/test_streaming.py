@@ -21,13 +21,18 @@ def stream_all(stream: stmc.streaming, spec: torch.Tensor, sizes: list[int]) -> 
     return torch.cat(outs + [stream.flush()], -1)
 
 
+# every engine: STMC with its native step and on PyTorch operators, INC, window
+ENGINES = [("stmc", True), ("stmc", False), ("inc", None), ("window", None)]
+
+
 @PROPERTY
-@given(model=unets(), method=st.sampled_from(stmc.METHODS), batch=st.integers(1, 3), data=st.data())
-def test_stream_then_flush_equals_offline(model, method, batch, data):
+@given(model=unets(), engine=st.sampled_from(ENGINES), batch=st.integers(1, 3), data=st.data())
+def test_stream_then_flush_equals_offline(model, engine, batch, data):
+    method, native = engine
     frames = data.draw(st.integers(0, 40))
     spec = torch.randn(batch, 2, model.n_freq, frames)
     sizes = split_points(data.draw, frames, 12)
-    out = stream_all(stmc.streaming(model, method), spec, sizes)
+    out = stream_all(stmc.streaming(model, method, native=native), spec, sizes)
     expected = model(spec)
     assert out.shape == expected.shape
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
@@ -149,17 +154,23 @@ def test_compiled_stream_equals_offline():
 
 @pytest.mark.parametrize("lookahead", [0, 7, 14])
 def test_stmc_step_does_no_redundant_work(lookahead):
-    """Counted MACs of one steady-state STMC hop equal offline MACs divided by the frames."""
+    """Counted MACs of one steady-state STMC hop equal offline MACs divided by the frames: on PyTorch operators
+    (counted by torch's FlopCounterMode) and in the native step (counted by the step itself)."""
     from stmc.bench import count_macs, offline_frozen
 
     model = randomise_norms(stmc.UNet(lookahead=lookahead, width=0.25), 0)
     frames = 64
     spec = torch.randn(1, 2, model.n_freq, frames + 1)
     offline = count_macs(lambda: offline_frozen(model)(spec[..., :frames])) / frames
-    stream = stmc.streaming(model, "stmc")
+    stream = stmc.streaming(model, "stmc", native=False)
     stream(spec[..., :frames])
     per_hop = count_macs(lambda: stream(spec[..., frames:]))
     assert per_hop == offline > 0
+    fast = stmc.streaming(model, "stmc", native=True)
+    fast(spec[..., :frames])
+    before = fast.native_step.macs
+    fast(spec[..., frames:])
+    assert fast.native_step.macs - before == per_hop
     inc = stmc.streaming(model, "inc")
     inc(spec[..., :frames])
     assert count_macs(lambda: inc(spec[..., frames:])) > 2 * per_hop  # INC recomputes inside the receptive field

@@ -1,0 +1,73 @@
+"""The native STMC step keeps the PyTorch engine's state exactly, and where it cannot run the error or fallback
+is clear. (Equality with offline inference and its MAC count: tests/test_streaming.py.)"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import stmc
+from stmc import native
+from tests.randmodel import split_points, unets
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(model=unets(), batch=st.integers(1, 3), data=st.data())
+def test_native_and_ops_streams_keep_the_same_state_and_can_swap_it(model, batch, data):
+    """After every chunk the native step's registers and delay lines equal the PyTorch engine's, so a state
+    saved from one continues exactly in the other."""
+    frames = data.draw(st.integers(1, 30))
+    spec = torch.randn(batch, 2, model.n_freq, frames)
+    fast, ops = stmc.streaming(model, native=True), stmc.streaming(model, native=False)
+    start = 0
+    for size in split_points(data.draw, frames, 9):
+        chunk = spec[..., start : start + size]
+        torch.testing.assert_close(fast(chunk), ops(chunk), atol=1e-5, rtol=0)
+        start += size
+        for a, b in zip(fast.get_state(), ops.get_state(), strict=True):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    from_fast, from_ops = ([s.clone() for s in stream.get_state()] for stream in (fast, ops))
+    fast.set_state(from_ops)
+    ops.set_state(from_fast)
+    torch.testing.assert_close(fast.flush(), ops.flush(), atol=1e-5, rtol=0)
+
+
+def test_default_stmc_stream_is_native_where_it_can_run():
+    model = stmc.UNet(depth=2, channels=[2, 2], n_freq=5).eval()
+    assert native.unavailable() is None  # CI and the dev machines have a C++ compiler
+    assert stmc.streaming(model).native
+    assert not stmc.streaming(model.double()).native  # float64: PyTorch operators, no warning needed
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda m: stmc.streaming(m.double(), native=True), "float32"),
+        (lambda m: stmc.streaming(m, compile=True, native=True), "torch.compile"),
+        (lambda m: stmc.streaming(m, "inc", native=True), "stmc method only"),
+    ],
+)
+def test_native_true_where_it_cannot_run_is_a_clear_error(make, match):
+    model = stmc.UNet(depth=2, channels=[2, 2], n_freq=5).eval()
+    with pytest.raises(ValueError, match=match):
+        make(model)
+
+
+def test_without_a_compiler_streams_fall_back_with_a_warning(tmp_path, monkeypatch):
+    model = stmc.UNet(depth=2, lookahead=1, channels=[2, 2], n_freq=5).eval()
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("STMC_NATIVE_CACHE", str(tmp_path / "cache"))
+    native._load.cache_clear()
+    try:
+        assert "no C++ compiler" in native.unavailable()
+        with pytest.warns(UserWarning, match="no C\\+\\+ compiler"):
+            stream = stmc.streaming(model)
+        assert not stream.native
+        spec = torch.randn(1, 2, 5, 7)
+        torch.testing.assert_close(torch.cat([stream(spec), stream.flush()], -1), model(spec), atol=1e-5, rtol=0)
+        with pytest.raises(ValueError, match="no C\\+\\+ compiler"):
+            stmc.streaming(model, native=True)
+    finally:
+        native._load.cache_clear()
