@@ -16,6 +16,9 @@ ratios from that one run. Columns (DESIGN.md "Definitions"):
   onnxruntime, nor the MACs: ``—`` in that row);
 - model size = the inference weights (float32, BatchNorm folded); MACs per hop are counted, not derived.
 
+STMC runs its native step (``stmc.native``) where it can; ``STMC (tSTMC), PyTorch ops`` is the same engine on
+PyTorch operators, as INC and standard run, so its ratios separate the algorithm from the kernel.
+
 SI-SNRi: the mean offline SI-SNRi of the evaluated checkpoints with that look-ahead and width (``--results``);
 the three streams give the same output (they equal offline within 1e-5), so they share it.
 Writes ``speed_table.md``, ``speed_table.csv`` and ``speed_table.json`` into ``--out``.
@@ -35,8 +38,9 @@ from typing import Any
 import torch
 
 from scripts.common import architecture, depth_of, evaluated_models, mean_si_snri, weight_bytes, write_csv
-from stmc.bench import Row, measure
+from stmc.bench import OPS, Row, measure
 from stmc.evaluation import atomic_write
+from stmc.native import unavailable as native_unavailable
 from stmc.stft import HOP, N_FFT, SAMPLE_RATE
 from stmc.unet import UNet
 
@@ -59,8 +63,8 @@ def records(name: str, model: UNet, rows: Sequence[Row], si_snri: float | None, 
     by = {row.method: row for row in rows}
     floor = min((by[m] for m in ("full", "full (nn.Module)")), key=lambda r: r.median_ms)
     order = [m for m in ("window", "inc", "stmc") if m in by]
-    order += [f"{base} ({kind})" for kind in ("compiled", "onnxruntime") for base in ("window", "inc", "stmc")
-              if f"{base} ({kind})" in by]
+    order += [f"{base} ({kind})" for kind in ("PyTorch ops", "compiled", "onnxruntime")
+              for base in ("window", "inc", "stmc") if f"{base} ({kind})" in by]
     out = []
     for method in order:
         row = by[method]
@@ -104,6 +108,7 @@ def ratios(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         if not all(m in by for m in ("window", "inc", "stmc")):
             continue
         window, inc, stmc = by["window"], by["inc"], by["stmc"]
+        ops = by.get(OPS)  # the STMC engine on PyTorch operators, like INC and window: same kernels, algorithm only
         paper = PAPER.get(name, {})
         out.append({
             "model": name,
@@ -112,6 +117,9 @@ def ratios(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             "compute latency standard÷STMC": window["compute_latency_ms"] / stmc["compute_latency_ms"],
             "total latency standard÷STMC": window["total_latency_ms"] / stmc["total_latency_ms"],
             "inference time INC÷STMC": inc["inference_time_ms"] / stmc["inference_time_ms"],
+            "compute latency INC÷STMC (PyTorch ops)": ops and inc["compute_latency_ms"] / ops["compute_latency_ms"],
+            "compute latency standard÷STMC (PyTorch ops)": ops
+            and window["compute_latency_ms"] / ops["compute_latency_ms"],
             "paper latency standard÷INC": paper.get("latency standard÷INC"),
             "paper latency INC÷STMC": paper.get("latency INC÷STMC"),
             "paper inference time INC÷STMC": PAPER["inference time INC÷STMC"],
@@ -178,10 +186,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         si_snri, n_models = mean_si_snri(evaluated, lookahead, args.width)
         rows += records(name, model, measured, si_snri, n_models)
     ratio_rows = ratios(rows)
+    why = native_unavailable()
+    stmc_kernel = "native step" if why is None else f"on PyTorch operators ({why})"
     header = (f"Speed on {platform.machine()} CPU ({torch.get_num_threads()} thread), torch {torch.__version__}; "
               f"width {args.width}; {args.rounds} rounds x {args.hops} hops per method, interleaved; chunk = 1 hop "
-              f"(256 samples, 16 ms); measured in {time.perf_counter() - started:.0f} s. Paper ratios: TFLite on a "
-              "desktop CPU (Table 1), for comparison of ratios only.")
+              f"(256 samples, 16 ms); STMC {stmc_kernel}; measured in {time.perf_counter() - started:.0f} s. Paper "
+              "ratios: TFLite on a desktop CPU (Table 1), for comparison of ratios only.")
     table = markdown(rows, ratio_rows, header)
     print(table)
     document = {"header": header, "rows": rows, "ratios": ratio_rows, "paper": PAPER, "threads": args.threads,

@@ -109,7 +109,12 @@ def test_speed_table_rows_ratios_and_files(tmp_path):
     assert "| causal | STMC (tSTMC) | 3.50 (n=2) | 64 |" in (tmp_path / "speed_table.md").read_text()
     onnx = rows[("causal", "stmc (onnxruntime)")]
     assert onnx["label"] == "STMC (tSTMC), onnxruntime" and onnx["macs_per_hop_m"] is None and onnx["timed_steps"] == 3
-    assert len(read_csv(tmp_path / "speed_table.csv")) == 10  # 2 models x (3 streams, onnxruntime, offline floor)
+    ops = rows[("causal", "stmc (PyTorch ops)")]  # the engine without its native step, as INC and window run
+    assert ops["label"] == "STMC (tSTMC), PyTorch ops" and ops["macs_per_hop_m"] == causal["macs_per_hop_m"]
+    assert ratio["compute latency INC÷STMC (PyTorch ops)"] == pytest.approx(
+        rows[("causal", "inc")]["compute_latency_ms"] / ops["compute_latency_ms"]
+    )
+    assert len(read_csv(tmp_path / "speed_table.csv")) == 12  # 2 x (3 streams, PyTorch ops, onnxruntime, floor)
     assert json.loads((tmp_path / "speed_table.json").read_text())["ratios"][1]["model"] == "non-causal"
 
 
