@@ -3,7 +3,9 @@
 ``python -m stmc.bench`` pins one thread and, for the default causal and non-causal models, times
 
 - ``full``: offline inference over a long sequence divided by its frames (the floor a stream should approach),
-  with the frozen layers the streams use, and ``full (nn.Module)``, the training module in eval mode;
+  with the frozen layers the streams use, ``full (nn.Module)``, the training module in eval mode, and
+  ``full (native)``, the native step's kernels with each layer one GEMM over the whole sequence (the floor
+  for the native STMC stream: the same kernels, every weight reused across frames);
 - ``stmc``, ``inc``, ``window``: one hop (one frame) per call, as a real-time stream would, eager and
   through ``torch.compile``; ``stmc`` runs its native step (:mod:`stmc.native`) where it can, and
   ``stmc (PyTorch ops)`` is the same engine on PyTorch operators, like every other row; and the exported STMC
@@ -31,6 +33,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
+from stmc.native import NativeOffline
 from stmc.native import unavailable as native_unavailable
 from stmc.streaming import METHODS, Stream, padded_walk, streaming
 from stmc.unet import UNet
@@ -134,6 +137,8 @@ def measure(model: UNet, frames: int, rounds: int, hops: int, compile: bool, onn
     warmup = 30
     spec = torch.randn(1, 2, model.n_freq, warmup + rounds * hops + 1)
     offline = {"full": offline_frozen(model), "full (nn.Module)": model}
+    if native_unavailable() is None:  # the floor for the native STMC step: the same kernels over the sequence
+        offline["full (native)"] = NativeOffline(model, frames)
     long = torch.randn(1, 2, model.n_freq, frames)
     streams = {method: streaming(model, method) for method in METHODS}
     if streams["stmc"].native:  # the same engine on PyTorch operators: the algorithm without the native kernel
@@ -144,10 +149,15 @@ def measure(model: UNet, frames: int, rounds: int, hops: int, compile: bool, onn
     rows = {name: Row(name) for name in [*offline, *streams, *extra]}
     for name, run in offline.items():
         run(long)
-        rows[name].macs = count_macs(lambda run=run: run(long)) / frames
+        if isinstance(run, NativeOffline):  # GEMMs invisible to dispatch modes: the native code counts its own
+            before = run.macs
+            run(long)
+            rows[name].macs = (run.macs - before) / frames
+        else:
+            rows[name].macs = count_macs(lambda run=run: run(long)) / frames
         with PeakBytes([]) as tracker:
             run(long)
-        rows[name].peak_bytes = tracker.peak
+        rows[name].peak_bytes = tracker.peak + (run.scratch_bytes if isinstance(run, NativeOffline) else 0)
     for stream in [*streams.values(), *extra.values()]:
         for t in range(warmup):
             stream(spec[..., t : t + 1])
@@ -169,7 +179,7 @@ def measure(model: UNet, frames: int, rounds: int, hops: int, compile: bool, onn
         row = rows[name]
         row.state_bytes = stream_state_bytes(stream)
         if stream.compiled is not None:  # opaque to dispatch modes: count on an eager twin in the same state
-            twin = streaming(model, name.split()[0])
+            twin = streaming(model, name.split()[0], native=False)
             twin(chunk)
             twin.set_state([s.clone() for s in stream.get_state()])
             stream = twin
@@ -198,7 +208,7 @@ def table(results: dict[str, list[Row]]) -> str:
     ]
     for model_name, rows in results.items():
         by = {row.method: row for row in rows}
-        floor = min(by["full"].median_ms, by["full (nn.Module)"].median_ms)
+        floor = min(row.median_ms for row in rows if row.method.startswith("full"))
         for row in rows:
             streamed = not row.method.startswith("full")
             reference = by["stmc (compiled)" if row.method.endswith("(compiled)") else "stmc"].median_ms

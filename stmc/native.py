@@ -38,6 +38,7 @@ class LayerSpec(ctypes.Structure):
     _fields_ = [
         ("transposed", ctypes.c_int64),
         ("hist", ctypes.c_int64),
+        ("step", ctypes.c_int64),
         ("delay", ctypes.c_int64),
         ("in_bins", ctypes.c_int64),
         ("in_ch", ctypes.c_int64),
@@ -66,6 +67,7 @@ class StepSpec(ctypes.Structure):
         ("n_freq", ctypes.c_int64),
         ("compress", ctypes.c_int64),
         ("exponent", ctypes.c_double),
+        ("input", ctypes.c_void_p),
         ("layers", ctypes.POINTER(LayerSpec)),
         ("cols", ctypes.c_void_p),
         ("spread", ctypes.c_void_p),
@@ -140,33 +142,47 @@ def gemm_matrix(layer: FrozenLayer) -> torch.Tensor:
     return layer.matrix.view(rows, -1, FREQ_KERNEL).transpose(1, 2).reshape(rows, -1).contiguous()
 
 
-class NativeStep:
-    """One STMC stream's frozen layers, state tensors and scratch, bound to the native step.
+class _NativeGraph:
+    """The layer chain wired for the native code: weights, the buffer each layer reads its frames from, where its
+    output goes (the next layer's input, a skip's decoder input or delay line) and the scratch it needs.
 
-    The state tensors are shifted in place, so the stream's :meth:`get_state` stays valid. Bound to the exact
-    tensor objects given: :meth:`binds` tells the stream when it must bind again (new state, new weights).
+    ``rows`` is what the native code iterates as its batch: streams (a step) or frames (a whole sequence).
+    Layer ``k`` reads its newest frame from ``current[k]`` (None: every frame from ``frames[k]``, where
+    consecutive rows start ``step[k]`` frames apart) and writes its output into ``targets[k + 1]``; ``owned``
+    are the buffers allocated for this graph (its scratch, besides ``cols``, ``spread`` and ``mask``).
     """
 
-    def __init__(self, model: UNet, layers: list[FrozenLayer], state: list[torch.Tensor], batch: int) -> None:
+    def __init__(
+        self,
+        model: UNet,
+        layers: list[FrozenLayer],
+        rows: int,
+        frames: list[torch.Tensor],
+        step: list[int],
+        current: list[torch.Tensor | None],
+        targets: list[torch.Tensor],
+        lines: dict[int, torch.Tensor],
+        owned: list[torch.Tensor],
+    ) -> None:
         loaded = _load()
         if isinstance(loaded, str):
             raise RuntimeError(f"the native STMC step is unavailable: {loaded}")
-        self.library, self.layers, self.state = loaded, layers, state
-        new = functools.partial(torch.zeros, dtype=torch.float32)
-        shapes = [model.input_shape(k) for k in range(len(layers))]  # (channels, bins)
-        self.cur = [new(batch, bins, channels) for channels, bins in shapes]
-        self.mask = new(batch, model.n_freq, 2)
+        self.library, self.layers = loaded, layers
+        self.buffers = [*frames, *current, *targets, *lines.values()]  # kept alive: the specs point into them
+        self.owned = owned
+        self.mask = torch.zeros(rows, model.n_freq, 2)
         self.matrices = [gemm_matrix(layer) for layer in layers]
-        slots = iter(range(len(layers), len(state)))
-        lines = {model.joins[k]: (k, next(slots) if model.join_delay(k) else None) for k in model.joins}
+        shapes = [model.input_shape(k) for k in range(len(layers))]  # (channels, bins)
+        skips = {source: target for target, source in model.joins.items()}
         specs, cols, spread = [], 1, 1
         for k, layer in enumerate(layers):
             channels, bins = shapes[k]
             out_bins = (bins - 1) * FREQ_STRIDE + 1 if layer.transposed else (bins - 1) // FREQ_STRIDE + 1
-            dst = self.cur[k + 1] if k + 1 < len(layers) else self.mask
+            dst = targets[k + 1] if k + 1 < len(layers) else self.mask
             spec = LayerSpec(
                 transposed=layer.transposed,
                 hist=layer.past + layer.future,
+                step=step[k],
                 delay=model.delays[k],
                 in_bins=bins,
                 in_ch=channels,
@@ -175,43 +191,35 @@ class NativeStep:
                 matrix=self.matrices[k].data_ptr(),
                 bias=layer.bias.data_ptr(),
                 prelu=None if layer.prelu is None else layer.prelu.data_ptr(),
-                reg=state[k].data_ptr(),
-                cur=self.cur[k].data_ptr(),
+                reg=frames[k].data_ptr(),
+                cur=None if current[k] is None else current[k].data_ptr(),
                 dst=dst.data_ptr(),
-                dst_ch=dst.shape[-1],
+                dst_ch=channels_of(k + 1, shapes, 2),
             )
-            if k in lines:
-                target, slot = lines[k]
-                spec.skip, spec.skip_ch = self.cur[target].data_ptr(), shapes[target][0]
-                if slot is not None:
-                    spec.line, spec.line_len = state[slot].data_ptr(), state[slot].shape[1]
+            if k in skips:
+                target = skips[k]
+                spec.skip, spec.skip_ch = targets[target].data_ptr(), shapes[target][0]
+                if k in lines:
+                    spec.line, spec.line_len = lines[k].data_ptr(), lines[k].shape[1]
             specs.append(spec)
-            taps = layer.taps
             if layer.transposed:
-                cols = max(cols, batch * bins * taps * channels)
-                spread = max(spread, batch * bins * FREQ_KERNEL * layer.out_channels)
+                cols = max(cols, rows * bins * layer.taps * channels)
+                spread = max(spread, rows * bins * FREQ_KERNEL * layer.out_channels)
             else:
-                cols = max(cols, batch * out_bins * taps * FREQ_KERNEL * channels)
-        self.cols, self.spread = new(cols), new(spread)
+                cols = max(cols, rows * out_bins * layer.taps * FREQ_KERNEL * channels)
+        self.cols, self.spread = torch.zeros(cols), torch.zeros(spread)
         self.specs = (LayerSpec * len(specs))(*specs)
         self.spec = StepSpec(
             n_layers=len(specs),
-            batch=batch,
+            batch=rows,
             n_freq=model.n_freq,
             compress=int(model.compress != 1),
             exponent=(model.compress - 1) / 2,
+            input=targets[0].data_ptr(),
             layers=self.specs,
             cols=self.cols.data_ptr(),
             spread=self.spread.data_ptr(),
             mask=self.mask.data_ptr(),
-        )
-
-    def binds(self, layers: list[FrozenLayer], state: list[torch.Tensor]) -> bool:
-        """Whether this binding is to exactly these weights and state tensors."""
-        return (
-            layers is self.layers
-            and len(state) == len(self.state)
-            and all(a is b for a, b in zip(state, self.state, strict=True))
         )
 
     @property
@@ -221,23 +229,88 @@ class NativeStep:
 
     @property
     def scratch_bytes(self) -> int:
-        """Bytes of the buffers this binding holds besides the weights, the stream's state and each output."""
-        return sum(t.nbytes for t in [*self.cur, self.mask, self.cols, self.spread])
+        """Bytes of the buffers allocated here (besides the weights, a stream's state and each call's output)."""
+        return sum(t.nbytes for t in [*self.owned, self.mask, self.cols, self.spread])
 
-    def __call__(self, chunk: torch.Tensor, time: torch.Tensor, end: torch.Tensor | None) -> torch.Tensor:
-        """``chunk [B, 2, F, t]`` -> bounded mask ``[B, 2, F, t]`` at times ``time - D..``; state advanced."""
-        out = torch.empty(chunk.shape, dtype=chunk.dtype)
-        strides = (ctypes.c_int64 * 8)(*chunk.stride(), *out.stride())
+    def run(self, spec: torch.Tensor, spec_strides: tuple[int, ...], out: torch.Tensor, out_strides: tuple[int, ...],
+            frames: int, time: torch.Tensor, end: torch.Tensor | None) -> None:
+        strides = (ctypes.c_int64 * 8)(*spec_strides, *out_strides)
         error = self.library.stmc_step(
             ctypes.byref(self.spec),
-            chunk.data_ptr(),
+            spec.data_ptr(),
             strides,
             out.data_ptr(),
             ctypes.addressof(strides) + 4 * 8,
-            chunk.shape[-1],
+            frames,
             time.data_ptr(),
             None if end is None else end.data_ptr(),
         )
         if error is not None:
             raise RuntimeError(f"native STMC step failed: {error.decode(errors='replace')}")
+
+
+def channels_of(k: int, shapes: list[tuple[int, int]], last: int) -> int:
+    """Input channels of layer ``k``; ``last`` past the end of the chain (the mask's real/imag)."""
+    return shapes[k][0] if k < len(shapes) else last
+
+
+class NativeStep(_NativeGraph):
+    """One STMC stream's frozen layers, state tensors and scratch, bound to the native step.
+
+    The state tensors are shifted in place, so the stream's :meth:`get_state` stays valid. Bound to the exact
+    tensor objects given: :meth:`binds` tells the stream when it must bind again (new state, new weights).
+    """
+
+    def __init__(self, model: UNet, layers: list[FrozenLayer], state: list[torch.Tensor], batch: int) -> None:
+        self.state = state
+        shapes = [model.input_shape(k) for k in range(len(layers))]
+        self.current = current = [torch.zeros(batch, bins, channels) for channels, bins in shapes]
+        slots = iter(range(len(layers), len(state)))
+        lines = {model.joins[k]: state[next(slots)] for k in model.joins if model.join_delay(k)}
+        steps = [layer.past + layer.future for layer in layers]
+        super().__init__(model, layers, batch, state[: len(layers)], steps, current, current, lines, current)
+
+    def binds(self, layers: list[FrozenLayer], state: list[torch.Tensor]) -> bool:
+        """Whether this binding is to exactly these weights and state tensors."""
+        return (
+            layers is self.layers
+            and len(state) == len(self.state)
+            and all(a is b for a, b in zip(state, self.state, strict=True))
+        )
+
+    def __call__(self, chunk: torch.Tensor, time: torch.Tensor, end: torch.Tensor | None) -> torch.Tensor:
+        """``chunk [B, 2, F, t]`` -> bounded mask ``[B, 2, F, t]`` at times ``time - D..``; state advanced."""
+        out = torch.empty(chunk.shape, dtype=chunk.dtype)
+        self.run(chunk, chunk.stride(), out, out.stride(), chunk.shape[-1], time, end)
+        return out
+
+
+def frame_rows(spec: torch.Tensor) -> tuple[int, int, int, int]:
+    """Strides of ``[1, 2, F, T]`` read as rows = frames (what the native code calls its batch), one column."""
+    return spec.stride(3), spec.stride(1), spec.stride(2), 0
+
+
+class NativeOffline(_NativeGraph):
+    """Offline inference of one sequence with the native step's kernels: each layer one GEMM over all frames
+    (its input zero-padded in time as offline inference pads it). What :mod:`stmc.bench` compares the native
+    stream with: the same kernels, with every weight reused across the sequence's frames."""
+
+    def __init__(self, model: UNet, frames: int) -> None:
+        layers = model.frozen()
+        shapes = [model.input_shape(k) for k in range(len(layers))]
+        padded = [
+            torch.zeros(layer.past + frames + layer.future, bins, channels)
+            for layer, (channels, bins) in zip(layers, shapes, strict=True)
+        ]
+        targets = [seq[layer.past :] for seq, layer in zip(padded, layers, strict=True)]
+        super().__init__(model, layers, frames, padded, [1] * len(layers), [None] * len(layers), targets, {}, padded)
+        self.times = torch.arange(frames) + model.receptive_field[1]  # every output frame is inside the sequence
+        self.frames = frames
+
+    def __call__(self, spec: torch.Tensor) -> torch.Tensor:
+        """``spec [1, 2, F, frames]`` -> the bounded mask, as ``model(spec)``."""
+        if spec.shape[0] != 1 or spec.shape[-1] != self.frames:
+            raise ValueError(f"expected [1, 2, F, {self.frames}], got {list(spec.shape)}")
+        out = torch.empty(spec.shape, dtype=spec.dtype)
+        self.run(spec, frame_rows(spec), out, frame_rows(out), 1, self.times, None)
         return out

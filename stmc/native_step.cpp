@@ -33,13 +33,14 @@ extern "C" {
 struct LayerSpec {
   int64_t transposed;  // decoder (tSTMC) layer: transposed in frequency
   int64_t hist;        // frames in the shift register: past + future
+  int64_t step;        // frames between consecutive rows' first frames in reg: hist (streams), 1 (a sequence)
   int64_t delay;       // output time = input time - delay (cumulative look-ahead up to this layer)
   int64_t in_bins, in_ch, out_bins, out_ch;
   const float* matrix;  // GEMM matrix: encoder rows (tap, freq tap, c); decoder rows (tap, c), columns (freq tap, cout)
   const float* bias;    // [out_ch]
   const float* prelu;   // [out_ch] or null (final layer)
-  float* reg;           // [B, hist, in_bins, in_ch]
-  float* cur;           // [B, in_bins, in_ch]: the input frame being processed
+  float* reg;           // streams: [B, hist, in_bins, in_ch]; a sequence: its padded input frames
+  float* cur;           // streams: [B, in_bins, in_ch], the input frame being processed; a sequence: null
   float* dst;           // output rows go to channels [0, out_ch) of [B, out_bins, dst_ch]
   int64_t dst_ch;
   float* line;          // skip delay line [B, line_len, out_bins, out_ch], or null
@@ -53,6 +54,7 @@ struct StepSpec {
   int64_t n_layers, batch, n_freq;
   int64_t compress;  // 0: the spectrum enters as is; 1: X * (|X|^2 + 1e-12)^exponent
   double exponent;
+  float* input;   // where the compressed spectrum goes: layer 0's current frame (or its first sequence frame)
   const LayerSpec* layers;
   float* cols;    // GEMM operand scratch, the largest layer's
   float* spread;  // decoder GEMM output before the overlap-add in frequency
@@ -71,10 +73,10 @@ void gemm(int64_t rows, int64_t cols, int64_t inner, const float* x, int64_t ldx
   *macs += rows * cols * inner;
 }
 
-// Frame `tap` (0 = oldest) of stream b: a register slot, or the current frame for the newest tap.
+// Frame `tap` (0 = oldest) of row b: a register slot, or the current frame for a stream's newest tap.
 const float* frame(const LayerSpec& L, int64_t b, int64_t tap) {
   const int64_t size = L.in_bins * L.in_ch;
-  return tap < L.hist ? L.reg + (b * L.hist + tap) * size : L.cur + b * size;
+  return tap < L.hist || L.cur == nullptr ? L.reg + (b * L.step + tap) * size : L.cur + b * size;
 }
 
 void encoder_layer(const LayerSpec& L, StepSpec& S) {
@@ -105,7 +107,7 @@ void encoder_layer(const LayerSpec& L, StepSpec& S) {
 
 void decoder_layer(const LayerSpec& L, StepSpec& S) {
   const int64_t taps = L.hist + 1, C = L.in_ch, K = taps * C, N = kFreqKernel * L.out_ch;
-  const float* x = L.cur;
+  const float* x = L.cur != nullptr ? L.cur : L.reg;
   if (taps > 1) {
     for (int64_t b = 0; b < S.batch; ++b)
       for (int64_t m = 0; m < L.in_bins; ++m) {
@@ -175,7 +177,7 @@ void feed_skip(const LayerSpec& L, const StepSpec& S) {
 }
 
 void shift_register(const LayerSpec& L, const StepSpec& S) {
-  if (L.hist == 0) return;
+  if (L.hist == 0 || L.cur == nullptr) return;
   const int64_t size = L.in_bins * L.in_ch;
   for (int64_t b = 0; b < S.batch; ++b) {
     float* reg = L.reg + b * L.hist * size;
@@ -185,7 +187,7 @@ void shift_register(const LayerSpec& L, const StepSpec& S) {
 }
 
 void features(const StepSpec& S, const float* spec, const int64_t* ss, int64_t i) {
-  float* x = S.layers[0].cur;
+  float* x = S.input;
   for (int64_t b = 0; b < S.batch; ++b)
     for (int64_t f = 0; f < S.n_freq; ++f) {
       const float* at = spec + b * ss[0] + f * ss[2] + i * ss[3];

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 import stmc
 from stmc import native
+from stmc.native import NativeOffline
 from tests.randmodel import split_points, unets
 
 
@@ -32,6 +33,16 @@ def test_native_and_ops_streams_keep_the_same_state_and_can_swap_it(model, batch
     fast.set_state(from_ops)
     ops.set_state(from_fast)
     torch.testing.assert_close(fast.flush(), ops.flush(), atol=1e-5, rtol=0)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(model=unets(), frames=st.integers(1, 24))
+def test_native_offline_equals_the_model(model, frames):
+    """The benchmark's floor for the native stream (its kernels over a whole sequence) is offline inference."""
+    spec = torch.randn(1, 2, model.n_freq, frames)
+    offline = NativeOffline(model, frames)
+    torch.testing.assert_close(offline(spec), model(spec), atol=1e-5, rtol=0)
+    assert offline.macs > 0
 
 
 def test_default_stmc_stream_is_native_where_it_can_run():
