@@ -89,17 +89,30 @@ def cpu_signature() -> bytes:
     return "\n".join(line for line in info.splitlines() if line.startswith(("model name", "flags"))).encode()
 
 
-def build() -> Path:
-    """The compiled library for this source and torch version, compiling it if needed (atomic rename)."""
+def build(source: Path = SOURCE) -> Path:
+    """The shared library of a C++ source linked against libtorch_cpu (this step by default), compiled for this
+    CPU and torch version if not cached yet (into a temporary file, then renamed: never half-written)."""
     compiler = os.environ.get("CXX", "g++")
     if shutil.which(compiler) is None:
         raise RuntimeError(f"no C++ compiler {compiler!r} on PATH (install g++, or set CXX)")
     torch_lib = Path(torch.__file__).parent / "lib"
-    source = SOURCE.read_bytes()
-    key = hashlib.sha1(source + torch.__version__.encode() + compiler.encode() + cpu_signature()).hexdigest()[:16]
-    target = cache_dir() / f"stmc_step-{key}.so"
+    text = source.read_bytes()
+    key = hashlib.sha1(text + torch.__version__.encode() + compiler.encode() + cpu_signature()).hexdigest()[:16]
+    target = cache_dir() / f"{source.stem}-{key}.so"
     if target.exists():
         return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        partial = Path(tmp) / target.name
+        command = [
+            compiler, "-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", str(source), "-o", str(partial),
+            f"-L{torch_lib}", "-ltorch_cpu", f"-Wl,-rpath,{torch_lib}",
+        ]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"compiling {source.name} failed:\n{done.stderr.strip()}")
+        os.replace(partial, target)
+    return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         partial = Path(tmp) / target.name

@@ -8,11 +8,13 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from scripts import lookahead_figure, reproduce, size_figure, speed_table
 from scripts.common import evaluated_models
 from stmc.evaluation import evaluate_model_summary, results_document, write_results
+from stmc.unet import UNet
 
 TINY = {"depth": 2, "channels": [4, 8], "lookahead_layers": "first", "n_freq": 513, "compress": 0.3}
 ITEMS = [{"split": "test_real", "noise_type": kind, "name": f"u{i}"} for i, kind in enumerate(["hum", "babble", "hum"])]
@@ -173,3 +175,17 @@ def test_runner_skips_finished_runs_and_reports_failures(tmp_path):
 @pytest.mark.parametrize("path", ["/a/b", "/a/lookahead=0/seed=1", "/with space/x", "/it's"])
 def test_hydra_quoting_keeps_paths_whole(path):
     assert parse([f"hydra.run.dir={reproduce.quote(path)}"])["hydra.run.dir"] == path
+
+
+def test_gemm_kernels_times_the_hops_own_gemms():
+    """The shapes are the hop's: their MACs add up to the offline MACs per frame; both kernels get timed."""
+    from scripts import gemm_kernels
+    from stmc.bench import count_macs
+
+    model = UNet(lookahead=3, width=0.25).eval()
+    shapes = gemm_kernels.hop_shapes(model)
+    spec = torch.randn(1, 2, model.n_freq, 4)
+    assert sum(m * k * n for m, k, n in shapes) == count_macs(lambda: model(spec)) / 4
+    per_shape, chain = gemm_kernels.time_kernels(shapes, rounds=3)
+    assert len(per_shape) == len(shapes) == 14 and all(t > 0 for pair in per_shape for t in pair)
+    assert chain[0] > 0 and chain[1] > 0
