@@ -28,11 +28,13 @@ bench: venv
 	$(PY) -m stmc.bench
 
 # The demo corpus, built from Debian packages into demo_corpus/ (a no-op when it is already there).
-# `apt-deps` installs the missing packages when run as root (CI) and prints the command otherwise.
+# `apt-deps` installs the missing packages when run as root (CI) and prints the command otherwise; g++ too,
+# which compiles the native STMC step (stmc/native.py) and torch.compile's kernels.
 .PHONY: apt-deps corpus
 
 apt-deps:
-	@missing="$$(python3 -m data.demo packages --missing)"; \
+	@missing="$$(python3 -m data.demo packages --missing) $$(command -v g++ >/dev/null || echo g++)"; \
+	missing="$$(echo $$missing)"; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" != 0 ]; then \
 		echo "missing Debian packages; install them with:"; \
