@@ -113,18 +113,6 @@ def build(source: Path = SOURCE) -> Path:
             raise RuntimeError(f"compiling {source.name} failed:\n{done.stderr.strip()}")
         os.replace(partial, target)
     return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        partial = Path(tmp) / target.name
-        command = [
-            compiler, "-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", str(SOURCE), "-o", str(partial),
-            f"-L{torch_lib}", "-ltorch_cpu", f"-Wl,-rpath,{torch_lib}",
-        ]  # fmt: skip
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"compiling {SOURCE.name} failed:\n{done.stderr.strip()}")
-        os.replace(partial, target)
-    return target
 
 
 @functools.cache
@@ -134,9 +122,9 @@ def _load() -> ctypes.CDLL | str:
     except (OSError, RuntimeError) as error:
         return str(error)
     library.stmc_step.restype = ctypes.c_char_p
-    library.stmc_step.argtypes = [ctypes.POINTER(StepSpec)] + [ctypes.c_void_p] * 4 + [ctypes.c_int64] + [
-        ctypes.c_void_p
-    ] * 2
+    pointer = ctypes.c_void_p
+    library.stmc_step.argtypes = [ctypes.POINTER(StepSpec), pointer, pointer, pointer, pointer, ctypes.c_int64]
+    library.stmc_step.argtypes += [pointer, pointer]
     return library
 
 
@@ -207,7 +195,7 @@ class _NativeGraph:
                 reg=frames[k].data_ptr(),
                 cur=None if current[k] is None else current[k].data_ptr(),
                 dst=dst.data_ptr(),
-                dst_ch=channels_of(k + 1, shapes, 2),
+                dst_ch=shapes[k + 1][0] if k + 1 < len(layers) else 2,  # the mask: real, imag
             )
             if k in skips:
                 target = skips[k]
@@ -262,11 +250,6 @@ class _NativeGraph:
             raise RuntimeError(f"native STMC step failed: {error.decode(errors='replace')}")
 
 
-def channels_of(k: int, shapes: list[tuple[int, int]], last: int) -> int:
-    """Input channels of layer ``k``; ``last`` past the end of the chain (the mask's real/imag)."""
-    return shapes[k][0] if k < len(shapes) else last
-
-
 class NativeStep(_NativeGraph):
     """One STMC stream's frozen layers, state tensors and scratch, bound to the native step.
 
@@ -318,12 +301,14 @@ class NativeOffline(_NativeGraph):
         targets = [seq[layer.past :] for seq, layer in zip(padded, layers, strict=True)]
         super().__init__(model, layers, frames, padded, [1] * len(layers), [None] * len(layers), targets, {}, padded)
         self.times = torch.arange(frames) + model.receptive_field[1]  # every output frame is inside the sequence
-        self.frames = frames
+        self.model, self.frames = model, frames
 
     def __call__(self, spec: torch.Tensor) -> torch.Tensor:
         """``spec [1, 2, F, frames]`` -> the bounded mask, as ``model(spec)``."""
-        if spec.shape[0] != 1 or spec.shape[-1] != self.frames:
-            raise ValueError(f"expected [1, 2, F, {self.frames}], got {list(spec.shape)}")
+        self.model.check_input(spec, batch=1)
+        if spec.dtype != torch.float32 or spec.shape[-1] != self.frames:
+            raise ValueError(f"expected float32 [1, 2, {self.model.n_freq}, {self.frames}], got {spec.dtype} "
+                             f"{list(spec.shape)}")
         out = torch.empty(spec.shape, dtype=spec.dtype)
         self.run(spec, frame_rows(spec), out, frame_rows(out), 1, self.times, None)
         return out

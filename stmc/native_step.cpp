@@ -6,6 +6,10 @@
 // layer's current-frame buffer (and into the skip delay line or the decoder buffer it feeds); then the
 // register shifts by one frame. The arithmetic is the PyTorch engine's (stmc/streaming.py); only the
 // per-operator dispatch and allocation are gone. All buffers are owned and laid out by Python.
+//
+// The same code runs offline inference of a whole sequence (stmc.native.NativeOffline, the benchmark's floor):
+// its "batch" rows are then the sequence's frames, each layer reads its zero-padded input sequence (cur null,
+// step 1) and there is nothing to shift.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
