@@ -20,6 +20,7 @@ end stand for the zero padding of offline inference: every layer zeroes its outp
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import torch
@@ -316,8 +317,14 @@ def native_choice(model: UNet, native: bool | None, compile: bool) -> bool:
         raise ValueError(f"native=True, but the native STMC step cannot run: {reason}")
     if not weight.is_cpu or weight.dtype != torch.float32:
         return False
-    warnings.warn(f"STMC streams use PyTorch operators (slower per hop): {reason}", stacklevel=3)
+    warn_once(f"STMC streams use PyTorch operators (slower per hop): {reason}")
     return False
+
+
+@functools.cache
+def warn_once(message: str) -> None:
+    """A warning given once per process (streams are built in loops: one line is enough)."""
+    warnings.warn(message, stacklevel=4)
 
 
 ENGINES: dict[str, type[Stream]] = {"stmc": STMCStream, "inc": IncStream, "window": WindowStream}
