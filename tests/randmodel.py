@@ -26,14 +26,18 @@ def randomise_norms(model: stmc.UNet, seed: int) -> stmc.UNet:
 
 @st.composite
 def unets(draw, max_depth: int = 7, n_freq: int | None = None) -> stmc.UNet:
-    """A random U-Net: depth 2..max_depth, random widths, any set of look-ahead layers."""
+    """A random U-Net: depth 2..max_depth, random widths, any set of look-ahead layers, with or without input
+    compression."""
     depth = draw(st.integers(2, max_depth))
     channels = draw(st.lists(st.integers(1, 6), min_size=depth, max_size=depth))
     ahead = draw(st.lists(st.integers(0, 2 * depth - 1), unique=True, max_size=2 * depth))
     bins = n_freq if n_freq is not None else 2**depth * draw(st.integers(1, 2)) + 1
+    compress = draw(st.sampled_from([0.3, 1.0]))  # 1.0: the spectrum enters uncompressed (its own code path)
     seed = draw(st.integers(0, 2**16))
     torch.manual_seed(seed)
-    model = stmc.UNet(depth=depth, lookahead=len(ahead), channels=channels, lookahead_layers=ahead, n_freq=bins)
+    model = stmc.UNet(
+        depth=depth, lookahead=len(ahead), channels=channels, lookahead_layers=ahead, n_freq=bins, compress=compress
+    )
     return randomise_norms(model, seed)
 
 
