@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from scripts.common import architecture, depth_of, evaluated_models, mean_si_snri, weight_bytes, write_csv
-from stmc.bench import OPS, Row, measure
+from stmc.bench import OPS, Row, floor_row, measure
 from stmc.evaluation import atomic_write
 from stmc.native import unavailable as native_unavailable
 from stmc.stft import HOP, N_FFT, SAMPLE_RATE
@@ -55,25 +55,30 @@ PAPER = {
 HOP_MS = HOP / SAMPLE_RATE * 1000
 
 
+def label(method: str) -> str:
+    """``inc`` -> ``INC``, ``stmc (onnxruntime)`` -> ``STMC (tSTMC), onnxruntime``; offline rows are the floor."""
+    base, _, variant = method.partition(" ")
+    return LABELS[base] + (f", {variant.strip('()')}" if variant else "")
+
+
 def records(name: str, model: UNet, rows: Sequence[Row], si_snri: float | None, n_models: int) -> list[dict]:
     """Table rows of one model: the streams (window, INC, STMC, then compiled ones) and the offline floor."""
     lookahead = model.receptive_field[1]
     algorithmic = (N_FFT + lookahead * HOP) / SAMPLE_RATE * 1000
     weights = weight_bytes(model)
     by = {row.method: row for row in rows}
-    floor = min((row for row in rows if row.method.startswith("full")), key=lambda r: r.median_ms)
+    floor = floor_row(list(rows))
     order = [m for m in ("window", "inc", "stmc") if m in by]
     order += [f"{base} ({kind})" for kind in ("PyTorch ops", "compiled", "onnxruntime")
               for base in ("window", "inc", "stmc") if f"{base} ({kind})" in by]
     out = []
     for method in order:
         row = by[method]
-        base, _, variant = method.partition(" ")
         mean_ms = statistics.fmean(row.seconds) * 1e3
         out.append({
             "model": name,
             "method": method,
-            "label": LABELS[base] + (f", {variant.strip('()')}" if variant else ""),
+            "label": label(method),
             "lookahead": lookahead,
             "si_snri_db": si_snri,
             "si_snri_models": n_models,
@@ -90,7 +95,7 @@ def records(name: str, model: UNet, rows: Sequence[Row], si_snri: float | None, 
         })
     out.append({
         "model": name, "method": floor.method, "lookahead": lookahead,
-        "label": LABELS["full"] + (f", {floor.method.partition(' ')[2].strip('()')}" if " " in floor.method else ""),
+        "label": label(floor.method),
         "si_snri_db": si_snri, "si_snri_models": n_models, "algorithmic_latency_ms": None,
         "compute_latency_ms": None, "total_latency_ms": None,
         "inference_time_ms": statistics.fmean(floor.seconds) * 1e3,

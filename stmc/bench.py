@@ -33,7 +33,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
-from stmc.native import NativeOffline
+from stmc.native import NativeGraph, NativeOffline
 from stmc.native import unavailable as native_unavailable
 from stmc.streaming import METHODS, Stream, padded_walk, streaming
 from stmc.unet import UNet
@@ -109,11 +109,28 @@ def offline_frozen(model: UNet) -> Callable[[torch.Tensor], torch.Tensor]:
     return run
 
 
-def count_macs(fn: Callable[[], object]) -> float:
+def count_macs(fn: Callable[[], object], native: NativeGraph | None = None) -> float:
+    """MACs of one call of ``fn``: torch's count of its operators, or, where it runs ``native`` code (invisible
+    to dispatch modes), that code's own count of its GEMMs."""
+    if native is not None:
+        before = native.macs
+        fn()
+        return native.macs - before
     counter = FlopCounterMode(display=False)
     with counter:
         fn()
     return counter.get_total_flops() / 2
+
+
+def peak_bytes(
+    fn: Callable[[], object], held: Callable[[], list[torch.Tensor]], native: NativeGraph | None = None
+) -> int:
+    """:class:`PeakBytes` of one call of ``fn`` starting with ``held()`` live, plus the buffers ``native`` code
+    preallocated. ``held`` is a function so that nothing here keeps those tensors alive: a stream that replaces
+    its state during the call frees the old one, and it must not be counted twice."""
+    with PeakBytes(held()) as tracker:
+        fn()
+    return tracker.peak + (native.scratch_bytes if native is not None else 0)
 
 
 @torch.inference_mode()
@@ -136,12 +153,12 @@ def measure(model: UNet, frames: int, rounds: int, hops: int, compile: bool, onn
     model = model.eval()
     warmup = 30
     spec = torch.randn(1, 2, model.n_freq, warmup + rounds * hops + 1)
-    offline = {"full": offline_frozen(model), "full (nn.Module)": model}
-    if native_unavailable() is None:  # the floor for the native STMC step: the same kernels over the sequence
-        offline["full (native)"] = NativeOffline(model, frames)
     long = torch.randn(1, 2, model.n_freq, frames)
     streams = {method: streaming(model, method) for method in METHODS}
-    if streams["stmc"].native:  # the same engine on PyTorch operators: the algorithm without the native kernel
+    offline = {"full": offline_frozen(model), "full (nn.Module)": model}
+    if streams["stmc"].native:
+        # its floor: the same kernels over the sequence; and the same engine on PyTorch operators
+        offline["full (native)"] = NativeOffline(model, frames)
         streams = {**streams, OPS: streaming(model, "stmc", native=False)}
     if compile:
         streams.update({f"{method} (compiled)": streaming(model, method, compile=True) for method in METHODS})
@@ -149,15 +166,9 @@ def measure(model: UNet, frames: int, rounds: int, hops: int, compile: bool, onn
     rows = {name: Row(name) for name in [*offline, *streams, *extra]}
     for name, run in offline.items():
         run(long)
-        if isinstance(run, NativeOffline):  # GEMMs invisible to dispatch modes: the native code counts its own
-            before = run.macs
-            run(long)
-            rows[name].macs = (run.macs - before) / frames
-        else:
-            rows[name].macs = count_macs(lambda run=run: run(long)) / frames
-        with PeakBytes([]) as tracker:
-            run(long)
-        rows[name].peak_bytes = tracker.peak + (run.scratch_bytes if isinstance(run, NativeOffline) else 0)
+        native = run if isinstance(run, NativeOffline) else None
+        rows[name].macs = count_macs(lambda run=run: run(long), native) / frames
+        rows[name].peak_bytes = peak_bytes(lambda run=run: run(long), list, native)
     for stream in [*streams.values(), *extra.values()]:
         for t in range(warmup):
             stream(spec[..., t : t + 1])
@@ -183,19 +194,17 @@ def measure(model: UNet, frames: int, rounds: int, hops: int, compile: bool, onn
             twin(chunk)
             twin.set_state([s.clone() for s in stream.get_state()])
             stream = twin
-        native = getattr(stream, "native_step", None) if getattr(stream, "native", False) else None
-        if native is not None:  # GEMMs invisible to dispatch modes: the native step counts its own
-            before = native.macs
-            stream(chunk)
-            row.macs = native.macs - before
-        else:
-            row.macs = count_macs(lambda stream=stream, chunk=chunk: stream(chunk))
-        with PeakBytes(stream.get_state()) as tracker:
-            stream(chunk)
-        row.peak_bytes = tracker.peak + (native.scratch_bytes if native is not None else 0)
+        row.macs = count_macs(lambda stream=stream, chunk=chunk: stream(chunk), stream.native_step)
+        row.peak_bytes = peak_bytes(lambda stream=stream, chunk=chunk: stream(chunk), stream.get_state,
+                                    stream.native_step)
     for name, stream in extra.items():
         rows[name].state_bytes = sum(s.nbytes for s in stream.state)
     return list(rows.values())
+
+
+def floor_row(rows: list[Row]) -> Row:
+    """The fastest offline row: the time per frame a stream is compared with."""
+    return min((row for row in rows if row.method.startswith("full")), key=lambda row: row.median_ms)
 
 
 def table(results: dict[str, list[Row]]) -> str:
@@ -208,7 +217,7 @@ def table(results: dict[str, list[Row]]) -> str:
     ]
     for model_name, rows in results.items():
         by = {row.method: row for row in rows}
-        floor = min(row.median_ms for row in rows if row.method.startswith("full"))
+        floor = floor_row(rows).median_ms
         for row in rows:
             streamed = not row.method.startswith("full")
             reference = by["stmc (compiled)" if row.method.endswith("(compiled)") else "stmc"].median_ms

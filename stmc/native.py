@@ -143,7 +143,7 @@ def gemm_matrix(layer: FrozenLayer) -> torch.Tensor:
     return layer.matrix.view(rows, -1, FREQ_KERNEL).transpose(1, 2).reshape(rows, -1).contiguous()
 
 
-class _NativeGraph:
+class NativeGraph:
     """The layer chain wired for the native code: weights, the buffer each layer reads its frames from, where its
     output goes (the next layer's input, a skip's decoder input or delay line) and the scratch it needs.
 
@@ -250,7 +250,7 @@ class _NativeGraph:
             raise RuntimeError(f"native STMC step failed: {error.decode(errors='replace')}")
 
 
-class NativeStep(_NativeGraph):
+class NativeStep(NativeGraph):
     """One STMC stream's frozen layers, state tensors and scratch, bound to the native step.
 
     The state tensors are shifted in place, so the stream's :meth:`get_state` stays valid. Bound to the exact
@@ -286,7 +286,7 @@ def frame_rows(spec: torch.Tensor) -> tuple[int, int, int, int]:
     return spec.stride(3), spec.stride(1), spec.stride(2), 0
 
 
-class NativeOffline(_NativeGraph):
+class NativeOffline(NativeGraph):
     """Offline inference of one sequence with the native step's kernels: each layer one GEMM over all frames
     (its input zero-padded in time as offline inference pads it). What :mod:`stmc.bench` compares the native
     stream with: the same kernels, with every weight reused across the sequence's frames."""

@@ -61,11 +61,13 @@ def padded_walk(model: UNet, layers: list[FrozenLayer], h: torch.Tensor, clip=No
 class Stream(nn.Module):
     """Common contract of the engines: input checks, per-stream time, output alignment, flush and reset."""
 
-    def __init__(self, model: UNet, compile: bool = False) -> None:
+    def __init__(self, model: UNet, compile: bool = False, native: bool | None = None) -> None:
         super().__init__()
         if not isinstance(model, UNet):
             raise ValueError(f"streaming() needs a stmc.UNet, got {type(model).__name__}")
         self.model = model
+        self.native = self.native_choice(native, compile)
+        self.native_step: NativeStep | None = None  # bound at the first chunk that runs natively
         # Masks by tensor ops even where no frame needs one: a traced step must not depend on the time.
         self.always_mask = compile
         self.compiled = None
@@ -78,6 +80,13 @@ class Stream(nn.Module):
             )
             self.compiled = torch.compile(self.pure_step, dynamic=False)
         self.reset()
+
+    def native_choice(self, native: bool | None, compile: bool) -> bool:
+        """Whether this engine runs the native step (only STMC has one); ``native=True`` where it cannot is a
+        ``ValueError``."""
+        if native:
+            raise ValueError(f"native=True is for the stmc method only, got {type(self).__name__}")
+        return False
 
     @property
     def delay(self) -> int:
@@ -210,10 +219,24 @@ class STMCStream(Stream):
     compiled, a C++ compiler present) and the PyTorch operators otherwise; ``False`` always uses the latter.
     """
 
-    def __init__(self, model: UNet, compile: bool = False, native: bool | None = None) -> None:
-        self.native = native_choice(model, native, compile)
-        self.native_step: NativeStep | None = None
-        super().__init__(model, compile)
+    def native_choice(self, native: bool | None, compile: bool) -> bool:
+        if native is False or (native is None and compile):
+            return False
+        weight = self.model.layers[0].conv.weight
+        unsupported = weight.dtype != torch.float32 or not weight.is_cpu
+        if compile:
+            reason = "torch.compile traces the PyTorch operators; pass native=False or compile=False"
+        elif unsupported:
+            reason = f"it runs float32 models on the CPU, this one is {weight.dtype} on {weight.device}"
+        else:
+            reason = native_unavailable()
+        if reason is None:
+            return True
+        if native:
+            raise ValueError(f"native=True, but the native STMC step cannot run: {reason}")
+        if not unsupported:  # a model it cannot run is no surprise; a missing compiler is worth a line
+            warn_once(f"STMC streams use PyTorch operators (slower per hop): {reason}")
+        return False
 
     def advance(self, chunk: torch.Tensor) -> torch.Tensor:
         if not self.native or not chunk.is_cpu:
@@ -300,31 +323,10 @@ class WindowStream(IncStream):
         return torch.cat(outputs, TIME)
 
 
-def native_choice(model: UNet, native: bool | None, compile: bool) -> bool:
-    """Whether an STMC stream runs the native step; ``native=True`` where it cannot is a ``ValueError``."""
-    if native is False or (native is None and compile):
-        return False
-    weight = model.layers[0].conv.weight
-    if compile:
-        reason = "torch.compile traces the PyTorch operators; pass native=False or compile=False"
-    elif weight.dtype != torch.float32 or not weight.is_cpu:
-        reason = f"it runs float32 models on the CPU, this one is {weight.dtype} on {weight.device}"
-    else:
-        reason = native_unavailable()
-    if reason is None:
-        return True
-    if native:
-        raise ValueError(f"native=True, but the native STMC step cannot run: {reason}")
-    if not weight.is_cpu or weight.dtype != torch.float32:
-        return False
-    warn_once(f"STMC streams use PyTorch operators (slower per hop): {reason}")
-    return False
-
-
 @functools.cache
 def warn_once(message: str) -> None:
     """A warning given once per process (streams are built in loops: one line is enough)."""
-    warnings.warn(message, stacklevel=4)
+    warnings.warn(message, stacklevel=5)
 
 
 ENGINES: dict[str, type[Stream]] = {"stmc": STMCStream, "inc": IncStream, "window": WindowStream}
@@ -342,8 +344,4 @@ def streaming(model: UNet, method: str = "stmc", compile: bool = False, native: 
     """
     if method not in ENGINES:
         raise ValueError(f"unknown streaming method {method!r}; choose one of {', '.join(METHODS)}")
-    if method == "stmc":
-        return STMCStream(model, compile=compile, native=native)
-    if native:
-        raise ValueError(f"native=True is for the stmc method only, got method={method!r}")
-    return ENGINES[method](model, compile=compile)
+    return ENGINES[method](model, compile=compile, native=native)

@@ -74,3 +74,9 @@ def test_checkpoint_errors_are_one_line(tmp_path):
     )
     with pytest.raises(ValueError, match="do not match the architecture"):
         stmc.Enhancer.from_checkpoint(wrong)
+
+
+@pytest.mark.parametrize("method", stmc.METHODS)
+def test_streaming_needs_a_unet(method):
+    with pytest.raises(ValueError, match="needs a stmc.UNet, got Linear"):
+        stmc.streaming(torch.nn.Linear(2, 2), method)

@@ -2,7 +2,7 @@
 
 import torch
 
-from stmc.bench import PeakBytes
+from stmc.bench import PeakBytes, peak_bytes
 
 
 def test_peak_bytes_counts_tensors_live_at_once_and_forgets_freed_ones():
@@ -24,3 +24,15 @@ def test_peak_bytes_does_not_count_views_of_the_callers_tensors():
         out = chunk * 2  # 1 KiB allocated
     assert out.shape == (16, 16)
     assert tracker.peak == 256 * 4
+
+
+def test_peak_bytes_lets_a_call_free_the_state_it_replaces():
+    """A stream on PyTorch operators replaces its state: the old state must not be counted after it is freed."""
+    state = [torch.zeros(1 << 16)]  # 256 KiB
+
+    def step():
+        state[0] = state[0] + 1  # a new 256 KiB replaces the old
+        scratch = torch.empty(1 << 17)  # then 512 KiB more, while only the new state is live
+        return scratch
+
+    assert peak_bytes(step, lambda: list(state)) == (1 << 18) + (1 << 19)
