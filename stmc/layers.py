@@ -1,12 +1,14 @@
 """The temporal layer: the one place that defines a layer's time context ``(past, future)``.
 
 Every layer is *valid* in time: given ``past + T + future`` input frames it returns ``T`` output frames, output
-frame ``τ`` depending on input frames ``τ - past .. τ + future``. Padding, state and delays are the business of
-the engine that runs the layer (offline, STMC, INC, window), never of the layer itself.
+frame ``τ`` depending on input frames ``τ - past .. τ + future``. State and delays are the business of the engine
+that runs the layer (STMC, INC, window); the trainable module's own ``forward`` is the offline pass, with the
+zero padding done inside its convolution.
 
 In frequency an encoder layer is a strided convolution and a decoder layer a transposed one (stride 2). In
-time a decoder layer is a plain convolution (tSTMC): the time taps are stacked into channels and the transposed
-convolution sees a time kernel of 1, so no anti-causal extra frames exist and no multiply is wasted.
+time a decoder layer is a plain convolution (tSTMC): the inference form stacks the time taps into channels and
+the transposed convolution sees a time kernel of 1, so no anti-causal extra frames exist and no multiply is
+wasted.
 """
 
 from __future__ import annotations
@@ -19,13 +21,6 @@ from torch import nn
 
 FREQ_KERNEL = 5
 FREQ_STRIDE = 2
-
-
-def stack_time_taps(x: torch.Tensor, taps: int) -> torch.Tensor:
-    """``[B, C, F, T]`` -> ``[B, taps*C, F, T - taps + 1]``; channel ``k*C + c`` holds frame ``τ + k`` of ``c``."""
-    batch, channels, freq, _ = x.shape
-    windows = x.unfold(-1, taps, 1)  # [B, C, F, T', taps]
-    return windows.permute(0, 4, 1, 2, 3).reshape(batch, taps * channels, freq, -1)
 
 
 class TemporalLayer(nn.Module):
@@ -64,15 +59,24 @@ class TemporalLayer(nn.Module):
         """Time kernel size: ``past + 1 + future`` frames."""
         return self.past + 1 + self.future
 
-    def time_conv(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        """The layer's convolution with the given weights, valid in time."""
-        pad = FREQ_KERNEL // 2
-        if self.transposed:
-            return F.conv_transpose2d(stack_time_taps(x, self.taps), weight, bias, (FREQ_STRIDE, 1), (pad, 0))
-        return F.conv2d(x, weight, bias, (FREQ_STRIDE, 1), (pad, 0))
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.time_conv(x, self.conv.weight, self.conv.bias)
+        """Offline: ``[B, C, F, T]`` -> ``[B, C', F', T]``, as if ``past`` zero frames preceded ``x`` and ``future``
+        followed it (the padding is done inside the convolution: no padded copy of ``x``, and the decoder's
+        tSTMC time taps run as the convolution's own time kernel rather than as stacked channels)."""
+        frames, weight = x.shape[-1], self.conv.weight
+        if self.transposed:
+            # tSTMC: a transposed convolution whose time taps are reversed is a plain (valid) convolution in time
+            weight = weight.view(self.taps, self.in_channels, *weight.shape[1:3]).flip(0).permute(1, 2, 3, 0)
+            pad = min(self.past, self.future)
+            y = F.conv_transpose2d(x, weight, self.conv.bias, (FREQ_STRIDE, 1), (FREQ_KERNEL // 2, pad))
+            start = self.future - pad
+        else:
+            pad = max(self.past, self.future)
+            y = F.conv2d(x, weight, self.conv.bias, (FREQ_STRIDE, 1), (FREQ_KERNEL // 2, pad))
+            start = pad - self.past
+        if y.shape[-1] != frames:  # asymmetric context: keep the T frames the padded input defines
+            layout = torch.channels_last if y.is_contiguous(memory_format=torch.channels_last) else None
+            y = y[..., start : start + frames].contiguous(memory_format=layout or torch.contiguous_format)
         if self.norm is not None:
             y = self.act(self.norm(y))
         return y

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from stmc.layers import FREQ_STRIDE, FrozenLayer, TemporalLayer, from_frames, to_frames
@@ -174,11 +173,7 @@ class UNet(nn.Module):
         if spec.shape[-1] == 0:
             return torch.zeros_like(spec)
 
-        def apply(k: int, h: torch.Tensor) -> torch.Tensor:
-            layer = self.layers[k]
-            return layer(F.pad(h, (layer.past, layer.future)))
-
-        return self.bound(self.walk(self.features(spec), apply, concat_skip))
+        return self.bound(self.walk(self.features(spec), lambda k, h: self.layers[k](h), concat_skip))
 
     def frozen(self) -> list[FrozenLayer]:
         """Inference form of every layer (BatchNorm folded), in chain order."""
