@@ -103,6 +103,41 @@ def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
 
 
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU runs bf16 convolutions and GEMMs on fast kernels (oneDNN's own check: AVX-512 with
+    BF16/AMX on x86). Elsewhere bf16 autocast falls back to reference kernels, several times slower than fp32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+AUTO = "auto"
+
+
+def resolve_precision(trainer_cfg: DictConfig) -> None:
+    """Replace ``trainer.precision=auto`` by what this machine runs fastest, in place: on the CPU, bf16 autocast
+    (``bf16-mixed``) where the CPU has bf16 kernels, else ``32-true`` with a logged note. An explicit
+    ``bf16-mixed`` / ``bf16-true`` on a CPU without them is a :class:`ConfigError` (it would run, but far slower)."""
+    precision = str(trainer_cfg.get("precision", "32-true"))
+    on_cpu = trainer_cfg.get("accelerator") == "cpu"
+    if precision == AUTO:
+        if not on_cpu:
+            chosen = "bf16-mixed"
+        elif cpu_supports_bf16():
+            chosen = "bf16-mixed"
+            log.info("trainer.precision=auto: this CPU has bf16 kernels; training with bf16 autocast (bf16-mixed)")
+        else:
+            chosen = "32-true"
+            log.info("trainer.precision=auto: this CPU has no bf16 kernels (no AVX-512 BF16/AMX); training in fp32")
+        trainer_cfg.precision = chosen
+    elif on_cpu and precision.startswith("bf16") and not cpu_supports_bf16():
+        raise ConfigError(
+            f"trainer.precision={precision}: this CPU has no bf16 kernels (no AVX-512 BF16/AMX), so bf16 runs "
+            "several times slower than fp32; use trainer.precision=auto or 32-true"
+        )
+
+
 def build_model(cfg: DictConfig) -> UNet:
     """The UNet of ``cfg.model``; its own argument errors become one-line :class:`ConfigError`."""
     try:
@@ -157,6 +192,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     Returns the final logged metrics (``val/...``, and ``test/...`` when tested) as floats.
     """
     check_config(cfg)
+    resolve_precision(cfg.trainer)
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)

@@ -18,7 +18,7 @@ from hydra import compose, initialize_config_dir
 
 import stmc
 from stmc.lightning import WarmupCosine
-from stmc.training import CONFIG_DIR, TrainingStopped, resolve_checkpoint, train
+from stmc.training import CONFIG_DIR, ConfigError, TrainingStopped, resolve_checkpoint, resolve_precision, train
 from tests.test_data_folders import demo_like_tree
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -209,8 +209,31 @@ def test_schedule_warms_up_then_decays_over_the_budget():
     assert "progress" not in scheduler.state_dict()
 
 
-def test_bf16_mixed_precision_fit(corpus, tmp_path):
-    train(compose_train(tiny_run(corpus, tmp_path, "model.width=0.25", "trainer.precision=bf16-mixed")))
+def test_bf16_mixed_precision_fit(corpus, tmp_path, monkeypatch):
+    """The bf16 autocast path trains (the mask is applied in the spectrum's precision), also where the CPU
+    would have been refused for it (kernels are slow there, not wrong)."""
+    monkeypatch.setattr("stmc.training.cpu_supports_bf16", lambda: True)
+    metrics = train(compose_train(tiny_run(corpus, tmp_path, "model.width=0.25", "trainer.precision=bf16-mixed")))
+    assert math.isfinite(metrics["train/loss"])
+
+
+@pytest.mark.parametrize(("supported", "chosen"), [(True, "bf16-mixed"), (False, "32-true")])
+def test_cpu_precision_auto_follows_the_cpu(supported, chosen, monkeypatch):
+    monkeypatch.setattr("stmc.training.cpu_supports_bf16", lambda: supported)
+    cfg = compose_train(["trainer=cpu"])
+    assert cfg.trainer.precision == "auto"
+    resolve_precision(cfg.trainer)
+    assert cfg.trainer.precision == chosen
+
+
+def test_explicit_bf16_on_a_cpu_without_bf16_kernels_is_a_config_error(monkeypatch):
+    monkeypatch.setattr("stmc.training.cpu_supports_bf16", lambda: False)
+    cfg = compose_train(["trainer=cpu", "trainer.precision=bf16-mixed"])
+    with pytest.raises(ConfigError, match=r"trainer.precision=bf16-mixed: this CPU has no bf16 kernels"):
+        resolve_precision(cfg.trainer)
+    explicit = compose_train(["trainer=cpu", "trainer.precision=32-true"])
+    resolve_precision(explicit.trainer)  # an explicit fp32 stays
+    assert explicit.trainer.precision == "32-true"
 
 
 @pytest.mark.slow
