@@ -10,18 +10,29 @@ It also reports the marginal gain per added frame at the start and at the end of
 for the first frame, +0.019 dB for the last) and how much the causal model loses against the longest
 look-ahead (the paper: ~6 %). Where the swept look-aheads are not consecutive (the mini preset's 0, 2, 7, 14)
 the gain is the average per frame over the first and the last interval, and says so.
-Writes ``lookahead.png``, ``lookahead.csv`` (one line per model) and ``lookahead_summary.csv``.
+
+Where the evaluation wrote ``utterances.csv`` next to ``results.json``, every difference between two look-aheads
+is also reported **paired over the same test utterances**, with a 95 % confidence interval that holds both
+sources of spread: training (the variance of the per-seed mean SI-SNRi within each look-ahead, s_a² / n_a +
+s_b² / n_b) and the test set (the variance over utterances of the seed-averaged per-utterance difference / n);
+Student t with the Welch degrees of freedom of the seed part. It says whether the difference exceeds twice the
+larger seed SD of its two points (the criterion of a resolved effect).
+Writes ``lookahead.png``, ``lookahead.csv`` (one line per model), ``lookahead_summary.csv`` and
+``lookahead.json`` (summary, gains, paired differences, the paper's numbers).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from scipy import stats
 
 from scripts.common import evaluated_models, write_csv
 from stmc.evaluation import atomic_write
@@ -69,6 +80,85 @@ def gains(summary: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def utterance_scores(models: Sequence[dict[str, Any]]) -> dict[str, dict[tuple[str, str], float]]:
+    """Checkpoint -> {(split, utterance): offline SI-SNRi}, from the ``utterances.csv`` beside each results file
+    (models whose file has none are left out)."""
+    import csv
+
+    by_file: dict[str, dict[str, dict[tuple[str, str], float]]] = {}
+    scores = {}
+    for model in models:
+        table = Path(model["results"]).with_name("utterances.csv")
+        if not table.is_file():
+            continue
+        if str(table) not in by_file:
+            per_model: dict[str, dict[tuple[str, str], float]] = defaultdict(dict)
+            with open(table, newline="") as handle:
+                for row in csv.DictReader(handle):
+                    if row["signal"] == "offline" and row["si_snri"] not in ("", "nan"):
+                        per_model[row["model"]][(row["split"], row["utterance"])] = float(row["si_snri"])
+            by_file[str(table)] = per_model
+        if model["name"] in by_file[str(table)]:
+            scores[model["checkpoint"]] = by_file[str(table)][model["name"]]
+    return scores
+
+
+def paired_difference(models: Sequence[dict[str, Any]], scores: dict[str, dict[tuple[str, str], float]],
+                      a: int, b: int) -> dict[str, Any] | None:
+    """SI-SNRi(look-ahead b) - SI-SNRi(look-ahead a), paired over the utterances every model of both was scored on,
+    with its 95 % CI (seed and utterance variance, see the module docstring) and the resolved-effect criterion."""
+    arms = [[m for m in models if m["lookahead"] == lookahead and m["checkpoint"] in scores] for lookahead in (a, b)]
+    if not all(arms):
+        return None
+    keys = sorted(set.intersection(*(set(scores[m["checkpoint"]]) for arm in arms for m in arm)))
+    if len(keys) < 2:
+        return None
+    per_seed = [[statistics.fmean(scores[m["checkpoint"]][k] for k in keys) for m in arm] for arm in arms]
+    per_utt = [[statistics.fmean(scores[m["checkpoint"]][k] for m in arm) for k in keys] for arm in arms]
+    diffs = [y - x for x, y in zip(*per_utt, strict=True)]
+    diff = statistics.fmean(diffs)
+    sds = [statistics.stdev(v) if len(v) > 1 else None for v in per_seed]
+    seed_parts = [sd**2 / len(v) for sd, v in zip(sds, per_seed, strict=True) if sd is not None]
+    utt_part = statistics.variance(diffs) / len(diffs)
+    if len(seed_parts) == 2 and sum(seed_parts) > 0:  # Welch-Satterthwaite
+        df = sum(seed_parts) ** 2 / sum(p**2 / (len(v) - 1) for p, v in zip(seed_parts, per_seed, strict=True))
+    else:
+        df = len(diffs) - 1
+    half = float(stats.t.ppf(0.975, df)) * math.sqrt(sum(seed_parts) + utt_part)
+    largest_sd = max((sd for sd in sds if sd is not None), default=None)
+    return {
+        "from": a, "to": b, "diff_db": diff, "ci95_db": [diff - half, diff + half], "per_frame_db": diff / (b - a),
+        "per_frame_ci95_db": [(diff - half) / (b - a), (diff + half) / (b - a)], "utterances": len(keys),
+        "seeds": [len(v) for v in per_seed], "seed_sd_db": sds,
+        "resolved": largest_sd is not None and abs(diff) > 2 * largest_sd,
+        "twice_seed_sd_db": None if largest_sd is None else 2 * largest_sd,
+    }
+
+
+def paired_differences(models: Sequence[dict[str, Any]], summary: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Paired differences from the causal model to every look-ahead, and between consecutive swept look-aheads."""
+    scores = utterance_scores(models)
+    swept = [row["lookahead"] for row in summary]
+    pairs = [(swept[0], b) for b in swept[1:]]
+    pairs += [(a, b) for a, b in zip(swept[1:], swept[2:], strict=False)]
+    found = [paired_difference(models, scores, a, b) for a, b in pairs]
+    return [d for d in found if d is not None]
+
+
+def describe_paired(paired: Sequence[dict[str, Any]]) -> str:
+    """One line per paired difference: value, CI, and whether it stands out from the seed spread."""
+    lines = []
+    for d in paired:
+        lo, hi = d["ci95_db"]
+        criterion = "" if d["twice_seed_sd_db"] is None else (
+            f"; {'exceeds' if d['resolved'] else 'does not exceed'} twice the larger seed SD "
+            f"({d['twice_seed_sd_db']:.2f} dB)")
+        lines.append(f"look-ahead {d['from']} → {d['to']}: {d['diff_db']:+.2f} dB [{lo:+.2f}, {hi:+.2f}] "
+                     f"({d['per_frame_db']:+.3f} dB per frame), paired over {d['utterances']} utterances, "
+                     f"seeds {'/'.join(map(str, d['seeds']))}{criterion}")
+    return "\n".join(lines)
+
+
 def describe(g: dict[str, Any]) -> str:
     """One paragraph comparing the measured gains with the paper's."""
     if not g:
@@ -85,6 +175,11 @@ def describe(g: dict[str, Any]) -> str:
         loss = g["causal_loss_percent"]
         text += (f"; the causal model is {abs(loss):.1f} % {'below' if loss >= 0 else 'above'} look-ahead "
                  f"{g['last_interval'][1]} (paper: ~{PAPER['causal_loss_percent']:.0f} % below)")
+    for key, label in (("first_frame_paired", "first"), ("last_frame_paired", "last")):
+        if key in g:
+            lo, hi = g[key]["per_frame_ci95_db"]
+            text += (f"; paired per-frame gain of the {label} interval {g[key]['per_frame_db']:+.3f} dB "
+                     f"[{lo:+.3f}, {hi:+.3f}]")
     return text
 
 
@@ -132,18 +227,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     models.sort(key=lambda m: (m["lookahead"], str(m["seed"])))
     summary = summarize(models)
     g = gains(summary)
+    paired = paired_differences(models, summary)
+    for d in paired:
+        if g and [d["from"], d["to"]] == g["first_interval"]:
+            g["first_frame_paired"] = d
+        if g and [d["from"], d["to"]] == g["last_interval"]:
+            g["last_frame_paired"] = d
     draw(args.out / "lookahead.png", models, summary, args.title)
     write_csv(args.out / "lookahead.csv", [{k: m[k] for k in ("lookahead", "seed", "si_snri", "width", "params",
                                                                  "name", "checkpoint")} for m in models])
     write_csv(args.out / "lookahead_summary.csv", summary)
-    atomic_write(args.out / "lookahead.json", json.dumps({"summary": summary, "gains": g, "paper": PAPER},
-                                                         indent=1) + "\n")
+    atomic_write(args.out / "lookahead.json", json.dumps({"summary": summary, "gains": g, "paired": paired,
+                                                          "paper": PAPER}, indent=1) + "\n")
     for row in summary:
         sd = f" ± {row['sd_db']:.2f}" if row["sd_db"] is not None else ""
         print(f"look-ahead {row['lookahead']:>2} ({row['lookahead_ms']:>3.0f} ms): {row['mean_db']:.2f}{sd} dB "
               f"over {row['models']} model(s)")
     print(describe(g))
-    return {"summary": summary, "gains": g}
+    if paired:
+        print(describe_paired(paired))
+    return {"summary": summary, "gains": g, "paired": paired}
 
 
 if __name__ == "__main__":

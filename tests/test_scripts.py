@@ -126,12 +126,12 @@ def parse(argv: list[str]) -> dict[str, object]:
     return {o.key_or_group: (list(o.sweep_iterator()) if o.is_sweep_override() else o.value()) for o in parsed}
 
 
-def test_mini_preset_runs_ten_trainings_in_distinct_folders_then_the_scripts(tmp_path):
+def test_mini_preset_runs_twenty_trainings_in_distinct_folders_then_the_scripts(tmp_path):
     cfg = reproduce.load_preset("mini", [f"out={tmp_path}", "steps=7"])
     training = reproduce.train_commands(cfg, tmp_path)
-    assert len(training) == 4 * 2 + 2
+    assert len(training) == 6 * 3 + 2
     folders = [parse(c.argv)["hydra.run.dir"] for c in training]
-    assert len(set(folders)) == 10 and str(tmp_path / "train/lookahead/lookahead=14/seed=1") in folders
+    assert len(set(folders)) == 20 and str(tmp_path / "train/lookahead/lookahead=14/seed=2") in folders
     first = parse(training[0].argv)
     assert first["trainer.max_steps"] == 7 and first["model.lookahead"] == 0 and first["data"] == "demo"
     assert [c.done for c in training] == [Path(f) for f in folders]
@@ -178,14 +178,50 @@ def test_hydra_quoting_keeps_paths_whole(path):
 
 
 def test_gemm_kernels_times_the_hops_own_gemms():
-    """The shapes are the hop's: their MACs add up to the offline MACs per frame; both kernels get timed."""
+    """The shapes are the hop's: their MACs add up to the offline MACs per frame of the inference layers the
+    streams run (the trainable module's transposed convolutions also compute the frames they crop); both kernels
+    get timed."""
     from scripts import gemm_kernels
-    from stmc.bench import count_macs
+    from stmc.bench import count_macs, offline_frozen
 
     model = UNet(lookahead=3, width=0.25).eval()
     shapes = gemm_kernels.hop_shapes(model)
     spec = torch.randn(1, 2, model.n_freq, 4)
-    assert sum(m * k * n for m, k, n in shapes) == count_macs(lambda: model(spec)) / 4
+    assert sum(m * k * n for m, k, n in shapes) == count_macs(lambda: offline_frozen(model)(spec)) / 4
     per_shape, chain = gemm_kernels.time_kernels(shapes, rounds=3)
     assert len(per_shape) == len(shapes) == 14 and all(t > 0 for pair in per_shape for t in pair)
     assert chain[0] > 0 and chain[1] > 0
+
+
+def paired_models(folder: Path, seed_offsets: dict[int, list[float]], gain: float) -> list[dict]:
+    """Models of look-ahead 0 and 2 whose per-utterance offline SI-SNRi is ``base + seed offset (+ gain at 2)``,
+    written as the ``results.json`` + ``utterances.csv`` pair that evaluate.py leaves."""
+    base = {"u0": 3.0, "u1": 5.0, "u2": 4.0, "u3": 6.5}
+    models, lines = [], ["model,utterance,split,noise_type,snr,signal,si_snr,si_snri"]
+    for lookahead, offsets in seed_offsets.items():
+        for seed, offset in enumerate(offsets):
+            name = f"L{lookahead}-s{seed}"
+            models.append({"name": name, "checkpoint": f"/runs/{name}.ckpt", "lookahead": lookahead, "seed": seed,
+                           "results": str(folder / "results.json")})
+            for utt, value in base.items():
+                score = value + offset + (gain if lookahead else 0.0)
+                lines += [f"{name},{utt},test_real,hum,0,offline,{score},{score}",
+                          f"{name},{utt},test_real,hum,0,stmc,{score},{score + 99}"]  # only offline counts
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "utterances.csv").write_text("\n".join(lines) + "\n")
+    return models
+
+
+def test_paired_difference_holds_seed_and_utterance_spread(tmp_path):
+    models = paired_models(tmp_path, {0: [0.0, 0.1, -0.1], 2: [0.05, 0.15, -0.05]}, gain=1.0)
+    d = lookahead_figure.paired_difference(models, lookahead_figure.utterance_scores(models), 0, 2)
+    assert d["diff_db"] == pytest.approx(1.05) and d["utterances"] == 4 and d["seeds"] == [3, 3]
+    assert d["seed_sd_db"] == pytest.approx([0.1, 0.1])
+    # utterances are paired (each utterance's difference is the same), so only the seed spread widens the CI
+    half = float(lookahead_figure.stats.t.ppf(0.975, 4)) * (2 * 0.1**2 / 3) ** 0.5
+    assert d["ci95_db"] == pytest.approx([1.05 - half, 1.05 + half])
+    assert d["per_frame_db"] == pytest.approx(0.525) and d["resolved"]
+    noisy = paired_models(tmp_path / "noisy", {0: [0.0, 1.0, -1.0], 2: [0.0, 1.0, -1.0]}, gain=1.0)
+    d = lookahead_figure.paired_difference(noisy, lookahead_figure.utterance_scores(noisy), 0, 2)
+    assert d["diff_db"] == pytest.approx(1.0) and not d["resolved"]  # 1 dB < twice the seed SD (2 dB)
+    assert "does not exceed twice the larger seed SD (2.00 dB)" in lookahead_figure.describe_paired([d])
