@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -16,28 +15,14 @@ from hydra.utils import instantiate
 from data.audio import read
 from data.datamodule import SpeechDataModule
 from data.index import pair, pair_key, resolve_folder, scan
+from data.synthetic import SR, demo_like_tree, speechlike, write
 
-SR = 16_000
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "data"
 
 
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("STMC_CACHE_DIR", str(tmp_path / "cache"))
-
-
-def speechlike(seconds: float, seed: int, rate: int = SR) -> np.ndarray:
-    """Amplitude-modulated noise: bursts and pauses like speech, never silent."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * rate)) / rate
-    envelope = 0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(2, 5) * t)
-    return (0.1 * envelope * rng.standard_normal(t.size)).astype(np.float32)
-
-
-def write(path: Path, x: np.ndarray, rate: int = SR) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(path, x, rate, subtype="PCM_16")
-    return path
 
 
 def vctk_tree(root: Path) -> None:
@@ -49,23 +34,6 @@ def vctk_tree(root: Path) -> None:
                 noisy = clean + 0.02 * np.random.default_rng(u).standard_normal(clean.size).astype(np.float32)
                 write(root / f"clean_{split}_wav" / f"{spk}_{u:03d}.wav", clean, 48_000)
                 write(root / f"noisy_{split}_wav" / f"{spk}_{u:03d}.wav", noisy, 48_000)
-
-
-def demo_like_tree(root: Path) -> None:
-    """The demo corpus layout with a manifest giving noise types."""
-    files = {}
-    for i in range(6):
-        write(root / "train/clean" / f"spk{i % 3}-{i}.wav", speechlike(1.5, i))
-        write(root / "train/noise" / f"n{i}.wav", speechlike(1.0, 50 + i))
-        files[f"train/noise/n{i}.wav"] = {"noise_type": "pink" if i % 2 else "hum"}
-    for split in ("val_real", "val_tts", "test_real", "test_tts"):
-        for i in range(3):
-            clean = speechlike(0.5 + 0.25 * i, 200 + i)
-            noisy = clean + speechlike(0.5 + 0.25 * i, 300 + i)
-            write(root / split / "clean" / f"{split}_{i}.wav", clean)
-            write(root / split / "noisy" / f"{split}_{i}.wav", noisy)
-            files[f"{split}/noisy/{split}_{i}.wav"] = {"noise_type": ["babble", "music", "sfx"][i]}
-    (root / "manifest.json").write_text(json.dumps({"files": files}))
 
 
 def demo_module(root: Path, **overrides) -> SpeechDataModule:

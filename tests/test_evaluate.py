@@ -15,6 +15,7 @@ import torch
 from scipy import stats
 
 import stmc
+from data.synthetic import demo_like_tree, speechlike
 from stmc.evaluation import (
     Settings,
     chunk_samples,
@@ -25,7 +26,6 @@ from stmc.evaluation import (
     spread,
 )
 from tests.randmodel import randomise_norms
-from tests.test_data_folders import demo_like_tree, speechlike
 
 ROOT = Path(__file__).resolve().parents[1]
 

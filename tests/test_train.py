@@ -17,9 +17,9 @@ import torch
 from hydra import compose, initialize_config_dir
 
 import stmc
+from data.synthetic import demo_like_tree
 from stmc.lightning import WarmupCosine
 from stmc.training import CONFIG_DIR, ConfigError, TrainingStopped, resolve_checkpoint, resolve_precision, train
-from tests.test_data_folders import demo_like_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 
