@@ -250,6 +250,19 @@ class NativeGraph:
             raise RuntimeError(f"native STMC step failed: {error.decode(errors='replace')}")
 
 
+def check_buffers(tensors: list[torch.Tensor], shapes: list[tuple[int, ...]]) -> None:
+    """Raise ``ValueError`` unless each tensor is a contiguous float32 CPU tensor of its shape: the native code
+    writes through raw pointers and trusts these, so they are checked once, when it binds them."""
+    if len(tensors) != len(shapes):
+        raise ValueError(f"native STMC step: expected {len(shapes)} state buffers, got {len(tensors)}")
+    for index, (tensor, shape) in enumerate(zip(tensors, shapes, strict=True)):
+        if (tuple(tensor.shape) != shape or tensor.dtype != torch.float32 or not tensor.is_cpu
+                or not tensor.is_contiguous()):
+            raise ValueError(f"native STMC step: state buffer {index} must be a contiguous float32 CPU tensor of "
+                             f"shape {list(shape)}, got {tensor.dtype} {list(tensor.shape)} on {tensor.device}"
+                             f"{'' if tensor.is_contiguous() else ' (not contiguous)'}")
+
+
 class NativeStep(NativeGraph):
     """One STMC stream's frozen layers, state tensors and scratch, bound to the native step.
 
@@ -260,6 +273,11 @@ class NativeStep(NativeGraph):
     def __init__(self, model: UNet, layers: list[FrozenLayer], state: list[torch.Tensor], batch: int) -> None:
         self.state = state
         shapes = [model.input_shape(k) for k in range(len(layers))]
+        expected = [(batch, layer.past + layer.future, bins, channels)
+                    for layer, (channels, bins) in zip(layers, shapes, strict=True)]
+        expected += [(batch, model.join_delay(k), model.bins(source + 1), model.layers[source].out_channels)
+                     for k, source in model.joins.items() if model.join_delay(k)]
+        check_buffers(state, expected)
         self.current = current = [torch.zeros(batch, bins, channels) for channels, bins in shapes]
         slots = iter(range(len(layers), len(state)))
         lines = {model.joins[k]: state[next(slots)] for k in model.joins if model.join_delay(k)}

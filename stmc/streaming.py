@@ -113,7 +113,35 @@ class Stream(nn.Module):
         return [*self.state, self.time]
 
     def set_state(self, state: list[torch.Tensor]) -> None:
-        """Adopt a state from :meth:`get_state` (or exported step outputs)."""
+        """Adopt a state from :meth:`get_state` (or exported step outputs), after checking it: the count, and every
+        tensor's shape, dtype and device (``ValueError`` naming the first wrong one). Nothing reads the tensors
+        before that, so a wrong state never reaches the native step's memory."""
+        self.check_state(state)
+        self.adopt_state(list(state))
+
+    def check_state(self, state: object) -> None:
+        """Raise ``ValueError`` unless ``state`` is a list of tensors shaped, typed and placed as get_state's."""
+        shapes = self.state_shapes()
+        if not isinstance(state, list | tuple) or len(state) != len(shapes) + 1:
+            got = f"{len(state)} items" if isinstance(state, list | tuple) else type(state).__name__
+            raise ValueError(f"set_state: expected a list of {len(shapes) + 1} tensors ({len(shapes)} state buffers, "
+                             f"then the time), got {got}")
+        time = state[-1]
+        if not isinstance(time, torch.Tensor) or time.dim() != 1 or time.dtype != torch.long:
+            got = f"{time.dtype} of shape {list(time.shape)}" if isinstance(time, torch.Tensor) else type(time).__name__
+            raise ValueError(f"set_state: tensor {len(shapes)} (the time) must be int64 of shape [batch], got {got}")
+        like = self.layers[0].bias
+        for index, (tensor, shape) in enumerate(zip(state, shapes, strict=False)):
+            expected = [time.shape[0], *shape]
+            if (not isinstance(tensor, torch.Tensor) or list(tensor.shape) != expected or tensor.dtype != like.dtype
+                    or tensor.device != like.device or time.device != like.device):
+                got = (f"{tensor.dtype} of shape {list(tensor.shape)} on {tensor.device}"
+                       if isinstance(tensor, torch.Tensor) else type(tensor).__name__)
+                raise ValueError(f"set_state: tensor {index} must be {like.dtype} of shape {expected} on "
+                                 f"{like.device}, got {got}")
+
+    def adopt_state(self, state: list[torch.Tensor]) -> None:
+        """Take ``state`` as it is (the traced step's own inputs; users go through :meth:`set_state`)."""
         self.state, self.time = list(state[:-1]), state[-1]
         if not self.always_mask:
             self.settled = int(self.time.min())
@@ -196,13 +224,13 @@ class Stream(nn.Module):
         ``out`` covers times ``time - D ..`` of every stream, including times before its start. This is what
         ``torch.compile`` and the ONNX export trace (with ``always_mask``).
         """
-        self.set_state(list(state))
+        self.adopt_state(list(state))
         return (self.advance_ops(chunk), *self.get_state())
 
     def _emit(self, chunk: torch.Tensor) -> torch.Tensor:
         if self.compiled is not None and self.end is None:
             out, *state = self.compiled(chunk, *self.get_state())
-            self.set_state(state)
+            self.adopt_state(state)
         else:
             out = self.advance(chunk)
         self.settled += chunk.shape[-1]

@@ -82,3 +82,45 @@ def test_without_a_compiler_streams_fall_back_with_a_warning(tmp_path, monkeypat
             stmc.streaming(model, native=True)
     finally:
         native._load.cache_clear()
+
+
+def bad_states(state: list[torch.Tensor]) -> dict[str, tuple[list[torch.Tensor], str]]:
+    """Wrong states built from a good one, each with the message set_state must give."""
+    first = state[0]
+    return {
+        "one frame short": ([first[:, 1:].clone(), *state[1:]],
+                            rf"tensor 0 must be torch.float32 of shape \[1, {first.shape[1]}, .*got torch.float32 "
+                            rf"of shape \[1, {first.shape[1] - 1}, "),
+        "float64": ([s.double() if i == 1 else s for i, s in enumerate(state)], r"tensor 1 must be torch.float32"),
+        "one tensor short": (state[1:], rf"expected a list of {len(state)} tensors"),
+        "time as float": ([*state[:-1], state[-1].float()], r"\(the time\) must be int64 of shape \[batch\]"),
+        "not a list": (state[0], r"expected a list of .* got Tensor"),
+    }
+
+
+@pytest.mark.parametrize("native_step", [True, False], ids=["native", "ops"])
+@pytest.mark.parametrize("case", ["one frame short", "float64", "one tensor short", "time as float", "not a list"])
+def test_set_state_refuses_a_wrong_state_before_anything_reads_it(native_step, case):
+    """A wrong state is a ValueError naming the tensor and the expected shape and dtype; the stream keeps its
+    own state and goes on exactly (on the native step a short register would otherwise corrupt the heap)."""
+    model = stmc.UNet(lookahead=2, width=0.25).eval()
+    spec = torch.randn(1, 2, model.n_freq, 12)
+    stream, reference = stmc.streaming(model, native=native_step), stmc.streaming(model, native=native_step)
+    torch.testing.assert_close(stream(spec[..., :5]), reference(spec[..., :5]))
+    state, message = bad_states([s.clone() for s in stream.get_state()])[case]
+    with pytest.raises(ValueError, match=message):
+        stream.set_state(state)
+    torch.testing.assert_close(stream(spec[..., 5:]), reference(spec[..., 5:]))
+    torch.testing.assert_close(stream.flush(), reference.flush())
+
+
+def test_native_binding_checks_its_buffers():
+    model = stmc.UNet(width=0.25).eval()
+    stream = stmc.streaming(model, native=True)
+    stream(torch.randn(2, 2, model.n_freq, 3))
+    state = [s.clone() for s in stream.state]
+    with pytest.raises(ValueError, match=r"state buffer 0 must be a contiguous float32 CPU tensor of shape \[2, "):
+        native.NativeStep(model, stream.layers, [state[0][:, :0], *state[1:]], 2)
+    transposed = state[0].transpose(2, 3).contiguous().transpose(2, 3)
+    with pytest.raises(ValueError, match=r"\(not contiguous\)"):
+        native.NativeStep(model, stream.layers, [transposed, *state[1:]], 2)
