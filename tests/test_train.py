@@ -252,3 +252,11 @@ def test_ddp_with_two_processes_on_cpu(corpus, tmp_path):
     saved = torch.load(checkpoint(out, "last"), weights_only=True)
     assert saved["global_step"] == 2
     stmc.Enhancer.from_checkpoint(checkpoint(out, "best"))
+
+
+@pytest.mark.parametrize("logger", ["csv", "none"])
+def test_every_logger_option_fits_one_step(logger, corpus, tmp_path):
+    """Each documented logger trains (without a logger the learning-rate monitor has nowhere to write: dropped)."""
+    metrics = train(compose_train(tiny_run(corpus, tmp_path, f"logger={logger}", "model.width=0.25")))
+    assert math.isfinite(metrics["train/loss"])
+    assert (tmp_path / "csv").is_dir() == (logger == "csv")
