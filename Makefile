@@ -2,16 +2,18 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell sha1sum requirements.txt | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | sha1sum | cut -c1-12)
 
 .PHONY: venv test test-slow lint bench
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt
+# The project itself is installed editable, so `import stmc` works from any folder with this venv's python.
+$(STAMP): requirements.txt pyproject.toml
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -r requirements.txt
+	$(VENV)/bin/pip install -q --no-deps -e .
 	rm -f $(VENV)/.installed-*
 	touch $@
 
