@@ -25,6 +25,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
+from stmc.enhancer import CHECKPOINT_KEY, read_checkpoint
 from stmc.lightning import NonFiniteLossError
 from stmc.unet import UNet
 
@@ -62,8 +63,33 @@ def check_overrides(overrides: Sequence[str], config_name: str = "train") -> Non
                 raise ConfigError(
                     f"{group}={name} does not exist; allowed values: {', '.join(sorted(err.options))}"
                 ) from None
-        except HydraException:
-            return
+        except HydraException as err:
+            unknown = unknown_key(err, config_name, [o for o in plain if "." not in o.split("=", 1)[0]])
+            if unknown:
+                raise ConfigError(unknown) from None
+
+
+def unknown_key(err: HydraException, config_name: str, groups: Sequence[str]) -> str | None:
+    """For Hydra's "Key 'x' is not in struct" (a mistyped override), one line naming the key and its closest
+    neighbours in the config composed with the ``groups`` choices (Hydra initialised); None for any other error.
+    Hydra's own hint (append with ``+``) would only move the typo on, into a TypeError deep in the library."""
+    import difflib
+
+    cause = err.__cause__
+    full_key = getattr(cause, "full_key", None)
+    if not full_key or "not in struct" not in str(cause):
+        return None
+    parent, _, key = str(full_key).rpartition(".")
+    try:
+        node = compose(config_name, overrides=list(groups))
+        for part in parent.split(".") if parent else []:
+            node = node[part]
+        known = [str(k) for k in node.keys()]
+    except Exception:  # the parent itself may not exist, or not be a mapping
+        known = []
+    close = difflib.get_close_matches(key, known, n=3)
+    hint = f"; did you mean {', '.join(f'{parent}.{c}' if parent else c for c in close)}?" if close else ""
+    return f"{full_key} is not a key of this config{hint}"
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -83,6 +109,11 @@ def check_config(cfg: DictConfig) -> None:
     missing = missing_keys(OmegaConf.to_container(cfg, resolve=False))
     if missing:
         raise ConfigError(f"{missing[0]} is required (set {missing[0]}=...)")
+    data = cfg.get("data") or {}
+    for key in ("batch_size", "eval_batch_size"):
+        value = data.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ConfigError(f"data.{key}={value} must be a positive integer")
 
 
 def missing_keys(node: Any, prefix: str = "") -> list[str]:
@@ -175,6 +206,19 @@ def resolve_checkpoint(ckpt_path: str | None, output_dir: Path, search_siblings:
     return None
 
 
+def check_resumable(path: str, model: UNet) -> None:
+    """Raise :class:`ConfigError` unless the checkpoint at ``path`` is readable and holds this config's model."""
+    try:
+        saved = read_checkpoint(path)[CHECKPOINT_KEY]["model_config"]
+    except ValueError as err:
+        raise ConfigError(f"ckpt_path: {err}") from None
+    differ = [k for k in sorted(set(saved) | set(model.config)) if saved.get(k) != model.config.get(k)]
+    if differ:
+        settings = ", ".join(f"model.{k}={saved.get(k)} (this config: {model.config.get(k)})" for k in differ)
+        raise ConfigError(f"ckpt_path={path} holds another model: {settings}; resume with the checkpoint's "
+                          "model settings")
+
+
 def _checkpoint(trainer: pl.Trainer, kind: str) -> str:
     """Path of the best (``kind="best"``) or last checkpoint written so far, or ``""``."""
     for callback in trainer.checkpoint_callbacks:
@@ -205,6 +249,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     output_dir = Path(cfg.paths.output_dir)
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     ckpt_path = resolve_checkpoint(cfg.get("ckpt_path"), output_dir, search_siblings=not multirun)
+    if ckpt_path:
+        check_resumable(ckpt_path, model)
 
     run_config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
     module = instantiate(cfg.module, model=model)

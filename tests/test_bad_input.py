@@ -80,3 +80,14 @@ def test_checkpoint_errors_are_one_line(tmp_path):
 def test_streaming_needs_a_unet(method):
     with pytest.raises(ValueError, match="needs a stmc.UNet, got Linear"):
         stmc.streaming(torch.nn.Linear(2, 2), method)
+
+
+def test_checkpoint_paths_that_are_folders_say_what_they_hold(tmp_path):
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"is a folder; give a .ckpt file \(it holds no .ckpt file\)"):
+        stmc.Enhancer.from_checkpoint(tmp_path / "run")
+    (tmp_path / "run" / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    with pytest.raises(ValueError, match=r"is a folder; give a .ckpt file \(it holds checkpoints/last.ckpt\)"):
+        stmc.Enhancer.from_checkpoint(tmp_path / "run")
+    with pytest.raises(ValueError, match=r"cannot read checkpoint .*last.ckpt: "):
+        stmc.Enhancer.from_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")

@@ -108,6 +108,27 @@ def test_unknown_config_names_are_one_line_errors(overrides, message):
         check_overrides(overrides)
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["trainer.max_stpes=5"], r"^trainer.max_stpes is not a key of this config; did you mean trainer.max_steps"),
+        (["model=noncausal", "model.widht=2"], r"^model.widht is not a key of this config; did you mean model.width"),
+        (["foo.bar=1"], r"^foo is not a key of this config$"),
+    ],
+)
+def test_mistyped_keys_are_one_line_errors_naming_the_closest_keys(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        check_overrides(overrides)
+
+
+@pytest.mark.parametrize("key", ["batch_size", "eval_batch_size"])
+@pytest.mark.parametrize("value", [0, -2, 1.5])
+def test_batch_sizes_must_be_positive_integers(key, value, tmp_path):
+    cfg = compose_train([f"data.{key}={value}", f"paths.output_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match=rf"^data.{key}={value} must be a positive integer$"):
+        train(cfg)
+
+
 def test_valid_overrides_pass_the_check():
     check_overrides(["experiment=quickstart", "model=lookahead", "model.lookahead=3", "seed=0,1", "-m"])
 
