@@ -4,6 +4,7 @@ in forward, backward and the optimizer, and the MAC rate reached against this ma
     python -m scripts.train_throughput experiment=quickstart                  # any train.py overrides
     python -m scripts.train_throughput experiment=quickstart --against ../old # side by side with another checkout
     python -m scripts.train_throughput experiment=quickstart trainer.precision=32-true --rounds 5 --steps 40
+    python -m scripts.train_throughput experiment=quickstart --vary threads=1 --vary threads=2   # settings side by side
 
 Each measurement is a fresh ``train.py``-equivalent process (``stmc.training.train`` with the given overrides,
 no validation, no test) that times ``--steps`` optimizer steps after ``--warmup`` steps with Lightning hooks:
@@ -13,7 +14,8 @@ step and logging. MACs are counted (``torch.utils.flop_counter``: convolutions a
 backward, one step) and compared with the GEMM rate (``torch.mm`` of 1024 x 1024 matrices, fp32 and bf16,
 at the training's thread count) measured by the same process: the roof of the precision it trained in.
 With ``--against DIR`` each round also measures the same overrides with the code of the checkout ``DIR``
-(its ``stmc``, ``data`` and ``configs``), interleaved, and prints the ratio of steps per second.
+(its ``stmc``, ``data`` and ``configs``), interleaved, and prints the ratio of steps per second; each ``--vary
+"key=value ..."`` adds a variant with those overrides on top of the others, measured the same way.
 """
 
 from __future__ import annotations
@@ -184,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
     parser.add_argument("--rounds", type=int, default=3, help="measurements per variant, interleaved (default 3)")
     parser.add_argument("--against", type=Path, help="another checkout to measure side by side (e.g. a git worktree)")
+    parser.add_argument("--vary", action="append", default=[], metavar="OVERRIDES",
+                        help="a variant: these overrides (space-separated) on top of the others; repeatable")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -193,20 +197,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps < 1 or args.warmup < 1 or args.rounds < 1:
         print("error: --steps, --warmup and --rounds must be at least 1", file=sys.stderr)
         return 2
-    variants = {"this checkout": ROOT}
+    variants = {"this checkout": (ROOT, args.overrides)}
     if args.against is not None:
         if not (args.against / "stmc").is_dir():
             print(f"error: --against {args.against}: not a checkout of this project (no stmc/)", file=sys.stderr)
             return 2
-        variants[f"{args.against}"] = args.against.resolve()
+        variants[f"{args.against}"] = (args.against.resolve(), args.overrides)
+    for extra in args.vary:
+        variants[f"this checkout, {extra}"] = (ROOT, [*args.overrides, *extra.split()])
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
     log = Path(tempfile.gettempdir()) / f"train_throughput-{os.getpid()}.log"
     started = time.perf_counter()
     for round_ in range(args.rounds):
-        for name, code in variants.items():
+        for name, (code, overrides) in variants.items():
             print(f"round {round_ + 1}/{args.rounds}: {name}", file=sys.stderr, flush=True)
             try:
-                runs[name].append(measure(code, args.overrides, args.warmup, args.steps, log))
+                runs[name].append(measure(code, overrides, args.warmup, args.steps, log))
             except RuntimeError as err:
                 print(f"error: {err}", file=sys.stderr)
                 return 1

@@ -8,6 +8,7 @@ starts. A non-finite loss raises :class:`TrainingStopped` naming the last good c
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -169,6 +170,36 @@ def resolve_precision(trainer_cfg: DictConfig) -> None:
         )
 
 
+def busy_cores(samples: int = 5, interval: float = 0.1) -> int:
+    """Cores kept busy by other processes right now: the most runnable tasks seen in ``samples`` reads of
+    ``/proc/loadavg``, less this process (0 where that file does not exist)."""
+    seen = 0
+    for i in range(samples):
+        try:
+            running = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
+        except (OSError, IndexError, ValueError):
+            return 0
+        seen = max(seen, running - 1)
+        if i + 1 < samples:
+            time.sleep(interval)
+    return seen
+
+
+def training_threads(setting: int | str | None) -> int:
+    """Intra-op threads for training: ``threads=N`` as given, ``auto`` (the default) the cores no other process
+    is using at the start (at least 1). All cores beside a busy process make every parallel operator wait for
+    its descheduled threads: on 2 cores beside two busy processes, 2 threads trained at half the steps/s of 1."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if setting in (None, AUTO):
+        threads = max(1, cores - busy_cores())
+        log.info("threads=auto: %d of %d cores free, training with %d thread%s", threads, cores, threads,
+                 "s" * (threads > 1))
+        return threads
+    if isinstance(setting, bool) or not isinstance(setting, int) or setting < 1:
+        raise ConfigError(f"threads={setting} must be a positive integer or auto")
+    return setting
+
+
 def build_model(cfg: DictConfig) -> UNet:
     """The UNet of ``cfg.model``; its own argument errors become one-line :class:`ConfigError`."""
     try:
@@ -237,8 +268,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """
     check_config(cfg)
     resolve_precision(cfg.trainer)
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
+    torch.set_num_threads(training_threads(cfg.get("threads")))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     model = build_model(cfg)
     datamodule = instantiate(cfg.data, _convert_="all")  # plain containers: the checkpoint stays weights_only

@@ -169,3 +169,25 @@ def test_train_py_reports_a_config_error_in_one_line():
     assert run.returncode == 2
     (line,) = run.stderr.strip().splitlines()
     assert line.startswith("error: model.lookahead=99 is out of range; allowed values: 0..14 (0 = causal")
+
+
+def test_threads_auto_leaves_the_busy_cores_alone(monkeypatch):
+    import os
+
+    from stmc import training
+
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.setattr(training, "busy_cores", lambda: 1)
+    assert training.training_threads("auto") == max(1, cores - 1)
+    monkeypatch.setattr(training, "busy_cores", lambda: cores + 3)
+    assert training.training_threads(None) == 1
+    assert training.training_threads(3) == 3
+    with pytest.raises(ConfigError, match="threads=0 must be a positive integer or auto"):
+        training.training_threads(0)
+    assert compose_train([]).threads == "auto"
+
+
+def test_busy_cores_reads_the_runnable_tasks():
+    from stmc import training
+
+    assert training.busy_cores(samples=2, interval=0.01) >= 0
