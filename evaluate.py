@@ -80,4 +80,8 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # the evaluation's workers are stopped already (stmc.evaluation.run_all)
+        print("interrupted (Ctrl-C): the evaluation stopped; files written before are complete", file=sys.stderr)
+        sys.exit(130)

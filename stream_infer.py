@@ -30,4 +30,8 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("interrupted (Ctrl-C): the stream stopped; files written before are complete", file=sys.stderr)
+        sys.exit(130)

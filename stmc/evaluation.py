@@ -24,11 +24,14 @@ import json
 import math
 import os
 import re
+import signal as signals_os
 import statistics
+import sys
 import tempfile
+import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import InvalidStateError, ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -257,6 +260,19 @@ def _init_worker(items: Sequence[Item], checkpoints: Sequence[str], settings: Se
     _WORKER.update(items=items, checkpoints=checkpoints, settings=settings, enhancers={})
 
 
+def _init_pool_worker(*args: Any) -> None:
+    """A worker process: dies with its parent (Linux: even a ``kill -9`` of it), leaves Ctrl-C to the parent
+    (which stops the pool), then :func:`_init_worker`."""
+    signals_os.signal(signals_os.SIGINT, signals_os.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signals_os.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the parent died before prctl took effect
+            os._exit(1)
+    _init_worker(*args)
+
+
 def _task(task: tuple[int | None, int]) -> dict[str, Row]:
     """``(model index or None for the baselines, item index)`` -> rows; runs in a worker (or in-process)."""
     model, index = task
@@ -305,9 +321,21 @@ def run_all(
             _WORKER.clear()
             torch.set_num_threads(previous)
     else:
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
-                                 initargs=args) as pool:
+        pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_pool_worker,
+                                   initargs=args)
+        try:
             collect(pool.map(_task, ordered, chunksize=1))
+        except BaseException:  # Ctrl-C or a failed task: stop the workers now rather than after their tasks
+            processes = list((pool._processes or {}).values())
+            pool.shutdown(wait=False, cancel_futures=True)
+            previous = threading.excepthook
+            # Python 3.11's pool thread then fails to mark the cancelled futures broken (InvalidStateError)
+            threading.excepthook = lambda hook: None if isinstance(hook.exc_value, InvalidStateError) \
+                else previous(hook)
+            for process in processes:
+                process.terminate()
+            raise
+        pool.shutdown()
     n = len(items)
     return results[:n], [results[n * (m + 1) : n * (m + 2)] for m in range(len(checkpoints))]
 

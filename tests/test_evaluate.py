@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal as signals_os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -180,3 +182,72 @@ def test_offline_only_documents_have_no_stream_columns():
     assert doc["si_snri"] == {"wiener": 1.0, "offline": 4.0} and doc["max_abs_diff"] is None
     assert doc["per_noise"]["pink"] == {"wiener": 1.0, "offline": 5.0, "input_si_snr": 1.0, "n": 1}
     assert "streamed" not in headline_table(doc) and "stmc" not in markdown(doc)
+
+
+def start_long_evaluation(tmp_path: Path) -> subprocess.Popen:
+    """evaluate.py with 2 workers on test utterances long enough (40 s) to be caught mid-way; waits for the
+    workers to exist."""
+    from data.synthetic import write
+
+    demo_like_tree(tmp_path / "corpus")
+    for split in ("test_real", "test_tts"):
+        for i in range(3):
+            clean = speechlike(40.0, 700 + i)
+            write(tmp_path / "corpus" / split / "clean" / f"{split}_{i}.wav", clean)
+            write(tmp_path / "corpus" / split / "noisy" / f"{split}_{i}.wav", clean + speechlike(40.0, 800 + i))
+    ckpt = tiny_checkpoint(tmp_path / "run/checkpoints/last.ckpt")
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "evaluate.py"), f"checkpoints=[{ckpt}]", f"data.root={tmp_path / 'corpus'}",
+         "workers=2", "examples=0", f"hydra.run.dir={tmp_path / 'eval'}"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "STMC_CACHE_DIR": str(tmp_path / "cache")})
+    deadline = time.monotonic() + 120
+    while len(children(process.pid)) < 2 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(children(process.pid)) >= 2, "the evaluation's workers did not start"
+    return process
+
+
+def children(pid: int) -> list[int]:
+    """Process ids whose parent is ``pid`` (the spawn start method adds a resource tracker: not a worker)."""
+    found = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
+        except OSError:
+            continue
+        if fields.get("PPid", "").strip() == str(pid) and "resource_tracker" not in \
+                Path(status.parent / "cmdline").read_bytes().decode(errors="replace"):
+            found.append(int(status.parent.name))
+    return found
+
+
+def gone(pids: list[int], seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not any(Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text()
+                   for pid in pids):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_ctrl_c_stops_the_evaluation_and_its_workers_in_one_line(tmp_path):
+    process = start_long_evaluation(tmp_path)
+    workers = children(process.pid)
+    process.send_signal(signals_os.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1].startswith("interrupted (Ctrl-C): the evaluation stopped")
+    assert gone(workers)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc and prctl")
+def test_workers_die_with_a_killed_evaluation(tmp_path):
+    process = start_long_evaluation(tmp_path)
+    workers = children(process.pid)
+    process.kill()
+    process.communicate(timeout=60)
+    assert gone(workers), "worker processes outlived a kill -9 of evaluate.py"

@@ -227,3 +227,20 @@ def test_killed_run_leaves_no_partial_output(tmp_path):
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     assert not (tmp_path / "long.enhanced.wav").exists()
+
+
+def test_ctrl_c_ends_a_stream_with_one_line_and_status_130():
+    """Ctrl-C while the stream waits for stdin: one line, exit status 130, no traceback."""
+    process = subprocess.Popen([sys.executable, str(ROOT / "stream_infer.py"), "input=-", "output=-",
+                                "model.depth=2", "model.channels=[2,3]"], cwd=ROOT, stdin=subprocess.PIPE,
+                               stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    process.stdin.write("\0" * 4096)  # some audio, then the stream waits for more
+    process.stdin.flush()
+    time.sleep(8)  # started and streaming
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == ("interrupted (Ctrl-C): the stream stopped; files written before "
+                                               "are complete")
