@@ -10,7 +10,8 @@ from typing import Any
 
 import torch
 
-from stmc.evaluation import ALL, OFFLINE, atomic_write
+from stmc.evaluation import ALL, OFFLINE
+from stmc.io import atomic_write
 from stmc.unet import UNet
 
 

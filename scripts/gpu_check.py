@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     text = report(fits, streams, device, note)
     print(text)
     if args.out:
-        from stmc.evaluation import atomic_write
+        from stmc.io import atomic_write
 
         args.out.mkdir(parents=True, exist_ok=True)
         atomic_write(args.out / "gpu_check.md", text + "\n")

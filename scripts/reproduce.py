@@ -30,7 +30,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from stmc.evaluation import atomic_write
+from stmc.io import atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = ROOT / "configs" / "preset"

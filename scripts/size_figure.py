@@ -26,7 +26,7 @@ import torch
 
 from scripts.common import architecture, evaluated_models, weight_bytes, write_csv
 from stmc.bench import measure
-from stmc.evaluation import atomic_write
+from stmc.io import atomic_write
 
 WIDTHS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
 PAPER = {"speed_up_percent": 81.0, "speed_up_small_percent": 74.0, "small_mb": 1.32,

@@ -39,7 +39,7 @@ import torch
 
 from scripts.common import architecture, depth_of, evaluated_models, mean_si_snri, weight_bytes, write_csv
 from stmc.bench import OPS, Row, floor_row, measure
-from stmc.evaluation import atomic_write
+from stmc.io import atomic_write
 from stmc.native import unavailable as native_unavailable
 from stmc.stft import HOP, N_FFT, SAMPLE_RATE
 from stmc.unet import UNet

@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nsteps/s, this checkout ÷ {args.against}: median {statistics.median(ratios):.2f}x "
               f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)})")
     if args.json:
-        from stmc.evaluation import atomic_write
+        from stmc.io import atomic_write
 
         atomic_write(args.json, json.dumps(results, indent=1) + "\n")
     return 0

@@ -27,7 +27,6 @@ import re
 import signal as signals_os
 import statistics
 import sys
-import tempfile
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -43,6 +42,7 @@ from scipy import stats
 
 from stmc.baselines import wiener
 from stmc.enhancer import CHECKPOINT_KEY, Enhancer
+from stmc.io import atomic_write
 from stmc.metrics import si_snr, si_snri
 from stmc.stft import HOP, SAMPLE_RATE
 from stmc.streaming import METHODS
@@ -442,30 +442,6 @@ def _signal_order(signal: str) -> tuple[int, str]:
 
 
 # -- writing --
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: Path, text: str | None = None, writer: Callable[[str], None] | None = None) -> None:
-    """Write ``text`` (or let ``writer(temp_path)`` write) to ``path`` via a temporary file in the same folder and
-    a rename, so that a killed run never leaves half a file; permissions as for a plain new file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            if text is not None:
-                handle.write(text)
-        if writer is not None:
-            writer(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _jsonable(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None

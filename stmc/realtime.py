@@ -21,14 +21,11 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import queue
 import re
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -39,6 +36,7 @@ import torch
 import torchaudio.functional as AF
 
 from stmc.enhancer import Enhancer, EnhancerStream
+from stmc.io import atomic_audio_file
 from stmc.stft import SAMPLE_RATE
 from stmc.unet import UNet
 
@@ -177,34 +175,6 @@ def to_pcm(audio: torch.Tensor) -> tuple[bytes, int]:
     scaled = audio.detach().cpu().numpy().T * PCM_SCALE
     clipped = int(np.count_nonzero((scaled > 32767) | (scaled < -32768)))
     return np.clip(np.round(scaled), -32768, 32767).astype("<i2").tobytes(), clipped
-
-
-@contextmanager
-def atomic_audio_file(path: str | Path, channels: int, subtype: str = "FLOAT") -> Iterator[Callable]:
-    """Yield ``write(chunk [channels, n])``; the file appears at ``path`` only when the block completes.
-
-    Chunks go to a temporary file in the same folder, renamed over ``path`` at the end (an atomic replace);
-    on any error, or an interrupt, the temporary file is removed and ``path`` is left as it was.
-    """
-    path = Path(path)
-    fmt = path.suffix.lstrip(".").upper()
-    if fmt not in sf.available_formats():
-        raise InputError(f"{path}: cannot write audio as '{path.suffix}'; use .wav or .flac")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(handle)
-    try:
-        with sf.SoundFile(temp, "w", SAMPLE_RATE, channels, subtype, format=fmt) as out:
-
-            def write(chunk: torch.Tensor) -> None:
-                if chunk.numel():
-                    out.write(chunk.detach().cpu().numpy().T)
-
-            yield write
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 class PcmWriter:

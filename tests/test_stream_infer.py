@@ -19,7 +19,8 @@ import torchaudio.functional as AF
 
 import stmc
 from stmc.export import to_onnx
-from stmc.realtime import InferOptions, InputError, atomic_audio_file, build_enhancer, infer, parse_chunk, read_audio
+from stmc.io import atomic_audio_file
+from stmc.realtime import InferOptions, InputError, build_enhancer, infer, parse_chunk, read_audio
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"depth": 2, "lookahead": 1, "channels": [2, 3], "n_freq": 513}  # dry-run model, fast
@@ -244,3 +245,19 @@ def test_ctrl_c_ends_a_stream_with_one_line_and_status_130():
     assert "Traceback" not in stderr
     assert stderr.strip().splitlines()[-1] == ("interrupted (Ctrl-C): the stream stopped; files written before "
                                                "are complete")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_outputs_respect_the_umask(tmp_path, umask):
+    """Atomic writes go through mkstemp (mode 0600); the renamed file gets a plain new file's mode."""
+    from stmc.io import atomic_write
+
+    previous = os.umask(umask)
+    try:
+        with atomic_audio_file(tmp_path / "out.wav", 1) as write:
+            write(torch.zeros(1, 160))
+        atomic_write(tmp_path / "out.json", "{}")
+    finally:
+        os.umask(previous)
+    for name in ("out.wav", "out.json"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask
