@@ -119,28 +119,41 @@ def array_chunks(audio: np.ndarray, size: int) -> Iterator[torch.Tensor]:
         yield tensor[:, start : start + size]
 
 
-def pcm_chunks(stream: BinaryIO, size: int, channels: int = 1) -> Iterator[torch.Tensor]:
+class PcmChunks:
     """Raw 16-bit little-endian interleaved PCM at 16 kHz from ``stream``, as float32 ``[channels, size]`` chunks.
 
-    Each chunk is returned as soon as its bytes have arrived (the last one may be shorter); a trailing partial
-    sample frame is an error.
+    Each chunk is yielded as soon as its bytes have arrived (the last one may be shorter). A stream that ends
+    inside a sample frame yields every complete sample first; ``stray`` then holds the bytes left over, for the
+    caller to report after the stream's flush, so that nothing complete is lost.
     """
-    frame_bytes = 2 * channels
-    want = size * frame_bytes
-    while True:
-        data = bytearray()
-        while len(data) < want:
-            more = stream.read(want - len(data))
-            if not more:
-                break
-            data += more
-        if len(data) % frame_bytes:
-            raise InputError(f"stdin: the stream ends inside a sample frame ({len(data) % frame_bytes} stray bytes)")
-        if data:
-            pcm = np.frombuffer(bytes(data), dtype="<i2").reshape(-1, channels).T
-            yield torch.from_numpy(pcm.astype(np.float32) / PCM_SCALE)
-        if len(data) < want:
-            return
+
+    def __init__(self, stream: BinaryIO, size: int, channels: int = 1) -> None:
+        self.stream, self.size, self.channels = stream, size, channels
+        self.stray = 0
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        frame_bytes = 2 * self.channels
+        want = self.size * frame_bytes
+        while True:
+            data = bytearray()
+            while len(data) < want:
+                more = self.stream.read(want - len(data))
+                if not more:
+                    break
+                data += more
+            self.stray = len(data) % frame_bytes
+            whole = len(data) - self.stray
+            if whole:
+                pcm = np.frombuffer(bytes(data[:whole]), dtype="<i2").reshape(-1, self.channels).T
+                yield torch.from_numpy(pcm.astype(np.float32) / PCM_SCALE)
+            if len(data) < want:
+                return
+
+    def check_complete(self) -> None:
+        """Raise :class:`InputError` if the stream ended inside a sample frame (after its samples were used)."""
+        if self.stray:
+            raise InputError(f"stdin: the stream ends inside a sample frame ({self.stray} stray bytes); every "
+                             "complete sample and the stream's flush were written")
 
 
 def microphone_chunks(size: int, channels: int = 1) -> Iterator[torch.Tensor]:
@@ -400,7 +413,7 @@ def infer(options: InferOptions) -> int:
     if options.input in ("-", "mic"):
         live = options.input == "mic"
         channels = 1 if live else options.stdin_channels
-        chunks = microphone_chunks(size, channels) if live else pcm_chunks(sys.stdin.buffer, size, channels)
+        chunks = microphone_chunks(size, channels) if live else PcmChunks(sys.stdin.buffer, size, channels)
         target = options.output or ("speaker" if live else "-")
         if target == "speaker":
             writer = SpeakerWriter(channels)
@@ -416,6 +429,8 @@ def infer(options: InferOptions) -> int:
         else:
             with atomic_audio_file(target, channels, options.subtype) as write:
                 stream_through(stream, chunks, write, stats=total)
+        if isinstance(chunks, PcmChunks):
+            chunks.check_complete()
     else:
         source = Path(options.input)
         if source.is_dir():

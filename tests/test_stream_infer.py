@@ -208,6 +208,22 @@ def test_stdin_pcm_to_stdout_pcm(tmp_path):
     assert b"real-time factor" in done.stderr
 
 
+def test_stdin_ending_inside_a_sample_keeps_every_complete_sample_and_the_flush(tmp_path):
+    """8,000 samples and one stray byte: all 8,000 enhanced samples (the stream's flush included, look-ahead 2)
+    come out before the one-line error."""
+    pcm = np.round(noisy(0.5)[:, 0] * 32767).astype("<i2")
+    tiny = ["model.depth=2", "model.channels=[2,3]", "model.lookahead=2"]
+    done = run_script("input=-", "chunk=1024", *tiny, stdin=pcm.tobytes() + b"\x01")
+    assert done.returncode == 1
+    assert done.stderr.decode().strip().splitlines()[-1].startswith(
+        "error: stdin: the stream ends inside a sample frame (1 stray bytes); every complete sample")
+    out = np.frombuffer(done.stdout, dtype="<i2")
+    opts = options(tmp_path, input="-", model={**TINY, "lookahead": 2})
+    expected = offline(opts, (pcm.astype(np.float32) / 32768)[None])[0] * 32768
+    assert out.shape == expected.shape == (8000,)
+    assert np.abs(out - expected).max() <= 1
+
+
 def test_missing_file_is_one_line(tmp_path):
     done = run_script(f"input={tmp_path}/nowhere.wav")
     assert done.returncode == 1
