@@ -14,6 +14,7 @@ from stmc.native import NativeOffline
 from tests.randmodel import split_points, unets
 
 
+@pytest.mark.compiler
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(model=unets(), batch=st.integers(1, 3), data=st.data())
 def test_native_and_ops_streams_keep_the_same_state_and_can_swap_it(model, batch, data):
@@ -35,6 +36,7 @@ def test_native_and_ops_streams_keep_the_same_state_and_can_swap_it(model, batch
     torch.testing.assert_close(fast.flush(), ops.flush(), atol=1e-5, rtol=0)
 
 
+@pytest.mark.compiler
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(model=unets(), frames=st.integers(1, 24))
 def test_native_offline_equals_the_model(model, frames):
@@ -45,6 +47,7 @@ def test_native_offline_equals_the_model(model, frames):
     assert offline.macs > 0
 
 
+@pytest.mark.compiler
 def test_default_stmc_stream_is_native_where_it_can_run():
     model = stmc.UNet(depth=2, channels=[2, 2], n_freq=5).eval()
     assert native.unavailable() is None  # CI and the dev machines have a C++ compiler
@@ -98,7 +101,7 @@ def bad_states(state: list[torch.Tensor]) -> dict[str, tuple[list[torch.Tensor],
     }
 
 
-@pytest.mark.parametrize("native_step", [True, False], ids=["native", "ops"])
+@pytest.mark.parametrize("native_step", [pytest.param(True, marks=pytest.mark.compiler), False], ids=["native", "ops"])
 @pytest.mark.parametrize("case", ["one frame short", "float64", "one tensor short", "time as float", "not a list"])
 def test_set_state_refuses_a_wrong_state_before_anything_reads_it(native_step, case):
     """A wrong state is a ValueError naming the tensor and the expected shape and dtype; the stream keeps its
@@ -114,6 +117,7 @@ def test_set_state_refuses_a_wrong_state_before_anything_reads_it(native_step, c
     torch.testing.assert_close(stream.flush(), reference.flush())
 
 
+@pytest.mark.compiler
 def test_native_binding_checks_its_buffers():
     model = stmc.UNet(width=0.25).eval()
     stream = stmc.streaming(model, native=True)

@@ -90,10 +90,18 @@ def test_size_figure_times_every_width_and_takes_si_snri_from_the_trained_ones(t
     assert len(read_csv(tmp_path / "fig/size.csv")) == 3
 
 
-def test_speed_table_rows_ratios_and_files(tmp_path):
+@pytest.fixture(scope="module")
+def speed_doc(tmp_path_factory):
+    """One small speed-table run (on synthetic results) and the folder it wrote into."""
+    tmp_path = tmp_path_factory.mktemp("speed")
     synthetic_results(tmp_path / "eval", [(0, 1.0, 0, 3.0), (0, 1.0, 1, 4.0)])
     doc = speed_table.main(["--results", str(tmp_path / "eval"), "--out", str(tmp_path), "--rounds", "1",
                             "--hops", "3", "--frames", "16", "--onnx"])
+    return doc, tmp_path
+
+
+def test_speed_table_rows_ratios_and_files(speed_doc):
+    doc, tmp_path = speed_doc
     rows = {(r["model"], r["method"]): r for r in doc["rows"]}
     causal, noncausal = rows[("causal", "stmc")], rows[("non-causal", "stmc")]
     assert causal["si_snri_db"] == pytest.approx(3.5) and causal["si_snri_models"] == 2
@@ -111,13 +119,20 @@ def test_speed_table_rows_ratios_and_files(tmp_path):
     assert "| causal | STMC (tSTMC) | 3.50 (n=2) | 64 |" in (tmp_path / "speed_table.md").read_text()
     onnx = rows[("causal", "stmc (onnxruntime)")]
     assert onnx["label"] == "STMC (tSTMC), onnxruntime" and onnx["macs_per_hop_m"] is None and onnx["timed_steps"] == 3
+    assert json.loads((tmp_path / "speed_table.json").read_text())["ratios"][1]["model"] == "non-causal"
+
+
+@pytest.mark.compiler
+def test_speed_table_has_the_engine_on_pytorch_ops_beside_the_native_step(speed_doc):
+    doc, tmp_path = speed_doc
+    rows = {(r["model"], r["method"]): r for r in doc["rows"]}
+    causal, ratio = rows[("causal", "stmc")], doc["ratios"][0]
     ops = rows[("causal", "stmc (PyTorch ops)")]  # the engine without its native step, as INC and window run
     assert ops["label"] == "STMC (tSTMC), PyTorch ops" and ops["macs_per_hop_m"] == causal["macs_per_hop_m"]
     assert ratio["compute latency INC÷STMC (PyTorch ops)"] == pytest.approx(
         rows[("causal", "inc")]["compute_latency_ms"] / ops["compute_latency_ms"]
     )
     assert len(read_csv(tmp_path / "speed_table.csv")) == 12  # 2 x (3 streams, PyTorch ops, onnxruntime, floor)
-    assert json.loads((tmp_path / "speed_table.json").read_text())["ratios"][1]["model"] == "non-causal"
 
 
 def parse(argv: list[str]) -> dict[str, object]:
@@ -177,6 +192,7 @@ def test_hydra_quoting_keeps_paths_whole(path):
     assert parse([f"hydra.run.dir={reproduce.quote(path)}"])["hydra.run.dir"] == path
 
 
+@pytest.mark.compiler
 def test_gemm_kernels_times_the_hops_own_gemms():
     """The shapes are the hop's: their MACs add up to the offline MACs per frame of the inference layers the
     streams run (the trainable module's transposed convolutions also compute the frames they crop); both kernels

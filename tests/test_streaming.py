@@ -21,12 +21,15 @@ def stream_all(stream: stmc.streaming, spec: torch.Tensor, sizes: list[int]) -> 
     return torch.cat(outs + [stream.flush()], -1)
 
 
-# every engine: STMC with its native step and on PyTorch operators, INC, window
-ENGINES = [("stmc", True), ("stmc", False), ("inc", None), ("window", None)]
+# every engine: STMC with its native step and on PyTorch operators, INC, window (each a quarter of the examples)
+ENGINES = [pytest.param(("stmc", True), marks=pytest.mark.compiler, id="stmc-native"),
+           pytest.param(("stmc", False), id="stmc-ops"), pytest.param(("inc", None), id="inc"),
+           pytest.param(("window", None), id="window")]
 
 
-@PROPERTY
-@given(model=unets(), engine=st.sampled_from(ENGINES), batch=st.integers(1, 3), data=st.data())
+@pytest.mark.parametrize("engine", ENGINES)
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(model=unets(), batch=st.integers(1, 3), data=st.data())
 def test_stream_then_flush_equals_offline(model, engine, batch, data):
     method, native = engine
     frames = data.draw(st.integers(0, 40))
@@ -144,6 +147,7 @@ def test_stream_reads_new_weights_at_reset():
 
 
 @pytest.mark.slow
+@pytest.mark.compiler
 def test_compiled_stream_equals_offline():
     model = randomise_norms(stmc.UNet(depth=3, lookahead=2, channels=[2, 3, 4], n_freq=17), 0)
     spec = torch.randn(1, 2, 17, 12)
@@ -152,6 +156,7 @@ def test_compiled_stream_equals_offline():
     torch.testing.assert_close(out, model(spec), atol=1e-5, rtol=0)
 
 
+@pytest.mark.compiler
 @pytest.mark.parametrize("lookahead", [0, 7, 14])
 def test_stmc_step_does_no_redundant_work(lookahead):
     """Counted MACs of one steady-state STMC hop equal offline MACs divided by the frames: on PyTorch operators
