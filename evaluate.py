@@ -16,10 +16,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from data.datamodule import original_cwd
+from stmc.chunk import parse_chunk
 from stmc.enhancer import Enhancer
 from stmc.evaluation import (
     Settings,
-    chunk_samples,
     evaluate,
     find_checkpoints,
     headline_table,
@@ -43,8 +43,8 @@ def run(cfg: DictConfig) -> Path:
     torch.set_num_threads(int(cfg.threads))
     out = Path(HydraConfig.get().runtime.output_dir)
     paths = [p if Path(p).is_absolute() else original_cwd() / p for p in as_list(cfg.checkpoints)]
+    settings = Settings(tuple(as_list(cfg.methods)), tuple(as_list(cfg.metrics)), parse_chunk(cfg.chunk))
     checkpoints = find_checkpoints(paths, cfg.select, cfg.newest)
-    settings = Settings(tuple(as_list(cfg.methods)), tuple(as_list(cfg.metrics)), chunk_samples(cfg.chunk))
     datamodule = instantiate(cfg.data, _convert_="all")
     items = load_items(datamodule, cfg.stage, as_list(cfg.splits) or None, cfg.max_items)
     log.info("%d checkpoint(s) x %d utterances -> %s", len(checkpoints), len(items), out)

@@ -2,7 +2,7 @@
 
 Everything happens in :func:`stmc.realtime.infer`; this file only handles the command line (configs/stream_infer.yaml).
 Logs go to stderr, so that ``output=-`` leaves stdout to the audio. A bad input or checkpoint is reported on one
-line; the exit status is 1 if any input failed.
+line; the exit status is 1 if any input failed, 2 for a mistake in the settings (e.g. ``chunk``).
 """
 
 import logging
@@ -11,6 +11,7 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from stmc.errors import ConfigError
 from stmc.realtime import InferOptions, infer
 
 
@@ -23,7 +24,10 @@ def main(cfg: DictConfig) -> None:
     options = InferOptions(**OmegaConf.to_container(cfg, resolve=True))
     try:
         status = infer(options)
-    except ValueError as err:  # bad input, checkpoint or option: one line, no traceback
+    except ConfigError as err:  # a mistake in the settings: status 2, as in train.py and evaluate.py
+        print(f"error: {err}", file=sys.stderr)
+        status = 2
+    except ValueError as err:  # bad input or checkpoint: one line, no traceback
         print(f"error: {err}", file=sys.stderr)
         status = 1
     sys.exit(status)

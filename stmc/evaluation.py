@@ -65,28 +65,6 @@ Row = dict[str, Any]  # the scores of one signal (method or baseline) on one utt
 
 
 # -- settings --
-def chunk_samples(chunk: int | str) -> int:
-    """A chunk size in samples from ``4`` or ``"4"`` (hops of 256 samples), ``"20ms"``, ``"1000samples"``.
-
-    Any positive length is allowed: the stream takes chunks of any size, not only multiples of the hop.
-    """
-    text = str(chunk).strip().lower().replace(" ", "")
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|samples?|frames?|hops?|)", text)
-    if match is None:
-        raise ValueError(f"chunk={chunk!r}: expected frames (e.g. 4 or 4frames), milliseconds (20ms) or samples "
-                         f"(1000samples)")
-    value, unit = float(match.group(1)), match.group(2)
-    if unit == "ms":
-        samples = value * SAMPLE_RATE / 1000
-    elif unit.startswith("sample"):
-        samples = value
-    else:
-        samples = value * HOP
-    if samples < 1 or samples != int(samples):
-        raise ValueError(f"chunk={chunk!r} is {samples} samples; it must be a whole number of samples >= 1")
-    return int(samples)
-
-
 @dataclass(frozen=True)
 class Settings:
     """What is computed for every utterance: inference ``methods`` (``offline`` and streams), ``metrics``."""

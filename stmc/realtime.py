@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import queue
-import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -35,6 +34,7 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
+from stmc.chunk import parse_chunk
 from stmc.enhancer import Enhancer, EnhancerStream
 from stmc.io import atomic_audio_file
 from stmc.stft import SAMPLE_RATE
@@ -51,21 +51,6 @@ class InputError(ValueError):
 
 
 # -- chunk sizes --
-def parse_chunk(value: int | str, rate: int = SAMPLE_RATE) -> int:
-    """A chunk size in samples: ``320``, ``"320"``, ``"20ms"`` or ``"0.02s"`` (any value of at least 1 sample)."""
-    text = str(value).strip().lower()
-    match = re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+)\s*(ms|s)?", text)
-    if match is None:
-        raise ValueError(f"chunk={value!r}: give samples (320) or a duration (20ms, 0.02s)")
-    number, unit = float(match.group(1)), match.group(2)
-    if unit is None and not number.is_integer():
-        raise ValueError(f"chunk={value!r}: a chunk in samples must be a whole number")
-    samples = round(number * rate / {None: rate, "ms": 1000, "s": 1}[unit])
-    if samples < 1:
-        raise ValueError(f"chunk={value!r} is shorter than one sample at {rate} Hz")
-    return samples
-
-
 # -- reading --
 def check_finite(audio: np.ndarray, name: str, rate: int, offset: int = 0) -> None:
     """Raise :class:`InputError` naming the first non-finite sample of ``audio [channels, samples]``."""

@@ -27,6 +27,7 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from stmc.enhancer import CHECKPOINT_KEY, read_checkpoint
+from stmc.errors import ConfigError
 from stmc.lightning import NonFiniteLossError
 from stmc.unet import UNet
 
@@ -34,10 +35,6 @@ log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 LAST = "last"
-
-
-class ConfigError(ValueError):
-    """A configuration mistake found before training; the message is one line naming the key."""
 
 
 class TrainingStopped(RuntimeError):

@@ -20,7 +20,6 @@ import stmc
 from data.synthetic import demo_like_tree, speechlike
 from stmc.evaluation import (
     Settings,
-    chunk_samples,
     evaluate_utterance,
     find_checkpoints,
     mean_ci,
@@ -50,16 +49,6 @@ def tiny_checkpoint(path: Path, lookahead: int = 0, seed: int = 0, width: float 
     torch.save({"stmc": {"model_config": model.config, "run_config": {"seed": seed}}, "global_step": 7,
                 "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, path)
     return path
-
-
-def test_chunk_sizes_in_frames_ms_and_samples():
-    assert chunk_samples(1) == 256
-    assert chunk_samples("4") == chunk_samples("4frames") == chunk_samples("4 hops") == 1024
-    assert chunk_samples("20ms") == 320
-    assert chunk_samples("1000samples") == chunk_samples("1000 sample") == 1000
-    for bad in ("0", "0.01ms", "ten", "3.5samples", "-2"):
-        with pytest.raises(ValueError, match="chunk"):
-            chunk_samples(bad)
 
 
 def test_mean_ci_is_the_student_t_interval_and_leaves_out_nan():
