@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import math
 import os
 import platform
 import shutil
@@ -125,7 +126,49 @@ def _load() -> ctypes.CDLL | str:
     pointer = ctypes.c_void_p
     library.stmc_step.argtypes = [ctypes.POINTER(StepSpec), pointer, pointer, pointer, pointer, ctypes.c_int64]
     library.stmc_step.argtypes += [pointer, pointer]
+    library.stmc_gemm.restype = ctypes.c_char_p
+    library.stmc_gemm.argtypes = [ctypes.c_int64] * 3 + [pointer] * 3
     return library
+
+
+class KernelMismatch(RuntimeError):
+    """The native GEMM disagreed with ``torch.mm`` on a shape the step would use (see :func:`gemm_mismatch`)."""
+
+
+def reference_gemm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """What the native GEMM must equal."""
+    return torch.mm(x, w)
+
+
+_CHECKED: dict[tuple[int, int, int], str | None] = {}
+
+
+def gemm_mismatch(shapes: list[tuple[int, int, int]]) -> str | None:
+    """Why the native GEMM cannot be trusted on one of these ``(rows, cols, inner)`` shapes, or None.
+
+    The step binds an internal libtorch function by a hand-written prototype; a torch release that changed its
+    meaning under the same name would compute wrong audio silently. So each distinct shape is checked once per
+    process: seeded random operands through the step's own GEMM path against :func:`reference_gemm`.
+    """
+    library = _load()
+    if isinstance(library, str):
+        return library
+    for shape in dict.fromkeys(shapes):
+        if shape not in _CHECKED:
+            rows, cols, inner = shape
+            generator = torch.Generator().manual_seed(0)
+            x, w = torch.randn(rows, inner, generator=generator), torch.randn(inner, cols, generator=generator)
+            y = torch.full((rows, cols), math.nan)  # a kernel that accumulated into its output would show
+            error = library.stmc_gemm(rows, cols, inner, x.data_ptr(), w.data_ptr(), y.data_ptr())
+            expected = reference_gemm(x, w)
+            worst = float((y - expected).abs().max()) if error is None else math.inf
+            tolerance = 1e-4 * math.sqrt(inner) * max(1.0, float(expected.abs().max()))
+            _CHECKED[shape] = None if worst <= tolerance else (
+                f"its GEMM ({rows} x {inner} @ {inner} x {cols}) differs from torch.mm by {worst:.3g}"
+                f"{f' ({error.decode(errors=chr(63))})' if error is not None else ''}")
+        if _CHECKED[shape] is not None:
+            return _CHECKED[shape]
+    return None
 
 
 def unavailable() -> str | None:
@@ -175,7 +218,7 @@ class NativeGraph:
         self.matrices = [gemm_matrix(layer) for layer in layers]
         shapes = [model.input_shape(k) for k in range(len(layers))]  # (channels, bins)
         skips = {source: target for target, source in model.joins.items()}
-        specs, cols, spread = [], 1, 1
+        specs, cols, spread, gemms = [], 1, 1, []
         for k, layer in enumerate(layers):
             channels, bins = shapes[k]
             out_bins = (bins - 1) * FREQ_STRIDE + 1 if layer.transposed else (bins - 1) // FREQ_STRIDE + 1
@@ -206,8 +249,13 @@ class NativeGraph:
             if layer.transposed:
                 cols = max(cols, rows * bins * layer.taps * channels)
                 spread = max(spread, rows * bins * FREQ_KERNEL * layer.out_channels)
+                gemms.append((rows * bins, FREQ_KERNEL * layer.out_channels, layer.taps * channels))
             else:
                 cols = max(cols, rows * out_bins * layer.taps * FREQ_KERNEL * channels)
+                gemms.append((rows * out_bins, layer.out_channels, layer.taps * FREQ_KERNEL * channels))
+        mismatch = gemm_mismatch(gemms)
+        if mismatch is not None:
+            raise KernelMismatch(f"the native STMC step is not used: {mismatch}")
         self.cols, self.spread = torch.zeros(cols), torch.zeros(spread)
         self.specs = (LayerSpec * len(specs))(*specs)
         self.spec = StepSpec(

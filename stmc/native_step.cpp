@@ -257,5 +257,22 @@ const char* stmc_step(StepSpec* S, const float* spec, const int64_t* ss, float* 
   return nullptr;
 }
 
+// y[rows, cols] = x[rows, inner] @ w[inner, cols] through the step's own GEMM path, so that Python can check
+// the kernel against torch.mm for each shape the step will use (stmc.native.gemm_mismatch). Returns null or the
+// message of an exception.
+const char* stmc_gemm(int64_t rows, int64_t cols, int64_t inner, const float* x, const float* w, float* y) {
+  static thread_local char message[512];
+  int64_t macs = 0;
+  try {
+    gemm(rows, cols, inner, x, inner, w, y, cols, &macs);
+  } catch (const std::exception& error) {
+    std::strncpy(message, error.what(), sizeof(message) - 1);
+    return message;
+  } catch (...) {
+    return "unknown C++ exception";
+  }
+  return nullptr;
+}
+
 }  // extern "C"
 

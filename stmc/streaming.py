@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stmc.layers import FrozenLayer
-from stmc.native import NativeStep
+from stmc.native import KernelMismatch, NativeStep
 from stmc.native import unavailable as native_unavailable
 from stmc.unet import UNet
 
@@ -272,7 +272,12 @@ class STMCStream(Stream):
         if self.native_step is None or not self.native_step.binds(self.layers, self.state):
             self.state = [tensor.contiguous() for tensor in self.state]
             self.time = self.time.contiguous()
-            self.native_step = NativeStep(self.model, self.layers, self.state, self.batch)
+            try:
+                self.native_step = NativeStep(self.model, self.layers, self.state, self.batch)
+            except KernelMismatch as err:  # never silently wrong: the operators compute the same state
+                warn_once(f"STMC streams use PyTorch operators (slower per hop): {err}")
+                self.native = False
+                return self.advance_ops(chunk)
         out = self.native_step(chunk, self.time, self.end)
         self.time = self.time + chunk.shape[-1]
         return out

@@ -128,3 +128,22 @@ def test_native_binding_checks_its_buffers():
     transposed = state[0].transpose(2, 3).contiguous().transpose(2, 3)
     with pytest.raises(ValueError, match=r"\(not contiguous\)"):
         native.NativeStep(model, stream.layers, [transposed, *state[1:]], 2)
+
+
+@pytest.mark.compiler
+def test_a_native_gemm_that_disagrees_with_torch_means_the_operator_engine(monkeypatch):
+    """Each GEMM shape the step uses is checked once against torch.mm; a mismatch (here: torch.mm made to
+    disagree) gives a warning naming the shape, and the stream goes on exactly on PyTorch operators."""
+    model = stmc.UNet(depth=2, channels=[2, 3], n_freq=17, lookahead=1).eval()
+    spec = torch.randn(1, 2, 17, 9)
+    monkeypatch.setattr(native, "_CHECKED", {})
+    monkeypatch.setattr(native, "reference_gemm", lambda x, w: torch.mm(x, w) + 1.0)
+    stream = stmc.streaming(model, native=None)
+    assert stream.native
+    with pytest.warns(UserWarning, match=r"not used: its GEMM \(\d+ x \d+ @ \d+ x \d+\) differs from torch.mm"):
+        out = torch.cat([stream(spec[..., :4]), stream(spec[..., 4:]), stream.flush()], -1)
+    assert not stream.native and stream.native_step is None
+    torch.testing.assert_close(out, model(spec), atol=1e-5, rtol=0)
+    monkeypatch.setattr(native, "_CHECKED", {})
+    monkeypatch.setattr(native, "reference_gemm", torch.mm)
+    assert native.gemm_mismatch([(7, 5, 11), (1, 3, 40)]) is None  # the real kernel agrees
