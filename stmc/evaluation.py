@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 import os
 import re
@@ -46,6 +47,8 @@ from stmc.io import atomic_write
 from stmc.metrics import si_snr, si_snri
 from stmc.stft import HOP, SAMPLE_RATE
 from stmc.streaming import METHODS
+
+log = logging.getLogger(__name__)
 
 OFFLINE = "offline"
 BASELINES = ("mixture", "wiener")
@@ -132,6 +135,8 @@ def _pick(folder: Path, select: str) -> Path | None:
         return last
     if best:
         return best[-1]
+    if select == "best" and last.is_file():
+        log.warning("select=best: %s has no best checkpoint (no validation ran); using last.ckpt", folder.parent)
     return last if last.is_file() else None
 
 

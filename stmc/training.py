@@ -24,7 +24,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from stmc.enhancer import CHECKPOINT_KEY, read_checkpoint
 from stmc.errors import ConfigError
@@ -278,6 +278,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     ckpt_path = resolve_checkpoint(cfg.get("ckpt_path"), output_dir, search_siblings=not multirun)
     if ckpt_path:
         check_resumable(ckpt_path, model)
+        run_folder = Path(ckpt_path).parent.parent
+        if Path(ckpt_path).parent.name == "checkpoints" and run_folder.resolve() != output_dir.resolve():
+            # continue in the run's own folder: one run, one folder of checkpoints (what evaluate.py counts)
+            log.info("resuming run %s there (this invocation's config and log: %s)", run_folder, output_dir)
+            output_dir = run_folder
+            with open_dict(cfg):
+                cfg.paths.output_dir = str(run_folder)
 
     run_config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
     module = instantiate(cfg.module, model=model)

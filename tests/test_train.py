@@ -277,3 +277,14 @@ def test_resuming_with_another_model_or_an_unreadable_file_is_a_config_error(cor
     with pytest.raises(ConfigError, match=unreadable) as err:
         train(compose_train(tiny_run(corpus, tmp_path / "c", f"ckpt_path={garbage}")))
     assert "weights_only=False" not in str(err.value)
+
+
+def test_a_resumed_run_continues_in_its_own_folder(corpus, tmp_path):
+    """Resuming another folder's checkpoint writes the new checkpoints next to the old ones, so that the run is
+    one folder of checkpoints (evaluate.py counts one model per run), not two."""
+    first = tmp_path / "2026-12-01_10-00-00"
+    train(compose_train(tiny_run(corpus, first, "model.width=0.25")))
+    again = tmp_path / "2026-12-01_11-00-00"
+    train(compose_train(tiny_run(corpus, again, "model.width=0.25", "trainer.max_steps=2", "ckpt_path=last")))
+    assert torch.load(checkpoint(first, "last"), weights_only=True)["global_step"] == 2
+    assert not (again / "checkpoints").exists()
