@@ -92,13 +92,10 @@ def read_checkpoint(path: str | Path, map_location: str = "cpu") -> dict:
         raise ValueError(f"checkpoint {path} does not exist")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # torch raises several types for corrupt or unsafe files
-        if "weights_only" in str(err) or "Unpickl" in type(err).__name__:
-            raise ValueError(f"cannot read checkpoint {path}: torch cannot load it safely (corrupt, another format, "
-                             "or more than tensors and plain values in it); it is not unpickled, so no code in it "
-                             "runs") from None
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"cannot read checkpoint {path}: not a PyTorch checkpoint, or corrupt ({reason})") from None
+    except Exception:  # torch raises many types for corrupt, foreign or unsafe files; its advice to unpickle is wrong
+        raise ValueError(f"cannot read checkpoint {path}: torch cannot load it safely (corrupt, another format, or "
+                         "more than tensors and plain values in it); it is not unpickled, so no code in it runs"
+                         ) from None
     meta = ckpt.get(CHECKPOINT_KEY) if isinstance(ckpt, dict) else None
     if not isinstance(meta, dict) or "model_config" not in meta:
         raise ValueError(f"{path} is not an STMC checkpoint (no '{CHECKPOINT_KEY}' entry)")

@@ -183,15 +183,31 @@ def test_vctk_layout_holds_out_speakers(tmp_path):
     assert abs(test["snr"][0] - native_snr) < 1.0  # measured from the pair after resampling
 
 
-def test_dns_layout_mixes_and_holds_out_readers(tmp_path):
+def dns_tree(root: Path) -> None:
+    """DNS Challenge layout: 4 readers x 2 clean utterances, 4 noise files, one synthetic test pair."""
     for r in range(4):
         for u in range(2):
-            write(tmp_path / f"datasets/clean/book_0001_chp_01_reader_{r:05d}_{u}.wav", speechlike(1.0, 10 * r + u))
+            write(root / f"datasets/clean/book_0001_chp_01_reader_{r:05d}_{u}.wav", speechlike(1.0, 10 * r + u))
     for k in range(4):
-        write(tmp_path / f"datasets/noise/noise_{k}.wav", speechlike(1.0, 90 + k))
-    base = tmp_path / "datasets/test_set/synthetic/no_reverb"
+        write(root / f"datasets/noise/noise_{k}.wav", speechlike(1.0, 90 + k))
+    base = root / "datasets/test_set/synthetic/no_reverb"
     write(base / "clean/clean_fileid_0.wav", speechlike(0.5, 7))
     write(base / "noisy/book_x_snr3_fileid_0.wav", speechlike(0.5, 8))
+
+
+def folders_tree(root: Path) -> None:
+    """The `folders` layout: train clean + noise, a paired test set."""
+    for i in range(4):
+        write(root / "train/clean" / f"s{i}.wav", speechlike(1.5, 400 + i))
+        write(root / "train/noise" / f"n{i}.wav", speechlike(1.0, 500 + i))
+    for i in range(2):
+        clean = speechlike(0.5, 600 + i)
+        write(root / "test/clean" / f"t{i}.wav", clean)
+        write(root / "test/noisy" / f"t{i}.wav", clean + speechlike(0.5, 610 + i))
+
+
+def test_dns_layout_mixes_and_holds_out_readers(tmp_path):
+    dns_tree(tmp_path)
     with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
         cfg = compose(config_name="dns", overrides=[f"root={tmp_path}", "val_fraction=0.25", "num_workers=0",
                                                     "segment_seconds=0.25"])

@@ -288,3 +288,16 @@ def test_a_resumed_run_continues_in_its_own_folder(corpus, tmp_path):
     train(compose_train(tiny_run(corpus, again, "model.width=0.25", "trainer.max_steps=2", "ckpt_path=last")))
     assert torch.load(checkpoint(first, "last"), weights_only=True)["global_step"] == 2
     assert not (again / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("name", ["demo", "dns", "vctk_demand", "folders"])
+def test_every_data_option_fits_one_step(name, tmp_path):
+    """Each documented data option trains on a tiny tree in its layout, not only composes."""
+    from tests.test_data_folders import dns_tree, folders_tree, vctk_tree
+
+    root = tmp_path / "corpus"
+    {"demo": demo_like_tree, "dns": dns_tree, "vctk_demand": vctk_tree, "folders": folders_tree}[name](root)
+    extra = [] if name == "demo" else ["data.val_fraction=0.25"]
+    metrics = train(compose_train(tiny_run(root, tmp_path / "run", f"data={name}", "data.num_workers=0",
+                                           "model.width=0.25", *extra)))
+    assert math.isfinite(metrics["train/loss"])

@@ -191,3 +191,11 @@ def test_busy_cores_reads_the_runnable_tasks():
     from stmc import training
 
     assert training.busy_cores(samples=2, interval=0.01) >= 0
+
+
+def test_a_config_mistake_leaves_no_empty_run_folder(tmp_path):
+    run = subprocess.run([sys.executable, "train.py", "data.batch_size=0", f"hydra.run.dir={tmp_path / 'run'}"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == ["error: data.batch_size=0 must be a positive integer"]
+    assert not (tmp_path / "run").exists()
