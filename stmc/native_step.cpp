@@ -236,43 +236,40 @@ void run(StepSpec& S, const float* spec, const int64_t* ss, float* out, const in
   }
 }
 
+// Runs `body`, turning a C++ exception into its message (exceptions must not cross into the caller): null when
+// it returned normally.
+template <class Body>
+const char* guarded(Body&& body) {
+  static thread_local char message[512];
+  try {
+    body();
+  } catch (const std::exception& error) {
+    std::strncpy(message, error.what(), sizeof(message) - 1);
+    return message;
+  } catch (...) {
+    return "unknown C++ exception";
+  }
+  return nullptr;
+}
+
 }  // namespace
 
 extern "C" {
 
 // spec [B, 2, F, frames] and out [B, 2, F, frames] with element strides ss / os; time [B]: frames each stream
 // has seen before this chunk; end [B] (or null): each stream's length, during flush. Returns null, or the
-// message of an exception from the GEMM (exceptions must not cross into the caller).
+// message of an exception from the GEMM.
 const char* stmc_step(StepSpec* S, const float* spec, const int64_t* ss, float* out, const int64_t* os,
                       int64_t frames, const int64_t* time, const int64_t* end) {
-  static thread_local char message[512];
-  try {
-    run(*S, spec, ss, out, os, frames, time, end);
-  } catch (const std::exception& error) {
-    std::strncpy(message, error.what(), sizeof(message) - 1);
-    return message;
-  } catch (...) {
-    return "unknown C++ exception";
-  }
-  return nullptr;
+  return guarded([&] { run(*S, spec, ss, out, os, frames, time, end); });
 }
 
 // y[rows, cols] = x[rows, inner] @ w[inner, cols] through the step's own GEMM path, so that Python can check
 // the kernel against torch.mm for each shape the step will use (stmc.native.gemm_mismatch). Returns null or the
 // message of an exception.
 const char* stmc_gemm(int64_t rows, int64_t cols, int64_t inner, const float* x, const float* w, float* y) {
-  static thread_local char message[512];
   int64_t macs = 0;
-  try {
-    gemm(rows, cols, inner, x, inner, w, y, cols, &macs);
-  } catch (const std::exception& error) {
-    std::strncpy(message, error.what(), sizeof(message) - 1);
-    return message;
-  } catch (...) {
-    return "unknown C++ exception";
-  }
-  return nullptr;
+  return guarded([&] { gemm(rows, cols, inner, x, inner, w, y, cols, &macs); });
 }
 
 }  // extern "C"
-
