@@ -51,10 +51,13 @@ class Enhancer(nn.Module):
         return self.model.layers[0].conv.weight.dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, N]`` noisy waveform -> ``[B, N]`` enhanced waveform."""
+        """``[B, N]`` noisy waveform -> ``[B, N]`` enhanced waveform (without gradients, the network runs in windows
+        of ``stmc.unet.WINDOW_FRAMES`` frames: memory bounded on long inputs, the same output)."""
         check_waveform(x, self.dtype)
         spec = self.stft.stft(x)
-        mask = self.model(to_channels(spec))
+        features = to_channels(spec)
+        # inference: in windows, so that memory stays bounded on long inputs (the same output)
+        mask = self.model(features) if torch.is_grad_enabled() else self.model.windowed(features)
         return self.stft.istft(apply_mask(mask, spec), x.shape[-1])
 
     def stream(self, method: str = "stmc", compile: bool = False) -> EnhancerStream:

@@ -18,6 +18,7 @@ from stmc.layers import FREQ_STRIDE, FrozenLayer, TemporalLayer, from_frames, to
 
 DEFAULT_CHANNELS = (16, 32, 48, 64, 96, 128, 160)
 PLACEMENTS = ("first", "last", "spread")
+WINDOW_FRAMES = 1024  # offline inference of long inputs in windows of this many frames (16 s): see UNet.windowed
 
 Apply = Callable[[int, torch.Tensor], torch.Tensor]
 Join = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -174,6 +175,22 @@ class UNet(nn.Module):
             return torch.zeros_like(spec)
 
         return self.bound(self.walk(self.features(spec), lambda k, h: self.layers[k](h), concat_skip))
+
+    def windowed(self, spec: torch.Tensor, frames: int = WINDOW_FRAMES) -> torch.Tensor:
+        """``self(spec)`` computed ``frames`` output frames at a time, each window widened by the receptive field on
+        both sides: every output frame still sees all of its receptive field (zero padding only where the sequence
+        itself ends), so the output is the same, while the activations held at once scale with the window instead
+        of the sequence (a 10-minute utterance is 37,500 frames). For inference; training uses ``self(spec)``."""
+        total = spec.shape[-1]
+        if total <= frames:
+            return self(spec)
+        past, future = self.receptive_field
+        outs = []
+        for start in range(0, total, frames):
+            stop = min(total, start + frames)
+            low, high = max(0, start - past), min(total, stop + future)
+            outs.append(self(spec[..., low:high])[..., start - low : stop - low])
+        return torch.cat(outs, -1)
 
     def frozen(self) -> list[FrozenLayer]:
         """Inference form of every layer (BatchNorm folded), in chain order."""

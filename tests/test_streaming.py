@@ -179,3 +179,15 @@ def test_stmc_step_does_no_redundant_work(lookahead):
     inc = stmc.streaming(model, "inc")
     inc(spec[..., :frames])
     assert count_macs(lambda: inc(spec[..., frames:])) > 2 * per_hop  # INC recomputes inside the receptive field
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(model=unets(), data=st.data())
+def test_windowed_offline_inference_equals_the_whole_sequence(model, data):
+    """Offline inference in windows widened by the receptive field (what bounds evaluation memory on long
+    utterances) gives the whole-sequence output, for any window length."""
+    frames = data.draw(st.integers(1, 60))
+    window = data.draw(st.integers(1, 20))
+    spec = torch.randn(2, 2, model.n_freq, frames)
+    with torch.no_grad():
+        torch.testing.assert_close(model.windowed(spec, window), model(spec), atol=1e-5, rtol=0)
