@@ -301,3 +301,11 @@ def test_every_data_option_fits_one_step(name, tmp_path):
     metrics = train(compose_train(tiny_run(root, tmp_path / "run", f"data={name}", "data.num_workers=0",
                                            "model.width=0.25", *extra)))
     assert math.isfinite(metrics["train/loss"])
+
+
+@pytest.mark.parametrize("trainer", ["cpu", "default"])
+def test_every_cpu_trainer_option_fits_one_step(trainer, corpus, tmp_path):
+    """The trainer options that run on a CPU train (gpu needs a GPU: scripts/gpu_check.py; ddp on 2 CPU
+    processes is the slow test above)."""
+    metrics = train(compose_train(tiny_run(corpus, tmp_path, f"trainer={trainer}", "model.width=0.25")))
+    assert math.isfinite(metrics["train/loss"])
