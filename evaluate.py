@@ -26,8 +26,10 @@ from stmc.evaluation import (
     load_items,
     write_examples,
 )
+from stmc.io import atomic_write
 
 log = logging.getLogger("evaluate")
+JOURNAL = "evaluation.partial.jsonl"  # the utterance evaluations an interrupted run finished (resume=true)
 
 
 def as_list(value: object) -> list:
@@ -56,8 +58,13 @@ def run(cfg: DictConfig) -> Path:
 
     describe = {"test_set": f"{cfg.data.get('_target_', '').rsplit('.', 1)[-1]} root={cfg.data.get('root')} "
                             f"stage={cfg.stage} splits={as_list(cfg.splits) or 'all'}"}
-    evaluation = evaluate(checkpoints, items, settings, cfg.workers, cfg.threads, describe, progress)
+    journal = out / JOURNAL if cfg.resume else None
+    evaluation = evaluate(checkpoints, items, settings, cfg.workers, cfg.threads, describe, progress, journal)
     evaluation.write(out)
+    # the config of these results, whatever a later invocation into this folder writes to .hydra/
+    atomic_write(out / "results.config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    if journal is not None:
+        journal.unlink(missing_ok=True)
     stream = settings.streams[0] if settings.streams else "offline"
     written = write_examples(out / "examples", Enhancer.from_checkpoint(checkpoints[0]), items, cfg.examples, stream,
                              settings.chunk)

@@ -268,6 +268,50 @@ def _task(task: tuple[int | None, int]) -> dict[str, Row]:
     return evaluate_utterance(enhancers[model], item, settings)
 
 
+class Journal:
+    """The utterance evaluations finished so far, one JSON line each, so that an interrupted evaluation resumes
+    where it stopped. Its first line fingerprints what the numbers depend on (utterances, checkpoint files,
+    settings, threads): a journal of other work is discarded, never mixed in."""
+
+    def __init__(self, path: Path, fingerprint: str) -> None:
+        self.path = path
+        self.done: dict[tuple[int | None, int], dict[str, Row]] = {}
+        if path.is_file():
+            lines = path.read_text().splitlines()
+            if lines and json.loads(lines[0]).get("fingerprint") == fingerprint:
+                for line in lines[1:]:
+                    try:
+                        entry = json.loads(line)
+                    except json.JSONDecodeError:  # the line being written when the run was killed
+                        break
+                    self.done[(entry["task"][0], entry["task"][1])] = entry["rows"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = open(path, "w")  # noqa: SIM115 (closed by close())
+        self.handle.write(json.dumps({"fingerprint": fingerprint}) + "\n")
+        for task, rows in self.done.items():
+            self.record(task, rows)
+
+    def record(self, task: tuple[int | None, int], rows: dict[str, Row]) -> None:
+        self.handle.write(json.dumps({"task": list(task), "rows": rows}) + "\n")
+        self.handle.flush()
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+def fingerprint(items: Sequence[Item], checkpoints: Sequence[Path], settings: Settings, threads: int) -> str:
+    """What an evaluation's numbers depend on, hashed: utterances, checkpoint files, settings, threads."""
+    import hashlib
+
+    described = {
+        "items": [[str(i.get("split", "")), str(i.get("name", "")), len(i["noisy"])] for i in items],
+        "checkpoints": [[str(c), c.stat().st_size, c.stat().st_mtime_ns] for c in checkpoints],
+        "settings": [list(settings.methods), list(settings.metrics), settings.chunk],
+        "threads": threads,
+    }
+    return hashlib.sha1(json.dumps(described).encode()).hexdigest()
+
+
 def run_all(
     items: Sequence[Item],
     checkpoints: Sequence[Path],
@@ -275,6 +319,7 @@ def run_all(
     workers: int = 1,
     threads: int = 1,
     progress: Callable[[int, int], None] | None = None,
+    journal: Journal | None = None,
 ) -> tuple[list[dict[str, Row]], list[list[dict[str, Row]]]]:
     """Baseline rows per item, and per checkpoint the method rows per item (in item order).
 
@@ -286,12 +331,19 @@ def run_all(
     # longest utterances first, so that no worker is left with a long one at the end; results in task order
     order = sorted(range(len(tasks)), key=lambda t: -len(items[tasks[t][1]]["noisy"]))
     args = (list(items), [str(c) for c in checkpoints], settings, threads)
-    ordered = [tasks[t] for t in order]
     results: list[dict[str, Row]] = [{} for _ in tasks]
+    finished = journal.done if journal is not None else {}
+    for t, task in enumerate(tasks):
+        if task in finished:
+            results[t] = finished[task]
+    order = [t for t in order if tasks[t] not in finished]
+    ordered = [tasks[t] for t in order]
 
     def collect(outcomes: Iterable[dict[str, Row]]) -> None:
-        for done, (t, rows) in enumerate(zip(order, outcomes, strict=True), 1):
+        for done, (t, rows) in enumerate(zip(order, outcomes, strict=True), len(tasks) - len(order) + 1):
             results[t] = rows
+            if journal is not None:
+                journal.record(tasks[t], rows)
             if progress:
                 progress(done, len(tasks))
 
@@ -645,12 +697,22 @@ def evaluate(
     threads: int = 1,
     describe: Mapping[str, Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    journal: Path | None = None,
 ) -> Evaluation:
     """Evaluate every checkpoint on ``items`` (see :func:`results_document` for what the document holds).
 
-    ``describe`` adds entries (test set name, ...) to the document's ``settings``.
+    ``describe`` adds entries (test set name, ...) to the document's ``settings``. With a ``journal`` file, the
+    utterance evaluations it holds from an interrupted run of the same work are not computed again.
     """
-    baselines, per_model = run_all(items, checkpoints, settings, workers, threads, progress)
+    log_of = Journal(journal, fingerprint(items, checkpoints, settings, threads)) if journal is not None else None
+    if log_of is not None and log_of.done:
+        log.info("resuming: %d of %d utterance evaluations done before (%s)", len(log_of.done),
+                 len(items) * (len(checkpoints) + 1), journal)
+    try:
+        baselines, per_model = run_all(items, checkpoints, settings, workers, threads, progress, log_of)
+    finally:
+        if log_of is not None:
+            log_of.close()
     names = model_names(checkpoints)
     models = []
     for path, name, rows in zip(checkpoints, names, per_model, strict=True):

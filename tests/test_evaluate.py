@@ -149,6 +149,9 @@ def test_evaluate_py_on_tiny_checkpoints_twice_gives_identical_numbers(tmp_path)
     examples = list((tmp_path / "eval1/examples").glob("*/enhanced.wav"))
     assert len(examples) == 1 and (examples[0].parent / "noisy.wav").is_file()
     assert "SI-SNRi" in first.stdout and "max |streamed − offline|" in first.stdout
+    # the config of these results beside them; the resume journal is gone once the results are written
+    assert "chunk: 300samples" in (tmp_path / "eval1/results.config.yaml").read_text()
+    assert not list((tmp_path / "eval1").glob("*.partial.jsonl"))
 
 
 def test_evaluate_py_config_mistake_is_one_line(tmp_path):
@@ -247,3 +250,41 @@ def test_select_best_without_a_best_checkpoint_says_so(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         assert find_checkpoints([tmp_path], "best") == [tmp_path / "run/checkpoints/last.ckpt"]
     assert "has no best checkpoint (no validation ran); using last.ckpt" in caplog.text
+
+
+def test_an_interrupted_evaluation_resumes_from_what_it_finished(tmp_path):
+    """The journal keeps each finished utterance evaluation; a second run of the same work computes only the
+    rest and gives the numbers of an uninterrupted run. A journal of other work is not used."""
+    from stmc.evaluation import Journal, Settings, fingerprint, run_all
+
+    gen = torch.Generator().manual_seed(0)
+    items = [{"noisy": 0.1 * torch.randn(4000 + 700 * i, generator=gen), "name": f"u{i}", "split": "test",
+              "noise_type": "hum", "snr": 0.0} for i in range(4)]
+    for item in items:
+        item["clean"] = 0.5 * item["noisy"]
+    ckpt = tiny_checkpoint(tmp_path / "run/checkpoints/last.ckpt")
+    settings = Settings(("offline", "stmc"), ("si_snri",), 300)
+    whole = run_all(items, [ckpt], settings)
+    mark = fingerprint(items, [ckpt], settings, 1)
+
+    calls = []
+
+    def interrupt(done: int, total: int) -> None:
+        calls.append(done)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+
+    journal = Journal(tmp_path / "journal.jsonl", mark)
+    with pytest.raises(KeyboardInterrupt):
+        run_all(items, [ckpt], settings, progress=interrupt, journal=journal)
+    journal.close()
+    again = Journal(tmp_path / "journal.jsonl", mark)
+    assert len(again.done) == 3
+    counted = []
+    resumed = run_all(items, [ckpt], settings, progress=lambda done, total: counted.append(done), journal=again)
+    again.close()
+    assert counted == [4, 5, 6, 7, 8]  # 8 evaluations in all (baselines + 1 model, 4 utterances), 3 done before
+    assert resumed == whole
+    other = Journal(tmp_path / "journal.jsonl", fingerprint(items[:3], [ckpt], settings, 1))
+    assert other.done == {}
+    other.close()
