@@ -42,7 +42,7 @@ import torch
 from scipy import stats
 
 from stmc.baselines import wiener
-from stmc.enhancer import CHECKPOINT_KEY, Enhancer
+from stmc.enhancer import CHECKPOINT_KEY, Enhancer, read_checkpoint
 from stmc.io import atomic_write
 from stmc.metrics import si_snr, si_snri
 from stmc.stft import HOP, SAMPLE_RATE
@@ -142,7 +142,7 @@ def _pick(folder: Path, select: str) -> Path | None:
 
 def checkpoint_info(path: Path, model: torch.nn.Module) -> dict[str, Any]:
     """What a results file records about a checkpoint: architecture, look-ahead, width, seed, step, size."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = read_checkpoint(path)
     meta = ckpt.get(CHECKPOINT_KEY, {})
     config = dict(meta.get("model_config", {}))
     run = meta.get("run_config") or {}
