@@ -1,11 +1,11 @@
 """The paper's Table 1 on this machine: standard (window), INC and STMC streams of the causal and non-causal U-Nets.
 
     python -m scripts.speed_table --results outputs/evaluate/<run> --out outputs/speed   # SI-SNRi from evaluate.py
-    python -m scripts.speed_table --no-compile --rounds 3                               # timing only, quicker
+    python -m scripts.speed_table --rounds 3 --hops 10                                  # timing only, quicker
 
 Timing, MACs and memory come from the benchmark library (``stmc.bench.measure``): one thread, one hop (256
 samples, 16 ms) per call, methods interleaved in rounds so that background load hits them alike, medians and
-ratios from that one run. Columns (DESIGN.md "Definitions"):
+ratios from that one run. Columns (the definitions every report of this project uses):
 
 - algorithmic latency = window + look-ahead x hop (64 ms + D x 16 ms);
 - compute latency = median wall time of one streaming step (what a hop waits for its output);

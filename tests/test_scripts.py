@@ -241,3 +241,15 @@ def test_paired_difference_holds_seed_and_utterance_spread(tmp_path):
     d = lookahead_figure.paired_difference(noisy, lookahead_figure.utterance_scores(noisy), 0, 2)
     assert d["diff_db"] == pytest.approx(1.0) and not d["resolved"]  # 1 dB < twice the seed SD (2 dB)
     assert "does not exceed twice the larger seed SD (2.00 dB)" in lookahead_figure.describe_paired([d])
+
+
+def test_speed_table_help_examples_parse(capsys):
+    """Every option in the speed table's --help examples is one it accepts."""
+    import re
+
+    with pytest.raises(SystemExit):
+        speed_table.main(["--help"])
+    accepted = set(re.findall(r"--[a-z-]+", capsys.readouterr().out.split("options:", 1)[1]))
+    examples = [line.split("#")[0] for line in speed_table.__doc__.splitlines() if "scripts.speed_table" in line]
+    used = {flag for example in examples for flag in re.findall(r"--[a-z-]+", example)}
+    assert used and used <= accepted, used - accepted
