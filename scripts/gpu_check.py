@@ -33,33 +33,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def fit(overrides: list[str], steps: int, corpus: Path, folder: Path) -> dict[str, Any]:
-    """A short ``train(cfg)`` with the phase timer; steps/s, peak GPU memory (MiB), final loss."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import open_dict
+    """A short ``train(cfg)`` (``scripts.train_throughput.timed_fit``); steps/s, peak GPU memory (MiB), final loss."""
+    from scripts.train_throughput import seconds_per_step, timed_fit
 
-    from stmc.training import CONFIG_DIR, train
-
-    timing = folder / "timing.json"
     warmup = min(10, max(1, steps // 4))
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[
-            *overrides, f"data.root={corpus}", f"paths.output_dir={folder}", f"trainer.max_steps={steps}",
-            "trainer.max_time=null", "trainer.limit_val_batches=0", "test=false", "logger=csv",
-            "callbacks.progress_bar.refresh_rate=0",
-        ])
-    with open_dict(cfg):
-        cfg.callbacks = {k: v for k, v in cfg.callbacks.items() if "ModelCheckpoint" not in str(v.get("_target_"))}
-        cfg.callbacks["throughput"] = {"_target_": "scripts.train_throughput.PhaseTimer", "warmup": warmup,
-                                       "out": str(timing)}
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
-    metrics = train(cfg)
-    seconds = time.perf_counter() - started
-    times = json.loads(timing.read_text())["times"]
-    per_step = sum(sum(times[p]) for p in times) / max(1, len(times["forward"]))
+    cfg, metrics, record = timed_fit([*overrides, f"data.root={corpus}", "logger=csv",
+                                      "callbacks.progress_bar.refresh_rate=0"], warmup, steps - warmup, folder)
     return {
-        "steps": steps, "steps_per_s": 1 / per_step if per_step else float("nan"), "seconds": seconds,
+        "steps": steps, "steps_per_s": 1 / seconds_per_step(record["times"]),
+        "seconds": time.perf_counter() - started,
         "peak_mib": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else float("nan"),
         "loss": metrics.get("train/loss", float("nan")), "precision": str(cfg.trainer.precision),
     }

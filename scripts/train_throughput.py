@@ -101,28 +101,43 @@ def gemm_rate(dtype: torch.dtype, size: int = 1024, seconds: float = 0.5) -> flo
     return runs * size**3 / (time.perf_counter() - started)
 
 
-def worker(out: str, warmup: int, steps: int, overrides: list[str]) -> None:
-    """One measurement, in this process: a short ``train(cfg)`` with :class:`PhaseTimer`, then the GEMM rates."""
+def timed_fit(overrides: list[str], warmup: int, steps: int, folder: Path) -> tuple[Any, dict[str, float], dict]:
+    """``train(cfg)`` for ``warmup + steps`` optimizer steps into ``folder``, without validation, test or
+    checkpoints, timed by :class:`PhaseTimer`: the composed config, the final metrics and the timer's record."""
     from hydra import compose, initialize_config_dir
     from omegaconf import open_dict
 
     from stmc.training import CONFIG_DIR, train
 
-    with tempfile.TemporaryDirectory() as folder, initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+    folder.mkdir(parents=True, exist_ok=True)
+    record = folder / "timing.json"
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=[
             *overrides, f"paths.output_dir={folder}", f"trainer.max_steps={warmup + steps}", "trainer.max_time=null",
             "trainer.limit_val_batches=0", "test=false", "ckpt_path=null",
         ])
-        with open_dict(cfg):
-            cfg.callbacks = {k: v for k, v in (cfg.get("callbacks") or {}).items()
-                             if v and "ModelCheckpoint" not in str(v.get("_target_", ""))}
-            cfg.callbacks["throughput"] = {"_target_": "__main__.PhaseTimer", "warmup": warmup, "out": out}
-        train(cfg)
-        result = json.loads(Path(out).read_text())
-        result.update(gemm_fp32=gemm_rate(torch.float32), gemm_bf16=gemm_rate(torch.bfloat16),
-                      audio_seconds=float(cfg.data.batch_size) * float(cfg.data.segment_seconds),
-                      code=str(ROOT))
-        Path(out).write_text(json.dumps(result))
+    with open_dict(cfg):
+        cfg.callbacks = {k: v for k, v in (cfg.get("callbacks") or {}).items()
+                         if v and "ModelCheckpoint" not in str(v.get("_target_", ""))}
+        # this module's own name: __main__ when it runs as a worker script beside another checkout's stmc
+        cfg.callbacks["throughput"] = {"_target_": f"{PhaseTimer.__module__}.PhaseTimer", "warmup": warmup,
+                                       "out": str(record)}
+    metrics = train(cfg)
+    return cfg, metrics, json.loads(record.read_text())
+
+
+def seconds_per_step(times: dict[str, list[float]]) -> float:
+    """Mean wall time of a timed step: all its phases, the data wait included."""
+    return sum(sum(times[phase]) for phase in PHASES) / len(times["forward"])
+
+
+def worker(out: str, warmup: int, steps: int, overrides: list[str]) -> None:
+    """One measurement, in this process: a :func:`timed_fit`, then the GEMM rates; the record goes to ``out``."""
+    with tempfile.TemporaryDirectory() as folder:
+        cfg, _, result = timed_fit(overrides, warmup, steps, Path(folder))
+    result.update(gemm_fp32=gemm_rate(torch.float32), gemm_bf16=gemm_rate(torch.bfloat16),
+                  audio_seconds=float(cfg.data.batch_size) * float(cfg.data.segment_seconds), code=str(ROOT))
+    Path(out).write_text(json.dumps(result))
 
 
 def measure(code: Path, overrides: list[str], warmup: int, steps: int, log: Path) -> dict[str, Any]:
@@ -149,7 +164,7 @@ def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     for run in runs:
         totals = {phase: sum(run["times"][phase]) for phase in PHASES}
         steps = len(run["times"]["forward"])
-        step = sum(totals.values()) / steps
+        step = seconds_per_step(run["times"])
         precision = run["precision"]
         roof = run["gemm_bf16"] if precision.startswith("bf16") else run["gemm_fp32"]
         per_round.append({

@@ -19,6 +19,7 @@ numbers, whatever the number of workers.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -274,7 +275,6 @@ class Journal:
     settings, threads): a journal of other work is discarded, never mixed in."""
 
     def __init__(self, path: Path, fingerprint: str) -> None:
-        self.path = path
         self.done: dict[tuple[int | None, int], dict[str, Row]] = {}
         if path.is_file():
             lines = path.read_text().splitlines()
@@ -301,8 +301,6 @@ class Journal:
 
 def fingerprint(items: Sequence[Item], checkpoints: Sequence[Path], settings: Settings, threads: int) -> str:
     """What an evaluation's numbers depend on, hashed: utterances, checkpoint files, settings, threads."""
-    import hashlib
-
     described = {
         "items": [[str(i.get("split", "")), str(i.get("name", "")), len(i["noisy"])] for i in items],
         "checkpoints": [[str(c), c.stat().st_size, c.stat().st_mtime_ns] for c in checkpoints],

@@ -318,14 +318,13 @@ class NativeStep(NativeGraph):
     tensor objects given: :meth:`binds` tells the stream when it must bind again (new state, new weights).
     """
 
-    def __init__(self, model: UNet, layers: list[FrozenLayer], state: list[torch.Tensor], batch: int) -> None:
+    def __init__(self, model: UNet, layers: list[FrozenLayer], state: list[torch.Tensor], batch: int,
+                 state_shapes: list[tuple[int, ...]]) -> None:
+        """``state_shapes``: the stream's (``STMCStream.state_shapes``, without the batch axis), which every
+        buffer must have before the native code gets its pointer."""
         self.state = state
+        check_buffers(state, [(batch, *shape) for shape in state_shapes])
         shapes = [model.input_shape(k) for k in range(len(layers))]
-        expected = [(batch, layer.past + layer.future, bins, channels)
-                    for layer, (channels, bins) in zip(layers, shapes, strict=True)]
-        expected += [(batch, model.join_delay(k), model.bins(source + 1), model.layers[source].out_channels)
-                     for k, source in model.joins.items() if model.join_delay(k)]
-        check_buffers(state, expected)
         self.current = current = [torch.zeros(batch, bins, channels) for channels, bins in shapes]
         slots = iter(range(len(layers), len(state)))
         lines = {model.joins[k]: state[next(slots)] for k in model.joins if model.join_delay(k)}

@@ -131,10 +131,12 @@ class Stream(nn.Module):
             got = f"{time.dtype} of shape {list(time.shape)}" if isinstance(time, torch.Tensor) else type(time).__name__
             raise ValueError(f"set_state: tensor {len(shapes)} (the time) must be int64 of shape [batch], got {got}")
         like = self.layers[0].bias
+        if time.device != like.device:
+            raise ValueError(f"set_state: tensor {len(shapes)} (the time) must be on {like.device}, got {time.device}")
         for index, (tensor, shape) in enumerate(zip(state, shapes, strict=False)):
             expected = [time.shape[0], *shape]
             if (not isinstance(tensor, torch.Tensor) or list(tensor.shape) != expected or tensor.dtype != like.dtype
-                    or tensor.device != like.device or time.device != like.device):
+                    or tensor.device != like.device):
                 got = (f"{tensor.dtype} of shape {list(tensor.shape)} on {tensor.device}"
                        if isinstance(tensor, torch.Tensor) else type(tensor).__name__)
                 raise ValueError(f"set_state: tensor {index} must be {like.dtype} of shape {expected} on "
@@ -273,7 +275,7 @@ class STMCStream(Stream):
             self.state = [tensor.contiguous() for tensor in self.state]
             self.time = self.time.contiguous()
             try:
-                self.native_step = NativeStep(self.model, self.layers, self.state, self.batch)
+                self.native_step = NativeStep(self.model, self.layers, self.state, self.batch, self.state_shapes())
             except KernelMismatch as err:  # never silently wrong: the operators compute the same state
                 warn_once(f"STMC streams use PyTorch operators (slower per hop): {err}")
                 self.native = False

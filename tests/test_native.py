@@ -124,10 +124,10 @@ def test_native_binding_checks_its_buffers():
     stream(torch.randn(2, 2, model.n_freq, 3))
     state = [s.clone() for s in stream.state]
     with pytest.raises(ValueError, match=r"state buffer 0 must be a contiguous float32 CPU tensor of shape \[2, "):
-        native.NativeStep(model, stream.layers, [state[0][:, :0], *state[1:]], 2)
+        native.NativeStep(model, stream.layers, [state[0][:, :0], *state[1:]], 2, stream.state_shapes())
     transposed = state[0].transpose(2, 3).contiguous().transpose(2, 3)
     with pytest.raises(ValueError, match=r"\(not contiguous\)"):
-        native.NativeStep(model, stream.layers, [transposed, *state[1:]], 2)
+        native.NativeStep(model, stream.layers, [transposed, *state[1:]], 2, stream.state_shapes())
 
 
 @pytest.mark.compiler
