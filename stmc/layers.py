@@ -59,6 +59,10 @@ class TemporalLayer(nn.Module):
         """Time kernel size: ``past + 1 + future`` frames."""
         return self.past + 1 + self.future
 
+    def out_bins(self, bins: int) -> int:
+        """Frequency bins of the output for ``bins`` input bins (halved by the encoder, doubled by the decoder)."""
+        return out_bins(bins, self.transposed)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Offline: ``[B, C, F, T]`` -> ``[B, C', F', T]``, as if ``past`` zero frames preceded ``x`` and ``future``
         followed it (the padding is done inside the convolution: no padded copy of ``x``, and the decoder's
@@ -123,6 +127,9 @@ class FrozenLayer:
     def out_channels(self) -> int:
         return self.bias.shape[0]
 
+    def out_bins(self, bins: int) -> int:
+        return out_bins(bins, self.transposed)
+
     def conv_weight(self) -> torch.Tensor:
         """The folded weight in the layout of the layer's convolution (what a Conv / ConvTranspose node needs)."""
         if self.transposed:  # rows (tap, c), columns (cout, freq tap) -> [taps*C, Cout, 5, 1]
@@ -138,14 +145,13 @@ class FrozenLayer:
             windows = x.unfold(1, self.taps, 1)  # [B, T', F, C, taps]
             cols = windows.permute(0, 1, 2, 4, 3).reshape(batch * frames * bins, -1)
             spread = torch.mm(cols, self.matrix).view(batch * frames, bins, -1).transpose(1, 2)
-            out_bins = (bins - 1) * FREQ_STRIDE + 1
-            y = F.fold(spread, (1, out_bins), (1, FREQ_KERNEL), padding=(0, pad), stride=(1, FREQ_STRIDE))
+            y = F.fold(spread, (1, self.out_bins(bins)), (1, FREQ_KERNEL), padding=(0, pad), stride=(1, FREQ_STRIDE))
             y += self.bias.view(-1, 1, 1)  # y: [B*T', C', 1, F']
             if self.prelu is not None:
                 y = F.prelu(y, self.prelu)
-            return y.view(batch, frames, -1, out_bins).transpose(2, 3)
+            return y.view(batch, frames, -1, self.out_bins(bins)).transpose(2, 3)
         xp = F.pad(x, (0, 0, pad, pad))
-        bins = (x.shape[2] - 1) // FREQ_STRIDE + 1
+        bins = self.out_bins(x.shape[2])
         s_b, s_t, s_f, s_c = xp.stride()
         windows = xp.as_strided(  # [B, T', F', taps, 5, C], a view: the reshape below is the one im2col copy
             (batch, frames, bins, self.taps, FREQ_KERNEL, x.shape[3]), (s_b, s_t, FREQ_STRIDE * s_f, s_t, s_f, s_c)
@@ -154,6 +160,12 @@ class FrozenLayer:
         if self.prelu is not None:
             y = F.prelu(y, self.prelu)
         return y.view(batch, frames, bins, -1)
+
+
+def out_bins(bins: int, transposed: bool) -> int:
+    """Output bins of a layer with ``bins`` input bins: a strided convolution (padding ``FREQ_KERNEL // 2``) keeps
+    ``(bins - 1) // FREQ_STRIDE + 1``, the transposed one (the decoder) restores ``(bins - 1) * FREQ_STRIDE + 1``."""
+    return (bins - 1) * FREQ_STRIDE + 1 if transposed else (bins - 1) // FREQ_STRIDE + 1
 
 
 def to_frames(spec: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from stmc.layers import FREQ_KERNEL, FREQ_STRIDE, FrozenLayer
-from stmc.unet import UNet
+from stmc.unet import BOUND_EPS, FEATURE_EPS, UNet
 
 SOURCE = Path(__file__).with_name("native_step.cpp")
 
@@ -41,6 +41,8 @@ class LayerSpec(ctypes.Structure):
         ("hist", ctypes.c_int64),
         ("step", ctypes.c_int64),
         ("delay", ctypes.c_int64),
+        ("kernel", ctypes.c_int64),
+        ("stride", ctypes.c_int64),
         ("in_bins", ctypes.c_int64),
         ("in_ch", ctypes.c_int64),
         ("out_bins", ctypes.c_int64),
@@ -68,6 +70,8 @@ class StepSpec(ctypes.Structure):
         ("n_freq", ctypes.c_int64),
         ("compress", ctypes.c_int64),
         ("exponent", ctypes.c_double),
+        ("feature_eps", ctypes.c_double),
+        ("bound_eps", ctypes.c_double),
         ("input", ctypes.c_void_p),
         ("layers", ctypes.POINTER(LayerSpec)),
         ("cols", ctypes.c_void_p),
@@ -221,13 +225,15 @@ class NativeGraph:
         specs, cols, spread, gemms = [], 1, 1, []
         for k, layer in enumerate(layers):
             channels, bins = shapes[k]
-            out_bins = (bins - 1) * FREQ_STRIDE + 1 if layer.transposed else (bins - 1) // FREQ_STRIDE + 1
+            out_bins = layer.out_bins(bins)
             dst = targets[k + 1] if k + 1 < len(layers) else self.mask
             spec = LayerSpec(
                 transposed=layer.transposed,
                 hist=layer.past + layer.future,
                 step=step[k],
                 delay=model.delays[k],
+                kernel=FREQ_KERNEL,
+                stride=FREQ_STRIDE,
                 in_bins=bins,
                 in_ch=channels,
                 out_bins=out_bins,
@@ -264,6 +270,8 @@ class NativeGraph:
             n_freq=model.n_freq,
             compress=int(model.compress != 1),
             exponent=(model.compress - 1) / 2,
+            feature_eps=FEATURE_EPS,
+            bound_eps=BOUND_EPS,
             input=targets[0].data_ptr(),
             layers=self.specs,
             cols=self.cols.data_ptr(),

@@ -23,14 +23,6 @@ void brgemm(int64_t M, int64_t N, int64_t K, int64_t ld_a, int64_t ld_b, int64_t
             const float* B, float* C, bool is_vnni);
 }  // namespace at::native::cpublas
 
-namespace {
-
-constexpr int64_t kFreqKernel = 5;
-constexpr int64_t kFreqStride = 2;
-constexpr int64_t kFreqPad = kFreqKernel / 2;
-
-}  // namespace
-
 extern "C" {
 
 // One temporal layer; mirrors stmc.native.LayerSpec field for field.
@@ -39,6 +31,8 @@ struct LayerSpec {
   int64_t hist;        // frames in the shift register: past + future
   int64_t step;        // frames between consecutive rows' first frames in reg: hist (streams), 1 (a sequence)
   int64_t delay;       // output time = input time - delay (cumulative look-ahead up to this layer)
+  int64_t kernel;      // frequency kernel (taps), zero-padded by kernel / 2 on both sides
+  int64_t stride;      // frequency stride (of the convolution, or of the transposed one)
   int64_t in_bins, in_ch, out_bins, out_ch;
   const float* matrix;  // GEMM matrix: encoder rows (tap, freq tap, c); decoder rows (tap, c), columns (freq tap, cout)
   const float* bias;    // [out_ch]
@@ -56,8 +50,10 @@ struct LayerSpec {
 // The whole step; mirrors stmc.native.StepSpec.
 struct StepSpec {
   int64_t n_layers, batch, n_freq;
-  int64_t compress;  // 0: the spectrum enters as is; 1: X * (|X|^2 + 1e-12)^exponent
+  int64_t compress;  // 0: the spectrum enters as is; 1: X * (|X|^2 + feature_eps)^exponent
   double exponent;
+  double feature_eps;  // keeps the compression finite at |X| = 0
+  double bound_eps;    // the mask bound's floor on |z|: z * tanh(|z|) / max(|z|, bound_eps)
   float* input;   // where the compressed spectrum goes: layer 0's current frame (or its first sequence frame)
   const LayerSpec* layers;
   float* cols;    // GEMM operand scratch, the largest layer's
@@ -84,19 +80,19 @@ const float* frame(const LayerSpec& L, int64_t b, int64_t tap) {
 }
 
 void encoder_layer(const LayerSpec& L, StepSpec& S) {
-  const int64_t taps = L.hist + 1, C = L.in_ch, width = kFreqKernel * C, K = taps * width;
+  const int64_t taps = L.hist + 1, C = L.in_ch, width = L.kernel * C, K = taps * width, pad = L.kernel / 2;
   for (int64_t b = 0; b < S.batch; ++b) {
     for (int64_t m = 0; m < L.out_bins; ++m) {
       float* row = S.cols + (b * L.out_bins + m) * K;
-      const int64_t lo = m * kFreqStride - kFreqPad;
+      const int64_t lo = m * L.stride - pad;
       for (int64_t tap = 0; tap < taps; ++tap) {
         const float* src = frame(L, b, tap);
         float* out = row + tap * width;
-        if (lo >= 0 && lo + kFreqKernel <= L.in_bins) {
+        if (lo >= 0 && lo + L.kernel <= L.in_bins) {
           std::memcpy(out, src + lo * C, width * sizeof(float));
           continue;
         }
-        for (int64_t df = 0; df < kFreqKernel; ++df) {
+        for (int64_t df = 0; df < L.kernel; ++df) {
           const int64_t pos = lo + df;
           if (pos >= 0 && pos < L.in_bins)
             std::memcpy(out + df * C, src + pos * C, C * sizeof(float));
@@ -110,7 +106,7 @@ void encoder_layer(const LayerSpec& L, StepSpec& S) {
 }
 
 void decoder_layer(const LayerSpec& L, StepSpec& S) {
-  const int64_t taps = L.hist + 1, C = L.in_ch, K = taps * C, N = kFreqKernel * L.out_ch;
+  const int64_t taps = L.hist + 1, C = L.in_ch, K = taps * C, N = L.kernel * L.out_ch, pad = L.kernel / 2;
   const float* x = L.cur != nullptr ? L.cur : L.reg;
   if (taps > 1) {
     for (int64_t b = 0; b < S.batch; ++b)
@@ -127,8 +123,8 @@ void decoder_layer(const LayerSpec& L, StepSpec& S) {
     for (int64_t f = 0; f < L.out_bins; ++f) std::memset(out + f * L.dst_ch, 0, co * sizeof(float));
     for (int64_t m = 0; m < L.in_bins; ++m) {
       const float* taps_of_m = S.spread + (b * L.in_bins + m) * N;
-      for (int64_t df = 0; df < kFreqKernel; ++df) {
-        const int64_t f = m * kFreqStride + df - kFreqPad;
+      for (int64_t df = 0; df < L.kernel; ++df) {
+        const int64_t f = m * L.stride + df - pad;
         if (f < 0 || f >= L.out_bins) continue;
         float* y = out + f * L.dst_ch;
         const float* s = taps_of_m + df * co;
@@ -197,7 +193,7 @@ void features(const StepSpec& S, const float* spec, const int64_t* ss, int64_t i
       const float* at = spec + b * ss[0] + f * ss[2] + i * ss[3];
       float re = at[0], im = at[ss[1]];
       if (S.compress) {
-        const float scale = std::pow(re * re + im * im + 1e-12f, static_cast<float>(S.exponent));
+        const float scale = std::pow(re * re + im * im + static_cast<float>(S.feature_eps), static_cast<float>(S.exponent));
         re *= scale;
         im *= scale;
       }
@@ -210,7 +206,7 @@ void bound(const StepSpec& S, float* out, const int64_t* os, int64_t i) {
   for (int64_t b = 0; b < S.batch; ++b)
     for (int64_t f = 0; f < S.n_freq; ++f) {
       const float re = S.mask[(b * S.n_freq + f) * 2], im = S.mask[(b * S.n_freq + f) * 2 + 1];
-      const float magnitude = std::max(std::sqrt(re * re + im * im), 1e-12f);
+      const float magnitude = std::max(std::sqrt(re * re + im * im), static_cast<float>(S.bound_eps));
       const float scale = std::tanh(magnitude) / magnitude;
       float* at = out + b * os[0] + f * os[2] + i * os[3];
       at[0] = re * scale;

@@ -18,6 +18,8 @@ from stmc.layers import FREQ_STRIDE, FrozenLayer, TemporalLayer, from_frames, to
 
 DEFAULT_CHANNELS = (16, 32, 48, 64, 96, 128, 160)
 PLACEMENTS = ("first", "last", "spread")
+FEATURE_EPS = 1e-12  # keeps the input compression X * (|X|^2 + eps)^((compress - 1) / 2) finite at X = 0
+BOUND_EPS = 1e-12  # floor on |z| in the mask bound z * tanh(|z|) / |z|
 WINDOW_FRAMES = 1024  # offline inference of long inputs in windows of this many frames (16 s): see UNet.windowed
 
 Apply = Callable[[int, torch.Tensor], torch.Tensor]
@@ -115,8 +117,8 @@ class UNet(nn.Module):
     def bins(self, level: int) -> int:
         """Frequency bins at encoder level ``level`` (0 = the input)."""
         bins = self.n_freq
-        for _ in range(level):
-            bins = (bins - 1) // FREQ_STRIDE + 1
+        for k in range(level):
+            bins = self.layers[k].out_bins(bins)
         return bins
 
     def input_shape(self, k: int) -> tuple[int, int]:
@@ -143,12 +145,12 @@ class UNet(nn.Module):
         if self.compress == 1:
             return spec
         power = spec.pow(2).sum(dim, keepdim=True)
-        return spec * (power + 1e-12).pow((self.compress - 1) / 2)
+        return spec * (power + FEATURE_EPS).pow((self.compress - 1) / 2)
 
     @staticmethod
     def bound(out: torch.Tensor, dim: int = 1) -> torch.Tensor:
         """Complex mask with magnitude ``tanh(|z|) < 1`` (frame-local); ``dim`` is (real, imag)."""
-        magnitude = torch.linalg.vector_norm(out, dim=dim, keepdim=True).clamp_min(1e-12)
+        magnitude = torch.linalg.vector_norm(out, dim=dim, keepdim=True).clamp_min(BOUND_EPS)
         return out * (torch.tanh(magnitude) / magnitude)
 
     def through_frames(self, spec: torch.Tensor, walk: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
