@@ -35,7 +35,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from stmc.native import NativeGraph, NativeOffline
 from stmc.native import unavailable as native_unavailable
-from stmc.streaming import METHODS, Stream, padded_walk, streaming
+from stmc.stream import Stream
+from stmc.streaming import METHODS, CompiledEngine, padded_walk, streaming
 from stmc.unet import UNet
 
 MODELS = {"causal": 0, "noncausal": 14}
@@ -96,7 +97,8 @@ class Row:
 
 
 def stream_state_bytes(stream: Stream) -> int:
-    return sum(t.numel() * t.element_size() for t in stream.state)
+    """Bytes of the engine's state (every tensor of get_state but the time)."""
+    return sum(t.numel() * t.element_size() for t in stream.get_state()[:-1])
 
 
 def offline_frozen(model: UNet) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -134,15 +136,16 @@ def peak_bytes(
 
 
 @torch.inference_mode()
-def onnx_stream(model: UNet) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The exported STMC step in onnxruntime (one thread), with the stream's per-call contract.
+def exported_stream(model: UNet) -> Stream:
+    """The exported STMC step in onnxruntime (one thread), behind the stream driver.
 
     The graphs are written to a temporary folder and loaded into memory; the folder is gone on return.
     """
-    from stmc.export import OnnxStream, to_onnx
+    from stmc.export import to_onnx
+    from stmc.onnx_engine import onnx_stream
 
     with tempfile.TemporaryDirectory() as folder:
-        return OnnxStream(to_onnx(model, Path(folder) / "step.onnx"), threads=1)
+        return onnx_stream(to_onnx(model, Path(folder) / "step.onnx"), threads=1)
 
 
 def measure(model: UNet, frames: int, rounds: int, hops: int, compile: bool, onnx: bool = False) -> list[Row]:
@@ -156,13 +159,13 @@ def measure(model: UNet, frames: int, rounds: int, hops: int, compile: bool, onn
     long = torch.randn(1, 2, model.n_freq, frames)
     streams = {method: streaming(model, method) for method in METHODS}
     offline = {"full": offline_frozen(model), "full (nn.Module)": model}
-    if streams["stmc"].native:
+    if streams["stmc"].engine.native:
         # its floor: the same kernels over the sequence; and the same engine on PyTorch operators
         offline["full (native)"] = NativeOffline(model, frames)
         streams = {**streams, OPS: streaming(model, "stmc", native=False)}
     if compile:
         streams.update({f"{method} (compiled)": streaming(model, method, compile=True) for method in METHODS})
-    extra = {"stmc (onnxruntime)": onnx_stream(model)} if onnx else {}
+    extra = {"stmc (onnxruntime)": exported_stream(model)} if onnx else {}
     rows = {name: Row(name) for name in [*offline, *streams, *extra]}
     for name, run in offline.items():
         run(long)
@@ -189,16 +192,16 @@ def measure(model: UNet, frames: int, rounds: int, hops: int, compile: bool, onn
         chunk = spec[..., position : position + 1]
         row = rows[name]
         row.state_bytes = stream_state_bytes(stream)
-        if stream.compiled is not None:  # opaque to dispatch modes: count on an eager twin in the same state
+        if isinstance(stream.engine, CompiledEngine):  # opaque to dispatch modes: count on an eager twin
             twin = streaming(model, name.split()[0], native=False)
             twin(chunk)
             twin.set_state([s.clone() for s in stream.get_state()])
             stream = twin
-        row.macs = count_macs(lambda stream=stream, chunk=chunk: stream(chunk), stream.native_step)
-        row.peak_bytes = peak_bytes(lambda stream=stream, chunk=chunk: stream(chunk), stream.get_state,
-                                    stream.native_step)
+        native = getattr(stream.engine, "native_step", None)
+        row.macs = count_macs(lambda stream=stream, chunk=chunk: stream(chunk), native)
+        row.peak_bytes = peak_bytes(lambda stream=stream, chunk=chunk: stream(chunk), stream.get_state, native)
     for name, stream in extra.items():
-        rows[name].state_bytes = sum(s.nbytes for s in stream.state)
+        rows[name].state_bytes = stream_state_bytes(stream)
     return list(rows.values())
 
 

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from stmc.stft import STFT, StreamingAnalysis, StreamingSynthesis
+from stmc.stream import Stream
 from stmc.streaming import streaming
 from stmc.unet import UNet
 
@@ -62,7 +63,7 @@ class Enhancer(nn.Module):
 
     def stream(self, method: str = "stmc", compile: bool = False) -> EnhancerStream:
         """A stream over audio chunks of any length whose output equals :meth:`forward`."""
-        return EnhancerStream(self, method, compile)
+        return EnhancerStream(self, streaming(self.model, method, compile))
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, map_location: str = "cpu") -> Enhancer:
@@ -106,11 +107,17 @@ def read_checkpoint(path: str | Path, map_location: str = "cpu") -> dict:
 
 
 class EnhancerStream:
-    """Chunks of samples in, enhanced samples out; ``flush()`` returns the rest, up to the input length."""
+    """Chunks of samples in, enhanced samples out; ``flush()`` returns the rest, up to the input length.
 
-    def __init__(self, enhancer: Enhancer, method: str = "stmc", compile: bool = False) -> None:
+    ``frames`` is the mask stream over the enhancer's model (:func:`stmc.streaming`, or an exported graph's
+    :func:`stmc.onnx_engine.onnx_stream`); this class adds the streaming STFT around it.
+    """
+
+    def __init__(self, enhancer: Enhancer, frames: Stream) -> None:
+        if frames.engine.n_freq != enhancer.stft.n_freq:
+            raise ValueError(f"the frame stream has {frames.engine.n_freq} bins, the STFT gives {enhancer.stft.n_freq}")
         self.enhancer = enhancer
-        self.frames = streaming(enhancer.model, method, compile)
+        self.frames = frames
         self.reset()
 
     @property

@@ -1,6 +1,6 @@
-"""ONNX export of the STMC step with all state explicit, and an onnxruntime stream with the engine's contract.
+"""ONNX export of the STMC step with all state explicit (run by :mod:`stmc.onnx_engine` behind the stream driver).
 
-The exported **step graph** is one call of the STMC engine's pure step (:meth:`stmc.streaming.Stream.pure_step`)
+The exported **step graph** is one call of the STMC engine's pure step (:meth:`stmc.streaming.STMCEngine.pure_step`)
 on a fixed number of spectrum frames (``frames_per_call``, default 1 = one hop)::
 
     inputs   frames [B, 2, n_freq, frames_per_call] float32, state_0 .. state_N
@@ -17,14 +17,14 @@ Look-ahead models (``D > 0``) also get a **flush graph** (``<name>.flush.onnx``,
 batch, computed as offline inference's zero padding would give them (each layer's outputs past the end are
 masked). It is pure: to end only some streams of a batch, take their rows and zero their state rows.
 
-How: the engine's own code (registers, delay lines, time masks: :meth:`Stream.pure_step` with ``always_mask``)
-is traced by the TorchScript exporter (``onnxscript``, which the dynamo exporter needs, is not a dependency). Its
-layers (:class:`stmc.layers.FrozenLayer`, im2col + GEMM via ``unfold``) do not export (``unfold`` needs sizes the
-tracer loses), so the graph runs the same folded weights as plain ``Conv``/``ConvTranspose`` nodes
+How: the engine's own code (registers, delay lines, time masks: :meth:`STMCEngine.pure_step`, every mask as tensor
+ops) is traced by the TorchScript exporter (``onnxscript``, which the dynamo exporter needs, is not a dependency).
+Its layers (:class:`stmc.layers.FrozenLayer`, im2col + GEMM via ``unfold``) do not export (``unfold`` needs sizes
+the tracer loses), so the graph runs the same folded weights as plain ``Conv``/``ConvTranspose`` nodes
 (:class:`ExportLayer`). The trace uses a fixed batch of 2 so that every size folds to a constant (a graph with
 symbolic sizes carries hundreds of ``Shape``/``Gather`` nodes and ran several times slower per call); no node
-depends on the batch size, so the batch axis of the inputs and outputs is then declared symbolic (tests run
-batches 1 to 4).
+depends on the batch size, so the batch axis of the inputs and outputs is then declared symbolic (tests run batches
+1 to 4).
 """
 
 from __future__ import annotations
@@ -35,25 +35,19 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import onnx
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from stmc.layers import FREQ_KERNEL, FREQ_STRIDE, FrozenLayer
+from stmc.onnx_engine import INPUT, META, OUTPUT, max_error, read_metadata, state_names
 from stmc.stft import HOP, N_FFT, SAMPLE_RATE
-from stmc.streaming import Stream, streaming
+from stmc.stream import Clock
+from stmc.streaming import STMCEngine
 from stmc.unet import UNet
 
-INPUT, OUTPUT = "frames", "out"
-META = "stmc."
 OPSET = 17
-
-
-def state_names(count: int, prefix: str = "") -> list[str]:
-    """``state_0 .. state_{count-1}`` (or ``next_state_*``), the order of :meth:`Stream.get_state`."""
-    return [f"{prefix}state_{i}" for i in range(count)]
 
 
 def flush_path(path: str | Path) -> Path:
@@ -91,52 +85,41 @@ class ExportLayer(nn.Module):
         return y.permute(0, 3, 2, 1)
 
 
-def export_stream(model: UNet) -> Stream:
-    """An STMC stream over ``model`` that traces to ONNX: time masks as tensor ops, :class:`ExportLayer` layers."""
-    stream = streaming(model, "stmc", native=False)  # traced: PyTorch operators; running statistics always
-    stream.always_mask = True
-    stream.layers = [ExportLayer(layer) for layer in stream.layers]
-    return stream
-
-
 class StepGraph(nn.Module):
     """``(frames, *state) -> (out, *next_state)``: one engine step, the function the step graph holds."""
 
-    def __init__(self, stream: Stream) -> None:
+    def __init__(self, engine: STMCEngine) -> None:
         super().__init__()
-        self.stream = stream
+        self.engine = engine
 
     def forward(self, frames: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return self.stream.pure_step(frames, *state)
+        return self.engine.pure_step(frames, *state)
 
 
 class FlushGraph(nn.Module):
-    """``(*state) -> out``: the last ``D`` frames of every stream, as :meth:`Stream.flush` computes them."""
+    """``(*state) -> out``: the last ``D`` frames of every stream, as :meth:`stmc.stream.Stream.flush` computes
+    them (every layer's outputs at times >= a stream's end are offline padding)."""
 
-    def __init__(self, stream: Stream) -> None:
+    def __init__(self, engine: STMCEngine) -> None:
         super().__init__()
-        self.stream = stream
+        self.engine = engine
 
     def forward(self, *state: torch.Tensor) -> torch.Tensor:
-        stream = self.stream
-        first = state[0]
-        zeros = first[:, :1, :1, :1] * 0 + first.new_zeros(1, 2, stream.model.n_freq, stream.delay)
-        stream.end = state[-1]  # every layer's outputs at times >= the stream's end are offline padding
-        try:
-            return stream.pure_step(zeros, *state)[0]
-        finally:
-            stream.end = None
+        *buffers, time = state
+        first = buffers[0]  # the zero frames take the batch size from a state tensor: the axis stays symbolic
+        zeros = first[:, :1, :1, :1] * 0 + first.new_zeros(1, 2, self.engine.n_freq, self.engine.delay)
+        return self.engine.step(zeros, buffers, Clock(time, end=time))[0]
 
 
-def metadata(model: UNet, stream: Stream, frames_per_call: int, flush_name: str) -> dict[str, str]:
+def metadata(model: UNet, engine: STMCEngine, frames_per_call: int, flush_name: str) -> dict[str, str]:
     """What a runtime needs to drive the graphs, stored as ONNX ``metadata_props`` (JSON values)."""
-    shapes = [list(shape) for shape in stream.state_shapes()] + [[]]
+    shapes = [list(shape) for shape in engine.state_shapes()] + [[]]
     dtypes = ["float32"] * (len(shapes) - 1) + ["int64"]
     return {
         f"{META}state_shapes": json.dumps(shapes),
         f"{META}state_dtypes": json.dumps(dtypes),
         f"{META}frames_per_call": str(frames_per_call),
-        f"{META}delay": str(stream.delay),
+        f"{META}delay": str(engine.delay),
         f"{META}receptive_field": json.dumps(list(model.receptive_field)),
         f"{META}n_freq": str(model.n_freq),
         f"{META}model_config": json.dumps(model.config),
@@ -190,16 +173,16 @@ def to_onnx(model: UNet, path: str | Path, frames_per_call: int = 1, opset: int 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     training = model.training
-    stream = export_stream(model)
+    # traced: the PyTorch operators, every time mask as tensor ops (Clock without `settled`), Conv nodes
+    engine = STMCEngine(model, layer_form=ExportLayer)
     batch = 2  # traced with 2 streams so that no size-1 broadcast is baked in
-    stream.init_state(batch, model.layers[0].conv.weight)
-    state = stream.get_state()
+    state = [torch.zeros(batch, *shape) for shape in engine.state_shapes()] + [torch.zeros(batch, dtype=torch.long)]
     n = len(state)
-    flush_name = flush_path(path).name if stream.delay else ""
-    meta = metadata(model, stream, frames_per_call, flush_name)
+    flush_name = flush_path(path).name if engine.delay else ""
+    meta = metadata(model, engine, frames_per_call, flush_name)
     frames = torch.zeros(batch, 2, model.n_freq, frames_per_call)
     _save(
-        StepGraph(stream),
+        StepGraph(engine),
         (frames, *state),
         path,
         [INPUT, *state_names(n)],
@@ -207,127 +190,10 @@ def to_onnx(model: UNet, path: str | Path, frames_per_call: int = 1, opset: int 
         meta,
         opset,
     )
-    if stream.delay:
-        _save(FlushGraph(stream), tuple(state), flush_path(path), state_names(n), [OUTPUT], meta, opset)
+    if engine.delay:
+        _save(FlushGraph(engine), tuple(state), flush_path(path), state_names(n), [OUTPUT], meta, opset)
     model.train(training)
     return path
-
-
-def read_metadata(path: str | Path) -> dict[str, str]:
-    """The ``stmc.*`` metadata of an exported graph, without the prefix."""
-    props = onnx.load(str(path), load_external_data=False).metadata_props
-    return {p.key[len(META) :]: p.value for p in props if p.key.startswith(META)}
-
-
-def session(path: str | Path, threads: int = 1):
-    """An onnxruntime CPU session with ``threads`` intra-op threads, sequential execution (timing-friendly)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-class OnnxStream:
-    """The exported step in onnxruntime behind the engine's per-call contract (:class:`stmc.streaming.Stream`).
-
-    ``s(chunk [B, 2, F, t])`` returns the mask frames delayed by ``D`` (nothing before a stream's start),
-    ``s.flush()`` the last ``D`` frames, ``s.reset()`` / ``s.reset(mask)`` restart all / chosen streams.
-    ``t`` must be a multiple of the graph's ``frames_per_call`` (any ``t`` for the default 1).
-    """
-
-    def __init__(self, path: str | Path, threads: int = 1) -> None:
-        self.path = Path(path)
-        meta = read_metadata(self.path)
-        if "state_shapes" not in meta:
-            raise ValueError(f"{self.path} is not an STMC step graph (no {META}state_shapes metadata)")
-        self.shapes = [tuple(s) for s in json.loads(meta["state_shapes"])]
-        self.dtypes = [np.dtype(d) for d in json.loads(meta["state_dtypes"])]
-        self.frames_per_call = int(meta["frames_per_call"])
-        self.delay = int(meta["delay"])
-        self.n_freq = int(meta["n_freq"])
-        self.config = json.loads(meta["model_config"])
-        self.step_session = session(self.path, threads)
-        self.flush_session = session(self.path.parent / meta["flush"], threads) if meta["flush"] else None
-        self.names = state_names(len(self.shapes))
-        self.reset()
-
-    def reset(self, mask: torch.Tensor | None = None) -> None:
-        """Restart every stream, or only those where the bool ``mask [B]`` is true (they start at time 0)."""
-        if mask is None:
-            self.state: list[np.ndarray] | None = None
-            self.frames_in = 0
-            self.flushed = False
-            return
-        if self.state is None or tuple(mask.shape) != (self.batch,) or mask.dtype != torch.bool:
-            raise ValueError(f"reset(mask) needs a bool mask of shape [{self.batch}] after the first chunk")
-        rows = mask.cpu().numpy()
-        for tensor in self.state:
-            tensor[rows] = 0
-
-    @property
-    def batch(self) -> int | None:
-        return None if self.state is None else self.state[-1].shape[0]
-
-    def zero_state(self, batch: int) -> list[np.ndarray]:
-        """The initial state of ``batch`` streams: zeros of the shapes and dtypes in the metadata."""
-        return [np.zeros((batch, *shape), dtype) for shape, dtype in zip(self.shapes, self.dtypes, strict=True)]
-
-    def step(self, frames: np.ndarray, state: Sequence[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-        """One graph call: ``frames [B, 2, F, frames_per_call]`` and a state -> ``(out, next_state)``."""
-        out, *state = self.step_session.run(None, {INPUT: frames, **dict(zip(self.names, state, strict=True))})
-        return out, state
-
-    def __call__(self, chunk: torch.Tensor) -> torch.Tensor:
-        if self.flushed:
-            raise RuntimeError("this stream was flushed; call reset() before streaming again")
-        if chunk.dim() != 4 or chunk.shape[1] != 2 or chunk.shape[2] != self.n_freq or chunk.dtype != torch.float32:
-            raise ValueError(
-                f"expected a float32 spectrum [batch, 2 (real, imag), {self.n_freq} bins, frames], "
-                f"got {chunk.dtype} {list(chunk.shape)}"
-            )
-        if self.state is None:
-            self.state = self.zero_state(chunk.shape[0])
-        elif chunk.shape[0] != self.batch:
-            raise ValueError(f"this stream has batch {self.batch}, got a chunk of batch {chunk.shape[0]}; reset first")
-        size = self.frames_per_call
-        if chunk.shape[-1] % size:
-            raise ValueError(f"this graph takes {size} frames per call; got a chunk of {chunk.shape[-1]} frames")
-        frames = chunk.detach().cpu().numpy()
-        outs = []
-        for start in range(0, frames.shape[-1], size):
-            out, self.state = self.step(np.ascontiguousarray(frames[..., start : start + size]), self.state)
-            outs.append(out)
-        out = np.concatenate(outs, -1) if outs else np.zeros(frames.shape, np.float32)
-        early = max(0, self.delay - self.frames_in)  # outputs at times < 0 are not part of the signal
-        self.frames_in += frames.shape[-1]
-        return torch.from_numpy(out[..., early:])
-
-    def flush(self) -> torch.Tensor:
-        """The last ``D`` frames of every stream (zero padding run out as offline); then the stream needs reset()."""
-        if self.flushed:
-            raise RuntimeError("this stream was flushed already; call reset() before streaming again")
-        self.flushed = True
-        if self.flush_session is None or self.state is None:
-            return torch.zeros(self.batch or 0, 2, self.n_freq, 0)
-        (out,) = self.flush_session.run(None, dict(zip(self.names, self.state, strict=True)))
-        early = max(0, self.delay - self.frames_in)
-        return torch.from_numpy(out[..., early:])
-
-
-def max_error(model: UNet, path: str | Path, frames: int = 64, batch: int = 2, seed: int = 0) -> float:
-    """Largest difference between the exported graphs in onnxruntime and offline PyTorch on random spectra."""
-    spec = torch.randn(batch, 2, model.n_freq, frames, generator=torch.Generator().manual_seed(seed))
-    stream = OnnxStream(path)
-    out = torch.cat([stream(spec), stream.flush()], -1)
-    training = model.training
-    with torch.no_grad():
-        expected = model.eval()(spec)
-    model.train(training)
-    return float((out - expected).abs().max())
 
 
 def load_model(ckpt: str | None, depth: int, lookahead: int, width: float, seed: int) -> UNet:

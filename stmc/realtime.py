@@ -1,7 +1,7 @@
 """Streaming a trained enhancer over real audio: sources, sinks, chunking, real-time pacing and latency statistics.
 
 ``stream_infer.py`` is a thin Hydra front end to :func:`infer`. Audio goes through :class:`stmc.Enhancer`'s
-stream (or its ONNX export, :class:`stmc.export.OnnxStream`) in chunks of any number of samples:
+stream (or its ONNX export, :func:`stmc.onnx_engine.onnx_stream`) in chunks of any number of samples:
 
 - sources: an audio file, a folder of them, raw 16-bit little-endian PCM on stdin, or a live microphone
   (``sounddevice``, optional);
@@ -320,7 +320,7 @@ def build_enhancer(options: InferOptions) -> Enhancer:
     if options.ckpt:
         return Enhancer.from_checkpoint(options.ckpt)
     if options.onnx:
-        from stmc.export import read_metadata  # onnx is imported only when used
+        from stmc.onnx_engine import read_metadata  # onnx is imported only when used
 
         config = json.loads(read_metadata(options.onnx)["model_config"])
     else:
@@ -331,13 +331,11 @@ def build_enhancer(options: InferOptions) -> Enhancer:
 
 def open_stream(enhancer: Enhancer, options: InferOptions) -> EnhancerStream:
     """The enhancer's sample stream; with ``onnx`` set the network runs in onnxruntime from that export."""
-    stream = enhancer.stream(options.method, compile=options.compile)
-    if options.onnx:
-        from stmc.export import OnnxStream
+    if not options.onnx:
+        return enhancer.stream(options.method, compile=options.compile)
+    from stmc.onnx_engine import onnx_stream  # onnxruntime is imported only when used
 
-        stream.frames = OnnxStream(options.onnx, threads=options.threads or 1)
-        stream.reset()
-    return stream
+    return EnhancerStream(enhancer, onnx_stream(options.onnx, threads=options.threads or 1))
 
 
 AUDIO_SUFFIXES = {f".{name.lower()}" for name in sf.available_formats()} | {".aif", ".oga", ".opus"}

@@ -159,17 +159,9 @@ class UNet(nn.Module):
         return from_frames(self.bound(walk(self.features(to_frames(spec), dim=-1)), dim=-1))
 
     def check_input(self, spec: torch.Tensor, batch: int | None = None) -> None:
-        """Raise ``ValueError`` naming the expected shape unless ``spec`` is ``[B, 2, n_freq, T]``."""
-        expected = f"[batch, 2 (real, imag), {self.n_freq} bins, frames]"
-        if not isinstance(spec, torch.Tensor):
-            raise ValueError(f"expected a tensor {expected}, got {type(spec).__name__}")
-        if spec.dim() != 4 or spec.shape[1] != 2 or spec.shape[2] != self.n_freq:
-            raise ValueError(f"expected a spectrum {expected}, got shape {list(spec.shape)}")
-        dtype = self.layers[0].conv.weight.dtype
-        if spec.dtype != dtype:
-            raise ValueError(f"expected dtype {dtype} for {expected}, got {spec.dtype}")
-        if batch is not None and spec.shape[0] != batch:
-            raise ValueError(f"this stream has batch {batch}, got a chunk of batch {spec.shape[0]}; reset() first")
+        """Raise ``ValueError`` naming the expected shape unless ``spec`` is ``[B, 2, n_freq, T]`` of the weights'
+        dtype (and, given ``batch``, ``B == batch``)."""
+        check_spectrum(spec, self.n_freq, self.layers[0].conv.weight.dtype, batch)
 
     def forward(self, spec: torch.Tensor) -> torch.Tensor:
         self.check_input(spec)
@@ -197,6 +189,20 @@ class UNet(nn.Module):
     def frozen(self) -> list[FrozenLayer]:
         """Inference form of every layer (BatchNorm folded), in chain order."""
         return [layer.frozen() for layer in self.layers]
+
+
+def check_spectrum(spec: torch.Tensor, n_freq: int, dtype: torch.dtype, batch: int | None = None) -> None:
+    """Raise ``ValueError`` naming the expected shape unless ``spec`` is a ``[B, 2, n_freq, T]`` tensor of ``dtype``
+    (and, given ``batch``, ``B == batch``): the input of a model and of every stream."""
+    expected = f"[batch, 2 (real, imag), {n_freq} bins, frames]"
+    if not isinstance(spec, torch.Tensor):
+        raise ValueError(f"expected a tensor {expected}, got {type(spec).__name__}")
+    if spec.dim() != 4 or spec.shape[1] != 2 or spec.shape[2] != n_freq:
+        raise ValueError(f"expected a spectrum {expected}, got shape {list(spec.shape)}")
+    if spec.dtype != dtype:
+        raise ValueError(f"expected dtype {dtype} for {expected}, got {spec.dtype}")
+    if batch is not None and spec.shape[0] != batch:
+        raise ValueError(f"this stream has batch {batch}, got a chunk of batch {spec.shape[0]}; reset() first")
 
 
 def concat_skip(k: int, h: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:

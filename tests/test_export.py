@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import onnx
 import pytest
 import torch
 
 import stmc
-from stmc.export import OnnxStream, flush_path, main, read_metadata, state_names, to_onnx
+from stmc.export import flush_path, main, to_onnx
+from stmc.onnx_engine import onnx_stream, read_metadata, state_names
 from stmc.stft import STFT
 from tests.randmodel import randomise_norms
 
@@ -35,7 +35,7 @@ def utterance_spectrum(seconds: float, batch: int = 1, seed: int = 0) -> torch.T
 def test_onnxruntime_over_a_whole_utterance_equals_offline(exported):
     model, path = exported
     spec = utterance_spectrum(2.0)  # 128 frames, one step call per frame
-    stream = OnnxStream(path)
+    stream = onnx_stream(path)
     out = torch.cat([stream(spec[..., t : t + 1]) for t in range(spec.shape[-1])] + [stream.flush()], -1)
     with torch.no_grad():
         expected = model(spec)
@@ -57,7 +57,7 @@ def test_graph_contract_names_dynamic_batch_and_zero_state_metadata(exported):
         assert [d.dim_value for d in dims[1:]] == shape
     assert dtypes[-1] == "int64" and set(dtypes[:-1]) == {"float32"}
     stream = stmc.streaming(model, "stmc")
-    assert shapes[:-1] == [list(s) for s in stream.state_shapes()]
+    assert shapes[:-1] == [list(s) for s in stream.engine.state_shapes()]
     assert int(meta["delay"]) == model.receptive_field[1]
     assert json.loads(meta["model_config"]) == json.loads(json.dumps(model.config))
     assert flush_path(path).exists() == bool(model.receptive_field[1])
@@ -68,7 +68,7 @@ def test_graph_contract_names_dynamic_batch_and_zero_state_metadata(exported):
 def test_any_batch_size_from_zero_state(exported, batch):
     model, path = exported
     spec = utterance_spectrum(0.5, batch, seed=batch)
-    stream = OnnxStream(path)
+    stream = onnx_stream(path)
     out = torch.cat([stream(spec[..., :5]), stream(spec[..., 5:]), stream.flush()], -1)
     with torch.no_grad():
         torch.testing.assert_close(out, model(spec), atol=1e-4, rtol=0)
@@ -78,27 +78,11 @@ def test_several_frames_per_call(tmp_path):
     model = randomise_norms(stmc.UNet(depth=3, lookahead=2, channels=[2, 3, 4]), 0)
     path = to_onnx(model, tmp_path / "four.onnx", frames_per_call=4)
     spec = torch.randn(2, 2, 513, 24)
-    stream = OnnxStream(path)
+    stream = onnx_stream(path)
     out = torch.cat([stream(spec[..., :8]), stream(spec[..., 8:12]), stream(spec[..., 12:]), stream.flush()], -1)
     torch.testing.assert_close(out, model(spec), atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="4 frames per call"):
-        OnnxStream(path)(spec[..., :3])
-
-
-class TorchFrames:
-    """The PyTorch engine behind the same calls as :class:`OnnxStream` (the reference backend)."""
-
-    def __init__(self, model: stmc.UNet) -> None:
-        self.stream = stmc.streaming(model, "stmc")
-
-    def __call__(self, chunk: torch.Tensor) -> torch.Tensor:
-        return self.stream(chunk)
-
-    def reset(self, mask: torch.Tensor) -> None:
-        self.stream.reset(mask)
-
-    def flush(self) -> torch.Tensor:
-        return self.stream.flush()
+        onnx_stream(path)(spec[..., :3])
 
 
 @pytest.mark.parametrize("backend", ["torch", "onnx"])
@@ -108,7 +92,8 @@ def test_multi_stream_resets_leave_every_stream_equal_to_its_own_offline_output(
     delay, frames = model.receptive_field[1], 40
     restarts = {1: [12], 2: [9, 27], 3: [33]}  # stream -> frames at which it starts a new utterance
     spec = torch.randn(4, 2, 513, frames)  # row b at frame t: the input of stream b at that step
-    stream = TorchFrames(model) if backend == "torch" else OnnxStream(to_onnx(model, tmp_path / "multi.onnx"))
+    onnx = backend == "onnx"
+    stream = onnx_stream(to_onnx(model, tmp_path / "multi.onnx")) if onnx else stmc.streaming(model, "stmc")
     outs = []
     for t in range(0, frames, 3):
         mask = torch.tensor([t in restarts.get(b, []) for b in range(4)])
@@ -130,10 +115,11 @@ def test_multi_stream_resets_leave_every_stream_equal_to_its_own_offline_output(
 def test_flush_graph_ends_chosen_streams_only(tmp_path):
     """Ending one stream of a batch: its rows of the pure flush graph, then zeroed state rows."""
     model = randomise_norms(stmc.UNet(depth=3, lookahead=3, channels=[3, 4, 5]), 3)
-    stream = OnnxStream(to_onnx(model, tmp_path / "m.onnx"))
+    stream = onnx_stream(to_onnx(model, tmp_path / "m.onnx"))
     a, b, c = torch.randn(1, 2, 513, 20), torch.randn(1, 2, 513, 12), torch.randn(1, 2, 513, 8)
     first = stream(torch.cat([a[..., :12], b], 0))
-    (tail,) = stream.flush_session.run(None, dict(zip(stream.names, stream.state, strict=True)))
+    state = stream.get_state()
+    (tail,) = stream.engine.flush_session.run(None, stream.engine.feeds(state[:-1], state[-1]))
     stream.reset(torch.tensor([False, True]))
     second = stream(torch.cat([a[..., 12:], c], 0))
     rest = stream.flush()
@@ -165,10 +151,12 @@ def test_cli_exports_a_checkpoint_and_checks_it(tmp_path, capsys):
 
 def test_onnx_stream_refuses_wrong_input(exported):
     _, path = exported
-    stream = OnnxStream(path)
+    stream = onnx_stream(path)
     with pytest.raises(ValueError, match=r"\[batch, 2 \(real, imag\), 513 bins, frames\]"):
         stream(torch.randn(1, 2, 512, 1))
     stream(torch.randn(2, 2, 513, 1))
     with pytest.raises(ValueError, match="batch 2"):
         stream(torch.randn(1, 2, 513, 1))
-    assert np.all(stream.zero_state(3)[-1] == 0)
+    fresh = onnx_stream(path)
+    fresh(torch.randn(3, 2, 513, 0))
+    assert all(not tensor.any() for tensor in fresh.get_state())

@@ -51,8 +51,8 @@ def test_native_offline_equals_the_model(model, frames):
 def test_default_stmc_stream_is_native_where_it_can_run():
     model = stmc.UNet(depth=2, channels=[2, 2], n_freq=5).eval()
     assert native.unavailable() is None  # CI and the dev machines have a C++ compiler
-    assert stmc.streaming(model).native
-    assert not stmc.streaming(model.double()).native  # float64: PyTorch operators, no warning needed
+    assert stmc.streaming(model).engine.native
+    assert not stmc.streaming(model.double()).engine.native  # float64: PyTorch operators, no warning needed
 
 
 @pytest.mark.parametrize(
@@ -78,7 +78,7 @@ def test_without_a_compiler_streams_fall_back_with_a_warning(tmp_path, monkeypat
         assert "no C++ compiler" in native.unavailable()
         with pytest.warns(UserWarning, match="no C\\+\\+ compiler"):
             stream = stmc.streaming(model)
-        assert not stream.native
+        assert not stream.engine.native
         spec = torch.randn(1, 2, 5, 7)
         torch.testing.assert_close(torch.cat([stream(spec), stream.flush()], -1), model(spec), atol=1e-5, rtol=0)
         with pytest.raises(ValueError, match="no C\\+\\+ compiler"):
@@ -122,12 +122,12 @@ def test_native_binding_checks_its_buffers():
     model = stmc.UNet(width=0.25).eval()
     stream = stmc.streaming(model, native=True)
     stream(torch.randn(2, 2, model.n_freq, 3))
-    state = [s.clone() for s in stream.state]
+    state, engine = [s.clone() for s in stream.get_state()[:-1]], stream.engine
     with pytest.raises(ValueError, match=r"state buffer 0 must be a contiguous float32 CPU tensor of shape \[2, "):
-        native.NativeStep(model, stream.layers, [state[0][:, :0], *state[1:]], 2, stream.state_shapes())
+        native.NativeStep(model, engine.layers, [state[0][:, :0], *state[1:]], 2, engine.state_shapes())
     transposed = state[0].transpose(2, 3).contiguous().transpose(2, 3)
     with pytest.raises(ValueError, match=r"\(not contiguous\)"):
-        native.NativeStep(model, stream.layers, [transposed, *state[1:]], 2, stream.state_shapes())
+        native.NativeStep(model, engine.layers, [transposed, *state[1:]], 2, engine.state_shapes())
 
 
 @pytest.mark.compiler
@@ -139,10 +139,10 @@ def test_a_native_gemm_that_disagrees_with_torch_means_the_operator_engine(monke
     monkeypatch.setattr(native, "_CHECKED", {})
     monkeypatch.setattr(native, "reference_gemm", lambda x, w: torch.mm(x, w) + 1.0)
     stream = stmc.streaming(model, native=None)
-    assert stream.native
+    assert stream.engine.native
     with pytest.warns(UserWarning, match=r"not used: its GEMM \(\d+ x \d+ @ \d+ x \d+\) differs from torch.mm"):
         out = torch.cat([stream(spec[..., :4]), stream(spec[..., 4:]), stream.flush()], -1)
-    assert not stream.native and stream.native_step is None
+    assert not stream.engine.native and stream.engine.native_step is None
     torch.testing.assert_close(out, model(spec), atol=1e-5, rtol=0)
     monkeypatch.setattr(native, "_CHECKED", {})
     monkeypatch.setattr(native, "reference_gemm", torch.mm)
