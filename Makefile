@@ -61,7 +61,8 @@ quickstart: corpus
 	$(PY) -m scripts.speed_table --results $(QS_EVAL) --out $(QS_EVAL) --rounds 3 --hops 10 --onnx
 
 # The paper's chain at CPU scale (look-ahead and size sweeps, evaluation, speed table, figures) in one folder,
-# <= 60 min on 2 cores: outputs/mini/index.md. The full-scale `paper` preset: README "Evaluation".
+# ~71 min of CPU on 2 idle cores (101 min wall measured on a busy one): outputs/mini/index.md.
+# The full-scale `paper` preset: README "Evaluation".
 .PHONY: mini
 mini: corpus
 	$(PY) -m scripts.reproduce mini

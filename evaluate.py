@@ -15,17 +15,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+import stmc.configs  # noqa: F401 (registers the --help resolver)
 from data.datamodule import original_cwd
 from stmc.chunk import parse_chunk
 from stmc.enhancer import Enhancer
-from stmc.evaluation import (
-    Settings,
-    evaluate,
-    find_checkpoints,
-    headline_table,
-    load_items,
-    write_examples,
-)
+from stmc.evaluation import evaluate
+from stmc.evaluation.reports import headline_table, write_examples
+from stmc.evaluation.settings import Settings, find_checkpoints, load_items
 from stmc.io import atomic_write
 
 log = logging.getLogger("evaluate")
@@ -89,6 +85,6 @@ def main(cfg: DictConfig) -> None:
 if __name__ == "__main__":
     try:
         main()
-    except KeyboardInterrupt:  # the evaluation's workers are stopped already (stmc.evaluation.run_all)
+    except KeyboardInterrupt:  # the evaluation's workers are stopped already (stmc.evaluation.scoring.run_all)
         print("interrupted (Ctrl-C): the evaluation stopped; files written before are complete", file=sys.stderr)
         sys.exit(130)

@@ -11,6 +11,7 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+import stmc.configs  # noqa: F401 (registers the --help resolver)
 from stmc.errors import ConfigError
 from stmc.realtime import InferOptions, infer
 

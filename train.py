@@ -12,6 +12,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+import stmc.configs  # noqa: F401 (registers the --help resolver)
 from stmc.training import ConfigError, TrainingStopped, check_overrides, train
 
 

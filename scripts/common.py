@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from stmc.evaluation import ALL, OFFLINE
+from stmc.evaluation.settings import ALL, OFFLINE
 from stmc.io import atomic_write
 from stmc.unet import UNet
 

@@ -27,7 +27,7 @@ import argparse
 import json
 import math
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -213,17 +213,31 @@ def draw(path: Path, models: Sequence[dict[str, Any]], summary: Sequence[dict[st
     plt.close(fig)
 
 
+def sweep_width(models: Sequence[dict[str, Any]]) -> float | None:
+    """The width of the look-ahead sweep among ``models``: the one evaluated at the most distinct look-aheads
+    (ties: the most models); None without models."""
+    lookaheads: dict[float, set[int]] = defaultdict(set)
+    for model in models:
+        lookaheads[model["width"]].add(model["lookahead"])
+    counts = Counter(model["width"] for model in models)
+    return max(lookaheads, key=lambda w: (len(lookaheads[w]), counts[w]), default=None)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m scripts.lookahead_figure", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", nargs="+", help="results.json files or folders holding them")
     parser.add_argument("--out", type=Path, required=True, help="folder for lookahead.{png,csv}")
-    parser.add_argument("--width", type=float, default=1.0, help="only models of this width (the sweep's)")
+    parser.add_argument("--width", type=float, default=None,
+                        help="only models of this width (default: the width evaluated at the most look-aheads, "
+                             "i.e. the sweep's)")
     parser.add_argument("--title", default="SI-SNRi vs look-ahead", help="figure title")
     args = parser.parse_args(argv)
-    models = [m for m in evaluated_models(args.results) if abs(m["width"] - args.width) < 1e-9]
+    found = evaluated_models(args.results)
+    width = args.width if args.width is not None else sweep_width(found)
+    models = [m for m in found if width is not None and abs(m["width"] - width) < 1e-9]
     if not models:
-        parser.error(f"no evaluated models of width {args.width} in {args.results}")
+        parser.error(f"no evaluated models of width {width} in {args.results}")
     models.sort(key=lambda m: (m["lookahead"], str(m["seed"])))
     summary = summarize(models)
     g = gains(summary)

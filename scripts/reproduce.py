@@ -1,7 +1,7 @@
 """Run a reproduction preset end to end into one folder: train the sweeps, evaluate every run offline and
 streamed, then the speed table (Table 1), the look-ahead figure (Figure 5) and the model-size figure (Figure 4).
 
-    python -m scripts.reproduce mini              # CPU, demo corpus, <= 60 min on 2 cores (configs/preset/mini.yaml)
+    python -m scripts.reproduce mini              # CPU, demo corpus, ~71-101 min on 2 cores (configs/preset/mini.yaml)
     python -m scripts.reproduce paper out=/scratch/stmc data_root=/data/DNS-Challenge    # SLURM (preset/paper.yaml)
     python -m scripts.reproduce mini --dry-run    # print the commands, run nothing
 

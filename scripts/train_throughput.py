@@ -107,7 +107,8 @@ def timed_fit(overrides: list[str], warmup: int, steps: int, folder: Path) -> tu
     from hydra import compose, initialize_config_dir
     from omegaconf import open_dict
 
-    from stmc.training import CONFIG_DIR, train
+    from stmc.configs import CONFIG_DIR
+    from stmc.training import train
 
     folder.mkdir(parents=True, exist_ok=True)
     record = folder / "timing.json"

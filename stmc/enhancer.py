@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from stmc import checkpoint
 from stmc.stft import STFT, StreamingAnalysis, StreamingSynthesis
 from stmc.stream import Stream
 from stmc.streaming import streaming
 from stmc.unet import UNet
-
-CHECKPOINT_KEY = "stmc"
 
 
 def to_channels(spec: torch.Tensor) -> torch.Tensor:
@@ -68,42 +66,14 @@ class Enhancer(nn.Module):
     @classmethod
     def from_checkpoint(cls, path: str | Path, map_location: str = "cpu") -> Enhancer:
         """Load a checkpoint written by ``train.py`` (no pickled code runs: ``weights_only=True``)."""
-        ckpt = read_checkpoint(path, map_location)
-        meta = ckpt[CHECKPOINT_KEY]
+        ckpt = checkpoint.read(path, map_location)
+        meta = ckpt[checkpoint.KEY]
         model = UNet(**meta["model_config"])
-        prefix = "model."
-        state = {
-            key[len(prefix) :]: value for key, value in ckpt.get("state_dict", {}).items() if key.startswith(prefix)
-        }
         try:
-            model.load_state_dict(state)
+            model.load_state_dict(checkpoint.model_state(ckpt))
         except RuntimeError as err:
             raise ValueError(f"{path}: weights do not match the architecture {meta['model_config']}: {err}") from err
         return cls(model.eval())
-
-
-def read_checkpoint(path: str | Path, map_location: str = "cpu") -> dict:
-    """The contents of a ``train.py`` checkpoint, loaded with ``weights_only=True`` (tensors and plain values only,
-    so no code in the file runs). ``ValueError`` with one line for a folder, a missing, corrupt or unsafe file, or
-    a checkpoint without the model config."""
-    path = Path(path)
-    if path.is_dir():
-        found = [p.relative_to(path) for p in itertools.islice(path.rglob("*.ckpt"), 4)]
-        hint = f" (it holds {', '.join(map(str, found[:3]))}{', ...' if len(found) > 3 else ''})" if found else \
-            " (it holds no .ckpt file)"
-        raise ValueError(f"checkpoint {path} is a folder; give a .ckpt file{hint}")
-    if not path.is_file():
-        raise ValueError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception:  # torch raises many types for corrupt, foreign or unsafe files; its advice to unpickle is wrong
-        raise ValueError(f"cannot read checkpoint {path}: torch cannot load it safely (corrupt, another format, or "
-                         "more than tensors and plain values in it); it is not unpickled, so no code in it runs"
-                         ) from None
-    meta = ckpt.get(CHECKPOINT_KEY) if isinstance(ckpt, dict) else None
-    if not isinstance(meta, dict) or "model_config" not in meta:
-        raise ValueError(f"{path} is not an STMC checkpoint (no '{CHECKPOINT_KEY}' entry)")
-    return ckpt
 
 
 class EnhancerStream:

@@ -2,8 +2,7 @@
 
 Loss: negative SI-SNR of the waveform after the iSTFT (the paper's metric, so training optimises what is
 reported), plus an optional power-law-compressed spectral term. The UNet is held as ``self.model`` and the
-checkpoint carries ``{"stmc": {"model_config": ...}}``, which is all ``stmc.Enhancer.from_checkpoint`` needs.
-Every entry of the checkpoint is a tensor or a Python primitive, so it loads with ``weights_only=True``.
+checkpoint carries :mod:`stmc.checkpoint`'s entry, which is all ``stmc.Enhancer.from_checkpoint`` needs.
 """
 
 from __future__ import annotations
@@ -11,7 +10,6 @@ from __future__ import annotations
 import inspect
 import math
 import random
-from collections import defaultdict
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -24,8 +22,11 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics import MeanMetric
 
+from stmc import checkpoint as ckpt_format
 from stmc.baselines import wiener
-from stmc.enhancer import CHECKPOINT_KEY, Enhancer
+from stmc.enhancer import Enhancer
+from stmc.evaluation.settings import ALL
+from stmc.evaluation.summary import cell, summarize
 from stmc.metrics import si_snr
 from stmc.stft import SAMPLE_RATE, STFT
 from stmc.unet import UNet
@@ -277,33 +278,30 @@ class EnhancementModule(pl.LightningModule):
             )
 
     def on_test_epoch_end(self) -> None:
-        """Mean SI-SNRi (model and Wiener) overall, per split and per split x noise type; printed and logged."""
+        """SI-SNRi of the model and the Wiener filter, means ± 95 % CIs overall, per split, per noise type and per
+        split x noise type (the statistics of ``evaluate.py``: :mod:`stmc.evaluation.summary`); printed and logged."""
         rows = self.test_rows
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             gathered: list[list[dict[str, Any]]] = [[] for _ in range(torch.distributed.get_world_size())]
             torch.distributed.all_gather_object(gathered, rows)
             rows = [row for part in gathered for row in part]
-        groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for row in rows:
-            for key in ("all", row["split"], f"{row['split']}/{row['noise_type']}"):
-                groups[key].append(row)
-        lines = [f"{'test set':<32} {'n':>5} {'SI-SNR in':>10} {'SI-SNRi':>8} {'Wiener':>8}"]
-        for key in sorted(groups, key=lambda k: (k != "all", k)):
-            group = groups[key]
-            means = {m: sum(r[m] for r in group) / len(group) for m in ("si_snr_in", "si_snri", "wiener_si_snri")}
-            prefix = "test" if key == "all" else f"test/{key}"
-            self.log(f"{prefix}/si_snri", means["si_snri"], rank_zero_only=True)
-            self.log(f"{prefix}/wiener_si_snri", means["wiener_si_snri"], rank_zero_only=True)
-            lines.append(
-                f"{key:<32} {len(group):>5} {means['si_snr_in']:>10.2f} {means['si_snri']:>8.2f}"
-                f" {means['wiener_si_snri']:>8.2f}"
-            )
+        items = [{"split": row["split"], "noise_type": row["noise_type"]} for row in rows]
+        signals = [{"mixture": {"si_snr": row["si_snr_in"]}, "model": {"si_snri": row["si_snri"]},
+                    "wiener": {"si_snri": row["wiener_si_snri"]}} for row in rows]
+        lines = [f"{'test set':<32} {'n':>5} {'SI-SNR in':>10} {'SI-SNRi':>14} {'Wiener':>14}"]
+        for group, stat in summarize(items, signals).items():
+            name = "test" if group == ALL else "test/" + group.replace("split:", "").replace("noise:", "noise/")
+            self.log(f"{name}/si_snri", stat["model"]["si_snri"]["mean"], rank_zero_only=True)
+            self.log(f"{name}/wiener_si_snri", stat["wiener"]["si_snri"]["mean"], rank_zero_only=True)
+            cells = [f"{cell(stat[s]['si_snri']):>14}" for s in ("model", "wiener")]
+            lines.append(f"{name.removeprefix('test/'):<32} {stat['mixture']['si_snr']['n']:>5} "
+                         f"{stat['mixture']['si_snr']['mean']:>10.2f} {' '.join(cells)}")
         if self.global_rank == 0:
-            print("\n".join(["", "SI-SNRi on the test set (dB, mean per utterance):", *lines]), flush=True)
+            print("\n".join(["", "SI-SNRi on the test set (dB, mean ± 95 % CI over utterances):", *lines]), flush=True)
 
     # -- checkpoint contents --
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[CHECKPOINT_KEY] = {"model_config": self.model.config, "run_config": self.run_config}
+        checkpoint[ckpt_format.KEY] = ckpt_format.entry(self.model.config, self.run_config)
         checkpoint["rng_states"] = rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -328,7 +328,7 @@ class NativeStep(NativeGraph):
 
     def __init__(self, model: UNet, layers: list[FrozenLayer], state: list[torch.Tensor], batch: int,
                  state_shapes: list[tuple[int, ...]]) -> None:
-        """``state_shapes``: the stream's (``STMCStream.state_shapes``, without the batch axis), which every
+        """``state_shapes``: the stream's (``STMCEngine.state_shapes``, without the batch axis), which every
         buffer must have before the native code gets its pointer."""
         self.state = state
         check_buffers(state, [(batch, *shape) for shape in state_shapes])

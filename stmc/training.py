@@ -26,14 +26,14 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from stmc.enhancer import CHECKPOINT_KEY, read_checkpoint
+from stmc import checkpoint
+from stmc.configs import CONFIG_DIR, group_options
 from stmc.errors import ConfigError
 from stmc.lightning import NonFiniteLossError
 from stmc.unet import UNet
 
 log = logging.getLogger(__name__)
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 LAST = "last"
 
 
@@ -125,11 +125,6 @@ def missing_keys(node: Any, prefix: str = "") -> list[str]:
         elif path != "hydra":
             keys.extend(missing_keys(value, f"{path}."))
     return sorted(keys)
-
-
-def group_options(group: str) -> list[str]:
-    """Names of the configs in ``configs/<group>/``."""
-    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
 
 
 def cpu_supports_bf16() -> bool:
@@ -237,7 +232,7 @@ def resolve_checkpoint(ckpt_path: str | None, output_dir: Path, search_siblings:
 def check_resumable(path: str, model: UNet) -> None:
     """Raise :class:`ConfigError` unless the checkpoint at ``path`` is readable and holds this config's model."""
     try:
-        saved = read_checkpoint(path)[CHECKPOINT_KEY]["model_config"]
+        saved = checkpoint.read(path)[checkpoint.KEY]["model_config"]
     except ValueError as err:
         raise ConfigError(f"ckpt_path: {err}") from None
     differ = [k for k in sorted(set(saved) | set(model.config)) if saved.get(k) != model.config.get(k)]

@@ -1,18 +1,63 @@
-"""Shared test set-up: the ``compiler`` marker, for tests that need a C++ compiler (the native STMC step, which
-compiles on first use, and ``torch.compile``).
+"""Shared test set-up: fixtures (a private cache per test, composed configs, a tiny corpus, tiny checkpoints)
+and the ``compiler`` marker.
 
-Without one those tests are skipped with the reason, so that ``make test`` passes on a minimal machine; with
-``STMC_REQUIRE_NATIVE=1`` (CI, whose machines have g++) a missing native step is an error instead, so these
-tests can never be skipped there unnoticed.
+``compiler`` marks tests that need a C++ compiler (the native STMC step, which compiles on first use, and
+``torch.compile``). Without one those tests are skipped with the reason, so that ``make test`` passes on a
+minimal machine; with ``STMC_REQUIRE_NATIVE=1`` (CI, whose machines have g++) a missing native step is an error
+instead, so these tests can never be skipped there unnoticed.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
 
-from stmc import native
+from data.synthetic import demo_like_tree
+from stmc import checkpoint, native
+from stmc.configs import CONFIG_DIR
+from tests.randmodel import tiny_unet
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test caches data (mixture plans, the demo corpus' derived files) in its own folder."""
+    monkeypatch.setenv("STMC_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def compose_train() -> Callable[..., DictConfig]:
+    """``compose_train(overrides, hydra_config=False)``: the ``train.py`` config as Hydra composes it."""
+
+    def composed(overrides: list[str], hydra_config: bool = False) -> DictConfig:
+        with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+            return compose("train", overrides=overrides, return_hydra_config=hydra_config)
+
+    return composed
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny tree in the demo corpus' layout (train/val/test splits of synthetic speech and noise)."""
+    root = tmp_path_factory.mktemp("corpus")
+    demo_like_tree(root)
+    return root
+
+
+@pytest.fixture
+def tiny_checkpoint() -> Callable[..., Path]:
+    """``tiny_checkpoint(path, lookahead=0, seed=0, width=1.0)``: a checkpoint in train.py's format
+    (:mod:`stmc.checkpoint`, step 7, the seed in its run config) holding :func:`tests.randmodel.tiny_unet`."""
+
+    def save(path: Path, lookahead: int = 0, seed: int = 0, width: float = 1.0) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return checkpoint.save(tiny_unet(lookahead, seed, width), path, run_config={"seed": seed}, step=7)
+
+    return save
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -24,6 +24,12 @@ def randomise_norms(model: stmc.UNet, seed: int) -> stmc.UNet:
     return model.eval()
 
 
+def tiny_unet(lookahead: int = 0, seed: int = 0, width: float = 1.0) -> stmc.UNet:
+    """A depth-2 U-Net with non-trivial BatchNorm statistics: fast, and it exercises the whole path."""
+    torch.manual_seed(seed)
+    return randomise_norms(stmc.UNet(depth=2, channels=(4, 8), lookahead=lookahead, width=width), seed)
+
+
 @st.composite
 def unets(draw, max_depth: int = 7, n_freq: int | None = None) -> stmc.UNet:
     """A random U-Net: depth 2..max_depth, random widths, any set of look-ahead layers, with or without input

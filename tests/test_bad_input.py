@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import stmc
+from stmc import checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -68,10 +69,9 @@ def test_checkpoint_errors_are_one_line(tmp_path):
     wrong = tmp_path / "wrong.ckpt"
     small = stmc.UNet(depth=2, channels=[2, 2])
     config = {**small.config, "channels": [3, 3]}
-    torch.save(
-        {"stmc": {"model_config": config}, "state_dict": {f"model.{k}": v for k, v in small.state_dict().items()}},
-        wrong,
-    )
+    ckpt = checkpoint.contents(small)
+    ckpt[checkpoint.KEY]["model_config"] = config
+    torch.save(ckpt, wrong)
     with pytest.raises(ValueError, match="do not match the architecture"):
         stmc.Enhancer.from_checkpoint(wrong)
 

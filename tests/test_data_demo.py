@@ -15,11 +15,6 @@ from data.demo import build, packages
 SCALE = 0.05
 
 
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("STMC_CACHE_DIR", str(tmp_path / "cache"))
-
-
 def test_missing_packages_give_the_install_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(packages, "missing", lambda: ["flite", "sonic-pi-samples"])
     assert cli.main(["build", "--root", str(tmp_path / "corpus")]) == 2

@@ -20,11 +20,6 @@ from data.synthetic import SR, demo_like_tree, speechlike, write
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "data"
 
 
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("STMC_CACHE_DIR", str(tmp_path / "cache"))
-
-
 def vctk_tree(root: Path) -> None:
     """VCTK-DEMAND layout: 4 speakers in train, 48 kHz, noisy = clean + noise."""
     for split, speakers in (("trainset_28spk", ("p226", "p227", "p228", "p229")), ("testset", ("p232",))):

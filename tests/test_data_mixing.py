@@ -21,11 +21,6 @@ from stmc.metrics import si_snr
 SR = 16_000
 
 
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("STMC_CACHE_DIR", str(tmp_path / "cache"))
-
-
 def voiced(seconds: float, seed: int) -> np.ndarray:
     """Harmonic bursts with pauses: a crude stand-in for speech (sparse in time and frequency)."""
     rng = np.random.default_rng(seed)

@@ -10,6 +10,7 @@ import signal as signals_os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,37 +19,12 @@ from scipy import stats
 
 import stmc
 from data.synthetic import demo_like_tree, speechlike
-from stmc.evaluation import (
-    Settings,
-    evaluate_utterance,
-    find_checkpoints,
-    mean_ci,
-    model_names,
-    spread,
-)
-from tests.randmodel import randomise_norms
+from stmc.evaluation.scoring import evaluate_utterance
+from stmc.evaluation.settings import Settings, find_checkpoints, model_names, spread
+from stmc.evaluation.summary import mean_ci
+from tests.randmodel import tiny_unet
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("STMC_CACHE_DIR", str(tmp_path / "cache"))
-
-
-def tiny_model(lookahead: int = 0, seed: int = 0, width: float = 1.0) -> stmc.UNet:
-    """A depth-2 U-Net with non-trivial BatchNorm statistics: fast, and it exercises the whole path."""
-    torch.manual_seed(seed)
-    return randomise_norms(stmc.UNet(depth=2, channels=(4, 8), lookahead=lookahead, width=width), seed)
-
-
-def tiny_checkpoint(path: Path, lookahead: int = 0, seed: int = 0, width: float = 1.0) -> Path:
-    """A checkpoint in train.py's format (what ``Enhancer.from_checkpoint`` reads) holding a tiny U-Net."""
-    model = tiny_model(lookahead, seed, width)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"stmc": {"model_config": model.config, "run_config": {"seed": seed}}, "global_step": 7,
-                "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, path)
-    return path
 
 
 def test_mean_ci_is_the_student_t_interval_and_leaves_out_nan():
@@ -68,7 +44,7 @@ def test_spread_keeps_the_ends_and_is_even():
     assert spread(3, 10) == [0, 1, 2]
 
 
-def test_checkpoint_discovery_best_last_newest(tmp_path):
+def test_checkpoint_discovery_best_last_newest(tmp_path, tiny_checkpoint):
     old = tiny_checkpoint(tmp_path / "runs/a/checkpoints/best-step5-sisnri1.00.ckpt")
     tiny_checkpoint(tmp_path / "runs/a/checkpoints/last.ckpt")
     only_last = tiny_checkpoint(tmp_path / "runs/b/checkpoints/last.ckpt")
@@ -92,7 +68,7 @@ def test_checkpoint_discovery_best_last_newest(tmp_path):
 
 @pytest.mark.parametrize("lookahead,chunk", [(0, 256), (3, 1000), (4, 37)])
 def test_streamed_equals_offline_on_an_utterance(lookahead, chunk):
-    enhancer = stmc.Enhancer(tiny_model(lookahead))
+    enhancer = stmc.Enhancer(tiny_unet(lookahead))
     clean = torch.from_numpy(speechlike(1.3, 1))
     noisy = clean + torch.from_numpy(speechlike(1.3, 2))
     settings = Settings(("offline", "stmc"), ("si_snri",), chunk)
@@ -115,7 +91,7 @@ def run_evaluate(*overrides: str, cwd: Path = ROOT) -> subprocess.CompletedProce
                           text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
-def test_evaluate_py_on_tiny_checkpoints_twice_gives_identical_numbers(tmp_path):
+def test_evaluate_py_on_tiny_checkpoints_twice_gives_identical_numbers(tmp_path, tiny_checkpoint):
     demo_like_tree(tmp_path / "corpus")
     runs = tmp_path / "train"
     tiny_checkpoint(runs / "lookahead=0/checkpoints/best-step7-sisnri0.00.ckpt", lookahead=0, seed=0)
@@ -164,19 +140,20 @@ def test_evaluate_py_config_mistake_is_one_line(tmp_path):
 
 
 def test_offline_only_documents_have_no_stream_columns():
-    from stmc.evaluation import evaluate_model_summary, headline_table, markdown, results_document
+    from stmc.evaluation.reports import headline_table, markdown, results_document
+    from stmc.evaluation.summary import model_summary
 
     items = [{"split": "s", "noise_type": "hum"}, {"split": "s", "noise_type": "pink"}]
     baselines = [{"mixture": {"si_snr": 1.0, "si_snri": 0.0}, "wiener": {"si_snr": 2.0, "si_snri": 1.0}}] * 2
     rows = [{"offline": {"si_snr": 4.0, "si_snri": 3.0}}, {"offline": {"si_snr": 6.0, "si_snri": 5.0}}]
     info = {"name": "m", "checkpoint": "m.ckpt", "lookahead": 0, "width": 1.0, "seed": 0, "step": 1, "params": 10}
-    doc = results_document([evaluate_model_summary(info, items, baselines, rows)], {"chunk_samples": 256})
+    doc = results_document([model_summary(info, items, baselines, rows)], {"chunk_samples": 256})
     assert doc["si_snri"] == {"wiener": 1.0, "offline": 4.0} and doc["max_abs_diff"] is None
     assert doc["per_noise"]["pink"] == {"wiener": 1.0, "offline": 5.0, "input_si_snr": 1.0, "n": 1}
     assert "streamed" not in headline_table(doc) and "stmc" not in markdown(doc)
 
 
-def start_long_evaluation(tmp_path: Path) -> subprocess.Popen:
+def start_long_evaluation(tmp_path: Path, tiny_checkpoint: Callable[..., Path]) -> subprocess.Popen:
     """evaluate.py with 2 workers on test utterances long enough (40 s) to be caught mid-way; waits for the
     workers to exist."""
     from data.synthetic import write
@@ -225,8 +202,8 @@ def gone(pids: list[int], seconds: float = 10.0) -> bool:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_ctrl_c_stops_the_evaluation_and_its_workers_in_one_line(tmp_path):
-    process = start_long_evaluation(tmp_path)
+def test_ctrl_c_stops_the_evaluation_and_its_workers_in_one_line(tmp_path, tiny_checkpoint):
+    process = start_long_evaluation(tmp_path, tiny_checkpoint)
     workers = children(process.pid)
     process.send_signal(signals_os.SIGINT)
     _, stderr = process.communicate(timeout=60)
@@ -237,25 +214,25 @@ def test_ctrl_c_stops_the_evaluation_and_its_workers_in_one_line(tmp_path):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc and prctl")
-def test_workers_die_with_a_killed_evaluation(tmp_path):
-    process = start_long_evaluation(tmp_path)
+def test_workers_die_with_a_killed_evaluation(tmp_path, tiny_checkpoint):
+    process = start_long_evaluation(tmp_path, tiny_checkpoint)
     workers = children(process.pid)
     process.kill()
     process.communicate(timeout=60)
     assert gone(workers), "worker processes outlived a kill -9 of evaluate.py"
 
 
-def test_select_best_without_a_best_checkpoint_says_so(tmp_path, caplog):
+def test_select_best_without_a_best_checkpoint_says_so(tmp_path, caplog, tiny_checkpoint):
     tiny_checkpoint(tmp_path / "run/checkpoints/last.ckpt")
     with caplog.at_level("WARNING"):
         assert find_checkpoints([tmp_path], "best") == [tmp_path / "run/checkpoints/last.ckpt"]
     assert "has no best checkpoint (no validation ran); using last.ckpt" in caplog.text
 
 
-def test_an_interrupted_evaluation_resumes_from_what_it_finished(tmp_path):
+def test_an_interrupted_evaluation_resumes_from_what_it_finished(tmp_path, tiny_checkpoint):
     """The journal keeps each finished utterance evaluation; a second run of the same work computes only the
     rest and gives the numbers of an uninterrupted run. A journal of other work is not used."""
-    from stmc.evaluation import Journal, Settings, fingerprint, run_all
+    from stmc.evaluation.scoring import Journal, fingerprint, run_all
 
     gen = torch.Generator().manual_seed(0)
     items = [{"noisy": 0.1 * torch.randn(4000 + 700 * i, generator=gen), "name": f"u{i}", "split": "test",

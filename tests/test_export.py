@@ -7,12 +7,15 @@ import json
 import onnx
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import stmc
+from stmc import checkpoint
 from stmc.export import flush_path, main, to_onnx
 from stmc.onnx_engine import onnx_stream, read_metadata, state_names
 from stmc.stft import STFT
-from tests.randmodel import randomise_norms
+from tests.randmodel import randomise_norms, split_points, unets
 
 
 @pytest.fixture(scope="module", params=[0, 14], ids=["causal", "noncausal"])
@@ -132,13 +135,7 @@ def test_flush_graph_ends_chosen_streams_only(tmp_path):
 def test_cli_exports_a_checkpoint_and_checks_it(tmp_path, capsys):
     model = randomise_norms(stmc.UNet(depth=3, lookahead=1, channels=[2, 3, 4]), 1)
     ckpt = tmp_path / "model.ckpt"
-    torch.save(
-        {
-            "stmc": {"model_config": model.config},
-            "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-        },
-        ckpt,
-    )
+    checkpoint.save(model, ckpt)
     assert main([str(tmp_path / "out.onnx"), "--ckpt", str(ckpt)]) == 0
     printed = capsys.readouterr().out
     assert "out.flush.onnx" in printed and "max |error|" in printed
@@ -160,3 +157,23 @@ def test_onnx_stream_refuses_wrong_input(exported):
     fresh = onnx_stream(path)
     fresh(torch.randn(3, 2, 513, 0))
     assert all(not tensor.any() for tensor in fresh.get_state())
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                   HealthCheck.function_scoped_fixture])
+@given(model=unets(max_depth=4), batch=st.integers(1, 3), data=st.data())
+def test_onnx_engine_behind_the_driver_equals_offline(model, batch, data, tmp_path):
+    """The exported graphs run by onnxruntime behind the same stream driver as the PyTorch engines: random
+    U-Nets (any look-ahead layers), random chunkings with empty chunks, then the flush, equal offline."""
+    frames = data.draw(st.integers(0, 24))
+    spec = torch.randn(batch, 2, model.n_freq, frames)
+    stream = onnx_stream(to_onnx(model, tmp_path / f"random{data.draw(st.integers(0, 10**9))}.onnx"))
+    outs, start = [], 0
+    for size in split_points(data.draw, frames, 8):
+        outs.append(stream(spec[..., start : start + size]))
+        start += size
+    out = torch.cat([*outs, stream.flush()], -1)
+    with torch.no_grad():
+        expected = model(spec)
+    assert out.shape == expected.shape
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=0)

@@ -13,7 +13,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from scripts import lookahead_figure, reproduce, size_figure, speed_table
 from scripts.common import evaluated_models
-from stmc.evaluation import evaluate_model_summary, results_document, write_results
+from stmc.evaluation.reports import results_document, write_results
+from stmc.evaluation.summary import model_summary
 from stmc.unet import UNet
 
 TINY = {"depth": 2, "channels": [4, 8], "lookahead_layers": "first", "n_freq": 513, "compress": 0.3}
@@ -32,7 +33,7 @@ def synthetic_results(folder: Path, models: list[tuple[int, float, int, float]])
         rows = [{"offline": {"si_snr": 5 + score + d, "si_snri": score + d},
                  "stmc": {"si_snr": 5 + score + d, "si_snri": score + d, "max_abs_diff": 1e-7, "max_rel_diff": 1e-6}}
                 for d in (-0.5, 0.0, 0.5)]
-        entries.append(evaluate_model_summary(info, ITEMS, baselines, rows))
+        entries.append(model_summary(info, ITEMS, baselines, rows))
     write_results(folder, results_document(entries, {"utterances": 3, "methods": ["offline", "stmc"],
                                                      "chunk_samples": 256}))
     return folder / "results.json"

@@ -19,7 +19,7 @@ def test_mini_preset_chain_at_toy_scale(tmp_path, monkeypatch):
     overrides = [
         f"out={out}", "steps=2",
         f"data=[data=demo,data.root={tmp_path / 'corpus'},data.batch_size=2]",
-        "train.sweeps={lookahead: {overrides: [model.width=0.5], params: {model.lookahead: [0, 14], seed: [0]}},"
+        "train.sweeps={lookahead: {overrides: [], params: {model.lookahead: [0, 14], seed: [0]}},"
         " size: {overrides: [], params: {model.width: [0.25], seed: [0]}}}",
         "speed_table=[--rounds,'1',--hops,'2',--frames,'8']",
         "size_figure=[--widths,'0.25','1.0',--rounds,'1',--hops,'2']",

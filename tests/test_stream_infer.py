@@ -18,9 +18,11 @@ import torch
 import torchaudio.functional as AF
 
 import stmc
+from stmc import checkpoint
+from stmc.audio_io import InputError, read_audio
 from stmc.export import to_onnx
 from stmc.io import atomic_audio_file
-from stmc.realtime import InferOptions, InputError, build_enhancer, infer, read_audio
+from stmc.realtime import InferOptions, build_enhancer, infer
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"depth": 2, "lookahead": 1, "channels": [2, 3], "n_freq": 513}  # dry-run model, fast
@@ -65,13 +67,7 @@ def test_checkpoint_model_streams_like_its_offline_enhancer(tmp_path):
     torch.manual_seed(3)
     model = stmc.UNet(depth=3, lookahead=2, channels=[2, 3, 4])
     ckpt = tmp_path / "last.ckpt"
-    torch.save(
-        {
-            "stmc": {"model_config": model.config},
-            "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-        },
-        ckpt,
-    )
+    checkpoint.save(model, ckpt)
     sf.write(tmp_path / "in.wav", noisy(1.0), 16000, subtype="FLOAT")
     assert infer(options(tmp_path, input=str(tmp_path / "in.wav"), output=str(tmp_path / "o.wav"), ckpt=str(ckpt))) == 0
     expected = stmc.Enhancer.from_checkpoint(ckpt)(torch.from_numpy(noisy(1.0).T)).detach().numpy()[0]

@@ -14,12 +14,11 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 import stmc
 from data.synthetic import demo_like_tree
 from stmc.lightning import WarmupCosine
-from stmc.training import CONFIG_DIR, ConfigError, TrainingStopped, resolve_checkpoint, resolve_precision, train
+from stmc.training import ConfigError, TrainingStopped, resolve_checkpoint, resolve_precision, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,18 +45,6 @@ class PoisonAtStep(pl.Callback):
             batch["noisy"].fill_(math.nan)
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("corpus")
-    demo_like_tree(root)
-    return root
-
-
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("STMC_CACHE_DIR", str(tmp_path / "cache"))
-
-
 def tiny_run(corpus: Path, out: Path, *extra: str) -> list[str]:
     """Overrides for a short CPU run on the tiny corpus: 1 s crops, batches of 2, 3 batches per epoch."""
     return [
@@ -77,11 +64,6 @@ def tiny_run(corpus: Path, out: Path, *extra: str) -> list[str]:
     ]
 
 
-def compose_train(overrides: list[str]):
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        return compose("train", overrides=overrides)
-
-
 def checkpoint(out: Path, kind: str) -> Path:
     (path,) = (out / "checkpoints").glob("last.ckpt" if kind == "last" else "best-*.ckpt")
     return path
@@ -91,7 +73,7 @@ def checkpoint(out: Path, kind: str) -> Path:
     ("model", "lookahead"),
     [(["model=causal"], 0), (["model=noncausal"], 14), (["model=lookahead", "model.lookahead=3"], 3)],
 )
-def test_one_batch_fit_gives_a_streamable_checkpoint(model, lookahead, corpus, tmp_path):
+def test_one_batch_fit_gives_a_streamable_checkpoint(model, lookahead, corpus, tmp_path, compose_train):
     metrics = train(compose_train(tiny_run(corpus, tmp_path, *model)))
     assert math.isfinite(metrics["val/si_snri"]) and math.isfinite(metrics["train/loss"])
     best = checkpoint(tmp_path, "best")
@@ -111,7 +93,7 @@ def test_one_batch_fit_gives_a_streamable_checkpoint(model, lookahead, corpus, t
     assert saved["global_step"] == 1
 
 
-def test_test_split_report_next_to_wiener(corpus, tmp_path, capsys):
+def test_test_split_report_next_to_wiener(corpus, tmp_path, capsys, compose_train):
     metrics = train(compose_train(tiny_run(corpus, tmp_path, "test=true", "model.width=0.25")))
     for split in ("test_real", "test_tts"):
         assert math.isfinite(metrics[f"test/{split}/si_snri"])
@@ -119,7 +101,7 @@ def test_test_split_report_next_to_wiener(corpus, tmp_path, capsys):
     assert "test_real/babble" in capsys.readouterr().out
 
 
-def test_wandb_runs_offline_and_logs_audio_and_spectrograms(corpus, tmp_path, monkeypatch):
+def test_wandb_runs_offline_and_logs_audio_and_spectrograms(corpus, tmp_path, monkeypatch, compose_train):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("WANDB_API_KEY", "")  # never needs an account
     train(compose_train(tiny_run(corpus, tmp_path, "logger=wandb", "model.width=0.25")))
@@ -129,7 +111,7 @@ def test_wandb_runs_offline_and_logs_audio_and_spectrograms(corpus, tmp_path, mo
     assert len(list((media / "images/val/spectrogram").glob("*.png"))) == 2
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(corpus, tmp_path):
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(corpus, tmp_path, compose_train):
     cfg = compose_train(
         tiny_run(
             corpus,
@@ -155,7 +137,7 @@ def run_train_py(*overrides: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_a_killed_run_resumes_to_the_same_step_count(corpus, tmp_path):
+def test_a_killed_run_resumes_to_the_same_step_count(corpus, tmp_path, compose_train):
     common = [
         "model.width=0.25",
         "trainer.max_steps=8",
@@ -209,7 +191,7 @@ def test_schedule_warms_up_then_decays_over_the_budget():
     assert "progress" not in scheduler.state_dict()
 
 
-def test_bf16_mixed_precision_fit(corpus, tmp_path, monkeypatch):
+def test_bf16_mixed_precision_fit(corpus, tmp_path, monkeypatch, compose_train):
     """The bf16 autocast path trains (the mask is applied in the spectrum's precision), also where the CPU
     would have been refused for it (kernels are slow there, not wrong)."""
     monkeypatch.setattr("stmc.training.cpu_supports_bf16", lambda: True)
@@ -218,7 +200,7 @@ def test_bf16_mixed_precision_fit(corpus, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize(("supported", "chosen"), [(True, "bf16-mixed"), (False, "32-true")])
-def test_cpu_precision_auto_follows_the_cpu(supported, chosen, monkeypatch):
+def test_cpu_precision_auto_follows_the_cpu(supported, chosen, monkeypatch, compose_train):
     monkeypatch.setattr("stmc.training.cpu_supports_bf16", lambda: supported)
     cfg = compose_train(["trainer=cpu"])
     assert cfg.trainer.precision == "auto"
@@ -226,7 +208,7 @@ def test_cpu_precision_auto_follows_the_cpu(supported, chosen, monkeypatch):
     assert cfg.trainer.precision == chosen
 
 
-def test_explicit_bf16_on_a_cpu_without_bf16_kernels_is_a_config_error(monkeypatch):
+def test_explicit_bf16_on_a_cpu_without_bf16_kernels_is_a_config_error(monkeypatch, compose_train):
     monkeypatch.setattr("stmc.training.cpu_supports_bf16", lambda: False)
     cfg = compose_train(["trainer=cpu", "trainer.precision=bf16-mixed"])
     with pytest.raises(ConfigError, match=r"trainer.precision=bf16-mixed: this CPU has no bf16 kernels"):
@@ -255,14 +237,14 @@ def test_ddp_with_two_processes_on_cpu(corpus, tmp_path):
 
 
 @pytest.mark.parametrize("logger", ["csv", "none"])
-def test_every_logger_option_fits_one_step(logger, corpus, tmp_path):
+def test_every_logger_option_fits_one_step(logger, corpus, tmp_path, compose_train):
     """Each documented logger trains (without a logger the learning-rate monitor has nowhere to write: dropped)."""
     metrics = train(compose_train(tiny_run(corpus, tmp_path, f"logger={logger}", "model.width=0.25")))
     assert math.isfinite(metrics["train/loss"])
     assert (tmp_path / "csv").is_dir() == (logger == "csv")
 
 
-def test_resuming_with_another_model_or_an_unreadable_file_is_a_config_error(corpus, tmp_path):
+def test_resuming_with_another_model_or_an_unreadable_file_is_a_config_error(corpus, tmp_path, compose_train):
     """Resuming a checkpoint of another architecture names the differing model keys (instead of a size-mismatch
     traceback from deep in torch); a random-bytes file is refused without advice to unpickle it."""
     train(compose_train(tiny_run(corpus, tmp_path / "a", "model.width=0.25")))
@@ -279,7 +261,7 @@ def test_resuming_with_another_model_or_an_unreadable_file_is_a_config_error(cor
     assert "weights_only=False" not in str(err.value)
 
 
-def test_a_resumed_run_continues_in_its_own_folder(corpus, tmp_path):
+def test_a_resumed_run_continues_in_its_own_folder(corpus, tmp_path, compose_train):
     """Resuming another folder's checkpoint writes the new checkpoints next to the old ones, so that the run is
     one folder of checkpoints (evaluate.py counts one model per run), not two."""
     first = tmp_path / "2026-12-01_10-00-00"
@@ -291,7 +273,7 @@ def test_a_resumed_run_continues_in_its_own_folder(corpus, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["demo", "dns", "vctk_demand", "folders"])
-def test_every_data_option_fits_one_step(name, tmp_path):
+def test_every_data_option_fits_one_step(name, tmp_path, compose_train):
     """Each documented data option trains on a tiny tree in its layout, not only composes."""
     from tests.test_data_folders import dns_tree, folders_tree, vctk_tree
 
@@ -304,7 +286,7 @@ def test_every_data_option_fits_one_step(name, tmp_path):
 
 
 @pytest.mark.parametrize("trainer", ["cpu", "default"])
-def test_every_cpu_trainer_option_fits_one_step(trainer, corpus, tmp_path):
+def test_every_cpu_trainer_option_fits_one_step(trainer, corpus, tmp_path, compose_train):
     """The trainer options that run on a CPU train (gpu needs a GPU: scripts/gpu_check.py; ddp on 2 CPU
     processes is the slow test above)."""
     metrics = train(compose_train(tiny_run(corpus, tmp_path, f"trainer={trainer}", "model.width=0.25")))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,18 +14,14 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 import stmc
-from stmc.training import CONFIG_DIR, ConfigError, check_config, check_overrides, group_options, train
+from stmc.configs import CONFIG_DIR, group_options
+from stmc.training import ConfigError, check_config, check_overrides, train
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = group_options("experiment")
-
-
-def compose_train(overrides: list[str], hydra_config: bool = False):
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        return compose("train", overrides=overrides, return_hydra_config=hydra_config)
 
 
 def test_groups_have_the_documented_options():
@@ -36,7 +33,7 @@ def test_groups_have_the_documented_options():
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 @pytest.mark.parametrize("launcher", ["basic", "slurm"])
-def test_every_experiment_composes_and_builds_its_model(experiment, launcher, tmp_path):
+def test_every_experiment_composes_and_builds_its_model(experiment, launcher, tmp_path, compose_train):
     overrides = [f"experiment={experiment}", f"hydra/launcher={launcher}", f"paths.output_dir={tmp_path}"]
     if experiment == "paper_lookahead":
         overrides.append("model.lookahead=5")
@@ -51,18 +48,18 @@ def test_every_experiment_composes_and_builds_its_model(experiment, launcher, tm
     OmegaConf.resolve(cfg.callbacks)
 
 
-def test_wandb_is_the_default_logger_and_offline():
+def test_wandb_is_the_default_logger_and_offline(compose_train):
     cfg = compose_train(["paths.output_dir=/tmp/x"])
     assert cfg.logger._target_.endswith("WandbLogger") and cfg.logger.offline is True
     assert cfg.data._target_ == "data.datamodule.SpeechDataModule"
 
 
-def test_gpu_trainers_use_bf16_and_ddp_syncs_batchnorm():
+def test_gpu_trainers_use_bf16_and_ddp_syncs_batchnorm(compose_train):
     cfg = compose_train(["trainer=ddp", "paths.output_dir=/tmp/x"])
     assert cfg.trainer.strategy == "ddp" and cfg.trainer.sync_batchnorm and cfg.trainer.precision == "bf16-mixed"
 
 
-def sweep_jobs(overrides: list[str]) -> list[list[str]]:
+def sweep_jobs(compose_train: Callable[..., DictConfig], overrides: list[str]) -> list[list[str]]:
     """The job override lists Hydra's basic sweeper would launch (the same merge of config params and CLI)."""
     parser = OverridesParser.create()
     plain = [o.input_line for o in parser.parse_overrides(overrides) if not o.is_sweep_override()]
@@ -73,9 +70,9 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]]:
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 
-def test_lookahead_sweep_expands_to_75_runs_with_distinct_folders():
+def test_lookahead_sweep_expands_to_75_runs_with_distinct_folders(compose_train):
     base = ["experiment=paper_lookahead", "sweep=lookahead"]
-    jobs = sweep_jobs(base)
+    jobs = sweep_jobs(compose_train, base)
     assert len(jobs) == 75
     folders, settings = set(), set()
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
@@ -90,8 +87,8 @@ def test_lookahead_sweep_expands_to_75_runs_with_distinct_folders():
     assert any(f.endswith("lookahead=14/seed=4") for f in folders)
 
 
-def test_sweep_command_line_narrows_the_grid():
-    jobs = sweep_jobs(["experiment=quickstart", "sweep=lookahead", "model.lookahead=0,7,14", "seed=0"])
+def test_sweep_command_line_narrows_the_grid(compose_train):
+    jobs = sweep_jobs(compose_train, ["experiment=quickstart", "sweep=lookahead", "model.lookahead=0,7,14", "seed=0"])
     assert len(jobs) == 3
 
 
@@ -123,7 +120,7 @@ def test_mistyped_keys_are_one_line_errors_naming_the_closest_keys(overrides, me
 
 @pytest.mark.parametrize("key", ["batch_size", "eval_batch_size"])
 @pytest.mark.parametrize("value", [0, -2, 1.5])
-def test_batch_sizes_must_be_positive_integers(key, value, tmp_path):
+def test_batch_sizes_must_be_positive_integers(key, value, tmp_path, compose_train):
     cfg = compose_train([f"data.{key}={value}", f"paths.output_dir={tmp_path}"])
     with pytest.raises(ConfigError, match=rf"^data.{key}={value} must be a positive integer$"):
         train(cfg)
@@ -143,7 +140,7 @@ def test_valid_overrides_pass_the_check():
         (["model.compress=2"], r"^model: compress must be in \(0, 1\], got 2"),
     ],
 )
-def test_bad_model_values_stop_before_training(overrides, message, tmp_path):
+def test_bad_model_values_stop_before_training(overrides, message, tmp_path, compose_train):
     cfg = compose_train([*overrides, f"paths.output_dir={tmp_path}", f"data.root={tmp_path}"])
     with pytest.raises(ConfigError, match=message) as err:
         train(cfg)
@@ -151,7 +148,7 @@ def test_bad_model_values_stop_before_training(overrides, message, tmp_path):
     assert not (tmp_path / "checkpoints").exists()
 
 
-def test_missing_data_root_stops_before_training(tmp_path):
+def test_missing_data_root_stops_before_training(tmp_path, compose_train):
     cfg = compose_train([f"paths.output_dir={tmp_path}", f"data.root={tmp_path / 'nowhere'}", "logger=none"])
     with pytest.raises(ConfigError, match=r"^data.root: .*nowhere does not exist.*make corpus") as err:
         train(cfg)
@@ -171,7 +168,7 @@ def test_train_py_reports_a_config_error_in_one_line():
     assert line.startswith("error: model.lookahead=99 is out of range; allowed values: 0..14 (0 = causal")
 
 
-def test_threads_auto_leaves_the_busy_cores_alone(monkeypatch):
+def test_threads_auto_leaves_the_busy_cores_alone(monkeypatch, compose_train):
     import os
 
     from stmc import training

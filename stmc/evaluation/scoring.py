@@ -1,0 +1,224 @@
+"""Scoring: each utterance enhanced by every method and scored, over many utterances in worker processes,
+with a journal so that an interrupted evaluation resumes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import signal as signals_os
+import sys
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import InvalidStateError, ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from stmc.baselines import wiener
+from stmc.enhancer import Enhancer
+from stmc.evaluation.settings import OFFLINE, Item, Row, Settings
+from stmc.metrics import si_snr, si_snri
+from stmc.stft import SAMPLE_RATE
+
+
+def enhance(enhancer: Enhancer, noisy: torch.Tensor, method: str, chunk: int) -> torch.Tensor:
+    """``[N]`` -> ``[N]``: offline over the whole utterance, or streamed in chunks of ``chunk`` samples."""
+    x = noisy.reshape(1, -1)
+    with torch.inference_mode():
+        if method == OFFLINE:
+            return enhancer(x)[0]
+        stream = enhancer.stream(method)
+        outs = [stream(part) for part in x.split(chunk, -1)]
+        out = torch.cat([*outs, stream.flush()], -1)[0]
+    if out.shape[-1] != x.shape[-1]:
+        raise RuntimeError(f"the {method} stream returned {out.shape[-1]} samples for {x.shape[-1]}")
+    return out
+
+
+def _pesq(estimate: torch.Tensor, clean: torch.Tensor) -> float:
+    import pesq as pesq_backend
+    from torchmetrics.functional.audio import perceptual_evaluation_speech_quality
+
+    try:
+        return float(perceptual_evaluation_speech_quality(estimate, clean, SAMPLE_RATE, "wb"))
+    except pesq_backend.PesqError:  # e.g. no speech found: the utterance counts as missing for PESQ only
+        return math.nan
+
+
+def score(estimate: torch.Tensor, noisy: torch.Tensor, clean: torch.Tensor, metrics: Sequence[str]) -> Row:
+    """Scores of one enhanced utterance ``[N]`` (improvements relative to the mixture ``noisy``)."""
+    from torchmetrics.functional.audio import short_time_objective_intelligibility, signal_distortion_ratio
+
+    est, mix, ref = estimate.reshape(1, -1).float(), noisy.reshape(1, -1), clean.reshape(1, -1)
+    row: Row = {"si_snr": float(si_snr(est, ref)), "si_snri": float(si_snri(est, mix, ref))}
+    if "sdri" in metrics:
+        sdr_est = float(signal_distortion_ratio(est.double(), ref.double()))
+        sdr_mix = float(signal_distortion_ratio(mix.double(), ref.double()))
+        row.update(sdr=sdr_est, sdri=sdr_est - sdr_mix)
+    if "pesq" in metrics:
+        row["pesq"] = _pesq(est[0], ref[0])
+    if "stoi" in metrics:
+        row["stoi"] = float(short_time_objective_intelligibility(est[0], ref[0], SAMPLE_RATE))
+    return row
+
+
+def evaluate_baselines(item: Item, settings: Settings) -> dict[str, Row]:
+    """Scores of the mixture itself and of the untrained Wiener filter on one utterance."""
+    noisy, clean = item["noisy"], item["clean"]
+    return {
+        "mixture": score(noisy, noisy, clean, settings.metrics),
+        "wiener": score(wiener(noisy.reshape(1, -1))[0], noisy, clean, settings.metrics),
+    }
+
+
+def evaluate_utterance(enhancer: Enhancer, item: Item, settings: Settings) -> dict[str, Row]:
+    """Scores of every method on one utterance; streamed rows also carry ``max_abs_diff`` to offline."""
+    noisy, clean = item["noisy"], item["clean"]
+    outputs = {method: enhance(enhancer, noisy, method, settings.chunk) for method in settings.methods}
+    rows = {method: score(out, noisy, clean, settings.metrics) for method, out in outputs.items()}
+    peak = float(outputs[OFFLINE].abs().max()) if OFFLINE in outputs else 0.0
+    for method in settings.streams:
+        diff = float((outputs[method] - outputs[OFFLINE]).abs().max()) if noisy.numel() else 0.0
+        rows[method].update(max_abs_diff=diff, max_rel_diff=diff / peak if peak > 0 else 0.0)
+    return rows
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(items: Sequence[Item], checkpoints: Sequence[str], settings: Settings, threads: int) -> None:
+    torch.set_num_threads(threads)
+    _WORKER.update(items=items, checkpoints=checkpoints, settings=settings, enhancers={})
+
+
+def _init_pool_worker(*args: Any) -> None:
+    """A worker process: dies with its parent (Linux: even a ``kill -9`` of it), leaves Ctrl-C to the parent
+    (which stops the pool), then :func:`_init_worker`."""
+    signals_os.signal(signals_os.SIGINT, signals_os.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signals_os.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the parent died before prctl took effect
+            os._exit(1)
+    _init_worker(*args)
+
+
+def _task(task: tuple[int | None, int]) -> dict[str, Row]:
+    """``(model index or None for the baselines, item index)`` -> rows; runs in a worker (or in-process)."""
+    model, index = task
+    item, settings = _WORKER["items"][index], _WORKER["settings"]
+    if model is None:
+        return evaluate_baselines(item, settings)
+    enhancers = _WORKER["enhancers"]
+    if model not in enhancers:
+        enhancers[model] = Enhancer.from_checkpoint(_WORKER["checkpoints"][model]).eval()
+    return evaluate_utterance(enhancers[model], item, settings)
+
+
+class Journal:
+    """The utterance evaluations finished so far, one JSON line each, so that an interrupted evaluation resumes
+    where it stopped. Its first line fingerprints what the numbers depend on (utterances, checkpoint files,
+    settings, threads): a journal of other work is discarded, never mixed in."""
+
+    def __init__(self, path: Path, fingerprint: str) -> None:
+        self.done: dict[tuple[int | None, int], dict[str, Row]] = {}
+        if path.is_file():
+            lines = path.read_text().splitlines()
+            if lines and json.loads(lines[0]).get("fingerprint") == fingerprint:
+                for line in lines[1:]:
+                    try:
+                        entry = json.loads(line)
+                    except json.JSONDecodeError:  # the line being written when the run was killed
+                        break
+                    self.done[(entry["task"][0], entry["task"][1])] = entry["rows"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = open(path, "w")  # noqa: SIM115 (closed by close())
+        self.handle.write(json.dumps({"fingerprint": fingerprint}) + "\n")
+        for task, rows in self.done.items():
+            self.record(task, rows)
+
+    def record(self, task: tuple[int | None, int], rows: dict[str, Row]) -> None:
+        self.handle.write(json.dumps({"task": list(task), "rows": rows}) + "\n")
+        self.handle.flush()
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+def fingerprint(items: Sequence[Item], checkpoints: Sequence[Path], settings: Settings, threads: int) -> str:
+    """What an evaluation's numbers depend on, hashed: utterances, checkpoint files, settings, threads."""
+    described = {
+        "items": [[str(i.get("split", "")), str(i.get("name", "")), len(i["noisy"])] for i in items],
+        "checkpoints": [[str(c), c.stat().st_size, c.stat().st_mtime_ns] for c in checkpoints],
+        "settings": [list(settings.methods), list(settings.metrics), settings.chunk],
+        "threads": threads,
+    }
+    return hashlib.sha1(json.dumps(described).encode()).hexdigest()
+
+
+def run_all(
+    items: Sequence[Item],
+    checkpoints: Sequence[Path],
+    settings: Settings,
+    workers: int = 1,
+    threads: int = 1,
+    progress: Callable[[int, int], None] | None = None,
+    journal: Journal | None = None,
+) -> tuple[list[dict[str, Row]], list[list[dict[str, Row]]]]:
+    """Baseline rows per item, and per checkpoint the method rows per item (in item order).
+
+    ``workers > 1`` spreads utterances over processes (``threads`` BLAS threads each); results do not depend
+    on the split, since every utterance is computed whole by one process with the same thread count.
+    """
+    tasks: list[tuple[int | None, int]] = [(None, i) for i in range(len(items))]
+    tasks += [(m, i) for m in range(len(checkpoints)) for i in range(len(items))]
+    # longest utterances first, so that no worker is left with a long one at the end; results in task order
+    order = sorted(range(len(tasks)), key=lambda t: -len(items[tasks[t][1]]["noisy"]))
+    args = (list(items), [str(c) for c in checkpoints], settings, threads)
+    results: list[dict[str, Row]] = [{} for _ in tasks]
+    finished = journal.done if journal is not None else {}
+    for t, task in enumerate(tasks):
+        if task in finished:
+            results[t] = finished[task]
+    order = [t for t in order if tasks[t] not in finished]
+    ordered = [tasks[t] for t in order]
+
+    def collect(outcomes: Iterable[dict[str, Row]]) -> None:
+        for done, (t, rows) in enumerate(zip(order, outcomes, strict=True), len(tasks) - len(order) + 1):
+            results[t] = rows
+            if journal is not None:
+                journal.record(tasks[t], rows)
+            if progress:
+                progress(done, len(tasks))
+
+    if workers <= 1:
+        previous = torch.get_num_threads()
+        _init_worker(*args)
+        try:
+            collect(map(_task, ordered))
+        finally:
+            _WORKER.clear()
+            torch.set_num_threads(previous)
+    else:
+        pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_pool_worker,
+                                   initargs=args)
+        try:
+            collect(pool.map(_task, ordered, chunksize=1))
+        except BaseException:  # Ctrl-C or a failed task: stop the workers now rather than after their tasks
+            processes = list((pool._processes or {}).values())
+            pool.shutdown(wait=False, cancel_futures=True)
+            previous = threading.excepthook
+            # Python 3.11's pool thread then fails to mark the cancelled futures broken (InvalidStateError)
+            threading.excepthook = lambda hook: None if isinstance(hook.exc_value, InvalidStateError) \
+                else previous(hook)
+            for process in processes:
+                process.terminate()
+            raise
+        pool.shutdown()
+    n = len(items)
+    return results[:n], [results[n * (m + 1) : n * (m + 2)] for m in range(len(checkpoints))]

@@ -1,0 +1,173 @@
+"""What an evaluation computes and on what: settings, checkpoint discovery, test utterances."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from stmc import checkpoint
+from stmc.stft import HOP
+from stmc.streaming import METHODS
+
+log = logging.getLogger("stmc.evaluation")
+
+
+OFFLINE = "offline"
+BASELINES = ("mixture", "wiener")
+METRICS = ("si_snri", "sdri", "pesq", "stoi")  # what a user may ask for; si_snr/sdr come with si_snri/sdri
+LABELS = {
+    "si_snr": "SI-SNR (dB)",
+    "si_snri": "SI-SNRi (dB)",
+    "sdr": "SDR (dB)",
+    "sdri": "SDRi (dB)",
+    "pesq": "PESQ (wb)",
+    "stoi": "STOI",
+}
+ALL = "all"
+
+Item = Mapping[str, Any]  # one utterance: noisy, clean (1-D float32), name, split, noise_type, snr
+Row = dict[str, Any]  # the scores of one signal (method or baseline) on one utterance
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What is computed for every utterance: inference ``methods`` (``offline`` and streams), ``metrics``."""
+
+    methods: tuple[str, ...] = (OFFLINE, "stmc")
+    metrics: tuple[str, ...] = METRICS
+    chunk: int = HOP  # samples per streamed chunk
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.methods if m != OFFLINE and m not in METHODS]
+        if unknown or OFFLINE not in self.methods:
+            raise ValueError(f"methods={list(self.methods)}: {OFFLINE} (the reference of every stream) and any of "
+                             f"{', '.join(METHODS)}")
+        bad = [m for m in self.metrics if m not in METRICS]
+        if bad or "si_snri" not in self.metrics:
+            raise ValueError(f"metrics={list(self.metrics)}: choose from {', '.join(METRICS)} (si_snri always)")
+        if self.chunk < 1:
+            raise ValueError(f"chunk must be at least one sample, got {self.chunk}")
+
+    @property
+    def streams(self) -> tuple[str, ...]:
+        return tuple(m for m in self.methods if m != OFFLINE)
+
+
+def find_checkpoints(paths: Iterable[str | Path], select: str = "best", newest: bool = False) -> list[Path]:
+    """Checkpoint files from files and run folders.
+
+    A folder stands for every training run below it (a folder holding ``checkpoints/*.ckpt``), each giving its
+    best checkpoint (``best*.ckpt``, the newest if several) or, for ``select="last"`` or when it has no best
+    one, ``last.ckpt``. ``newest`` keeps only the most recently written run of each folder (the quickstart's).
+    """
+    if select not in ("best", "last"):
+        raise ValueError(f"select={select!r}: choose best or last")
+    found: list[Path] = []
+    for entry in paths:
+        path = Path(entry).expanduser()
+        if path.is_file():
+            found.append(path)
+            continue
+        if not path.is_dir():
+            raise FileNotFoundError(f"checkpoints: {path} is neither a checkpoint file nor a folder")
+        runs = sorted({ckpt.parent.parent for ckpt in path.rglob("checkpoints/*.ckpt")}, key=natural_key)
+        picks = [pick for run in runs if (pick := _pick(run / "checkpoints", select)) is not None]
+        if newest and picks:
+            picks = [max(picks, key=lambda p: p.stat().st_mtime)]
+        if not picks:
+            raise FileNotFoundError(f"checkpoints: no checkpoints/*.ckpt under {path}")
+        found.extend(picks)
+    if not found:
+        raise ValueError("checkpoints: give at least one checkpoint file or run folder")
+    return found
+
+
+def natural_key(path: Path) -> list[str | float]:
+    """Sort key that orders numbers by value: ``lookahead=2`` before ``lookahead=14``, ``0.25`` before ``0.5``."""
+    parts = re.split(r"(\d+(?:\.\d+)?)", str(path))
+    return [float(part) if i % 2 else part for i, part in enumerate(parts)]
+
+
+def _pick(folder: Path, select: str) -> Path | None:
+    best = sorted(folder.glob("best*.ckpt"), key=lambda p: p.stat().st_mtime)
+    last = folder / "last.ckpt"
+    if select == "last" and last.is_file():
+        return last
+    if best:
+        return best[-1]
+    if select == "best" and last.is_file():
+        log.warning("select=best: %s has no best checkpoint (no validation ran); using last.ckpt", folder.parent)
+    return last if last.is_file() else None
+
+
+def checkpoint_info(path: Path, model: torch.nn.Module) -> dict[str, Any]:
+    """What a results file records about a checkpoint: architecture, look-ahead, width, seed, step, size."""
+    ckpt = checkpoint.read(path)
+    meta = ckpt.get(checkpoint.KEY, {})
+    config = dict(meta.get("model_config", {}))
+    run = meta.get("run_config") or {}
+    params = sum(p.numel() for p in model.parameters())
+    return {
+        "checkpoint": str(path),
+        "model_config": config,
+        "lookahead": model.receptive_field[1],
+        "width": config.get("width", 1.0),
+        "seed": run.get("seed"),
+        "step": ckpt.get("global_step"),
+        "params": params,
+        "size_mb": params * 4 / 1e6,
+        "receptive_field": list(model.receptive_field),
+    }
+
+
+def model_names(paths: Sequence[Path]) -> list[str]:
+    """Short distinct names: each run folder (or loose checkpoint file) relative to what they all share."""
+    keys = [(p.parent.parent if p.parent.name == "checkpoints" else p.with_suffix("")).resolve() for p in paths]
+    if len(set(keys)) < len(keys):
+        keys = [p.resolve() for p in paths]
+    if len(keys) == 1:
+        return [keys[0].name]
+    common = Path(os.path.commonpath([str(k) for k in keys]))
+    return [str(k.relative_to(common)) for k in keys]
+
+
+def spread(count: int, keep: int | None) -> list[int]:
+    """``keep`` indices spread evenly over ``range(count)`` (all of them when ``keep`` is None or larger)."""
+    if keep is None or keep >= count:
+        return list(range(count))
+    return sorted({round(i * (count - 1) / max(keep - 1, 1)) for i in range(keep)})
+
+
+def load_items(datamodule: Any, stage: str = "test", splits: Sequence[str] | None = None,
+               max_items: int | None = None) -> list[Item]:
+    """The whole utterances of the data module's test (or validation) splits, ``max_items`` per split at most.
+
+    A subset is spread evenly over each split's utterances (they are ordered by length), not its shortest.
+    """
+    if stage not in ("test", "val"):
+        raise ValueError(f"stage={stage!r}: choose test or val")
+    datamodule.setup("test" if stage == "test" else "validate")
+    sets = datamodule.test_sets if stage == "test" else datamodule.val_sets
+    names = [getattr(s, "split", str(i)) for i, s in enumerate(sets)]
+    if splits:
+        unknown = [s for s in splits if s not in names]
+        if unknown:
+            raise ValueError(f"splits={list(splits)}: unknown {unknown}; this data has {names}")
+        sets = [s for s, name in zip(sets, names, strict=True) if name in splits]
+    items = []
+    for dataset in sets:
+        for index in spread(len(dataset), max_items):
+            item = dict(dataset[index])
+            length = int(item.get("length", len(item["noisy"])))
+            item["noisy"], item["clean"] = item["noisy"][:length].float(), item["clean"][:length].float()
+            items.append(item)
+    if not items:
+        raise ValueError(f"no {stage} utterances in the selected splits {list(splits or names)}")
+    return items
