@@ -45,6 +45,15 @@ apt-deps:
 	fi; \
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing
 
+# Headless Chromium for the slow test that opens report.html in a real browser (CI); not needed otherwise.
+.PHONY: browser-deps
+browser-deps:
+	@if command -v chromium >/dev/null; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then \
+		echo "the browser test needs chromium: sudo apt-get install -y --no-install-recommends chromium"; exit 1; \
+	fi; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
+
 corpus: venv apt-deps
 	$(PY) -m data.demo build --root demo_corpus
 
@@ -59,6 +68,7 @@ quickstart: corpus
 	$(PY) evaluate.py "checkpoints=[outputs/quickstart]" newest=true "splits=[test_real]" chunk=1 \
 		"metrics=[si_snri,pesq,stoi]" hydra.run.dir=$(QS_EVAL)
 	$(PY) -m scripts.speed_table --results $(QS_EVAL) --out $(QS_EVAL) --rounds 3 --hops 10 --onnx
+	$(PY) -m stmc.evaluation.report $(QS_EVAL) --speed-table $(QS_EVAL)/speed_table.md
 
 # The paper's chain at CPU scale (look-ahead and size sweeps, evaluation, speed table, figures) in one folder,
 # ~71 min of CPU on 2 idle cores (101 min wall measured on a busy one): outputs/mini/index.md.

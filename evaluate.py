@@ -20,7 +20,8 @@ from data.datamodule import original_cwd
 from stmc.chunk import parse_chunk
 from stmc.enhancer import Enhancer
 from stmc.evaluation import evaluate
-from stmc.evaluation.reports import headline_table, write_examples
+from stmc.evaluation.report import write_report
+from stmc.evaluation.reports import headline_table
 from stmc.evaluation.settings import Settings, find_checkpoints, load_items
 from stmc.io import atomic_write
 
@@ -61,13 +62,12 @@ def run(cfg: DictConfig) -> Path:
     atomic_write(out / "results.config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     if journal is not None:
         journal.unlink(missing_ok=True)
-    stream = settings.streams[0] if settings.streams else "offline"
-    written = write_examples(out / "examples", Enhancer.from_checkpoint(checkpoints[0]), items, cfg.examples, stream,
-                             settings.chunk)
+    report = write_report(out, evaluation, Enhancer.from_checkpoint(checkpoints[0]), settings,
+                          cfg.examples_per_noise, [original_cwd() / f for f in as_list(cfg.report.figures)],
+                          original_cwd() / cfg.report.speed_table if cfg.report.speed_table else None)
     print(f"\nSI-SNRi (dB, mean over utterances; {len(checkpoints)} model(s)) — full tables in {out}/results.md")
     print(headline_table(evaluation.document))
-    for path in written:
-        print(f"example ({stream}, {settings.chunk} samples per chunk): {path} next to {path.parent / 'noisy.wav'}")
+    print(f"listening report (open it in a browser): {report}")
     print(f"wrote {out / 'results.json'} ({time.perf_counter() - start:.0f} s)")
     return out
 

@@ -8,7 +8,8 @@ streamed, then the speed table (Table 1), the look-ahead figure (Figure 5) and t
 Arguments ``key=value`` override the preset file (OmegaConf dot-list, e.g. ``steps=100 train.jobs=1``).
 Layout of ``out``: ``train/<sweep>/<param>=<value>/...`` (one training run each), ``evaluate/`` (results.json,
 results.md, utterances.csv), ``speed_table.{md,csv,json}``, ``lookahead.{png,csv,json}``, ``size.{png,csv,json}``,
-``logs/`` (one log per command) and ``index.md`` (what ran, how long, and the tables). A training run that
+``logs/`` (one log per command), ``index.md`` and ``index.html`` (what ran, how long, the tables, a link to the
+evaluation's listening report ``evaluate/report.html``). A training run that
 finished before (``.done`` in its folder) is not run again, so an interrupted preset resumes where it stopped.
 """
 
@@ -207,6 +208,53 @@ def index(cfg: DictConfig, out: Path, commands: Sequence[Command], wall: float, 
     return "\n".join(lines) + "\n"
 
 
+def index_html(cfg: DictConfig, out: Path, commands: Sequence[Command], wall: float, cpu: float) -> str:
+    """``index.html``: what ran and how long, a link to the evaluation's listening report, the figures and the
+    speed table (the same facts as ``index.md``, as a static page beside it)."""
+    from stmc.evaluation.report import STYLE, esc, href, markdown_table, table
+
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             f"<title>{esc(cfg.name)} preset</title><style>{STYLE}</style></head><body>",
+             f"<h1><code>{esc(cfg.name)}</code> preset</h1>",
+             f"<p><code>python -m scripts.reproduce {esc(cfg.name)}</code>: {wall / 60:.1f} min wall time, "
+             f"{cpu / 60:.1f} min of CPU time (user + system).</p>",
+             table(["step", "status", "time (s)"], [[c.name, c.status, f"{c.seconds:.0f}"] for c in commands])]
+    report = out / "evaluate" / "report.html"
+    parts.append(f'<p><a href="{href("evaluate/report.html")}">The listening report</a>: every model\'s scores '
+                 "with CIs, examples per noise type to listen to, the figures and the speed table.</p>"
+                 if report.is_file() else "<p class=missing>no evaluation report (the evaluate step did not run "
+                 "to the end)</p>")
+    for figure in ("lookahead.png", "size.png"):
+        if (out / figure).is_file():
+            parts.append(f'<img style="width:auto;height:auto;max-width:100%" alt="{figure}" src="{href(figure)}">')
+    lookahead = out / "lookahead.json"
+    if lookahead.is_file():
+        from scripts.lookahead_figure import describe
+
+        parts.append(f"<p>Look-ahead: {esc(describe(json.loads(lookahead.read_text())['gains']))}.</p>")
+    if (out / "speed_table.md").is_file():
+        parts += ["<h2>Speed</h2>", markdown_table((out / "speed_table.md").read_text())]
+    parts += ["<h2>Preset</h2>", f"<pre>{esc(OmegaConf.to_yaml(cfg).strip())}</pre>", "</body></html>"]
+    return "\n".join(parts) + "\n"
+
+
+def finish(cfg: DictConfig, out: Path, commands: Sequence[Command], wall: float, cpu: float) -> None:
+    """The preset's summaries, whatever ran: the evaluation's report re-rendered with the figures and the speed
+    table, ``index.md``, ``index.html`` and ``timings.json``."""
+    from stmc.evaluation.report import write_page
+
+    evaluation = out / "evaluate"
+    if (evaluation / "results.json").is_file():
+        figures = [out / name for name in ("lookahead.png", "size.png") if (out / name).is_file()]
+        speed = out / "speed_table.md"
+        write_page(evaluation, figures, speed if speed.is_file() else None)
+    atomic_write(out / "index.md", index(cfg, out, commands, wall, cpu))
+    atomic_write(out / "index.html", index_html(cfg, out, commands, wall, cpu))
+    atomic_write(out / "timings.json", json.dumps(
+        {"wall_seconds": wall, "cpu_seconds": cpu, "steps": {c.name: {"status": c.status, "seconds": c.seconds}
+                                                             for c in commands}}, indent=1) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m scripts.reproduce", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -233,11 +281,8 @@ def main(argv: list[str] | None = None) -> int:
             run_parallel([command], 1, out / "logs")
     finally:
         wall, cpu = time.perf_counter() - started, children_cpu_seconds() - cpu_before
-        atomic_write(out / "index.md", index(cfg, out, [*training, *later], wall, cpu))
-        atomic_write(out / "timings.json", json.dumps(
-            {"wall_seconds": wall, "cpu_seconds": cpu, "steps": {c.name: {"status": c.status, "seconds": c.seconds}
-                                                                 for c in [*training, *later]}}, indent=1) + "\n")
-    print(f"{cfg.name} preset: {wall / 60:.1f} min; everything is in {out} (start with index.md)")
+        finish(cfg, out, [*training, *later], wall, cpu)
+    print(f"{cfg.name} preset: {wall / 60:.1f} min; everything is in {out} (open index.html)")
     return 0
 
 

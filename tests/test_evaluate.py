@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import soundfile as sf
 import torch
 from scipy import stats
 
@@ -96,10 +97,10 @@ def test_evaluate_py_on_tiny_checkpoints_twice_gives_identical_numbers(tmp_path,
     runs = tmp_path / "train"
     tiny_checkpoint(runs / "lookahead=0/checkpoints/best-step7-sisnri0.00.ckpt", lookahead=0, seed=0)
     tiny_checkpoint(runs / "lookahead=2/checkpoints/last.ckpt", lookahead=2, seed=1)
-    common = [f"checkpoints=[{runs}]", f"data.root={tmp_path / 'corpus'}", "chunk=300samples", "examples=1"]
+    common = [f"checkpoints=[{runs}]", f"data.root={tmp_path / 'corpus'}", "chunk=300samples", "examples_per_noise=1"]
     first = run_evaluate(*common, "workers=2", f"hydra.run.dir={tmp_path / 'eval1'}")
     assert first.returncode == 0, first.stderr[-3000:]
-    second = run_evaluate(*common, "workers=1", "examples=0", f"hydra.run.dir={tmp_path / 'eval2'}")
+    second = run_evaluate(*common, "workers=1", "examples_per_noise=0", f"hydra.run.dir={tmp_path / 'eval2'}")
     assert second.returncode == 0, second.stderr[-3000:]
 
     results = json.loads((tmp_path / "eval1/results.json").read_text())
@@ -122,8 +123,12 @@ def test_evaluate_py_on_tiny_checkpoints_twice_gives_identical_numbers(tmp_path,
     assert "max |stmc − offline|" in (tmp_path / "eval1/results.md").read_text().replace("\\|", "|")
     lines = (tmp_path / "eval1/utterances.csv").read_text().splitlines()
     assert len(lines) == 1 + 6 * 2 + 2 * 6 * 2  # header, baselines (2 signals), 2 models x 2 methods
-    examples = list((tmp_path / "eval1/examples").glob("*/enhanced.wav"))
-    assert len(examples) == 1 and (examples[0].parent / "noisy.wav").is_file()
+    examples = list((tmp_path / "eval1/examples").glob("*/*/enhanced.wav"))  # one per noise type
+    assert sorted(p.parent.parent.name for p in examples) == ["babble", "music", "sfx"]
+    assert all((p.parent / f"{s}.{kind}").is_file() for p in examples for s in ("noisy", "wiener", "clean")
+               for kind in ("wav", "png"))
+    assert sf.info(str(examples[0])).subtype == "PCM_16"
+    assert "report.html" in first.stdout and "no examples in this run" in (tmp_path / "eval2/report.html").read_text()
     assert "SI-SNRi" in first.stdout and "max |streamed − offline|" in first.stdout
     # the config of these results beside them; the resume journal is gone once the results are written
     assert "chunk: 300samples" in (tmp_path / "eval1/results.config.yaml").read_text()
@@ -167,7 +172,7 @@ def start_long_evaluation(tmp_path: Path, tiny_checkpoint: Callable[..., Path]) 
     ckpt = tiny_checkpoint(tmp_path / "run/checkpoints/last.ckpt")
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "evaluate.py"), f"checkpoints=[{ckpt}]", f"data.root={tmp_path / 'corpus'}",
-         "workers=2", "examples=0", f"hydra.run.dir={tmp_path / 'eval'}"],
+         "workers=2", "examples_per_noise=0", f"hydra.run.dir={tmp_path / 'eval'}"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT), "STMC_CACHE_DIR": str(tmp_path / "cache")})
     deadline = time.monotonic() + 120

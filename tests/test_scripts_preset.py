@@ -34,6 +34,9 @@ def test_mini_preset_chain_at_toy_scale(tmp_path, monkeypatch):
         assert (out / artifact).is_file(), artifact
     index = (out / "index.md").read_text()
     assert "![lookahead.png](lookahead.png)" in index and "| evaluate | ok |" in index
+    page, report = (out / "index.html").read_text(), (out / "evaluate/report.html").read_text()
+    assert 'href="evaluate/report.html"' in page and '<img' in page
+    assert 'src="figures/lookahead.png"' in report and 'src="figures/size.png"' in report and "<audio" in report
     # a second call finds every training run finished and only redoes the cheap steps
     assert reproduce.main(["mini", *overrides]) == 0
     timings = json.loads((out / "timings.json").read_text())["steps"]

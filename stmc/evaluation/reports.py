@@ -11,12 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
-from stmc.enhancer import Enhancer
-from stmc.evaluation.scoring import enhance
-from stmc.evaluation.settings import ALL, BASELINES, LABELS, OFFLINE, Item, Row, spread
+from stmc.evaluation.settings import ALL, BASELINES, LABELS, OFFLINE, Item, Row
 from stmc.evaluation.summary import cell
 from stmc.io import atomic_write
 from stmc.stft import SAMPLE_RATE
@@ -61,13 +56,14 @@ def _signal_order(signal: str) -> tuple[int, str]:
     return (order.index(signal) if signal in order else len(order)), signal
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """``value`` with non-finite floats as None (JSON has no NaN), keys as strings."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     return value
 
 
@@ -95,7 +91,7 @@ def _fmt_csv(value: Any) -> Any:
 
 def write_results(folder: Path, document: dict[str, Any], csv_text: str | None = None) -> None:
     """``results.json``, ``results.md`` (and ``utterances.csv``) in ``folder``, each written atomically."""
-    atomic_write(folder / "results.json", json.dumps(_jsonable(document), indent=1) + "\n")
+    atomic_write(folder / "results.json", json.dumps(jsonable(document), indent=1) + "\n")
     atomic_write(folder / "results.md", markdown(document) + "\n")
     if csv_text is not None:
         atomic_write(folder / "utterances.csv", csv_text)
@@ -186,29 +182,3 @@ def headline_table(document: Mapping[str, Any]) -> str:
         lines.append(f"\nmax |streamed − offline| over all utterances: {diff:.2e} "
                      f"({document['max_rel_diff']:.2e} of the offline peak)")
     return "\n".join(lines)
-
-
-def write_wav(path: Path, audio: torch.Tensor | np.ndarray) -> None:
-    """A 16 kHz float WAV, written atomically."""
-    import soundfile as sf
-
-    data = audio.detach().cpu().numpy() if isinstance(audio, torch.Tensor) else audio
-    atomic_write(path, writer=lambda tmp: sf.write(tmp, np.asarray(data, dtype=np.float32), SAMPLE_RATE,
-                                                   subtype="FLOAT", format="WAV"))
-
-
-def write_examples(folder: Path, enhancer: Enhancer, items: Sequence[Item], count: int, method: str,
-                   chunk: int) -> list[Path]:
-    """``count`` utterances (spread over the set) as ``<name>/noisy.wav``, ``clean.wav`` and ``enhanced.wav``.
-
-    ``enhanced.wav`` is the streamed output (``method``, ``chunk`` samples per chunk), next to its input.
-    """
-    written = []
-    for index in spread(len(items), count) if count > 0 else []:
-        item = items[index]
-        where = folder / str(item.get("name", index))
-        write_wav(where / "noisy.wav", item["noisy"])
-        write_wav(where / "clean.wav", item["clean"])
-        write_wav(where / "enhanced.wav", enhance(enhancer, item["noisy"], method, chunk))
-        written.append(where / "enhanced.wav")
-    return written

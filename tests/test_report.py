@@ -1,0 +1,186 @@
+"""report.html: its tables equal results.json, every file it names exists, odd names and missing parts still
+render; and (slow) in headless Chromium every image and audio file loads, with the WAVs' durations."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from data.synthetic import speechlike
+from stmc.enhancer import Enhancer
+from stmc.evaluation import evaluate
+from stmc.evaluation.report import render, write_report
+from stmc.evaluation.settings import ALL, Settings
+from stmc.evaluation.summary import cell
+
+NAMES = ["plain", "with space", "ütterance-ß", "日本語"]
+
+
+class Page(HTMLParser):
+    """The tables (rows of cell texts) and the src attributes of a page."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.tables: list[list[list[str]]] = []
+        self.sources: list[str] = []
+        self._cell: list[str] | None = None
+        self.feed(text)
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        attrs = dict(attrs)
+        if "src" in attrs:
+            self.sources.append(attrs["src"])
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr":
+            self.tables[-1].append([])
+        elif tag in ("td", "th"):
+            self._cell = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self._cell is not None:
+            self.tables[-1][-1].append("".join(self._cell))
+            self._cell = None
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory, request) -> tuple[Path, dict]:
+    """A report of a tiny model on 4 utterances of 2 noise types, names with spaces and non-ASCII characters."""
+    tmp_path = tmp_path_factory.mktemp("report")
+    from stmc import checkpoint
+    from tests.randmodel import tiny_unet
+
+    ckpt = checkpoint.save(tiny_unet(lookahead=1), tmp_path / "m.ckpt", run_config={"seed": 0}, step=3)
+    items = []
+    for i, name in enumerate(NAMES):
+        clean = torch.from_numpy(speechlike(0.8 + 0.2 * i, 10 + i)).float()
+        noise = 0.1 * torch.randn(clean.shape[0], generator=torch.Generator().manual_seed(i))
+        items.append({"noisy": clean + noise, "clean": clean, "name": name, "split": "test real",
+                      "noise_type": "hum" if i % 2 else "pink noise", "snr": 5.0})
+    settings = Settings(("offline", "stmc"), ("si_snri", "sdri"), 256)
+    evaluation = evaluate([ckpt], items, settings)
+    folder = tmp_path / "run"
+    evaluation.write(folder)
+    figure = tmp_path / "figure.png"
+    import matplotlib.pyplot as plt
+
+    plt.imsave(figure, np.random.default_rng(0).random((20, 30)))
+    speed = tmp_path / "speed_table.md"
+    speed.write_text("| model | ms |\n|---|---:|\n| causal | 1.25 |\n")
+    write_report(folder, evaluation, Enhancer.from_checkpoint(ckpt), settings, 2,
+                 figures=[figure, tmp_path / "not made.png"], speed_table=speed)
+    return folder, evaluation.document
+
+
+def test_report_tables_equal_results_json(report):
+    folder, document = report
+    page = Page((folder / "report.html").read_text())
+    rows = [row for table in page.tables for row in table]
+    groups = document["models"][0]["groups"]
+    for group in [ALL, *(g for g in groups if ":" in g)]:
+        for signal, stat in groups[group].items():
+            expected = [signal, cell(groups[group]["mixture"]["si_snr"]),
+                        "—" if signal == "mixture" else cell(stat["si_snri"]),
+                        "—" if signal == "mixture" else cell(stat["sdri"])]
+            assert any(row[:4] == expected for row in rows), (group, signal, expected)
+    diff = groups[ALL]["stmc"]["max_abs_diff"]["max"]
+    assert any(row[0] == "stmc" and row[-1] == f"{diff:.1e}" for row in rows)
+    assert ["causal", "1.25"] in rows  # the speed table
+
+
+def test_every_file_the_page_names_exists_and_odd_names_are_quoted(report):
+    folder, _ = report
+    text = (folder / "report.html").read_text()
+    page = Page(text)
+    assert len([s for s in page.sources if s.endswith(".wav")]) == 4 * 4  # 2 per noise type x 2 types x 4 signals
+    for source in page.sources:
+        assert " " not in source and source.isascii()  # quoted: works from disk and over http alike
+        assert (folder / unquote(source)).is_file(), source
+    assert "missing figure: figures/not made.png" in text and "http" not in text.replace("https://", "")
+    assert "<script" not in text and "@import" not in text  # self-contained: nothing to fetch
+    manifest = json.loads((folder / "report.json").read_text())
+    assert {e["why"] for e in manifest["examples"]} == {"median", "worst"}
+    assert {e["noise_type"] for e in manifest["examples"]} == {"hum", "pink noise"}
+
+
+def test_page_renders_without_examples_and_with_nan_scores(tmp_path):
+    document = {"settings": {"methods": ["offline"]}, "models": [
+        {"name": "m", "checkpoint": "m.ckpt", "lookahead": 0, "width": 1.0, "params": 10, "groups": {
+            ALL: {"mixture": {"si_snr": {"mean": 1.0, "ci95": None, "n": 1}, "pesq": {"mean": None, "n": 0}},
+                  "offline": {"si_snri": {"mean": None, "ci95": None, "n": 0}, "pesq": {"mean": None, "n": 0}}}}}]}
+    empty = render(tmp_path, document, {"examples_per_noise": 0, "examples": []})
+    assert "no examples in this run (examples_per_noise=0)" in empty
+    example = {"noise_type": "hum", "split": "s", "name": "x", "why": "median", "method": "stmc", "seconds": 1.0,
+               "dir": "examples/hum/s-x", "scores": {"mixture": {"si_snr": None}, "enhanced": {"si_snri": None},
+                                                      "wiener": {}}}
+    page = render(tmp_path, document, {"examples": [example]}, figures=["figures/lookahead.png"])
+    assert "missing: examples/hum/s-x/noisy.wav" in page and "missing figure: figures/lookahead.png" in page
+    assert "input SI-SNR — dB" in page
+
+
+CHECK = """<script>
+window.addEventListener("load", async () => {
+  const images = [...document.images].map(i => ({src: i.getAttribute("src"), ok: i.complete && i.naturalWidth > 0}));
+  const audio = await Promise.all([...document.querySelectorAll("audio")].map(a => new Promise(done => {
+    const report = () => done({src: a.getAttribute("src"), duration: a.duration, error: a.error && a.error.code});
+    if (a.readyState >= 1) return report();
+    a.addEventListener("loadedmetadata", report);
+    a.addEventListener("error", report);
+  })));
+  const out = document.createElement("pre");
+  out.id = "stmc-check";
+  out.textContent = JSON.stringify({images, audio});
+  document.body.appendChild(out);
+});
+</script></body>"""
+
+
+def chromium() -> str | None:
+    return next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)),
+                None)
+
+
+@pytest.mark.slow
+def test_report_in_headless_chromium_loads_every_file_from_a_copied_folder(report, tmp_path):
+    browser = chromium()
+    if browser is None:
+        if os.environ.get("STMC_REQUIRE_BROWSER"):
+            pytest.fail("STMC_REQUIRE_BROWSER is set but no chromium is installed (make browser-deps)")
+        pytest.skip("no chromium (make browser-deps installs Debian's package)")
+    folder, _ = report
+    copy = tmp_path / "copied report ü"
+    shutil.copytree(folder, copy)
+    page = (copy / "report.html").read_text()
+    (copy / "report.check.html").write_text(page.replace("</body>", CHECK))
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files", "--mute-audio",
+             "--virtual-time-budget=20000"]
+    dom = subprocess.run([browser, *flags, "--dump-dom", (copy / "report.check.html").as_uri()],
+                         capture_output=True, text=True, timeout=180).stdout
+    found = json.loads(dom.split('<pre id="stmc-check">', 1)[1].split("</pre>", 1)[0].replace("&quot;", '"'))
+    assert found["images"] and all(image["ok"] for image in found["images"]), found["images"]
+    assert len(found["audio"]) == 16
+    for audio in found["audio"]:
+        info = sf.info(str(copy / unquote(audio["src"])))
+        assert audio["error"] is None and audio["duration"] == pytest.approx(info.frames / info.samplerate,
+                                                                              abs=1e-3), audio
+    shot = tmp_path / "shot.png"
+    subprocess.run([browser, *flags, "--window-size=1200,1600", f"--screenshot={shot}",
+                    (copy / "report.html").as_uri()], capture_output=True, timeout=180)
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(shot)
+    assert pixels.shape[0] >= 1000 and pixels[..., :3].std() > 0.05  # text, tables and spectrograms: not blank
