@@ -10,6 +10,8 @@
   through ``torch.compile``; ``stmc`` runs its native step (:mod:`stmc.native`) where it can, and
   ``stmc (PyTorch ops)`` is the same engine on PyTorch operators, like every other row; and the exported STMC
   step in onnxruntime (one thread);
+- ``stmc per-call overhead``: the native step on a depth-1 U-Net with one channel (a few thousand MACs), i.e.
+  what a call costs around the network: the driver's checks and time bookkeeping, the binding, the output;
 
 interleaved in rounds so that background load hits every method alike, and reports medians and ratios from
 that one run. MACs are counted (``torch.utils.flop_counter``) on the calls themselves, not derived. Peak
@@ -41,6 +43,7 @@ from stmc.unet import UNet
 
 MODELS = {"causal": 0, "noncausal": 14}
 OPS = "stmc (PyTorch ops)"  # the row of the STMC engine without its native step
+OVERHEAD = "stmc per-call overhead"  # the native step around an all but empty network
 
 
 def _storage_key(tensor: torch.Tensor) -> int:
@@ -162,7 +165,8 @@ def measure(model: UNet, frames: int, rounds: int, hops: int, compile: bool, onn
     if streams["stmc"].engine.native:
         # its floor: the same kernels over the sequence; and the same engine on PyTorch operators
         offline["full (native)"] = NativeOffline(model, frames)
-        streams = {**streams, OPS: streaming(model, "stmc", native=False)}
+        streams = {**streams, OPS: streaming(model, "stmc", native=False),
+                   OVERHEAD: streaming(UNet(depth=1, channels=[1], n_freq=model.n_freq).eval(), "stmc")}
     if compile:
         streams.update({f"{method} (compiled)": streaming(model, method, compile=True) for method in METHODS})
     extra = {"stmc (onnxruntime)": exported_stream(model)} if onnx else {}

@@ -263,6 +263,7 @@ class NativeGraph:
         if mismatch is not None:
             raise KernelMismatch(f"the native STMC step is not used: {mismatch}")
         self.cols, self.spread = torch.zeros(cols), torch.zeros(spread)
+        self._strides: dict[tuple[int, ...], ctypes.Array] = {}
         self.specs = (LayerSpec * len(specs))(*specs)
         self.spec = StepSpec(
             n_layers=len(specs),
@@ -291,7 +292,10 @@ class NativeGraph:
 
     def run(self, spec: torch.Tensor, spec_strides: tuple[int, ...], out: torch.Tensor, out_strides: tuple[int, ...],
             frames: int, time: torch.Tensor, end: torch.Tensor | None) -> None:
-        strides = (ctypes.c_int64 * 8)(*spec_strides, *out_strides)
+        key = (*spec_strides, *out_strides)
+        strides = self._strides.get(key)
+        if strides is None:  # one ctypes array per layout: building it costs more than the call's bookkeeping
+            strides = self._strides[key] = (ctypes.c_int64 * 8)(*key)
         error = self.library.stmc_step(
             ctypes.byref(self.spec),
             spec.data_ptr(),
@@ -341,15 +345,12 @@ class NativeStep(NativeGraph):
 
     def binds(self, layers: list[FrozenLayer], state: list[torch.Tensor]) -> bool:
         """Whether this binding is to exactly these weights and state tensors."""
-        return (
-            layers is self.layers
-            and len(state) == len(self.state)
-            and all(a is b for a, b in zip(state, self.state, strict=True))
-        )
+        return layers is self.layers and (state is self.state or (
+            len(state) == len(self.state) and all(a is b for a, b in zip(state, self.state, strict=True))))
 
     def __call__(self, chunk: torch.Tensor, time: torch.Tensor, end: torch.Tensor | None) -> torch.Tensor:
         """``chunk [B, 2, F, t]`` -> bounded mask ``[B, 2, F, t]`` at times ``time - D..``; state advanced."""
-        out = torch.empty(chunk.shape, dtype=chunk.dtype)
+        out = torch.empty_like(chunk, memory_format=torch.contiguous_format)
         self.run(chunk, chunk.stride(), out, out.stride(), chunk.shape[-1], time, end)
         return out
 

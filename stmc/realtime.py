@@ -19,7 +19,8 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -37,10 +38,12 @@ from stmc.audio_io import (
     microphone_chunks,
     read_audio,
 )
+from stmc.batched import BatchStats, enhance_folder
 from stmc.chunk import parse_chunk
 from stmc.enhancer import Enhancer, EnhancerStream
+from stmc.errors import ConfigError
 from stmc.io import atomic_audio_file
-from stmc.stft import SAMPLE_RATE
+from stmc.stft import HOP, SAMPLE_RATE
 from stmc.unet import UNet
 
 log = logging.getLogger("stmc.realtime")
@@ -146,6 +149,7 @@ class InferOptions:
     threads: int | None = 1
     stats: str | None = None
     progress: bool = True
+    batch: int = 1
 
 
 def build_enhancer(options: InferOptions) -> Enhancer:
@@ -201,6 +205,7 @@ def infer(options: InferOptions) -> int:
     if options.threads:
         torch.set_num_threads(options.threads)
     size = parse_chunk(options.chunk)
+    check_batch(options)
     if options.input not in ("-", "mic") and not Path(options.input).exists():
         raise InputError(f"{options.input}: no such file or folder")
     enhancer = build_enhancer(options)
@@ -215,7 +220,7 @@ def infer(options: InferOptions) -> int:
         1e3 * size / SAMPLE_RATE,
         1e3 * stream.latency_samples / SAMPLE_RATE,
     )
-    total, failures = LatencyStats(), 0
+    total, failures, batched = LatencyStats(), 0, None
     if options.input in ("-", "mic"):
         live = options.input == "mic"
         channels = 1 if live else options.stdin_channels
@@ -246,6 +251,10 @@ def infer(options: InferOptions) -> int:
             files = list_audio(source)
             if not files:
                 raise InputError(f"{source}: no audio files in this folder")
+            if options.batch > 1:
+                batched = enhance_batched(enhancer, stream, source, target, files, options, size)
+                failures += batched.failures
+                files = []  # done
             for path in _progress(files, options.progress and not options.realtime):
                 try:
                     stats = enhance_file(
@@ -263,10 +272,12 @@ def infer(options: InferOptions) -> int:
             total.extend(enhance_file(stream, source, target, options, size))
         if options.output != "-":
             log.info("wrote %s", target)
-    log_summary("total", total)
+    if total.compute or not batched:
+        log_summary("total", total)
     if options.stats:
         summary = {
             **total.summary(),
+            **({"batched": batched.summary()} if batched else {}),
             "chunk_samples": size,
             "latency_ms": 1e3 * stream.latency_samples / SAMPLE_RATE,
             "failures": failures,
@@ -274,6 +285,50 @@ def infer(options: InferOptions) -> int:
         }
         Path(options.stats).write_text(json.dumps(summary, indent=2))
     return 1 if failures else 0
+
+
+def check_batch(options: InferOptions) -> None:
+    """Raise :class:`ConfigError` unless ``batch`` is a positive integer usable with the other options."""
+    batch = options.batch
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ConfigError(f"batch={batch!r} must be a positive integer (the number of files streamed together)")
+    if batch > 1 and options.realtime:
+        raise ConfigError("batch > 1 enhances a folder for throughput; realtime=true paces one stream (use batch=1)")
+    if batch > 1 and options.channels != "mix":
+        raise ConfigError("batch > 1 streams one channel per file; use channels=mix (or batch=1 for channels=each)")
+
+
+def enhance_batched(enhancer: Enhancer, stream: EnhancerStream, source: Path, target: Path, files: list[Path],
+                    options: InferOptions, size: int) -> BatchStats:
+    """A folder's files as ``options.batch`` streams advancing together (:mod:`stmc.batched`), with a progress bar
+    and one summary line (files/s, real-time factor)."""
+    frames = stream.frames
+    if frames.engine.frames_per_call > 1:
+        raise ConfigError(f"batch > 1 needs a graph of 1 frame per call; {options.onnx} takes "
+                          f"{frames.engine.frames_per_call} (export it with --frames-per-call 1)")
+    pairs = [(path, (target / path.relative_to(source)).with_suffix(".wav")) for path in files]
+    with _progress_bar(len(files), options.progress) as advance:
+        stats = enhance_folder(enhancer, frames, pairs, options.batch, max(1, size // HOP), options.resample,
+                               options.subtype, on_done=lambda path: advance(path.name),
+                               on_error=lambda err: (log.error("%s", err), advance("")))
+    s = stats.summary()
+    log.info("batch %d: %d files (%d failed) in %.1f s, %.2f files/s; %.1f s of audio, real-time factor %.4f",
+             options.batch, s["files"], s["failures"], s["seconds"], s["files_per_s"], s["audio_s"], s["rtf"])
+    return stats
+
+
+@contextmanager
+def _progress_bar(total: int, show: bool) -> Iterator[Callable[[str], None]]:
+    """``advance(name)`` for each finished item; a rich progress bar on stderr when ``show``."""
+    if not show:
+        yield lambda name: None
+        return
+    from rich.console import Console
+    from rich.progress import Progress
+
+    with Progress(console=Console(stderr=True), transient=False) as progress:
+        task = progress.add_task("enhancing", total=total)
+        yield lambda name: progress.update(task, advance=1, description=name or "enhancing")
 
 
 def log_summary(name: str, stats: LatencyStats) -> None:
@@ -296,15 +351,7 @@ def log_summary(name: str, stats: LatencyStats) -> None:
 
 def _progress(files: list[Path], show: bool) -> Iterable[Path]:
     """``files`` with a rich progress bar on stderr when ``show``."""
-    if not show:
-        yield from files
-        return
-    from rich.console import Console
-    from rich.progress import Progress
-
-    with Progress(console=Console(stderr=True), transient=False) as progress:
-        task = progress.add_task("enhancing", total=len(files))
+    with _progress_bar(len(files), show) as advance:
         for path in files:
-            progress.update(task, description=path.name)
             yield path
-            progress.advance(task)
+            advance(path.name)

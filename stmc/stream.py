@@ -183,8 +183,15 @@ class Stream:
         return self._emit(chunk, None)
 
     @torch.inference_mode()
-    def flush(self) -> torch.Tensor:
-        """Run the look-ahead out with the zero frames offline padding gives; the stream then needs reset()."""
+    def flush(self, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Run the look-ahead out with the zero frames offline padding gives; the stream then needs reset().
+
+        With a bool ``mask [B]``, only the chosen streams end: their last ``D`` output frames (times ``time - D ..
+        time - 1`` of each, zeros before its start) come back as ``[chosen, 2, F, D]``, they restart at time 0
+        (as ``reset(mask)``) and the others go on untouched: the flush is computed on a copy of the state.
+        """
+        if mask is not None:
+            return self._flush_some(mask)
         if self.flushed:
             raise RuntimeError("this stream was flushed already; call reset() before streaming again")
         self.flushed = True
@@ -195,13 +202,26 @@ class Stream:
             return zeros
         return self._emit(zeros, self.time.clone())
 
+    def _flush_some(self, mask: torch.Tensor) -> torch.Tensor:
+        if self.flushed or self.state is None or mask.shape != (self.batch,) or mask.dtype != torch.bool:
+            raise ValueError(f"flush(mask) needs a bool mask of shape [{self.batch}] after the first chunk, "
+                             "before a flush of all streams")
+        engine = self.engine
+        zeros = torch.zeros(self.batch, 2, engine.n_freq, self.delay, dtype=engine.dtype, device=engine.device)
+        out = zeros
+        if self.delay:
+            copy = [tensor.clone() for tensor in self.state]  # the native step shifts its registers in place
+            out, _ = engine.step(zeros, copy, Clock(self.time, self.time.clone()))
+        self.reset(mask)
+        return out[mask]
+
     def _emit(self, chunk: torch.Tensor, end: torch.Tensor | None) -> torch.Tensor:
         """One engine step, the time advanced, and the alignment rule: output times before every stream's start
         (the first ``D`` frames of a fresh batch) are not part of any signal and are not returned."""
         frames = chunk.shape[-1]
         out, self.state = self.engine.step(chunk, self.state, Clock(self.time, end, self.settled))
-        early = max(0, self.delay - self.newest)
+        early = self.delay - self.newest
         self.time = self.time + frames
         self.settled += frames
         self.newest += frames
-        return out[..., early:]
+        return out[..., early:] if early > 0 else out

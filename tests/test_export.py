@@ -177,3 +177,17 @@ def test_onnx_engine_behind_the_driver_equals_offline(model, batch, data, tmp_pa
         expected = model(spec)
     assert out.shape == expected.shape
     torch.testing.assert_close(out, expected, atol=1e-4, rtol=0)
+
+
+def test_onnx_flush_of_chosen_streams_through_the_driver(tmp_path):
+    """flush(mask) on the exported graphs: the chosen stream ends exactly (the pure flush graph on a copy of the
+    state), the other goes on; both equal offline."""
+    model = randomise_norms(stmc.UNet(depth=3, lookahead=3, channels=[3, 4, 5]), 5)
+    stream = onnx_stream(to_onnx(model, tmp_path / "m.onnx"))
+    a, b = torch.randn(1, 2, 513, 16), torch.randn(1, 2, 513, 7)
+    first = stream(torch.cat([a[..., :7], b], 0))
+    tail_b = stream.flush(torch.tensor([False, True]))
+    second = stream(torch.cat([a[..., 7:], torch.zeros(1, 2, 513, 9)], 0))
+    rest = stream.flush()
+    torch.testing.assert_close(torch.cat([first[1:], tail_b], -1), model(b), atol=1e-4, rtol=0)
+    torch.testing.assert_close(torch.cat([first[:1], second[:1], rest[:1]], -1), model(a), atol=1e-4, rtol=0)

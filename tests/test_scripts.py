@@ -254,3 +254,18 @@ def test_speed_table_help_examples_parse(capsys):
     examples = [line.split("#")[0] for line in speed_table.__doc__.splitlines() if "scripts.speed_table" in line]
     used = {flag for example in examples for flag in re.findall(r"--[a-z-]+", example)}
     assert used and used <= accepted, used - accepted
+
+
+@pytest.mark.compiler
+def test_throughput_table_has_each_batch_and_its_share_of_the_gemm_roof(capsys):
+    """python -m stmc.throughput: one row per engine and batch, streams per core = batch x 16 ms / hop time,
+    and their share of the fp32 GEMM roof."""
+    from stmc import throughput
+
+    throughput.main(["--models", "causal", "--batches", "1", "2", "--rounds", "1", "--hops", "2", "--no-onnx"])
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| causal")]
+    assert [(r[1].strip(), int(r[2])) for r in rows] == [("native fp32", 1), ("native fp32", 2)]
+    for row in rows:
+        batch, hop_ms, streams, roof, share = int(row[2]), *(float(c) for c in row[3:7])
+        assert streams == pytest.approx(batch * 16 / hop_ms, rel=0.01)
+        assert share == pytest.approx(streams / roof, rel=0.02)

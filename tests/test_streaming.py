@@ -191,3 +191,23 @@ def test_windowed_offline_inference_equals_the_whole_sequence(model, data):
     spec = torch.randn(2, 2, model.n_freq, frames)
     with torch.no_grad():
         torch.testing.assert_close(model.windowed(spec, window), model(spec), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_flush_of_chosen_streams_ends_them_exactly_and_the_others_go_on(engine):
+    """flush(mask) gives the chosen streams' last D frames as offline padding would, restarts them, and leaves
+    the other streams untouched: both rows equal their own offline outputs (what batched folders rely on)."""
+    method, native = engine
+    model = randomise_norms(stmc.UNet(depth=3, lookahead=3, channels=[3, 4, 5], n_freq=17), 2)
+    delay = model.receptive_field[1]
+    a, b, c = torch.randn(1, 2, 17, 20), torch.randn(1, 2, 17, 9), torch.randn(1, 2, 17, 11)
+    stream = stmc.streaming(model, method, native=native)
+    first = stream(torch.cat([a[..., :9], b], 0))
+    tail_b = stream.flush(torch.tensor([False, True]))
+    assert tail_b.shape == (1, 2, 17, delay)
+    second = stream(torch.cat([a[..., 9:], c], 0))
+    rest = stream.flush()
+    torch.testing.assert_close(torch.cat([first[1:], tail_b], -1), model(b), atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.cat([first[:1], second[:1], rest[:1]], -1), model(a), atol=1e-5, rtol=0)
+    restarted = torch.cat([second[1:], rest[1:]], -1)[..., delay:]  # its first D frames precede its start
+    torch.testing.assert_close(restarted, model(c), atol=1e-5, rtol=0)
