@@ -48,15 +48,19 @@ def evaluated_models(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
                 "seed": model.get("seed"),
                 "params": int(model["params"]),
                 "model_config": model.get("model_config", {}),
+                "tstmc": bool(model.get("model_config", {}).get("tstmc", True)),  # False: the ablation
                 "si_snri": float(overall[OFFLINE]["si_snri"]["mean"]),
                 "results": str(file),
             }
     return list(records.values())
 
 
-def mean_si_snri(models: Sequence[dict[str, Any]], lookahead: int, width: float) -> tuple[float | None, int]:
-    """Mean offline SI-SNRi of the evaluated models with this look-ahead and width, and how many there are."""
-    chosen = [m["si_snri"] for m in models if m["lookahead"] == lookahead and abs(m["width"] - width) < 1e-9]
+def mean_si_snri(models: Sequence[dict[str, Any]], lookahead: int, width: float, tstmc: bool = True
+                 ) -> tuple[float | None, int]:
+    """Mean offline SI-SNRi of the evaluated models with this look-ahead, width and decoder (tSTMC or the
+    ablation's), and how many there are."""
+    chosen = [m["si_snri"] for m in models if m["lookahead"] == lookahead and abs(m["width"] - width) < 1e-9
+              and m.get("tstmc", True) == tstmc]
     return (statistics.fmean(chosen) if chosen else None), len(chosen)
 
 

@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              "i.e. the sweep's)")
     parser.add_argument("--title", default="SI-SNRi vs look-ahead", help="figure title")
     args = parser.parse_args(argv)
-    found = evaluated_models(args.results)
+    found = [m for m in evaluated_models(args.results) if m["tstmc"]]  # the ablation is the speed table's
     width = args.width if args.width is not None else sweep_width(found)
     models = [m for m in found if width is not None and abs(m["width"] - width) < 1e-9]
     if not models:

@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if len(args.widths) < 2:
         parser.error("give at least two widths")
     torch.set_num_threads(args.threads)
-    evaluated = evaluated_models(args.results)
+    evaluated = [m for m in evaluated_models(args.results) if m["tstmc"]]  # the ablation is the speed table's
     widths = sorted(set(args.widths) | {m["width"] for m in evaluated if m["lookahead"] == args.lookahead})
     rows = measure_widths(widths, args.lookahead, evaluated, args.rounds, args.hops)
     draw(args.out / "size.png", rows, args.title)

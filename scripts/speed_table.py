@@ -17,7 +17,10 @@ ratios from that one run. Columns (the definitions every report of this project 
 - model size = the inference weights (float32, BatchNorm folded); MACs per hop are counted, not derived.
 
 STMC runs its native step (``stmc.native``) where it can; ``STMC (tSTMC), PyTorch ops`` is the same engine on
-PyTorch operators, as INC and standard run, so its ratios separate the algorithm from the kernel.
+PyTorch operators, as INC and standard run, so its ratios separate the algorithm from the kernel. For the causal
+model, ``STMC (without tSTMC), PyTorch ops`` streams the same architecture with ``tstmc=False`` (the decoder
+transposed in time, streamed by overlap-add); the tSTMC latency gain and peak-memory ratio compare it with the
+tSTMC engine on the same operators, next to the paper's 0.57 ms and -20 %.
 
 SI-SNRi: the mean offline SI-SNRi of the evaluated checkpoints with that look-ahead and width (``--results``);
 the three streams give the same output (they equal offline within 1e-5), so they share it.
@@ -38,7 +41,7 @@ from typing import Any
 import torch
 
 from scripts.common import architecture, depth_of, evaluated_models, mean_si_snri, weight_bytes, write_csv
-from stmc.bench import OPS, Row, floor_row, measure
+from stmc.bench import ABLATION, OPS, Row, floor_row, measure
 from stmc.io import atomic_write
 from stmc.native import unavailable as native_unavailable
 from stmc.stft import HOP, N_FFT, SAMPLE_RATE
@@ -51,12 +54,18 @@ PAPER = {
     "causal": {"latency standard÷INC": 29.74, "latency INC÷STMC": 2.52},
     "non-causal": {"latency standard÷INC": 8.00, "latency INC÷STMC": 1.32},
     "inference time INC÷STMC": 5.68,
+    # the causal decoder with tSTMC against without: "only a slight improvement in latency (0.57 ms), but it
+    # reduces the peak memory consumption by approximately 20 %"
+    "tSTMC latency gain (ms)": 0.57,
+    "tSTMC peak memory ratio": 0.80,
 }
 HOP_MS = HOP / SAMPLE_RATE * 1000
 
 
 def label(method: str) -> str:
     """``inc`` -> ``INC``, ``stmc (onnxruntime)`` -> ``STMC (tSTMC), onnxruntime``; offline rows are the floor."""
+    if method == ABLATION:
+        return "STMC (without tSTMC), PyTorch ops"
     base, _, variant = method.partition(" ")
     return LABELS[base] + (f", {variant.strip('()')}" if variant else "")
 
@@ -69,7 +78,7 @@ def records(name: str, model: UNet, rows: Sequence[Row], si_snri: float | None, 
     by = {row.method: row for row in rows}
     floor = floor_row(list(rows))
     order = [m for m in ("window", "inc", "stmc") if m in by]
-    order += [f"{base} ({kind})" for kind in ("PyTorch ops", "compiled", "onnxruntime")
+    order += [f"{base} ({kind})" for kind in ("PyTorch ops", "without tSTMC", "compiled", "onnxruntime")
               for base in ("window", "inc", "stmc") if f"{base} ({kind})" in by]
     out = []
     for method in order:
@@ -116,6 +125,9 @@ def ratios(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         window, inc, stmc = by["window"], by["inc"], by["stmc"]
         ops = by.get(OPS)  # the STMC engine on PyTorch operators, like INC and window: same kernels, algorithm only
         paper = PAPER.get(name, {})
+        ablation, tstmc = by.get(ABLATION), ops or stmc  # both on PyTorch operators
+        gain = ablation and ablation["compute_latency_ms"] - tstmc["compute_latency_ms"]
+        memory = ablation and tstmc["peak_memory_mb"] / ablation["peak_memory_mb"]
         out.append({
             "model": name,
             "compute latency standard÷INC": window["compute_latency_ms"] / inc["compute_latency_ms"],
@@ -129,6 +141,11 @@ def ratios(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             "paper latency standard÷INC": paper.get("latency standard÷INC"),
             "paper latency INC÷STMC": paper.get("latency INC÷STMC"),
             "paper inference time INC÷STMC": PAPER["inference time INC÷STMC"],
+            "tSTMC latency gain (ms)": gain,
+            "paper tSTMC latency gain (ms)": PAPER["tSTMC latency gain (ms)"] if ablation else None,
+            "tSTMC÷no-tSTMC peak memory": memory,
+            "tSTMC÷no-tSTMC state": ablation and tstmc["state_kib"] / ablation["state_kib"],
+            "paper tSTMC÷no-tSTMC peak memory": PAPER["tSTMC peak memory ratio"] if ablation else None,
         })
     return out
 
@@ -158,7 +175,8 @@ def markdown(rows: Sequence[dict[str, Any]], ratio_rows: Sequence[dict[str, Any]
         keys = [k for k in ratio_rows[0] if k != "model"]
         lines += ["", "| model | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
         for r in ratio_rows:
-            lines.append(f"| {r['model']} | " + " | ".join(_fmt(r[k]) + ("×" if r[k] else "") for k in keys) + " |")
+            lines.append(f"| {r['model']} | " + " | ".join(
+                _fmt(r[k]) + ("×" if r[k] is not None and not k.endswith("(ms)") else "") for k in keys) + " |")
     return "\n".join(lines)
 
 
@@ -187,10 +205,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows = []
     for name in args.models:
         lookahead = 0 if name == "causal" else 2 * depth_of(evaluated)
-        model = architecture(evaluated, lookahead, args.width)
-        measured = measure(model, args.frames, args.rounds, args.hops, args.compile, args.onnx)
+        model = architecture([m for m in evaluated if m["tstmc"]], lookahead, args.width)
+        measured = measure(model, args.frames, args.rounds, args.hops, args.compile, args.onnx,
+                           ablation=name == "causal")
         si_snri, n_models = mean_si_snri(evaluated, lookahead, args.width)
-        rows += records(name, model, measured, si_snri, n_models)
+        ablation_si_snri = mean_si_snri(evaluated, lookahead, args.width, tstmc=False)
+        for row in records(name, model, measured, si_snri, n_models):
+            if row["method"] == ABLATION:  # its own checkpoints (tstmc=false), when evaluated
+                row["si_snri_db"], row["si_snri_models"] = ablation_si_snri
+            rows.append(row)
     ratio_rows = ratios(rows)
     why = native_unavailable()
     stmc_kernel = "native step" if why is None else f"on PyTorch operators ({why})"

@@ -44,6 +44,7 @@ from stmc.unet import UNet
 MODELS = {"causal": 0, "noncausal": 14}
 OPS = "stmc (PyTorch ops)"  # the row of the STMC engine without its native step
 OVERHEAD = "stmc per-call overhead"  # the native step around an all but empty network
+ABLATION = "stmc (without tSTMC)"  # the same architecture with a decoder transposed in time, STMC by overlap-add
 
 
 def _storage_key(tensor: torch.Tensor) -> int:
@@ -151,10 +152,13 @@ def exported_stream(model: UNet) -> Stream:
         return onnx_stream(to_onnx(model, Path(folder) / "step.onnx"), threads=1)
 
 
-def measure(model: UNet, frames: int, rounds: int, hops: int, compile: bool, onnx: bool = False) -> list[Row]:
+def measure(model: UNet, frames: int, rounds: int, hops: int, compile: bool, onnx: bool = False,
+            ablation: bool = False) -> list[Row]:
     """Interleaved timing of offline and streamed inference on one model; see the module docstring.
 
-    With ``onnx``, the exported STMC step is also timed in onnxruntime.
+    With ``onnx``, the exported STMC step is also timed in onnxruntime; with ``ablation``, the STMC stream of the
+    same architecture without tSTMC (``tstmc=False``, PyTorch operators: the native step has no overlap-add
+    decoder), to compare with ``stmc (PyTorch ops)``.
     """
     model = model.eval()
     warmup = 30
@@ -167,6 +171,9 @@ def measure(model: UNet, frames: int, rounds: int, hops: int, compile: bool, onn
         offline["full (native)"] = NativeOffline(model, frames)
         streams = {**streams, OPS: streaming(model, "stmc", native=False),
                    OVERHEAD: streaming(UNet(depth=1, channels=[1], n_freq=model.n_freq).eval(), "stmc")}
+    if ablation:
+        torch.manual_seed(0)
+        streams[ABLATION] = streaming(UNet(**{**model.config, "tstmc": False}).eval(), "stmc", native=False)
     if compile:
         streams.update({f"{method} (compiled)": streaming(model, method, compile=True) for method in METHODS})
     extra = {"stmc (onnxruntime)": exported_stream(model)} if onnx else {}

@@ -38,14 +38,19 @@ class TemporalLayer(nn.Module):
         future: int,
         transposed: bool,
         final: bool = False,
+        tstmc: bool = True,
     ) -> None:
         super().__init__()
         if past < 0 or future < 0:
             raise ValueError(f"time context must be non-negative, got past={past}, future={future}")
         self.past, self.future, self.transposed = past, future, transposed
+        self.tstmc = tstmc or not transposed  # False: a decoder layer transposed in time too (the ablation)
         self.in_channels, self.out_channels = in_channels, out_channels
         pad = FREQ_KERNEL // 2
-        if transposed:
+        if transposed and not self.tstmc:  # the same parameters as tSTMC's, laid out [C, C', 5, taps]
+            self.conv = nn.ConvTranspose2d(in_channels, out_channels, (FREQ_KERNEL, self.taps), (FREQ_STRIDE, 1),
+                                           (pad, 0))
+        elif transposed:
             self.conv: nn.Module = nn.ConvTranspose2d(
                 self.taps * in_channels, out_channels, (FREQ_KERNEL, 1), (FREQ_STRIDE, 1), (pad, 0)
             )
@@ -68,7 +73,12 @@ class TemporalLayer(nn.Module):
         followed it (the padding is done inside the convolution: no padded copy of ``x``, and the decoder's
         tSTMC time taps run as the convolution's own time kernel rather than as stacked channels)."""
         frames, weight = x.shape[-1], self.conv.weight
-        if self.transposed:
+        if not self.tstmc:
+            # a standard transposed convolution in time: T + taps - 1 frames, of which the `future` first and
+            # `past` last are cropped, so that output frame t depends on inputs t - past .. t + future
+            y = F.conv_transpose2d(x, weight, self.conv.bias, (FREQ_STRIDE, 1), (FREQ_KERNEL // 2, 0))
+            start = self.future
+        elif self.transposed:
             # tSTMC: a transposed convolution whose time taps are reversed is a plain (valid) convolution in time
             weight = weight.view(self.taps, self.in_channels, *weight.shape[1:3]).flip(0).permute(1, 2, 3, 0)
             pad = min(self.past, self.future)
@@ -85,10 +95,19 @@ class TemporalLayer(nn.Module):
             y = self.act(self.norm(y))
         return y
 
+    def tstmc_weight(self) -> torch.Tensor:
+        """The convolution weight in the tSTMC layout ``[taps * C, C', 5, 1]`` (time taps stacked as channels,
+        oldest frame first). For ``tstmc=False`` the same linear map: its time taps reversed and stacked."""
+        weight = self.conv.weight.detach()
+        if self.tstmc:
+            return weight
+        return weight.flip(-1).permute(3, 0, 1, 2).reshape(-1, weight.shape[1], FREQ_KERNEL, 1)
+
     @torch.no_grad()
     def frozen(self) -> FrozenLayer:
-        """Inference form: BatchNorm (running statistics) folded in, weights laid out as one GEMM matrix."""
-        weight, bias = self.conv.weight.detach(), self.conv.bias.detach()
+        """Inference form: BatchNorm (running statistics) folded in, weights laid out as one GEMM matrix (for
+        ``tstmc=False`` the valid-in-time form of the same map, which INC, window and the export run)."""
+        weight, bias = self.tstmc_weight() if self.transposed else self.conv.weight.detach(), self.conv.bias.detach()
         prelu = None
         if self.norm is not None:
             scale = self.norm.weight / torch.sqrt(self.norm.running_var + self.norm.eps)
@@ -160,6 +179,50 @@ class FrozenLayer:
         if self.prelu is not None:
             y = F.prelu(y, self.prelu)
         return y.view(batch, frames, bins, -1)
+
+
+@dataclass(frozen=True)
+class OverlapAddLayer:
+    """A ``tstmc=False`` decoder layer at inference, streamed as a standard transposed convolution in time is:
+    each input frame's ``taps`` contributions are added to the output frames it overlaps, the not yet complete
+    sums are the layer's state, and bias and PReLU apply to each output frame once it is complete.
+
+    ``spread`` is a one-tap transposed layer whose output channels are ``(tap, C')``: one GEMM per call gives
+    every contribution, the same multiplies as the tSTMC layer's.
+    """
+
+    past: int
+    future: int
+    spread: FrozenLayer
+    bias: torch.Tensor
+    prelu: torch.Tensor | None
+
+    @classmethod
+    def of(cls, layer: FrozenLayer) -> OverlapAddLayer:
+        """The overlap-add form of a transposed frozen layer (its matrix: rows ``(window tap, C)``)."""
+        taps, cout = layer.taps, layer.out_channels
+        matrix = layer.matrix.view(taps, -1, cout * FREQ_KERNEL).permute(1, 0, 2).reshape(-1, taps * cout * FREQ_KERNEL)
+        zeros = torch.zeros(taps * cout, dtype=layer.bias.dtype, device=layer.bias.device)
+        return cls(layer.past, layer.future, FrozenLayer(0, 0, True, matrix.contiguous(), zeros, None), layer.bias,
+                   layer.prelu)
+
+    @property
+    def taps(self) -> int:
+        return self.past + 1 + self.future
+
+    def __call__(self, x: torch.Tensor, pending: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """New input frames ``[B, T, F, C]`` and the pending sums ``[B, taps - 1, F', C']`` -> the ``T`` completed
+        output frames (the first ``future`` frames behind the first input's) and the new pending sums."""
+        batch, frames = x.shape[:2]
+        taps, lag = self.taps, self.taps - 1
+        parts = self.spread(x).view(batch, frames, -1, taps, self.bias.shape[0])  # [B, T, F', tap, C']
+        full = torch.cat([pending, pending.new_zeros(batch, frames, *pending.shape[2:])], 1)
+        for tap in range(taps):  # window tap j of input frame i completes output frame i + taps - 1 - j
+            full[:, lag - tap : lag - tap + frames] += parts[:, :, :, tap]
+        y = full[:, :frames] + self.bias
+        if self.prelu is not None:
+            y = F.prelu(y.permute(0, 3, 1, 2), self.prelu).permute(0, 2, 3, 1)
+        return y, full[:, frames:]
 
 
 def out_bins(bins: int, transposed: bool) -> int:

@@ -27,7 +27,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from stmc.layers import FrozenLayer
+from stmc.layers import FrozenLayer, OverlapAddLayer
 from stmc.native import KernelMismatch, NativeStep
 from stmc.native import unavailable as native_unavailable
 from stmc.stream import TIME, Clock, Engine, Stream
@@ -69,6 +69,10 @@ class ModelEngine(Engine):
         layers = self.model.frozen()
         self.layers = layers if self.layer_form is None else [self.layer_form(layer) for layer in layers]
         self.dtype, self.device = layers[0].bias.dtype, layers[0].bias.device
+        # tstmc=False decoder layers, streamed as transposed convolutions in time (their valid form otherwise:
+        # the traced export runs the same map as a tSTMC layer)
+        self.overlap = {} if self.layer_form is not None else {
+            k: OverlapAddLayer.of(layer) for k, layer in enumerate(layers) if not self.model.layers[k].tstmc}
 
     def step(self, chunk: torch.Tensor, state: list[torch.Tensor], clock: Clock
              ) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -91,7 +95,10 @@ class STMCEngine(ModelEngine):
         shapes = []
         for k, layer in enumerate(model.layers):
             channels, bins = model.input_shape(k)
-            shapes.append((layer.past + layer.future, bins, channels))
+            if k in self.overlap:  # the pending output sums
+                shapes.append((layer.past + layer.future, layer.out_bins(bins), layer.out_channels))
+            else:  # the last input frames
+                shapes.append((layer.past + layer.future, bins, channels))
         for k, source in model.joins.items():
             if model.join_delay(k):
                 shapes.append((model.join_delay(k), model.bins(source + 1), model.layers[source].out_channels))
@@ -103,6 +110,9 @@ class STMCEngine(ModelEngine):
         slots = {k: next(lines) for k in model.joins if model.join_delay(k)}
 
         def apply(k: int, x: torch.Tensor) -> torch.Tensor:
+            if k in self.overlap:
+                y, registers[k] = self.overlap[k](x, registers[k])
+                return clock.clip(y, -model.delays[k])
             layer = self.layers[k]
             x = torch.cat([registers[k], x], TIME)
             registers[k] = x[:, x.shape[TIME] - layer.past - layer.future :]
@@ -272,6 +282,8 @@ def engine_for(model: UNet, method: str = "stmc", compile: bool = False, native:
             reason = "torch.compile traces the PyTorch operators; pass native=False or compile=False"
         elif unsupported:
             reason = f"it runs float32 models on the CPU, this one is {weight.dtype} on {weight.device}"
+        elif not all(layer.tstmc for layer in model.layers):
+            reason = "it has no overlap-add decoder for tstmc=False models"
         else:
             reason = native_unavailable()
         if reason is None:

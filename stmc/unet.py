@@ -4,7 +4,10 @@ Our choices where the paper is silent (documented in the README):
 - channels ``DEFAULT_CHANNELS`` per encoder level (x ``width``); the causal model has ~1.1 M parameters;
 - input compression: the spectrum enters as ``X * |X|^(compress - 1)`` (frame-local, keeps the phase);
 - mask bound: ``M = z * tanh(|z|) / |z|``, so ``|M| < 1`` and the phase is free;
-- look-ahead placement: ``lookahead_layers`` picks which temporal layers see one future frame.
+- look-ahead placement: ``lookahead_layers`` picks which temporal layers see one future frame;
+- ``tstmc=False`` (the paper's ablation): decoder layers are standard transposed convolutions in time too (time
+  kernel 2 or 3, stride 1, the extra anti-causal output frames cropped), with the same parameters, the same time
+  context and so the same receptive field; STMC streams them by overlap-add (:class:`stmc.layers.OverlapAddLayer`).
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ class UNet(nn.Module):
         lookahead_layers: str | Sequence[int] = "first",
         n_freq: int = 513,
         compress: float = 0.3,
+        tstmc: bool = True,
     ) -> None:
         super().__init__()
         if not isinstance(depth, int) or depth < 1:
@@ -82,6 +86,8 @@ class UNet(nn.Module):
             "n_freq": n_freq,
             "compress": compress,
         }
+        if not tstmc:  # only then: older checkpoints' configs (without the key) stay equal to the default
+            self.config["tstmc"] = False
         self.depth, self.n_freq, self.compress = depth, n_freq, compress
         ahead = set(lookahead_placement(2 * depth, lookahead, lookahead_layers))
         layers = []
@@ -93,7 +99,7 @@ class UNet(nn.Module):
             cin = widths[level] * (1 if j == 0 else 2)
             final = level == 0
             cout = 2 if final else widths[level - 1]
-            layers.append(TemporalLayer(cin, cout, 1, int(depth + j in ahead), True, final))
+            layers.append(TemporalLayer(cin, cout, 1, int(depth + j in ahead), True, final, tstmc))
         self.layers = nn.ModuleList(layers)
         # decoder layer index -> encoder layer whose output is concatenated to its input
         self.joins = {depth + j: depth - 1 - j for j in range(1, depth)}

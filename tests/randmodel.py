@@ -31,9 +31,9 @@ def tiny_unet(lookahead: int = 0, seed: int = 0, width: float = 1.0) -> stmc.UNe
 
 
 @st.composite
-def unets(draw, max_depth: int = 7, n_freq: int | None = None) -> stmc.UNet:
+def unets(draw, max_depth: int = 7, n_freq: int | None = None, tstmc: bool = True) -> stmc.UNet:
     """A random U-Net: depth 2..max_depth, random widths, any set of look-ahead layers, with or without input
-    compression."""
+    compression; ``tstmc=False``: the ablation's decoder (transposed in time too)."""
     depth = draw(st.integers(2, max_depth))
     channels = draw(st.lists(st.integers(1, 6), min_size=depth, max_size=depth))
     ahead = draw(st.lists(st.integers(0, 2 * depth - 1), unique=True, max_size=2 * depth))
@@ -42,7 +42,8 @@ def unets(draw, max_depth: int = 7, n_freq: int | None = None) -> stmc.UNet:
     seed = draw(st.integers(0, 2**16))
     torch.manual_seed(seed)
     model = stmc.UNet(
-        depth=depth, lookahead=len(ahead), channels=channels, lookahead_layers=ahead, n_freq=bins, compress=compress
+        depth=depth, lookahead=len(ahead), channels=channels, lookahead_layers=ahead, n_freq=bins, compress=compress,
+        tstmc=tstmc,
     )
     return randomise_norms(model, seed)
 

@@ -21,13 +21,16 @@ TINY = {"depth": 2, "channels": [4, 8], "lookahead_layers": "first", "n_freq": 5
 ITEMS = [{"split": "test_real", "noise_type": kind, "name": f"u{i}"} for i, kind in enumerate(["hum", "babble", "hum"])]
 
 
-def synthetic_results(folder: Path, models: list[tuple[int, float, int, float]]) -> Path:
-    """A results.json as evaluate.py writes it, for models ``(lookahead, width, seed, SI-SNRi)``."""
+def synthetic_results(folder: Path, models: list[tuple[int, float, int, float]], tstmc: bool = True) -> Path:
+    """A results.json as evaluate.py writes it, for models ``(lookahead, width, seed, SI-SNRi)`` (``tstmc=False``:
+    the ablation's checkpoints)."""
     baselines = [{"mixture": {"si_snr": 5.0, "si_snri": 0.0}, "wiener": {"si_snr": 7.0, "si_snri": 2.0}}] * 3
     entries = []
     for lookahead, width, seed, score in models:
-        info = {"name": f"L{lookahead}-w{width}-s{seed}", "checkpoint": f"/runs/L{lookahead}/w{width}/s{seed}.ckpt",
-                "model_config": {**TINY, "lookahead": lookahead, "width": width}, "lookahead": lookahead,
+        info = {"name": f"L{lookahead}-w{width}-s{seed}",
+                "checkpoint": f"/runs/{'' if tstmc else 'ablation/'}L{lookahead}/w{width}/s{seed}.ckpt",
+                "model_config": {**TINY, "lookahead": lookahead, "width": width, **({} if tstmc else {"tstmc": False})},
+                "lookahead": lookahead,
                 "width": width, "seed": seed, "step": 10, "params": 1000, "size_mb": 0.004,
                 "receptive_field": [4, lookahead]}
         rows = [{"offline": {"si_snr": 5 + score + d, "si_snri": score + d},
@@ -96,6 +99,7 @@ def speed_doc(tmp_path_factory):
     """One small speed-table run (on synthetic results) and the folder it wrote into."""
     tmp_path = tmp_path_factory.mktemp("speed")
     synthetic_results(tmp_path / "eval", [(0, 1.0, 0, 3.0), (0, 1.0, 1, 4.0)])
+    synthetic_results(tmp_path / "eval" / "ablation", [(0, 1.0, 0, 2.0)], tstmc=False)
     doc = speed_table.main(["--results", str(tmp_path / "eval"), "--out", str(tmp_path), "--rounds", "1",
                             "--hops", "3", "--frames", "16", "--onnx"])
     return doc, tmp_path
@@ -123,6 +127,23 @@ def test_speed_table_rows_ratios_and_files(speed_doc):
     assert json.loads((tmp_path / "speed_table.json").read_text())["ratios"][1]["model"] == "non-causal"
 
 
+def test_speed_table_has_the_tstmc_ablation_row_for_the_causal_model(speed_doc):
+    """STMC without tSTMC (tstmc=False, overlap-add, PyTorch operators): same MACs, its own checkpoints'
+    SI-SNRi, and the tSTMC gains against the tSTMC engine on the same operators, next to the paper's."""
+    doc, _ = speed_doc
+    rows = {(r["model"], r["method"]): r for r in doc["rows"]}
+    ablation, tstmc = rows[("causal", "stmc (without tSTMC)")], rows[("causal", "stmc (PyTorch ops)")]
+    assert ablation["label"] == "STMC (without tSTMC), PyTorch ops"
+    assert ("non-causal", "stmc (without tSTMC)") not in rows
+    assert ablation["macs_per_hop_m"] == tstmc["macs_per_hop_m"] and ablation["state_kib"] != tstmc["state_kib"]
+    assert ablation["si_snri_db"] == pytest.approx(2.0) and ablation["si_snri_models"] == 1
+    ratio = doc["ratios"][0]
+    gain = ablation["compute_latency_ms"] - tstmc["compute_latency_ms"]
+    assert ratio["tSTMC latency gain (ms)"] == pytest.approx(gain)
+    assert ratio["tSTMC÷no-tSTMC peak memory"] == pytest.approx(tstmc["peak_memory_mb"] / ablation["peak_memory_mb"])
+    assert ratio["paper tSTMC÷no-tSTMC peak memory"] == 0.80 and doc["ratios"][1]["tSTMC latency gain (ms)"] is None
+
+
 @pytest.mark.compiler
 def test_speed_table_has_the_engine_on_pytorch_ops_beside_the_native_step(speed_doc):
     doc, tmp_path = speed_doc
@@ -133,7 +154,8 @@ def test_speed_table_has_the_engine_on_pytorch_ops_beside_the_native_step(speed_
     assert ratio["compute latency INC÷STMC (PyTorch ops)"] == pytest.approx(
         rows[("causal", "inc")]["compute_latency_ms"] / ops["compute_latency_ms"]
     )
-    assert len(read_csv(tmp_path / "speed_table.csv")) == 12  # 2 x (3 streams, PyTorch ops, onnxruntime, floor)
+    # 2 x (3 streams, PyTorch ops, onnxruntime, floor) + the causal model's STMC without tSTMC
+    assert len(read_csv(tmp_path / "speed_table.csv")) == 13
 
 
 def parse(argv: list[str]) -> dict[str, object]:

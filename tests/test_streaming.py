@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -56,12 +58,14 @@ def test_chunk_outputs_lag_inputs_by_the_lookahead(model, data):
         assert emitted == max(0, fed - model.receptive_field[1])
 
 
+@pytest.mark.parametrize("tstmc", [True, False], ids=["tstmc", "no-tstmc"])
 @pytest.mark.parametrize("lookahead", [0, 1, 5, 14])
 @pytest.mark.parametrize("placement", ["first", "last", "spread"])
-def test_dependency_cone_is_the_declared_receptive_field(lookahead, placement):
-    """Perturbing input frame t changes exactly output frames t - future .. t + past (causality, look-ahead)."""
+def test_dependency_cone_is_the_declared_receptive_field(lookahead, placement, tstmc):
+    """Perturbing input frame t changes exactly output frames t - future .. t + past (causality, look-ahead),
+    also for the decoder transposed in time (tstmc=False)."""
     torch.manual_seed(lookahead)
-    model = randomise_norms(stmc.UNet(lookahead=lookahead, lookahead_layers=placement, width=0.25), 1)
+    model = randomise_norms(stmc.UNet(lookahead=lookahead, lookahead_layers=placement, width=0.25, tstmc=tstmc), 1)
     past, future = model.receptive_field
     assert (past, future) == (14, lookahead)
     frames, t = 40, 20
@@ -211,3 +215,35 @@ def test_flush_of_chosen_streams_ends_them_exactly_and_the_others_go_on(engine):
     torch.testing.assert_close(torch.cat([first[:1], second[:1], rest[:1]], -1), model(a), atol=1e-5, rtol=0)
     restarted = torch.cat([second[1:], rest[1:]], -1)[..., delay:]  # its first D frames precede its start
     torch.testing.assert_close(restarted, model(c), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("method", stmc.METHODS)
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(model=unets(tstmc=False), batch=st.integers(1, 3), data=st.data())
+def test_decoder_transposed_in_time_streams_exactly(model, method, batch, data):
+    """tstmc=False (the ablation): STMC streams the decoder's transposed convolutions by overlap-add (pending
+    output sums as state), INC and window by their valid form; stream + flush equals offline for random
+    U-Nets and chunkings."""
+    frames = data.draw(st.integers(0, 40))
+    spec = torch.randn(batch, 2, model.n_freq, frames)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the one-time note that the native step has no overlap-add decoder
+        stream = stmc.streaming(model, method)
+    out = stream_all(stream, spec, split_points(data.draw, frames, 12))
+    torch.testing.assert_close(out, model(spec), atol=1e-5, rtol=0)
+
+
+def test_no_tstmc_model_has_the_same_parameters_context_and_a_state_of_output_sums():
+    """The ablation keeps the parameter count and receptive field; its STMC state holds, per decoder layer, the
+    pending sums of its output frames (output bins and channels) instead of its last input frames."""
+    with_t, without = stmc.UNet(lookahead=3), stmc.UNet(lookahead=3, tstmc=False)
+    assert sum(p.numel() for p in with_t.parameters()) == sum(p.numel() for p in without.parameters())
+    assert with_t.receptive_field == without.receptive_field == (14, 3)
+    assert without.config["tstmc"] is False and "tstmc" not in with_t.config  # old checkpoints stay equal
+    shapes = stmc.streaming(without.eval(), native=False).engine.state_shapes()
+    for k in range(7, 14):
+        channels, bins = without.input_shape(k)
+        layer = without.layers[k]
+        assert shapes[k] == (layer.past + layer.future, layer.out_bins(bins), layer.out_channels)
+    with pytest.raises(ValueError, match="no overlap-add decoder"):
+        stmc.streaming(without.eval(), native=True)

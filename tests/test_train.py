@@ -71,7 +71,8 @@ def checkpoint(out: Path, kind: str) -> Path:
 
 @pytest.mark.parametrize(
     ("model", "lookahead"),
-    [(["model=causal"], 0), (["model=noncausal"], 14), (["model=lookahead", "model.lookahead=3"], 3)],
+    [(["model=causal"], 0), (["model=noncausal"], 14), (["model=lookahead", "model.lookahead=3"], 3),
+     (["model=lookahead", "model.lookahead=2", "model.tstmc=false"], 2)],
 )
 def test_one_batch_fit_gives_a_streamable_checkpoint(model, lookahead, corpus, tmp_path, compose_train):
     metrics = train(compose_train(tiny_run(corpus, tmp_path, *model)))
