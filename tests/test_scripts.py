@@ -164,12 +164,14 @@ def parse(argv: list[str]) -> dict[str, object]:
     return {o.key_or_group: (list(o.sweep_iterator()) if o.is_sweep_override() else o.value()) for o in parsed}
 
 
-def test_mini_preset_runs_twenty_trainings_in_distinct_folders_then_the_scripts(tmp_path):
+def test_mini_preset_runs_21_trainings_in_distinct_folders_then_the_scripts(tmp_path):
     cfg = reproduce.load_preset("mini", [f"out={tmp_path}", "steps=7"])
     training = reproduce.train_commands(cfg, tmp_path)
-    assert len(training) == 6 * 3 + 2
+    assert len(training) == 6 * 3 + 2 + 1  # look-ahead x seeds, widths, the causal model without tSTMC
     folders = [parse(c.argv)["hydra.run.dir"] for c in training]
-    assert len(set(folders)) == 20 and str(tmp_path / "train/lookahead/lookahead=14/seed=2") in folders
+    assert len(set(folders)) == 21 and str(tmp_path / "train/lookahead/lookahead=14/seed=2") in folders
+    ablation = parse(training[-1].argv)
+    assert ablation["model.tstmc"] is False and ablation["model.width"] == 0.5
     first = parse(training[0].argv)
     assert first["trainer.max_steps"] == 7 and first["model.lookahead"] == 0 and first["data"] == "demo"
     assert [c.done for c in training] == [Path(f) for f in folders]
@@ -179,20 +181,22 @@ def test_mini_preset_runs_twenty_trainings_in_distinct_folders_then_the_scripts(
     assert all(str(tmp_path) in " ".join(c.argv) for c in later)
 
 
-def test_paper_preset_is_two_slurm_multiruns_of_75_and_5_runs(tmp_path):
+def test_paper_preset_is_slurm_multiruns_of_75_5_and_5_runs(tmp_path):
     with pytest.raises(ValueError, match="out=..., data_root=..."):
         reproduce.load_preset("paper")
     cfg = reproduce.load_preset("paper", [f"out={tmp_path}", "data_root=/data/dns",
                                           "slurm=[hydra.launcher.partition=gpu]"])
-    lookahead, size = reproduce.train_commands(cfg, tmp_path)
+    lookahead, size, ablation = reproduce.train_commands(cfg, tmp_path)
     assert "-m" in lookahead.argv and "hydra/launcher=slurm" in lookahead.argv
     values = parse(lookahead.argv)
     assert len(values["model.lookahead"]) * len(values["seed"]) == 75
     assert values["hydra.sweep.subdir"] == "lookahead=${model.lookahead}/seed=${seed}"
     assert values["data.root"] == "/data/dns" and values["hydra.launcher.partition"] == "gpu"
     assert parse(size.argv)["model.width"] == [0.25, 0.5, 0.75, 1.5, 2.0]
+    assert parse(ablation.argv)["model.tstmc"] is False and len(parse(ablation.argv)["seed"]) == 5
     evaluate = reproduce.later_commands(cfg, tmp_path)[0]
-    assert parse(evaluate.argv)["checkpoints"] == [[str(tmp_path / "train/lookahead")], [str(tmp_path / "train/size")]]
+    assert parse(evaluate.argv)["checkpoints"] == [[str(tmp_path / f"train/{sweep}")]
+                                                   for sweep in ("lookahead", "size", "ablation")]
     with pytest.raises(ValueError, match="does not exist"):
         reproduce.load_preset("huge")
 
