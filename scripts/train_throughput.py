@@ -34,6 +34,8 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
+from stmc.throughput import gemm_rate
+
 ROOT = Path(__file__).resolve().parents[1]
 PHASES = ("data", "forward", "backward", "optimizer")
 
@@ -87,18 +89,6 @@ class PhaseTimer(pl.Callback):
             "times": self.times, "macs": self.macs, "batch_shape": self.batch_shape,
             "precision": str(trainer.precision), "threads": torch.get_num_threads(),
         }))
-
-
-def gemm_rate(dtype: torch.dtype, size: int = 1024, seconds: float = 0.5) -> float:
-    """Multiply-accumulates per second of ``torch.mm`` on ``size``-square matrices, at the current thread count."""
-    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
-    for _ in range(2):
-        torch.mm(a, b)
-    runs, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        torch.mm(a, b)
-        runs += 1
-    return runs * size**3 / (time.perf_counter() - started)
 
 
 def timed_fit(overrides: list[str], warmup: int, steps: int, folder: Path) -> tuple[Any, dict[str, float], dict]:

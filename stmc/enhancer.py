@@ -46,6 +46,11 @@ class Enhancer(nn.Module):
             raise ValueError(f"model has {model.n_freq} bins, the STFT gives {self.stft.n_freq}")
 
     @property
+    def latency_samples(self) -> int:
+        """Algorithmic latency of a stream: the window plus the look-ahead frames times the hop."""
+        return self.stft.n_fft + self.model.receptive_field[1] * self.stft.hop
+
+    @property
     def dtype(self) -> torch.dtype:
         return self.model.layers[0].conv.weight.dtype
 
@@ -93,8 +98,7 @@ class EnhancerStream:
     @property
     def latency_samples(self) -> int:
         """Algorithmic latency: the window plus the look-ahead frames times the hop."""
-        stft = self.enhancer.stft
-        return stft.n_fft + self.frames.delay * stft.hop
+        return self.enhancer.latency_samples
 
     def reset(self) -> None:
         """Start a new stream (zero state, weights re-read)."""

@@ -112,8 +112,7 @@ def spectrogram_image(stft: STFT, waves: Mapping[str, torch.Tensor]) -> np.ndarr
 
     fig, axes = plt.subplots(len(waves), 1, figsize=(8, 2.2 * len(waves)), sharex=True, squeeze=False)
     for ax, (title, wave) in zip(axes[:, 0], waves.items(), strict=True):
-        power = stft.stft(wave.detach().float().reshape(1, -1))[0].abs().square()
-        db = 10 * torch.log10(power + 1e-10).cpu().numpy()
+        db = stft.spectrogram_db(wave).cpu().numpy()
         extent = (0, db.shape[1], 0, SAMPLE_RATE / 2000)
         ax.imshow(db, origin="lower", aspect="auto", cmap="magma", vmin=db.max() - 80, vmax=db.max(), extent=extent)
         ax.set_ylabel(f"{title}\nkHz")

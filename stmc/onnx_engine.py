@@ -65,8 +65,6 @@ class OnnxEngine(Engine):
         self.flush_session = session(self.path.parent / meta["flush"], threads) if meta["flush"] else None
         self.names = state_names(len(shapes))
 
-    def describe(self) -> str:
-        return "stmc (onnxruntime)"
 
     def state_shapes(self) -> list[tuple[int, ...]]:
         return self.shapes

@@ -88,6 +88,11 @@ class STFT(nn.Module):
         padded = F.pad(x, (self.lead, total - n - self.lead))
         return self.analyse(self.frame(padded))
 
+    def spectrogram_db(self, wave: torch.Tensor) -> torch.Tensor:
+        """Power spectrogram in dB ``[F, T]`` of a 1-D waveform, low bins first (for figures and reports)."""
+        power = self.stft(wave.detach().float().reshape(1, -1))[0].abs().square()
+        return 10 * torch.log10(power + 1e-10)
+
     def istft(self, spec: torch.Tensor, length: int) -> torch.Tensor:
         """Complex ``[B, F, T]`` -> waveform ``[B, length]`` (the inverse of ``stft`` for ``length``)."""
         out = self.overlap_add(self.synthesise(spec))

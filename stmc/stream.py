@@ -73,9 +73,6 @@ class Engine:
         (the same tensors written in place, or new ones)."""
         raise NotImplementedError
 
-    def describe(self) -> str:
-        """A few words naming the engine (for logs and benchmark rows)."""
-        return type(self).__name__
 
 
 class Stream:

@@ -83,12 +83,17 @@ class ModelEngine(Engine):
         """The layer chain on features ``[B, t, F, 2]``, updating ``state`` (a list the step owns)."""
         raise NotImplementedError
 
+    def pure_step(self, chunk: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """One step as a function of its inputs, ``(chunk, *state, time) -> (out, *next_state, next_time)``, every
+        layer output masked by tensor ops: what ``torch.compile`` and the ONNX export trace."""
+        *buffers, time = state
+        out, buffers = self.step(chunk, buffers, Clock(time))
+        return (out, *buffers, time + chunk.shape[-1])
+
 
 class STMCEngine(ModelEngine):
     """Short-Term Memory Convolution on PyTorch operators: per-layer shift registers, per-skip delay lines."""
 
-    def describe(self) -> str:
-        return "stmc (PyTorch operators)"
 
     def state_shapes(self) -> list[tuple[int, ...]]:
         model = self.model
@@ -127,12 +132,6 @@ class STMCEngine(ModelEngine):
 
         return model.walk(h, apply, join)
 
-    def pure_step(self, chunk: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """One step as a function of its inputs, ``(chunk, *state, time) -> (out, *next_state, next_time)``, every
-        layer output masked by tensor ops: what ``torch.compile`` and the ONNX export trace."""
-        *buffers, time = state
-        out, buffers = self.step(chunk, buffers, Clock(time))
-        return (out, *buffers, time + chunk.shape[-1])
 
 
 class NativeSTMCEngine(STMCEngine):
@@ -147,8 +146,6 @@ class NativeSTMCEngine(STMCEngine):
         self.native = True
         self.native_step: NativeStep | None = None
 
-    def describe(self) -> str:
-        return "stmc (native step)" if self.native else super().describe()
 
     def load(self) -> None:
         super().load()
@@ -173,8 +170,6 @@ class NativeSTMCEngine(STMCEngine):
 class IncEngine(ModelEngine):
     """Incremental inference: keep the receptive field of input frames, compute only what new outputs need."""
 
-    def describe(self) -> str:
-        return "inc"
 
     def state_shapes(self) -> list[tuple[int, ...]]:
         return [(sum(self.model.receptive_field), self.model.n_freq, 2)]
@@ -203,8 +198,6 @@ class IncEngine(ModelEngine):
 class WindowEngine(IncEngine):
     """Standard convolutions: the padded model over the last receptive-field frames, once per new frame."""
 
-    def describe(self) -> str:
-        return "window"
 
     def walk(self, h: torch.Tensor, state: list[torch.Tensor], clock: Clock) -> torch.Tensor:
         model = self.model
@@ -228,13 +221,11 @@ class CompiledEngine(Engine):
 
     RECOMPILE_LIMITS = {"recompile_limit": 64, "accumulated_recompile_limit": 1024}
 
-    def __init__(self, engine: STMCEngine | IncEngine) -> None:
+    def __init__(self, engine: ModelEngine) -> None:
         self.engine = engine
         self.delay, self.n_freq, self.dtype, self.device = engine.delay, engine.n_freq, engine.dtype, engine.device
-        self.compiled = torch.compile(self.pure_step, dynamic=False)
+        self.compiled = torch.compile(engine.pure_step, dynamic=False)
 
-    def describe(self) -> str:
-        return f"{self.engine.describe()} (compiled)"
 
     def state_shapes(self) -> list[tuple[int, ...]]:
         return self.engine.state_shapes()
@@ -242,18 +233,12 @@ class CompiledEngine(Engine):
     def load(self) -> None:
         self.engine.load()
 
-    def pure_step(self, chunk: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """``(chunk, *state, time) -> (out, *next_state)``, every layer output masked by tensor ops."""
-        *buffers, time = state
-        out, buffers = self.engine.step(chunk, buffers, Clock(time))
-        return (out, *buffers)
-
     def step(self, chunk: torch.Tensor, state: list[torch.Tensor], clock: Clock
              ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         if clock.end is not None:
             return self.engine.step(chunk, state, clock)
         with torch._dynamo.config.patch(**self.RECOMPILE_LIMITS):
-            out, *state = self.compiled(chunk, *state, clock.time)
+            out, *state, _ = self.compiled(chunk, *state, clock.time)  # the driver advances the time
         return out, state
 
 

@@ -26,12 +26,17 @@ from stmc.unet import UNet
 HOP_SECONDS = HOP / SAMPLE_RATE
 
 
-def gemm_rate(dtype: torch.dtype = torch.float32, size: int = 1024, rounds: int = 5) -> float:
-    """Multiply-accumulates per second of one ``size``³ ``torch.mm`` on the current threads (best of ``rounds``)."""
+def gemm_rate(dtype: torch.dtype, size: int = 1024, seconds: float = 0.5) -> float:
+    """Multiply-accumulates per second of ``torch.mm`` on ``size``-square matrices, at the current thread count
+    (the roof the streams and ``scripts.train_throughput`` are compared with)."""
     a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
-    torch.mm(a, b)
-    best = min(timed(lambda: torch.mm(a, b)) for _ in range(rounds))
-    return size**3 / best
+    for _ in range(2):
+        torch.mm(a, b)
+    runs, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        torch.mm(a, b)
+        runs += 1
+    return runs * size**3 / (time.perf_counter() - started)
 
 
 def timed(fn) -> float:
@@ -82,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    fp32, bf16 = gemm_rate(torch.float32), gemm_rate(torch.bfloat16, size=256, rounds=2)
+    fp32, bf16 = gemm_rate(torch.float32), gemm_rate(torch.bfloat16, size=256)
     results, macs = {}, {}
     for name in args.models:
         model = UNet(lookahead=MODELS[name]).eval()

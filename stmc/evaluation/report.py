@@ -27,7 +27,6 @@ from typing import Any
 from urllib.parse import quote
 
 import numpy as np
-import soundfile as sf
 import torch
 
 from stmc.baselines import wiener
@@ -36,8 +35,8 @@ from stmc.evaluation.reports import jsonable
 from stmc.evaluation.scoring import enhance
 from stmc.evaluation.settings import ALL, LABELS, OFFLINE, Item, Row, Settings
 from stmc.evaluation.summary import cell
-from stmc.io import atomic_write
-from stmc.stft import HOP, N_FFT, SAMPLE_RATE
+from stmc.io import atomic_audio_file, atomic_write
+from stmc.stft import SAMPLE_RATE
 
 SIGNALS = ("noisy", "enhanced", "wiener", "clean")
 DYNAMIC_RANGE_DB = 80.0  # the shared colour scale spans this much below the loudest bin of any example
@@ -71,13 +70,6 @@ def select_examples(items: Sequence[Item], rows: Sequence[Mapping[str, Row]], si
     return chosen
 
 
-def spectrogram_db(audio: torch.Tensor) -> np.ndarray:
-    """Magnitude spectrogram in dB (the enhancer's STFT size), low frequencies at the bottom."""
-    window = torch.hann_window(N_FFT)
-    spec = torch.stft(audio.float(), N_FFT, HOP, window=window, return_complex=True).abs()
-    return (20 * torch.log10(spec + 1e-8)).flip(0).numpy()
-
-
 def write_png(path: Path, image: np.ndarray, low: float, high: float) -> None:
     """``image`` as a PNG on the colour scale ``[low, high]`` (magma), written atomically."""
     import matplotlib
@@ -90,8 +82,8 @@ def write_png(path: Path, image: np.ndarray, low: float, high: float) -> None:
 
 def write_pcm16(path: Path, audio: torch.Tensor) -> None:
     """A 16 kHz 16-bit WAV (clipped to full scale), written atomically."""
-    data = np.clip(audio.detach().cpu().numpy(), -1.0, 1.0).astype(np.float32)
-    atomic_write(path, writer=lambda tmp: sf.write(tmp, data, SAMPLE_RATE, subtype="PCM_16", format="WAV"))
+    with atomic_audio_file(path, 1, "PCM_16") as write:
+        write(audio.detach().float().clamp(-1.0, 1.0).reshape(1, -1))
 
 
 def safe_name(text: str) -> str:
@@ -106,7 +98,7 @@ def write_examples(folder: Path, enhancer: Enhancer, items: Sequence[Item], rows
     The enhanced signal is the first stream's output (``offline`` when no stream was evaluated).
     """
     method = settings.streams[0] if settings.streams else OFFLINE
-    examples = []
+    stft, examples = enhancer.stft, []
     for index, why in select_examples(items, rows, method, per_noise):
         item = items[index]
         noisy, clean = item["noisy"], item["clean"]
@@ -123,7 +115,8 @@ def write_examples(folder: Path, enhancer: Enhancer, items: Sequence[Item], rows
                                     "enhanced": dict(rows[index].get(method, {})),
                                     "wiener": dict(rows[index].get("wiener", {}))},
                          "_audio": audio})
-    images = {id(e): {s: spectrogram_db(w) for s, w in e.pop("_audio").items()} for e in examples}
+    images = {id(e): {s: stft.spectrogram_db(w).flip(0).numpy() for s, w in e.pop("_audio").items()}
+              for e in examples}
     high = max((float(im.max()) for ims in images.values() for im in ims.values()), default=0.0)
     for example in examples:
         for signal, image in images[id(example)].items():
@@ -139,8 +132,8 @@ def run_info(enhancer: Enhancer, settings: Settings) -> dict[str, Any]:
     frames = 8
     spec = torch.zeros(1, 2, model.n_freq, frames)
     macs = count_macs(lambda: offline_frozen(model)(spec)) / frames  # = an STMC hop's (tests/test_streaming.py)
-    latency = N_FFT + model.receptive_field[1] * HOP
-    return {"macs_per_hop": macs, "latency_ms": 1e3 * latency / SAMPLE_RATE, "chunk_samples": settings.chunk,
+    return {"macs_per_hop": macs, "latency_ms": 1e3 * enhancer.latency_samples / SAMPLE_RATE,
+            "chunk_samples": settings.chunk,
             "chunk_ms": 1e3 * settings.chunk / SAMPLE_RATE, "date": datetime.datetime.now().isoformat(" ", "seconds")}
 
 
