@@ -30,7 +30,7 @@ from stmc import checkpoint
 from stmc.configs import CONFIG_DIR, group_options
 from stmc.errors import ConfigError
 from stmc.lightning import NonFiniteLossError
-from stmc.unet import UNet
+from stmc.unet import IMPLIED_CONFIG, UNet
 
 log = logging.getLogger(__name__)
 
@@ -235,9 +235,10 @@ def check_resumable(path: str, model: UNet) -> None:
         saved = checkpoint.read(path)[checkpoint.KEY]["model_config"]
     except ValueError as err:
         raise ConfigError(f"ckpt_path: {err}") from None
-    differ = [k for k in sorted(set(saved) | set(model.config)) if saved.get(k) != model.config.get(k)]
+    saved, current = {**IMPLIED_CONFIG, **saved}, {**IMPLIED_CONFIG, **model.config}
+    differ = [k for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
     if differ:
-        settings = ", ".join(f"model.{k}={saved.get(k)} (this config: {model.config.get(k)})" for k in differ)
+        settings = ", ".join(f"model.{k}={saved.get(k)} (this config: {current.get(k)})" for k in differ)
         raise ConfigError(f"ckpt_path={path} holds another model: {settings}; resume with the checkpoint's "
                           "model settings")
 

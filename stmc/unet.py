@@ -20,6 +20,8 @@ from torch import nn
 from stmc.layers import FREQ_STRIDE, FrozenLayer, TemporalLayer, from_frames, to_frames
 
 DEFAULT_CHANNELS = (16, 32, 48, 64, 96, 128, 160)
+# config keys left out at their default value (so that older checkpoints' configs stay equal)
+IMPLIED_CONFIG = {"tstmc": True}
 PLACEMENTS = ("first", "last", "spread")
 FEATURE_EPS = 1e-12  # keeps the input compression X * (|X|^2 + eps)^((compress - 1) / 2) finite at X = 0
 BOUND_EPS = 1e-12  # floor on |z| in the mask bound z * tanh(|z|) / |z|

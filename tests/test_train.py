@@ -247,13 +247,17 @@ def test_every_logger_option_fits_one_step(logger, corpus, tmp_path, compose_tra
 
 def test_resuming_with_another_model_or_an_unreadable_file_is_a_config_error(corpus, tmp_path, compose_train):
     """Resuming a checkpoint of another architecture names the differing model keys (instead of a size-mismatch
-    traceback from deep in torch); a random-bytes file is refused without advice to unpickle it."""
+    traceback from deep in torch), the decoder variant (model.tstmc) too; a random-bytes file is refused without advice to unpickle it."""
     train(compose_train(tiny_run(corpus, tmp_path / "a", "model.width=0.25")))
     last = checkpoint(tmp_path / "a", "last")
     cfg = compose_train(tiny_run(corpus, tmp_path / "b", "model.width=0.5", f"ckpt_path={last}"))
     with pytest.raises(ConfigError, match=r"holds another model: model.width=0.25 \(this config: 0.5\); resume") as err:
         train(cfg)
     assert "\n" not in str(err.value)
+    ablation = compose_train(tiny_run(corpus, tmp_path / "c", "model.width=0.25", "model.tstmc=false",
+                                      f"ckpt_path={last}"))
+    with pytest.raises(ConfigError, match=r"another model: model.tstmc=True \(this config: False\); resume"):
+        train(ablation)
     garbage = tmp_path / "garbage.ckpt"
     garbage.write_bytes(os.urandom(4096))
     unreadable = r"^ckpt_path: cannot read checkpoint .*garbage.ckpt: torch cannot load"
