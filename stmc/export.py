@@ -31,20 +31,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stmc.io import atomic_write
 from stmc.layers import FREQ_KERNEL, FREQ_STRIDE, FrozenLayer
-from stmc.onnx_engine import INPUT, META, OUTPUT, max_error, read_metadata, state_names
-from stmc.stft import HOP, N_FFT, SAMPLE_RATE
+from stmc.litert_engine import FLUSH, METADATA_NAME, STEP, LiteRTStream, read_litert_metadata
+from stmc.onnx_engine import META, onnx_stream, read_metadata
+from stmc.step_graph import INPUT, OUTPUT, metadata, offline_error, state_names
 from stmc.stream import Clock
-from stmc.streaming import STMCEngine
+from stmc.streaming import ENGINES, ModelEngine, STMCEngine
 from stmc.unet import UNet
 
 OPSET = 17
@@ -77,7 +81,9 @@ class ExportLayer(nn.Module):
         if self.transposed:  # tSTMC: time taps stacked as channels (channel k*C + c = frame t + k of c)
             frames = h.shape[-1] - self.taps + 1
             h = torch.cat([h[..., k : k + frames] for k in range(self.taps)], 1)
-            y = F.conv_transpose2d(h, self.weight, self.bias, (FREQ_STRIDE, 1), (pad, 0))
+            # padding 0, then the crop that padding would make: the LiteRT converter legalizes only this form
+            y = F.conv_transpose2d(h, self.weight, self.bias, (FREQ_STRIDE, 1))
+            y = y[:, :, pad : y.shape[2] - pad]
         else:
             y = F.conv2d(h, self.weight, self.bias, (FREQ_STRIDE, 1), (pad, 0))
         if self.prelu is not None:
@@ -88,7 +94,7 @@ class ExportLayer(nn.Module):
 class StepGraph(nn.Module):
     """``(frames, *state) -> (out, *next_state)``: one engine step, the function the step graph holds."""
 
-    def __init__(self, engine: STMCEngine) -> None:
+    def __init__(self, engine: ModelEngine) -> None:
         super().__init__()
         self.engine = engine
 
@@ -100,7 +106,7 @@ class FlushGraph(nn.Module):
     """``(*state) -> out``: the last ``D`` frames of every stream, as :meth:`stmc.stream.Stream.flush` computes
     them (every layer's outputs at times >= a stream's end are offline padding)."""
 
-    def __init__(self, engine: STMCEngine) -> None:
+    def __init__(self, engine: ModelEngine) -> None:
         super().__init__()
         self.engine = engine
 
@@ -111,21 +117,31 @@ class FlushGraph(nn.Module):
         return self.engine.step(zeros, buffers, Clock(time, end=time))[0]
 
 
-def metadata(model: UNet, engine: STMCEngine, frames_per_call: int, flush_name: str) -> dict[str, str]:
-    """What a runtime needs to drive the graphs, stored as ONNX ``metadata_props`` (JSON values)."""
-    shapes = [list(shape) for shape in engine.state_shapes()] + [[]]
-    dtypes = ["float32"] * (len(shapes) - 1) + ["int64"]
-    return {
-        f"{META}state_shapes": json.dumps(shapes),
-        f"{META}state_dtypes": json.dumps(dtypes),
-        f"{META}frames_per_call": str(frames_per_call),
-        f"{META}delay": str(engine.delay),
-        f"{META}receptive_field": json.dumps(list(model.receptive_field)),
-        f"{META}n_freq": str(model.n_freq),
-        f"{META}model_config": json.dumps(model.config),
-        f"{META}flush": flush_name,
-        f"{META}stft": json.dumps({"sample_rate": SAMPLE_RATE, "n_fft": N_FFT, "hop": HOP}),
-    }
+class Signature(nn.Module):
+    """A graph function with named inputs and outputs, the way the LiteRT converter names a signature's tensors:
+    keyword inputs (``sample_kwargs``) and a dict of outputs."""
+
+    def __init__(self, function: nn.Module, inputs: list[str], outputs: list[str]) -> None:
+        super().__init__()
+        self.function, self.inputs, self.outputs = function, inputs, outputs
+
+    def forward(self, **tensors: torch.Tensor) -> dict[str, torch.Tensor]:
+        result = self.function(*(tensors[name] for name in self.inputs))
+        return dict(zip(self.outputs, result if isinstance(result, tuple) else (result,), strict=True))
+
+
+def trace_inputs(model: UNet, engine: ModelEngine, batch: int, frames_per_call: int) -> list[torch.Tensor]:
+    """Zero ``frames`` and zero state (the time last) of ``batch`` streams: the example inputs of a trace."""
+    state = [torch.zeros(batch, *shape) for shape in engine.state_shapes()] + [torch.zeros(batch, dtype=torch.long)]
+    return [torch.zeros(batch, 2, model.n_freq, frames_per_call), *state]
+
+
+def check_export_args(model: object, frames_per_call: object) -> None:
+    """``ValueError`` for what no exporter takes: another model class, a non-positive frame count."""
+    if not isinstance(model, UNet):
+        raise ValueError(f"export needs a stmc.UNet, got {type(model).__name__}")
+    if not isinstance(frames_per_call, int) or frames_per_call < 1:
+        raise ValueError(f"frames_per_call must be a positive integer, got {frames_per_call!r}")
 
 
 def _save(
@@ -166,21 +182,17 @@ def to_onnx(model: UNet, path: str | Path, frames_per_call: int = 1, opset: int 
     ``frames_per_call`` is fixed in the graph (the tracer needs static time sizes); 1 is one hop per call, the
     lowest latency. Both files are written next to each other; see the module docstring for the contract.
     """
-    if not isinstance(model, UNet):
-        raise ValueError(f"to_onnx needs a stmc.UNet, got {type(model).__name__}")
-    if not isinstance(frames_per_call, int) or frames_per_call < 1:
-        raise ValueError(f"frames_per_call must be a positive integer, got {frames_per_call!r}")
+    check_export_args(model, frames_per_call)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     training = model.training
     # traced: the PyTorch operators, every time mask as tensor ops (Clock without `settled`), Conv nodes
     engine = STMCEngine(model, layer_form=ExportLayer)
-    batch = 2  # traced with 2 streams so that no size-1 broadcast is baked in
-    state = [torch.zeros(batch, *shape) for shape in engine.state_shapes()] + [torch.zeros(batch, dtype=torch.long)]
+    frames, *state = trace_inputs(model, engine, 2, frames_per_call)  # 2: no size-1 broadcast is baked in
     n = len(state)
     flush_name = flush_path(path).name if engine.delay else ""
-    meta = metadata(model, engine, frames_per_call, flush_name)
-    frames = torch.zeros(batch, 2, model.n_freq, frames_per_call)
+    meta = metadata(model, "stmc", engine.state_shapes(), engine.delay, frames_per_call, flush_name)
+    meta = {META + key: value for key, value in meta.items()}
     _save(
         StepGraph(engine),
         (frames, *state),
@@ -196,6 +208,61 @@ def to_onnx(model: UNet, path: str | Path, frames_per_call: int = 1, opset: int 
     return path
 
 
+LITERT_MISSING = ("the LiteRT converter (litert-torch) is not installed in this Python: `make litert` builds "
+                  ".venv-litert with it (requirements-litert.txt); run the export with .venv-litert/bin/python")
+
+
+def to_litert(model: UNet, path: str | Path, method: str = "stmc", frames_per_call: int = 1, batch: int = 1
+              ) -> Path:
+    """Export ``model``'s ``method`` step (``stmc``, ``inc`` or ``window``) to one LiteRT (``.tflite``) file.
+
+    The file holds the signature ``step`` (the step-graph contract of :mod:`stmc.step_graph`) and, for look-ahead
+    models, ``flush`` (state in, the last ``D`` frames out); the metadata goes into the file's own metadata list
+    (entry ``stmc``, JSON). Shapes are static: ``batch`` streams and ``frames_per_call`` frames per call, both in
+    the metadata. Only built-in LiteRT operators: the time, int64 in the contract, is kept int64 (``enable_x64``),
+    and transposed convolutions are padding-free with a crop (:class:`ExportLayer`), which is what the converter
+    legalizes. Written atomically; the converter's own output is checked by :class:`LiteRTStream` on load.
+    """
+    check_export_args(model, frames_per_call)
+    if method not in ENGINES:
+        raise ValueError(f"unknown streaming method {method!r}; choose one of {', '.join(ENGINES)}")
+    if not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch must be a positive integer, got {batch!r}")
+    try:
+        import litert_torch
+    except ImportError:
+        raise ValueError(LITERT_MISSING) from None
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    path, training = Path(path), model.training
+    engine = ENGINES[method](model.eval(), layer_form=ExportLayer)
+    frames, *state = trace_inputs(model, engine, batch, frames_per_call)
+    names = state_names(len(state))
+    inputs = dict(zip([INPUT, *names], [frames, *state], strict=True))
+    step = Signature(StepGraph(engine), [*inputs], [OUTPUT, *state_names(len(state), "next_")])
+    converter = litert_torch.signature(STEP, step, sample_kwargs=inputs)
+    if engine.delay:
+        flush = Signature(FlushGraph(engine), names, [OUTPUT])
+        converter = converter.signature(FLUSH, flush, sample_kwargs={name: inputs[name] for name in names})
+    with torch.no_grad(), tempfile.TemporaryDirectory() as folder:
+        converted = Path(folder) / "model.tflite"
+        converter.convert(enable_x64=True).export(str(converted))
+        graph = flatbuffer_utils.read_model(str(converted))
+    meta = metadata(model, method, engine.state_shapes(), engine.delay, frames_per_call,
+                    FLUSH if engine.delay else "", batch)
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    graph.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name, entry.buffer = METADATA_NAME, len(graph.buffers) - 1
+    graph.metadata = [*(graph.metadata or []), entry]
+    data = bytes(flatbuffer_utils.convert_object_to_bytearray(graph))
+    atomic_write(path, writer=lambda tmp: Path(tmp).write_bytes(data))
+    model.train(training)
+    return path
+
+
 def load_model(ckpt: str | None, depth: int, lookahead: int, width: float, seed: int) -> UNet:
     """A checkpoint's model, or (``ckpt=None``) a fresh untrained one for dry runs."""
     from stmc.enhancer import Enhancer
@@ -207,32 +274,46 @@ def load_model(ckpt: str | None, depth: int, lookahead: int, width: float, seed:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m stmc.export OUT.onnx [--ckpt CKPT | --lookahead L --width W]``: export and verify."""
+    """``python -m stmc.export OUT.onnx|OUT.tflite [--ckpt CKPT | --lookahead L --width W]``: export and verify."""
     parser = argparse.ArgumentParser(prog="python -m stmc.export", description=main.__doc__)
-    parser.add_argument("out", help="path of the step graph (.onnx); look-ahead models add <name>.flush.onnx")
+    parser.add_argument("out", help="path of the step graph: .onnx (look-ahead models add <name>.flush.onnx) or "
+                                    ".tflite (LiteRT, one file; needs the converter: make litert)")
     parser.add_argument("--ckpt", help="checkpoint from train.py; without it a fresh untrained model (dry run)")
     parser.add_argument("--depth", type=int, default=7, help="dry-run model depth")
     parser.add_argument("--lookahead", type=int, default=0, help="dry-run model look-ahead frames")
     parser.add_argument("--width", type=float, default=1.0, help="dry-run model channel multiplier")
     parser.add_argument("--seed", type=int, default=0, help="dry-run model initialisation seed")
     parser.add_argument("--frames-per-call", type=int, default=1, help="spectrum frames per step call (hops)")
-    parser.add_argument("--no-check", action="store_true", help="skip the onnxruntime vs PyTorch comparison")
+    parser.add_argument("--method", default="stmc", choices=list(ENGINES),
+                        help="the step exported to .tflite: stmc, inc or window (ONNX: stmc only)")
+    parser.add_argument("--batch", type=int, default=1, help="streams per call of a .tflite graph (static shapes)")
+    parser.add_argument("--no-check", action="store_true", help="skip the runtime vs PyTorch comparison")
     args = parser.parse_args(argv)
+    litert = Path(args.out).suffix == ".tflite"
+    if not litert and args.method != "stmc":
+        parser.exit(1, f"error: --method {args.method} exports to LiteRT only; give an OUT.tflite\n")
     try:
         model = load_model(args.ckpt, args.depth, args.lookahead, args.width, args.seed)
-        path = to_onnx(model, args.out, args.frames_per_call)
+        if litert:
+            path = to_litert(model, args.out, args.method, args.frames_per_call, args.batch)
+        else:
+            path = to_onnx(model, args.out, args.frames_per_call)
     except ValueError as err:
         parser.exit(1, f"error: {err}\n")
-    meta = read_metadata(path)
-    print(f"wrote {path}" + (f" and {flush_path(path)}" if meta["flush"] else ""))
+    meta = read_litert_metadata(path) if litert else read_metadata(path)
+    flush = "a flush signature" if litert else flush_path(path)
+    print(f"wrote {path}" + (f" and {flush}" if meta["flush"] else ""))
     print(
-        f"  state: {len(json.loads(meta['state_shapes']))} tensors, look-ahead D={meta['delay']} frames, "
-        f"{meta['frames_per_call']} frame(s) per call"
+        f"  {meta['method']} step; state: {len(json.loads(meta['state_shapes']))} tensors, look-ahead "
+        f"D={meta['delay']} frames, {meta['frames_per_call']} frame(s) per call"
     )
     if not args.no_check:
         frames = args.frames_per_call * max(1, 64 // args.frames_per_call)
-        error = max_error(model, path, frames=frames)
-        print(f"  onnxruntime vs offline PyTorch over {frames} frames: max |error| = {error:.2e}")
+        stream = LiteRTStream(path) if litert else onnx_stream(path)
+        batch = args.batch if litert else 2
+        error = offline_error(model, stream, frames=frames, batch=batch)
+        runtime = "LiteRT" if litert else "onnxruntime"
+        print(f"  {runtime} vs offline PyTorch over {frames} frames: max |error| = {error:.2e}")
         if error > 1e-4:
             print("  error above 1e-4")
             return 1

@@ -4,32 +4,25 @@
 ``s(chunk [B, 2, F, t])`` returns the mask frames delayed by ``D`` (nothing before the streams' start),
 ``s.flush()`` the last ``D`` frames, ``s.reset()`` / ``s.reset(mask)`` restart all / chosen streams. ``t`` must
 be a multiple of the graph's ``frames_per_call`` (any ``t`` for the default 1). The graph contract (input and
-output names, the ``stmc.*`` metadata) is defined here, where it is read; the exporter writes it.
+output names, the metadata) is :mod:`stmc.step_graph`'s; ONNX keeps the metadata as ``stmc.*`` metadata_props.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import onnx
 import torch
 
+from stmc.step_graph import INPUT, GraphMetadata
 from stmc.stream import Clock, Engine, Stream
-from stmc.unet import UNet
 
-INPUT, OUTPUT = "frames", "out"
-META = "stmc."
-
-
-def state_names(count: int, prefix: str = "") -> list[str]:
-    """``state_0 .. state_{count-1}`` (or ``next_state_*``), the order of :meth:`Stream.get_state`."""
-    return [f"{prefix}state_{i}" for i in range(count)]
+META = "stmc."  # the prefix of the step-graph metadata keys (stmc.step_graph) among the ONNX metadata_props
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
-    """The ``stmc.*`` metadata of an exported graph, without the prefix."""
+    """The step-graph metadata of an exported ONNX graph, without the prefix."""
     props = onnx.load(str(path), load_external_data=False).metadata_props
     return {p.key[len(META) :]: p.value for p in props if p.key.startswith(META)}
 
@@ -51,23 +44,18 @@ class OnnxEngine(Engine):
 
     def __init__(self, path: str | Path, threads: int = 1) -> None:
         self.path = Path(path)
-        meta = read_metadata(self.path)
-        if "state_shapes" not in meta:
-            raise ValueError(f"{self.path} is not an STMC step graph (no {META}state_shapes metadata)")
-        shapes = [tuple(s) for s in json.loads(meta["state_shapes"])]
-        self.shapes = shapes[:-1]  # the last one is the time's, which the driver keeps
-        self.frames_per_call = int(meta["frames_per_call"])
-        self.delay = int(meta["delay"])
-        self.n_freq = int(meta["n_freq"])
-        self.config = json.loads(meta["model_config"])
+        self.meta = meta = GraphMetadata(read_metadata(self.path), str(self.path))
+        self.frames_per_call, self.delay, self.n_freq = meta.frames_per_call, meta.delay, meta.n_freq
+        self.config = meta.config
         self.dtype, self.device = torch.float32, torch.device("cpu")
         self.step_session = session(self.path, threads)
-        self.flush_session = session(self.path.parent / meta["flush"], threads) if meta["flush"] else None
-        self.names = state_names(len(shapes))
-
+        types = {"tensor(float)": "float32", "tensor(int64)": "int64"}
+        meta.check_inputs({i.name: (i.shape, types.get(i.type, i.type)) for i in self.step_session.get_inputs()})
+        self.flush_session = session(self.path.parent / meta.flush, threads) if meta.flush else None
+        self.names = meta.names
 
     def state_shapes(self) -> list[tuple[int, ...]]:
-        return self.shapes
+        return self.meta.state_shapes
 
     def feeds(self, state: list[torch.Tensor], time: torch.Tensor) -> dict[str, np.ndarray]:
         """The graphs' state inputs from the driver's state and time."""
@@ -91,15 +79,3 @@ class OnnxEngine(Engine):
 def onnx_stream(path: str | Path, threads: int = 1) -> Stream:
     """The exported graphs at ``path`` behind the stream driver, run by onnxruntime with ``threads`` threads."""
     return Stream(OnnxEngine(path, threads))
-
-
-def max_error(model: UNet, path: str | Path, frames: int = 64, batch: int = 2, seed: int = 0) -> float:
-    """Largest difference between the exported graphs in onnxruntime and offline PyTorch on random spectra."""
-    spec = torch.randn(batch, 2, model.n_freq, frames, generator=torch.Generator().manual_seed(seed))
-    stream = onnx_stream(path)
-    out = torch.cat([stream(spec), stream.flush()], -1)
-    training = model.training
-    with torch.no_grad():
-        expected = model.eval()(spec)
-    model.train(training)
-    return float((out - expected).abs().max())

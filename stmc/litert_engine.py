@@ -1,0 +1,100 @@
+"""LiteRT (TFLite) step graphs (:func:`stmc.export.to_litert`) as an engine behind the stream driver.
+
+``LiteRTStream(path)`` is a :class:`stmc.stream.Stream` like every other: ``s(chunk [B, 2, F, t])`` returns the
+mask frames delayed by ``D``, ``s.flush()`` the last ``D`` frames, ``s.reset()`` / ``s.reset(mask)`` restart
+streams. The file holds the ``step`` signature (the contract of :mod:`stmc.step_graph`) and, for look-ahead
+models, ``flush``; it is run by ``ai_edge_litert``'s interpreter (its default CPU kernels, XNNPACK) with one
+thread unless told otherwise. Shapes are static: ``B`` must be the batch the graph was exported for.
+
+The metadata lives in the file's own metadata list (entry ``stmc``, a JSON object of the step-graph metadata)
+and is checked against the signature's inputs on load, so a file whose metadata belongs to another graph is
+refused instead of streaming wrong audio.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stmc.step_graph import INPUT, OUTPUT, GraphMetadata
+from stmc.stream import Clock, Engine, Stream
+
+METADATA_NAME = "stmc"
+STEP, FLUSH = "step", "flush"  # the signatures
+IDENTIFIER = b"TFL3"  # the flatbuffer file identifier of LiteRT models, at bytes 4..7
+
+
+def read_litert_metadata(path: str | Path) -> dict[str, str]:
+    """The step-graph metadata of a LiteRT file (empty if it has none); ``ValueError`` if it is no LiteRT file."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    data = Path(path).read_bytes()
+    if data[4:8] != IDENTIFIER:
+        raise ValueError(f"{path} is not a LiteRT (.tflite) file")
+    model = schema.Model.GetRootAs(data, 0)
+    for i in range(model.MetadataLength()):
+        entry = model.Metadata(i)
+        if entry.Name() == METADATA_NAME.encode():
+            buffer = model.Buffers(entry.Buffer())
+            raw = (buffer.DataAsNumpy().tobytes() if buffer.DataLength()
+                   else data[buffer.Offset() : buffer.Offset() + buffer.Size()])
+            return json.loads(raw)
+    return {}
+
+
+class LiteRTEngine(Engine):
+    """The ``step`` signature (``frames_per_call`` frames per call) and, with look-ahead, ``flush``."""
+
+    def __init__(self, path: str | Path, threads: int = 1) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.path = Path(path)
+        self.meta = meta = GraphMetadata(read_litert_metadata(self.path), str(self.path))
+        self.frames_per_call, self.delay, self.n_freq = meta.frames_per_call, meta.delay, meta.n_freq
+        self.config, self.method = meta.config, meta.method
+        self.dtype, self.device = torch.float32, torch.device("cpu")
+        self.interpreter = Interpreter(model_path=str(self.path), num_threads=threads)
+        signatures = self.interpreter.get_signature_list()
+        if STEP not in signatures or (meta.flush and meta.flush not in signatures):
+            needs = STEP + (f" and {meta.flush}" if meta.flush else "")
+            raise ValueError(f"{self.path}: signatures {sorted(signatures)}, its metadata needs {needs}; export it "
+                             "with python -m stmc.export")
+        self.step_runner = self.interpreter.get_signature_runner(STEP)
+        details = self.step_runner.get_input_details()
+        meta.check_inputs({name: (list(d["shape"]), np.dtype(d["dtype"]).name) for name, d in details.items()})
+        self.batch = int(details[INPUT]["shape"][0])
+        self.flush_runner = self.interpreter.get_signature_runner(meta.flush) if meta.flush else None
+        self.names = meta.names
+
+    def state_shapes(self) -> list[tuple[int, ...]]:
+        return self.meta.state_shapes
+
+    def feeds(self, state: list[torch.Tensor], time: torch.Tensor) -> dict[str, np.ndarray]:
+        """The signatures' state inputs from the driver's state and time."""
+        if time.shape[0] != self.batch:
+            raise ValueError(f"{self.path} was exported for {self.batch} stream(s) per call, got {time.shape[0]}; "
+                             f"export it with --batch {time.shape[0]}")
+        return dict(zip(self.names, [t.numpy() for t in [*state, time]], strict=True))
+
+    def step(self, chunk: torch.Tensor, state: list[torch.Tensor], clock: Clock
+             ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        if clock.end is not None:  # a flush: the flush signature knows its D zero frames
+            return torch.from_numpy(self.flush_runner(**self.feeds(state, clock.time))[OUTPUT]), state
+        frames, size, time = chunk.detach().cpu().numpy(), self.frames_per_call, clock.time
+        outs = []
+        for start in range(0, frames.shape[-1], size):
+            result = self.step_runner(**{INPUT: np.ascontiguousarray(frames[..., start : start + size]),
+                                         **self.feeds(state, time)})
+            outs.append(result[OUTPUT])
+            *state, time = [torch.from_numpy(result[f"next_{name}"]) for name in self.names]
+        return torch.from_numpy(np.concatenate(outs, -1)), state
+
+
+class LiteRTStream(Stream):
+    """The LiteRT file at ``path`` behind the stream driver, run with ``threads`` interpreter threads."""
+
+    def __init__(self, path: str | Path, threads: int = 1) -> None:
+        super().__init__(LiteRTEngine(path, threads))

@@ -1,0 +1,107 @@
+"""The contract of an exported step graph, whatever runtime holds it (onnxruntime, LiteRT): names and metadata.
+
+A step graph is one call of an engine's pure step (:meth:`stmc.streaming.ModelEngine.pure_step`)::
+
+    inputs   frames [B, 2, n_freq, frames_per_call] float32, state_0 .. state_N
+    outputs  out    [B, 2, n_freq, frames_per_call] float32, next_state_0 .. next_state_N
+
+``state_0 .. state_{N-1}`` are the engine's float32 buffers and ``state_N`` each stream's time in frames (int64
+``[B]``); a new stream starts from zeros. The metadata (string values, JSON where structured) tells a runtime how
+to drive it; :func:`metadata` writes it at export, :class:`GraphMetadata` reads and checks it. The exporters
+(:mod:`stmc.export`) store it in their format's own metadata; the engines (:mod:`stmc.onnx_engine`,
+:mod:`stmc.litert_engine`) read it there.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import torch
+
+from stmc.stft import HOP, N_FFT, SAMPLE_RATE
+from stmc.stream import Stream
+from stmc.unet import UNet
+
+INPUT, OUTPUT = "frames", "out"
+REQUIRED = ("state_shapes", "state_dtypes", "frames_per_call", "delay", "n_freq", "model_config", "flush")
+
+
+def state_names(count: int, prefix: str = "") -> list[str]:
+    """``state_0 .. state_{count-1}`` (or ``next_state_*``), the order of :meth:`Stream.get_state`."""
+    return [f"{prefix}state_{i}" for i in range(count)]
+
+
+def metadata(model: UNet, method: str, state_shapes: list[tuple[int, ...]], delay: int, frames_per_call: int,
+             flush: str, batch: int | None = None) -> dict[str, str]:
+    """What a runtime needs to drive the graph: state layout (the time last), look-ahead, the model and the STFT.
+
+    ``flush`` names the flush graph (a file or a signature; empty without look-ahead); ``batch`` is the fixed
+    number of streams of a graph traced with static shapes (None: any).
+    """
+    shapes = [list(shape) for shape in state_shapes] + [[]]
+    meta = {
+        "method": method,
+        "state_shapes": json.dumps(shapes),
+        "state_dtypes": json.dumps(["float32"] * (len(shapes) - 1) + ["int64"]),
+        "frames_per_call": str(frames_per_call),
+        "delay": str(delay),
+        "receptive_field": json.dumps(list(model.receptive_field)),
+        "n_freq": str(model.n_freq),
+        "model_config": json.dumps(model.config),
+        "flush": flush,
+        "stft": json.dumps({"sample_rate": SAMPLE_RATE, "n_fft": N_FFT, "hop": HOP}),
+    }
+    if batch is not None:
+        meta["batch"] = str(batch)
+    return meta
+
+
+class GraphMetadata:
+    """The parsed metadata of a step graph at ``source`` (named in errors)."""
+
+    def __init__(self, meta: dict[str, str], source: str) -> None:
+        missing = [key for key in REQUIRED if key not in meta]
+        if missing:
+            raise ValueError(f"{source} is not an STMC step graph (its metadata lacks {', '.join(missing)}); "
+                             "export it with python -m stmc.export")
+        shapes = [tuple(shape) for shape in json.loads(meta["state_shapes"])]
+        self.state_shapes = shapes[:-1]  # the last one is the time's, which the driver keeps
+        self.names = state_names(len(shapes))
+        self.method = meta.get("method", "stmc")
+        self.frames_per_call = int(meta["frames_per_call"])
+        self.delay = int(meta["delay"])
+        self.n_freq = int(meta["n_freq"])
+        self.config: dict[str, Any] = json.loads(meta["model_config"])
+        self.flush = meta["flush"]
+        self.batch = int(meta["batch"]) if "batch" in meta else None
+        self.source = source
+
+    def check_inputs(self, found: dict[str, tuple[list[int], str]]) -> None:
+        """Raise ``ValueError`` unless the graph's inputs (name -> shape, dtype name) are what the metadata says:
+        a graph and metadata that do not belong together must not stream wrong audio."""
+        dtypes = ["float32"] * len(self.state_shapes) + ["int64"]
+        expected = {INPUT: ([2, self.n_freq, self.frames_per_call], "float32")}
+        expected.update({name: (list(shape), dtype) for name, shape, dtype
+                         in zip(self.names, [*self.state_shapes, ()], dtypes, strict=True)})
+        if set(found) != set(expected):
+            raise ValueError(f"{self.source}: the graph's inputs {sorted(found)} are not those its metadata "
+                             f"describes ({len(self.names)} state tensors); the metadata belongs to another graph")
+        for name, (shape, dtype) in expected.items():
+            got_shape, got_dtype = found[name]
+            tail = got_shape[1:]  # without the batch axis
+            if tail != shape or got_dtype != dtype:
+                raise ValueError(f"{self.source}: input {name} is {got_dtype} {got_shape}, its metadata says "
+                                 f"{dtype} {['batch', *shape]}; the metadata belongs to another graph")
+
+
+def offline_error(model: UNet, stream: Stream, frames: int = 64, batch: int = 2, seed: int = 0) -> float:
+    """Largest difference between ``stream`` (one call, then the flush; ``frames`` a multiple of its frames per
+    call) and offline PyTorch inference of ``model`` on random spectra."""
+    spec = torch.randn(batch, 2, model.n_freq, frames, generator=torch.Generator().manual_seed(seed))
+    out = torch.cat([stream(spec), stream.flush()], -1)
+    training = model.training
+    with torch.no_grad():
+        expected = model.eval()(spec)
+    model.train(training)
+    return float((out - expected).abs().max())
