@@ -29,6 +29,26 @@ lint: venv
 bench: venv
 	$(PY) -m stmc.bench
 
+# The LiteRT converter (requirements-litert.txt, ~1 GB) in a venv of its own on top of .venv (a .pth file adds
+# .venv's site-packages after its own), then the tests that need it: LiteRT export of the stmc, inc and window
+# steps, each streamed against offline PyTorch. `.venv-litert/bin/python` runs every command of the project too.
+LITERT_VENV := .venv-litert
+LITERT_STAMP := $(LITERT_VENV)/.installed-$(shell cat requirements.txt requirements-litert.txt pyproject.toml | sha1sum | cut -c1-12)
+.PHONY: litert litert-venv
+litert-venv: $(LITERT_STAMP)
+
+$(LITERT_STAMP): $(STAMP) requirements-litert.txt
+	python3 -m venv $(LITERT_VENV)
+	$(LITERT_VENV)/bin/pip install -q --upgrade pip
+	$(PY) -c "import sysconfig; print('import site; site.addsitedir(%r)' % sysconfig.get_paths()['purelib'])" \
+		> "$$($(LITERT_VENV)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/stmc-base-venv.pth"
+	$(LITERT_VENV)/bin/pip install -q -r requirements-litert.txt
+	rm -f $(LITERT_VENV)/.installed-*
+	touch $@
+
+litert: litert-venv
+	$(LITERT_VENV)/bin/python -m pytest -q -m litert
+
 # The demo corpus, built from Debian packages into demo_corpus/ (a no-op when it is already there).
 # `apt-deps` installs the missing packages when run as root (CI) and prints the command otherwise; g++ too,
 # which compiles the native STMC step (stmc/native.py) and torch.compile's kernels.

@@ -1,30 +1,35 @@
-"""ONNX export of the STMC step with all state explicit (run by :mod:`stmc.onnx_engine` behind the stream driver).
+"""Export of the streaming steps with all state explicit: ONNX (:func:`to_onnx`, run by :mod:`stmc.onnx_engine`)
+and LiteRT / TFLite (:func:`to_litert`, run by :mod:`stmc.litert_engine`), each behind the stream driver.
 
-The exported **step graph** is one call of the STMC engine's pure step (:meth:`stmc.streaming.STMCEngine.pure_step`)
-on a fixed number of spectrum frames (``frames_per_call``, default 1 = one hop)::
+Both hold the step-graph contract of :mod:`stmc.step_graph`: one call of an engine's pure step
+(:meth:`stmc.streaming.ModelEngine.pure_step`) on a fixed number of spectrum frames (``frames_per_call``, default
+1 = one hop)::
 
     inputs   frames [B, 2, n_freq, frames_per_call] float32, state_0 .. state_N
     outputs  out    [B, 2, n_freq, frames_per_call] float32, next_state_0 .. next_state_N
 
-``state_0 .. state_{N-1}`` are the per-layer shift registers and skip delay lines (float32) and ``state_N`` is each
-stream's time in frames (int64 ``[B]``). A new stream starts from zeros of the shapes stored in the model's ONNX
-metadata (``stmc.state_shapes``/``stmc.state_dtypes``, without the batch axis); the batch axis is dynamic, and
-zeroing one row of every state restarts that stream alone. ``out`` is the bounded complex mask of the frames
-``D = stmc.delay`` hops earlier; the first ``D`` outputs of a fresh stream precede its start (zeros, drop them).
+``state_0 .. state_{N-1}`` are the engine's buffers (for STMC the per-layer shift registers and skip delay lines)
+and ``state_N`` is each stream's time in frames (int64 ``[B]``). A new stream starts from zeros of the shapes in
+the metadata (``state_shapes``/``state_dtypes``, without the batch axis); zeroing one row of every state restarts
+that stream alone. ``out`` is the bounded complex mask of the frames ``D = delay`` hops earlier; the first ``D``
+outputs of a fresh stream precede its start (zeros, drop them).
 
-Look-ahead models (``D > 0``) also get a **flush graph** (``<name>.flush.onnx``, named in ``stmc.flush``): inputs
-``state_0 .. state_N``, output ``out [B, 2, n_freq, D]``, the last ``D`` mask frames of every stream in the
-batch, computed as offline inference's zero padding would give them (each layer's outputs past the end are
-masked). It is pure: to end only some streams of a batch, take their rows and zero their state rows.
+Look-ahead models also get a **flush graph** (ONNX: ``<name>.flush.onnx``; LiteRT: the ``flush`` signature; named in
+the metadata's ``flush``): inputs ``state_0 .. state_N``, output ``out [B, 2, n_freq, D]``, the last ``D`` mask
+frames of every stream in the batch, computed as offline inference's zero padding would give them (each layer's
+outputs past the end are masked). It is pure: to end only some streams of a batch, take their rows and zero their
+state rows.
 
-How: the engine's own code (registers, delay lines, time masks: :meth:`STMCEngine.pure_step`, every mask as tensor
-ops) is traced by the TorchScript exporter (``onnxscript``, which the dynamo exporter needs, is not a dependency).
-Its layers (:class:`stmc.layers.FrozenLayer`, im2col + GEMM via ``unfold``) do not export (``unfold`` needs sizes
-the tracer loses), so the graph runs the same folded weights as plain ``Conv``/``ConvTranspose`` nodes
-(:class:`ExportLayer`). The trace uses a fixed batch of 2 so that every size folds to a constant (a graph with
-symbolic sizes carries hundreds of ``Shape``/``Gather`` nodes and ran several times slower per call); no node
-depends on the batch size, so the batch axis of the inputs and outputs is then declared symbolic (tests run batches
-1 to 4).
+ONNX (STMC step): the engine's own code (registers, delay lines, time masks: every mask as tensor ops) is traced by
+the TorchScript exporter (``onnxscript``, which the dynamo exporter needs, is not a dependency). Its layers
+(:class:`stmc.layers.FrozenLayer`, im2col + GEMM via ``unfold``) do not export (``unfold`` needs sizes the tracer
+loses), so the graph runs the same folded weights as plain ``Conv``/``ConvTranspose`` nodes (:class:`ExportLayer`).
+The trace uses a fixed batch of 2 so that every size folds to a constant (a graph with symbolic sizes carries
+hundreds of ``Shape``/``Gather`` nodes and ran several times slower per call); no node depends on the batch size,
+so the batch axis of the inputs and outputs is then declared symbolic (tests run batches 1 to 4).
+
+LiteRT (STMC, INC and window steps, the three methods of the paper's Table 1): the same modules converted by
+``litert-torch`` (an optional install: ``make litert``), static shapes, built-in operators only.
 """
 
 from __future__ import annotations
@@ -232,9 +237,6 @@ def to_litert(model: UNet, path: str | Path, method: str = "stmc", frames_per_ca
         import litert_torch
     except ImportError:
         raise ValueError(LITERT_MISSING) from None
-    from ai_edge_litert import schema_py_generated as schema
-    from ai_edge_litert.tools import flatbuffer_utils
-
     path, training = Path(path), model.training
     engine = ENGINES[method](model.eval(), layer_form=ExportLayer)
     frames, *state = trace_inputs(model, engine, batch, frames_per_call)
@@ -248,19 +250,28 @@ def to_litert(model: UNet, path: str | Path, method: str = "stmc", frames_per_ca
     with torch.no_grad(), tempfile.TemporaryDirectory() as folder:
         converted = Path(folder) / "model.tflite"
         converter.convert(enable_x64=True).export(str(converted))
-        graph = flatbuffer_utils.read_model(str(converted))
-    meta = metadata(model, method, engine.state_shapes(), engine.delay, frames_per_call,
-                    FLUSH if engine.delay else "", batch)
+        meta = metadata(model, method, engine.state_shapes(), engine.delay, frames_per_call,
+                        FLUSH if engine.delay else "", batch)
+        data = with_litert_metadata(converted.read_bytes(), meta)
+    atomic_write(path, writer=lambda tmp: Path(tmp).write_bytes(data))
+    model.train(training)
+    return path
+
+
+def with_litert_metadata(data: bytes, meta: dict[str, str]) -> bytes:
+    """The LiteRT file ``data`` with ``meta`` as its step-graph metadata entry (replacing one it had)."""
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    graph = flatbuffer_utils.read_model_from_bytearray(bytearray(data))
     buffer = schema.BufferT()
     buffer.data = np.frombuffer(json.dumps(meta).encode(), np.uint8)
     graph.buffers.append(buffer)
     entry = schema.MetadataT()
     entry.name, entry.buffer = METADATA_NAME, len(graph.buffers) - 1
-    graph.metadata = [*(graph.metadata or []), entry]
-    data = bytes(flatbuffer_utils.convert_object_to_bytearray(graph))
-    atomic_write(path, writer=lambda tmp: Path(tmp).write_bytes(data))
-    model.train(training)
-    return path
+    graph.metadata = [m for m in graph.metadata or [] if m.name not in (METADATA_NAME, METADATA_NAME.encode())]
+    graph.metadata.append(entry)
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(graph))
 
 
 def load_model(ckpt: str | None, depth: int, lookahead: int, width: float, seed: int) -> UNet:

@@ -1,14 +1,19 @@
 """Shared test set-up: fixtures (a private cache per test, composed configs, a tiny corpus, tiny checkpoints)
-and the ``compiler`` marker.
+and the ``compiler`` and ``litert`` markers.
 
 ``compiler`` marks tests that need a C++ compiler (the native STMC step, which compiles on first use, and
 ``torch.compile``). Without one those tests are skipped with the reason, so that ``make test`` passes on a
 minimal machine; with ``STMC_REQUIRE_NATIVE=1`` (CI, whose machines have g++) a missing native step is an error
 instead, so these tests can never be skipped there unnoticed.
+
+``litert`` marks tests that need the LiteRT converter (``litert-torch``, ~1 GB, not in the default install): they
+run in ``.venv-litert`` (``make litert``) and are skipped elsewhere; ``STMC_REQUIRE_LITERT=1`` (CI's ``make
+litert``) makes a missing converter an error.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -61,12 +66,19 @@ def tiny_checkpoint() -> Callable[..., Path]:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    reason = native.unavailable()
+    skip_unless(items, "compiler", native.unavailable(), "STMC_REQUIRE_NATIVE", "the native STMC step cannot run")
+    missing = None if importlib.util.find_spec("litert_torch") else "litert-torch is not installed (make litert)"
+    skip_unless(items, "litert", missing, "STMC_REQUIRE_LITERT", "the LiteRT converter is missing")
+
+
+def skip_unless(items: list[pytest.Item], marker: str, reason: str | None, required: str, what: str) -> None:
+    """Skip the tests marked ``marker`` where ``reason`` says why they cannot run, or fail the session if the
+    environment variable ``required`` is set."""
     if reason is None:
         return
-    if os.environ.get("STMC_REQUIRE_NATIVE"):
-        raise pytest.UsageError(f"STMC_REQUIRE_NATIVE is set, but the native STMC step cannot run: {reason}")
-    skip = pytest.mark.skip(reason=f"the native STMC step cannot run here: {reason}")
+    if os.environ.get(required):
+        raise pytest.UsageError(f"{required} is set, but {what}: {reason}")
+    skip = pytest.mark.skip(reason=f"{what} here: {reason}")
     for item in items:
-        if "compiler" in item.keywords:
+        if marker in item.keywords:
             item.add_marker(skip)

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 import stmc
 from stmc import checkpoint
 from stmc.export import flush_path, main, to_onnx
-from stmc.onnx_engine import onnx_stream, read_metadata, state_names
+from stmc.onnx_engine import onnx_stream, read_metadata
+from stmc.step_graph import state_names
 from stmc.stft import STFT
 from tests.randmodel import randomise_norms, split_points, unets
 

@@ -247,7 +247,8 @@ def test_every_logger_option_fits_one_step(logger, corpus, tmp_path, compose_tra
 
 def test_resuming_with_another_model_or_an_unreadable_file_is_a_config_error(corpus, tmp_path, compose_train):
     """Resuming a checkpoint of another architecture names the differing model keys (instead of a size-mismatch
-    traceback from deep in torch), the decoder variant (model.tstmc) too; a random-bytes file is refused without advice to unpickle it."""
+    traceback from deep in torch), the decoder variant (model.tstmc) too; a random-bytes file is refused without
+    advice to unpickle it."""
     train(compose_train(tiny_run(corpus, tmp_path / "a", "model.width=0.25")))
     last = checkpoint(tmp_path / "a", "last")
     cfg = compose_train(tiny_run(corpus, tmp_path / "b", "model.width=0.5", f"ckpt_path={last}"))

@@ -1,0 +1,123 @@
+"""LiteRT export: the stmc, inc and window steps in LiteRT's interpreter equal offline PyTorch; bad files are refused.
+
+The exports need the converter (``litert`` marker: ``make litert`` runs them in ``.venv-litert``); the refusal of
+files that are no LiteRT step graph needs only the runtime and runs everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import stmc
+from stmc.export import main, to_litert, with_litert_metadata
+from stmc.litert_engine import LiteRTStream, read_litert_metadata
+from stmc.step_graph import offline_error
+from tests.randmodel import randomise_norms
+from tests.test_export import utterance_spectrum
+
+
+@pytest.fixture(scope="module", params=[0, 14], ids=["causal", "lookahead"])
+def exported(request, tmp_path_factory):
+    """The paper's depth-7 model (narrowed for speed), causal and with 14 frames of look-ahead, as LiteRT files."""
+    torch.manual_seed(request.param)
+    model = randomise_norms(stmc.UNet(lookahead=request.param, width=0.25), request.param)
+    return model, to_litert(model, tmp_path_factory.mktemp("litert") / "step.tflite")
+
+
+@pytest.mark.litert
+def test_litert_stream_over_a_whole_utterance_equals_offline(exported):
+    """The property the export exists for: one hop per call through LiteRT, then the flush, is offline inference."""
+    model, path = exported
+    spec = utterance_spectrum(2.0)  # 128 frames
+    stream = LiteRTStream(path)
+    out = torch.cat([stream(spec[..., t : t + 1]) for t in range(spec.shape[-1])] + [stream.flush()], -1)
+    with torch.no_grad():
+        expected = model(spec)
+    assert out.shape == expected.shape
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.litert
+def test_litert_file_holds_the_contract_in_its_own_metadata(exported):
+    """Signatures step (and flush with look-ahead), the state layout and delay in the file, zero state to start."""
+    model, path = exported
+    meta = read_litert_metadata(path)
+    stream = LiteRTStream(path)
+    assert meta["method"] == "stmc" and int(meta["delay"]) == model.receptive_field[1] == stream.delay
+    assert json.loads(meta["model_config"]) == model.config and meta["batch"] == "1"
+    signatures = stream.engine.interpreter.get_signature_list()
+    assert sorted(signatures) == (["flush", "step"] if stream.delay else ["step"])
+    stream(torch.zeros(1, 2, model.n_freq, 1))
+    shapes = [list(t.shape[1:]) for t in stream.get_state()[:-1]]
+    assert shapes == [list(s) for s in json.loads(meta["state_shapes"])[:-1]]
+
+
+@pytest.mark.litert
+@pytest.mark.parametrize("method", ["inc", "window"])
+@pytest.mark.parametrize("lookahead", [0, 3], ids=["causal", "lookahead"])
+def test_inc_and_window_steps_in_litert_equal_offline(method, lookahead, tmp_path):
+    """The other two methods of Table 1 run in LiteRT too, exactly (a small random U-Net: same code paths)."""
+    torch.manual_seed(lookahead)
+    model = randomise_norms(stmc.UNet(depth=3, n_freq=33, lookahead=lookahead, width=0.25), lookahead)
+    stream = LiteRTStream(to_litert(model, tmp_path / f"{method}.tflite", method))
+    assert stream.engine.method == method and read_litert_metadata(stream.engine.path)["method"] == method
+    assert offline_error(model, stream, frames=24, batch=1) < 1e-4
+
+
+@pytest.mark.litert
+def test_cli_exports_to_litert_with_a_batch_and_checks_it(tmp_path, capsys):
+    """``python -m stmc.export X.tflite --batch 2`` writes and verifies; a stream of another batch is refused with
+    the flag that fixes it."""
+    out = tmp_path / "w.tflite"
+    assert main([str(out), "--depth", "2", "--width", "0.25", "--lookahead", "1", "--batch", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {out} and a flush signature" in printed and "LiteRT vs offline PyTorch" in printed
+    stream = LiteRTStream(out)
+    with pytest.raises(ValueError, match=r"exported for 2 stream\(s\) per call, got 3; export it with --batch 3"):
+        stream(torch.zeros(3, 2, 513, 1))
+
+
+@pytest.mark.litert
+def test_metadata_of_another_graph_is_refused_not_streamed(exported, tmp_path):
+    """A file whose metadata describes another model's state (here: the other look-ahead's) is a clear error."""
+    model, path = exported
+    other = stmc.UNet(lookahead=0 if model.receptive_field[1] else 14, width=0.25)
+    meta = read_litert_metadata(path)
+    meta["state_shapes"] = json.dumps([[1, 9, 3]] * (len(json.loads(meta["state_shapes"])) - 1) + [[]])
+    meta["model_config"] = json.dumps(other.config)
+    forged = tmp_path / "forged.tflite"
+    forged.write_bytes(with_litert_metadata(path.read_bytes(), meta))
+    with pytest.raises(ValueError, match=r"forged.tflite: input state_0 is float32 .* its metadata says .* "
+                                         r"belongs to another graph"):
+        LiteRTStream(forged)
+    del meta["delay"]
+    forged.write_bytes(with_litert_metadata(path.read_bytes(), meta))
+    with pytest.raises(ValueError, match=r"is not an STMC step graph \(its metadata lacks delay\)"):
+        LiteRTStream(forged)
+
+
+def test_a_file_that_is_not_litert_is_refused(tmp_path):
+    """Random bytes, or an ONNX file renamed, never reach the interpreter."""
+    bogus = tmp_path / "model.tflite"
+    bogus.write_bytes(b"\x08\x07\x12\x04onnx" + bytes(64))
+    with pytest.raises(ValueError, match=r"model.tflite is not a LiteRT \(.tflite\) file"):
+        LiteRTStream(bogus)
+
+
+def test_without_the_converter_the_export_says_how_to_get_it(monkeypatch, tmp_path):
+    """The converter is an optional install: its absence is one line naming the make target."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_converter(name, *args, **kwargs):
+        if name == "litert_torch":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_converter)
+    with pytest.raises(ValueError, match=r"litert-torch\) is not installed .*make litert"):
+        to_litert(stmc.UNet(depth=1, channels=[1], n_freq=9), tmp_path / "x.tflite")
