@@ -2,6 +2,7 @@
 
     python -m scripts.speed_table --results outputs/evaluate/<run> --out outputs/speed   # SI-SNRi from evaluate.py
     python -m scripts.speed_table --rounds 3 --hops 10                                  # timing only, quicker
+    .venv-litert/bin/python -m scripts.speed_table --litert --out outputs/speed         # + the LiteRT rows
 
 Timing, MACs and memory come from the benchmark library (``stmc.bench.measure``): one thread, one hop (256
 samples, 16 ms) per call, methods interleaved in rounds so that background load hits them alike, medians and
@@ -13,7 +14,9 @@ ratios from that one run. Columns (the definitions every report of this project 
 - inference time = mean wall time per hop over all timed steps (what streaming costs; real time needs < 16 ms),
   and ``offline (floor)`` = offline inference time / frames;
 - peak memory = weights + the stream's state + the most bytes its step allocates at once (not visible inside
-  onnxruntime, nor the MACs: ``—`` in that row);
+  onnxruntime, nor the MACs: ``—`` in that row); for LiteRT rows (``--litert``), the growth of the peak resident
+  memory of the process that streams it, from its start to the end of the timed run, as TFLite's benchmark tool
+  reports it (:mod:`stmc.litert_bench`);
 - model size = the inference weights (float32, BatchNorm folded); MACs per hop are counted, not derived.
 
 STMC runs its native step (``stmc.native``) where it can; ``STMC (tSTMC), PyTorch ops`` is the same engine on
@@ -64,8 +67,8 @@ HOP_MS = HOP / SAMPLE_RATE * 1000
 
 def label(method: str) -> str:
     """``inc`` -> ``INC``, ``stmc (onnxruntime)`` -> ``STMC (tSTMC), onnxruntime``; offline rows are the floor."""
-    if method == ABLATION:
-        return "STMC (without tSTMC), PyTorch ops"
+    if method.startswith(ABLATION):
+        return "STMC (without tSTMC), " + (method[len(ABLATION) :].strip(" ()") or "PyTorch ops")
     base, _, variant = method.partition(" ")
     return LABELS[base] + (f", {variant.strip('()')}" if variant else "")
 
@@ -78,8 +81,9 @@ def records(name: str, model: UNet, rows: Sequence[Row], si_snri: float | None, 
     by = {row.method: row for row in rows}
     floor = floor_row(list(rows))
     order = [m for m in ("window", "inc", "stmc") if m in by]
-    order += [f"{base} ({kind})" for kind in ("PyTorch ops", "without tSTMC", "compiled", "onnxruntime")
+    order += [f"{base} ({kind})" for kind in ("PyTorch ops", "without tSTMC", "compiled", "onnxruntime", "LiteRT")
               for base in ("window", "inc", "stmc") if f"{base} ({kind})" in by]
+    order += [f"{ABLATION} (LiteRT)"] if f"{ABLATION} (LiteRT)" in by else []
     out = []
     for method in order:
         row = by[method]
@@ -96,7 +100,9 @@ def records(name: str, model: UNet, rows: Sequence[Row], si_snri: float | None, 
             "total_latency_ms": algorithmic + row.median_ms,
             "inference_time_ms": mean_ms,
             "real_time_factor": mean_ms / HOP_MS,
-            "peak_memory_mb": None if row.peak_bytes is None else (weights + row.peak_bytes) / 1e6,
+            # tensor bytes plus the weights, or (LiteRT) a process's resident growth, which holds them already
+            "peak_memory_mb": None if row.peak_bytes is None else (row.peak_bytes + (0 if row.resident else weights))
+            / 1e6,
             "model_size_mb": weights / 1e6,
             "macs_per_hop_m": None if row.macs is None else row.macs / 1e6,
             "state_kib": row.state_bytes / 1024,
@@ -116,38 +122,66 @@ def records(name: str, model: UNet, rows: Sequence[Row], si_snri: float | None, 
 
 
 def ratios(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per model: the latency reductions standard -> INC -> STMC and the inference-time ratio INC / STMC."""
+    """Per model: the latency reductions standard -> INC -> STMC and the inference-time ratio INC / STMC, and the
+    tSTMC ablation's gain; with LiteRT rows, the same ratios among those (model ``<name>, LiteRT``)."""
     out = []
     for name in dict.fromkeys(r["model"] for r in rows):
         by = {r["method"]: r for r in rows if r["model"] == name}
         if not all(m in by for m in ("window", "inc", "stmc")):
             continue
-        window, inc, stmc = by["window"], by["inc"], by["stmc"]
         ops = by.get(OPS)  # the STMC engine on PyTorch operators, like INC and window: same kernels, algorithm only
-        paper = PAPER.get(name, {})
-        ablation, tstmc = by.get(ABLATION), ops or stmc  # both on PyTorch operators
+        ablation, tstmc = by.get(ABLATION), ops or by["stmc"]  # both on PyTorch operators
         gain = ablation and ablation["compute_latency_ms"] - tstmc["compute_latency_ms"]
-        memory = ablation and tstmc["peak_memory_mb"] / ablation["peak_memory_mb"]
+        memory = ablation and peak_ratio(tstmc, ablation)
         out.append({
             "model": name,
-            "compute latency standard÷INC": window["compute_latency_ms"] / inc["compute_latency_ms"],
-            "compute latency INC÷STMC": inc["compute_latency_ms"] / stmc["compute_latency_ms"],
-            "compute latency standard÷STMC": window["compute_latency_ms"] / stmc["compute_latency_ms"],
-            "total latency standard÷STMC": window["total_latency_ms"] / stmc["total_latency_ms"],
-            "inference time INC÷STMC": inc["inference_time_ms"] / stmc["inference_time_ms"],
-            "compute latency INC÷STMC (PyTorch ops)": ops and inc["compute_latency_ms"] / ops["compute_latency_ms"],
+            **method_ratios(name, by["window"], by["inc"], by["stmc"]),
+            "compute latency INC÷STMC (PyTorch ops)": ops
+            and by["inc"]["compute_latency_ms"] / ops["compute_latency_ms"],
             "compute latency standard÷STMC (PyTorch ops)": ops
-            and window["compute_latency_ms"] / ops["compute_latency_ms"],
-            "paper latency standard÷INC": paper.get("latency standard÷INC"),
-            "paper latency INC÷STMC": paper.get("latency INC÷STMC"),
-            "paper inference time INC÷STMC": PAPER["inference time INC÷STMC"],
+            and by["window"]["compute_latency_ms"] / ops["compute_latency_ms"],
             "tSTMC latency gain (ms)": gain,
             "paper tSTMC latency gain (ms)": PAPER["tSTMC latency gain (ms)"] if ablation else None,
             "tSTMC÷no-tSTMC peak memory": memory,
             "tSTMC÷no-tSTMC state": ablation and tstmc["state_kib"] / ablation["state_kib"],
             "paper tSTMC÷no-tSTMC peak memory": PAPER["tSTMC peak memory ratio"] if ablation else None,
         })
+        if all(f"{m} (LiteRT)" in by for m in ("window", "inc", "stmc")):
+            window, inc, stmc = (by[f"{m} (LiteRT)"] for m in ("window", "inc", "stmc"))
+            ablation = by.get(f"{ABLATION} (LiteRT)")
+            out.append({
+                "model": f"{name}, LiteRT",
+                **method_ratios(name, window, inc, stmc),
+                "peak memory STMC÷INC": peak_ratio(stmc, inc),
+                "tSTMC latency gain (ms)": ablation and ablation["compute_latency_ms"] - stmc["compute_latency_ms"],
+                "paper tSTMC latency gain (ms)": PAPER["tSTMC latency gain (ms)"] if ablation else None,
+                "tSTMC÷no-tSTMC peak memory": ablation and peak_ratio(stmc, ablation),
+                "tSTMC÷no-tSTMC state": ablation and stmc["state_kib"] / ablation["state_kib"],
+                "paper tSTMC÷no-tSTMC peak memory": PAPER["tSTMC peak memory ratio"] if ablation else None,
+            })
     return out
+
+
+def peak_ratio(row: dict[str, Any], other: dict[str, Any]) -> float | None:
+    """``row``'s peak memory over ``other``'s, where both were measured."""
+    if row["peak_memory_mb"] is None or other["peak_memory_mb"] is None:
+        return None
+    return row["peak_memory_mb"] / other["peak_memory_mb"]
+
+
+def method_ratios(name: str, window: dict[str, Any], inc: dict[str, Any], stmc: dict[str, Any]) -> dict[str, Any]:
+    """The Table 1 ratios of three rows of one runtime, next to the paper's."""
+    paper = PAPER.get(name, {})
+    return {
+        "compute latency standard÷INC": window["compute_latency_ms"] / inc["compute_latency_ms"],
+        "compute latency INC÷STMC": inc["compute_latency_ms"] / stmc["compute_latency_ms"],
+        "compute latency standard÷STMC": window["compute_latency_ms"] / stmc["compute_latency_ms"],
+        "total latency standard÷STMC": window["total_latency_ms"] / stmc["total_latency_ms"],
+        "inference time INC÷STMC": inc["inference_time_ms"] / stmc["inference_time_ms"],
+        "paper latency standard÷INC": paper.get("latency standard÷INC"),
+        "paper latency INC÷STMC": paper.get("latency INC÷STMC"),
+        "paper inference time INC÷STMC": PAPER["inference time INC÷STMC"],
+    }
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
@@ -172,11 +206,12 @@ def markdown(rows: Sequence[dict[str, Any]], ratio_rows: Sequence[dict[str, Any]
             f"| {_fmt(r['model_size_mb'])} | {_fmt(r['macs_per_hop_m'], 1)} | {_fmt(r['state_kib'], 1)} |"
         )
     if ratio_rows:
-        keys = [k for k in ratio_rows[0] if k != "model"]
+        keys = list(dict.fromkeys(k for r in ratio_rows for k in r if k != "model"))
         lines += ["", "| model | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
         for r in ratio_rows:
             lines.append(f"| {r['model']} | " + " | ".join(
-                _fmt(r[k]) + ("×" if r[k] is not None and not k.endswith("(ms)") else "") for k in keys) + " |")
+                _fmt(r.get(k)) + ("×" if r.get(k) is not None and not k.endswith("(ms)") else "") for k in keys)
+                + " |")
     return "\n".join(lines)
 
 
@@ -194,6 +229,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--hops", type=int, default=20, help="streamed hops per method per round")
     parser.add_argument("--compile", action="store_true", help="also torch.compile'd streams (~1 min each)")
     parser.add_argument("--onnx", action="store_true", help="also the exported STMC step in onnxruntime")
+    parser.add_argument("--litert", action="store_true",
+                        help="also the standard, INC and STMC steps exported to LiteRT, each in a process of its "
+                             "own (needs the converter: make litert, then run with .venv-litert/bin/python)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -207,11 +245,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         lookahead = 0 if name == "causal" else 2 * depth_of(evaluated)
         model = architecture([m for m in evaluated if m["tstmc"]], lookahead, args.width)
         measured = measure(model, args.frames, args.rounds, args.hops, args.compile, args.onnx,
-                           ablation=name == "causal")
+                           ablation=name == "causal", litert=args.litert)
         si_snri, n_models = mean_si_snri(evaluated, lookahead, args.width)
         ablation_si_snri = mean_si_snri(evaluated, lookahead, args.width, tstmc=False)
         for row in records(name, model, measured, si_snri, n_models):
-            if row["method"] == ABLATION:  # its own checkpoints (tstmc=false), when evaluated
+            if row["method"].startswith(ABLATION):  # its own checkpoints (tstmc=false), when evaluated
                 row["si_snri_db"], row["si_snri_models"] = ablation_si_snri
             rows.append(row)
     ratio_rows = ratios(rows)
@@ -220,7 +258,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     header = (f"Speed on {platform.machine()} CPU ({torch.get_num_threads()} thread), torch {torch.__version__}; "
               f"width {args.width}; {args.rounds} rounds x {args.hops} hops per method, interleaved; chunk = 1 hop "
               f"(256 samples, 16 ms); STMC {stmc_kernel}; measured in {time.perf_counter() - started:.0f} s. Paper "
-              "ratios: TFLite on a desktop CPU (Table 1), for comparison of ratios only.")
+              "ratios: TFLite on a desktop CPU (Table 1), for comparison of ratios only."
+              + (" LiteRT rows: ai-edge-litert's interpreter (XNNPACK, 1 thread), each in a process of its own; "
+                 "their peak memory is that process's growth of peak resident memory from its start to the end of "
+                 "the timed run (weights and runtime buffers included), as TFLite's benchmark tool reports its "
+                 "'memory footprint delta'." if args.litert else ""))
     table = markdown(rows, ratio_rows, header)
     print(table)
     document = {"header": header, "rows": rows, "ratios": ratio_rows, "paper": PAPER, "threads": args.threads,

@@ -8,15 +8,17 @@
   for the native STMC stream: the same kernels, every weight reused across frames);
 - ``stmc``, ``inc``, ``window``: one hop (one frame) per call, as a real-time stream would, eager and
   through ``torch.compile``; ``stmc`` runs its native step (:mod:`stmc.native`) where it can, and
-  ``stmc (PyTorch ops)`` is the same engine on PyTorch operators, like every other row; and the exported STMC
-  step in onnxruntime (one thread);
+  ``stmc (PyTorch ops)`` is the same engine on PyTorch operators, like every other row; the exported STMC
+  step in onnxruntime (one thread); and, with ``--litert`` (the converter: ``make litert``), the stmc, inc and
+  window steps in LiteRT, each in a process of its own (:mod:`stmc.litert_bench`);
 - ``stmc per-call overhead``: the native step on a depth-1 U-Net with one channel (a few thousand MACs), i.e.
   what a call costs around the network: the driver's checks and time bookkeeping, the binding, the output;
 
 interleaved in rounds so that background load hits every method alike, and reports medians and ratios from
 that one run. MACs are counted (``torch.utils.flop_counter``) on the calls themselves, not derived. Peak
 memory is the most bytes held at once by tensors that the call allocates plus the stream's state (plus, for
-the native step, its preallocated buffers; the native step counts its own GEMMs' MACs).
+the native step, its preallocated buffers; the native step counts its own GEMMs' MACs); for LiteRT rows it is
+the worker process's peak resident-memory growth, as TFLite's benchmark tool reports it.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
+from stmc.litert_bench import LiteRTProcess
 from stmc.native import NativeGraph, NativeOffline
 from stmc.native import unavailable as native_unavailable
 from stmc.stream import Stream
@@ -94,6 +97,8 @@ class Row:
     macs: float | None = None  # None where the calls cannot be seen (onnxruntime)
     state_bytes: int = 0
     peak_bytes: int | None = None
+    # peak_bytes is a process's resident-memory growth (weights and runtime included), not tensor bytes: LiteRT
+    resident: bool = False
 
     @property
     def median_ms(self) -> float:
@@ -152,13 +157,26 @@ def exported_stream(model: UNet) -> Stream:
         return onnx_stream(to_onnx(model, Path(folder) / "step.onnx"), threads=1)
 
 
+def litert_processes(models: dict[str, tuple[UNet, str]], frames: int) -> dict[str, LiteRTProcess]:
+    """Rows ``name -> (model, method)`` exported to LiteRT (needs the converter: ``make litert``), each streamed in
+    a worker process of its own (:mod:`stmc.litert_bench`); the files are gone once the workers have loaded them."""
+    from stmc.export import to_litert
+
+    with tempfile.TemporaryDirectory() as folder:
+        files = {name: to_litert(model, Path(folder) / f"{index}.tflite", method)
+                 for index, (name, (model, method)) in enumerate(models.items())}
+        return {name: LiteRTProcess(path, frames) for name, path in files.items()}
+
+
 def measure(model: UNet, frames: int, rounds: int, hops: int, compile: bool, onnx: bool = False,
-            ablation: bool = False) -> list[Row]:
+            ablation: bool = False, litert: bool = False) -> list[Row]:
     """Interleaved timing of offline and streamed inference on one model; see the module docstring.
 
     With ``onnx``, the exported STMC step is also timed in onnxruntime; with ``ablation``, the STMC stream of the
     same architecture without tSTMC (``tstmc=False``, PyTorch operators: the native step has no overlap-add
-    decoder), to compare with ``stmc (PyTorch ops)``.
+    decoder), to compare with ``stmc (PyTorch ops)``; with ``litert``, the stmc, inc and window steps exported to
+    LiteRT (and the ablation's stmc step), each in a process of its own whose resident-memory growth is its peak
+    memory (:mod:`stmc.litert_bench`).
     """
     model = model.eval()
     warmup = 30
@@ -173,11 +191,16 @@ def measure(model: UNet, frames: int, rounds: int, hops: int, compile: bool, onn
                    OVERHEAD: streaming(UNet(depth=1, channels=[1], n_freq=model.n_freq).eval(), "stmc")}
     if ablation:
         torch.manual_seed(0)
-        streams[ABLATION] = streaming(UNet(**{**model.config, "tstmc": False}).eval(), "stmc", native=False)
+        without_tstmc = UNet(**{**model.config, "tstmc": False}).eval()
+        streams[ABLATION] = streaming(without_tstmc, "stmc", native=False)
     if compile:
         streams.update({f"{method} (compiled)": streaming(model, method, compile=True) for method in METHODS})
     extra = {"stmc (onnxruntime)": exported_stream(model)} if onnx else {}
-    rows = {name: Row(name) for name in [*offline, *streams, *extra]}
+    exports = {f"{method} (LiteRT)": (model, method) for method in METHODS}
+    if ablation:
+        exports[f"{ABLATION} (LiteRT)"] = (without_tstmc, "stmc")
+    workers = litert_processes(exports, rounds * hops) if litert else {}
+    rows = {name: Row(name) for name in [*offline, *streams, *extra, *workers]}
     for name, run in offline.items():
         run(long)
         native = run if isinstance(run, NativeOffline) else None
@@ -198,6 +221,8 @@ def measure(model: UNet, frames: int, rounds: int, hops: int, compile: bool, onn
                 start = time.perf_counter()
                 stream(chunk)
                 rows[name].seconds.append(time.perf_counter() - start)
+        for name, worker in workers.items():
+            rows[name].seconds += worker.time(hops)
         position += hops
     for name, stream in streams.items():
         chunk = spec[..., position : position + 1]
@@ -213,6 +238,10 @@ def measure(model: UNet, frames: int, rounds: int, hops: int, compile: bool, onn
         row.peak_bytes = peak_bytes(lambda stream=stream, chunk=chunk: stream(chunk), stream.get_state, native)
     for name, stream in extra.items():
         rows[name].state_bytes = stream_state_bytes(stream)
+    for name, worker in workers.items():
+        memory = worker.close()
+        rows[name].state_bytes, rows[name].resident = memory["state_bytes"], True
+        rows[name].peak_bytes = memory["overall_bytes"] if memory["peak_reset"] else None
     return list(rows.values())
 
 
@@ -223,7 +252,8 @@ def floor_row(rows: list[Row]) -> Row:
 
 def table(results: dict[str, list[Row]]) -> str:
     """Markdown: one block of rows per model; ratios against the faster offline row, against ``stmc`` (compiled
-    streams against the compiled ``stmc``) and against ``stmc (PyTorch ops)`` where the native step ran."""
+    and LiteRT streams against ``stmc`` of their kind) and against ``stmc (PyTorch ops)`` where the native step
+    ran."""
     lines = [
         "| model | method | time per hop (ms, median) | × full | ÷ stmc | ÷ stmc (PyTorch ops) | MACs per hop (M) "
         "| state (KiB) | peak memory (KiB) |",
@@ -234,7 +264,8 @@ def table(results: dict[str, list[Row]]) -> str:
         floor = floor_row(rows).median_ms
         for row in rows:
             streamed = not row.method.startswith("full")
-            reference = by["stmc (compiled)" if row.method.endswith("(compiled)") else "stmc"].median_ms
+            kind = next((k for k in ("(compiled)", "(LiteRT)") if row.method.endswith(k)), None)
+            reference = by[f"stmc {kind}" if kind else "stmc"].median_ms
             ops = f"{row.median_ms / by[OPS].median_ms:.2f}" if OPS in by else "—"
             per = "hop" if streamed else "frame"
             macs = "—" if row.macs is None else f"{row.macs / 1e6:.2f}"
@@ -260,6 +291,8 @@ def main(argv: list[str] | None = None) -> None:
         help="skip the torch.compile'd streams (each takes ~1 min to compile)",
     )
     parser.add_argument("--no-onnx", dest="onnx", action="store_false", help="skip the onnxruntime row")
+    parser.add_argument("--litert", action="store_true",
+                        help="also the three steps in LiteRT (needs the converter: run with .venv-litert/bin/python)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -267,7 +300,8 @@ def main(argv: list[str] | None = None) -> None:
     results = {}
     for name in args.models:
         model = UNet(lookahead=MODELS[name], width=args.width)
-        results[name] = measure(model, args.frames, args.rounds, args.hops, args.compile, args.onnx)
+        results[name] = measure(model, args.frames, args.rounds, args.hops, args.compile, args.onnx,
+                                litert=args.litert)
     params = {
         name: sum(p.numel() for p in UNet(lookahead=MODELS[name], width=args.width).parameters())
         for name in args.models

@@ -13,7 +13,9 @@ wasted.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -198,13 +200,14 @@ class OverlapAddLayer:
     prelu: torch.Tensor | None
 
     @classmethod
-    def of(cls, layer: FrozenLayer) -> OverlapAddLayer:
-        """The overlap-add form of a transposed frozen layer (its matrix: rows ``(window tap, C)``)."""
+    def of(cls, layer: FrozenLayer, form: Callable[[FrozenLayer], Any] | None = None) -> OverlapAddLayer:
+        """The overlap-add form of a transposed frozen layer (its matrix: rows ``(window tap, C)``); ``form`` turns
+        the one-tap layer into what the engine runs (an exported graph's ``ConvTranspose``)."""
         taps, cout = layer.taps, layer.out_channels
         matrix = layer.matrix.view(taps, -1, cout * FREQ_KERNEL).permute(1, 0, 2).reshape(-1, taps * cout * FREQ_KERNEL)
         zeros = torch.zeros(taps * cout, dtype=layer.bias.dtype, device=layer.bias.device)
-        return cls(layer.past, layer.future, FrozenLayer(0, 0, True, matrix.contiguous(), zeros, None), layer.bias,
-                   layer.prelu)
+        spread = FrozenLayer(0, 0, True, matrix.contiguous(), zeros, None)
+        return cls(layer.past, layer.future, spread if form is None else form(spread), layer.bias, layer.prelu)
 
     @property
     def taps(self) -> int:
@@ -215,7 +218,7 @@ class OverlapAddLayer:
         output frames (the first ``future`` frames behind the first input's) and the new pending sums."""
         batch, frames = x.shape[:2]
         taps, lag = self.taps, self.taps - 1
-        parts = self.spread(x).view(batch, frames, -1, taps, self.bias.shape[0])  # [B, T, F', tap, C']
+        parts = self.spread(x).reshape(batch, frames, -1, taps, self.bias.shape[0])  # [B, T, F', tap, C']
         full = torch.cat([pending, pending.new_zeros(batch, frames, *pending.shape[2:])], 1)
         for tap in range(taps):  # window tap j of input frame i completes output frame i + taps - 1 - j
             full[:, lag - tap : lag - tap + frames] += parts[:, :, :, tap]

@@ -69,10 +69,10 @@ class ModelEngine(Engine):
         layers = self.model.frozen()
         self.layers = layers if self.layer_form is None else [self.layer_form(layer) for layer in layers]
         self.dtype, self.device = layers[0].bias.dtype, layers[0].bias.device
-        # tstmc=False decoder layers, streamed as transposed convolutions in time (their valid form otherwise:
-        # the traced export runs the same map as a tSTMC layer)
-        self.overlap = {} if self.layer_form is not None else {
-            k: OverlapAddLayer.of(layer) for k, layer in enumerate(layers) if not self.model.layers[k].tstmc}
+        # tstmc=False decoder layers, streamed as transposed convolutions in time (by STMC; INC and window run
+        # every layer in its valid form)
+        self.overlap = {k: OverlapAddLayer.of(layer, self.layer_form) for k, layer in enumerate(layers)
+                        if not self.model.layers[k].tstmc}
 
     def step(self, chunk: torch.Tensor, state: list[torch.Tensor], clock: Clock
              ) -> tuple[torch.Tensor, list[torch.Tensor]]:

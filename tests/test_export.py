@@ -14,7 +14,7 @@ import stmc
 from stmc import checkpoint
 from stmc.export import flush_path, main, to_onnx
 from stmc.onnx_engine import onnx_stream, read_metadata
-from stmc.step_graph import state_names
+from stmc.step_graph import offline_error, state_names
 from stmc.stft import STFT
 from tests.randmodel import randomise_norms, split_points, unets
 
@@ -145,6 +145,28 @@ def test_cli_exports_a_checkpoint_and_checks_it(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([str(tmp_path / "bad.onnx"), "--ckpt", str(tmp_path / "missing.ckpt")])
     assert "missing.ckpt does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("lookahead", [0, 2], ids=["causal", "lookahead"])
+def test_no_tstmc_model_exports_its_overlap_add_state_exactly(lookahead, tmp_path):
+    """The ablation (tstmc=False) exports with the engine's own state, the decoder's pending output sums."""
+    torch.manual_seed(lookahead)
+    model = randomise_norms(stmc.UNet(depth=3, n_freq=33, lookahead=lookahead, width=0.25, tstmc=False), 1)
+    stream = onnx_stream(to_onnx(model, tmp_path / "ablation.onnx"))
+    assert stream.engine.state_shapes() == stmc.streaming(model, native=False).engine.state_shapes()
+    assert offline_error(model, stream, frames=24) < 1e-5
+
+
+def test_onnx_graph_with_another_graphs_metadata_is_refused(exported, tmp_path):
+    """Metadata that describes another state layout is a clear error on load, not wrong audio."""
+    _, path = exported
+    graph = onnx.load(str(path))
+    for prop in graph.metadata_props:
+        if prop.key == "stmc.state_shapes":
+            prop.value = json.dumps([[1, 9, 3]] * (len(json.loads(prop.value)) - 1) + [[]])
+    onnx.save(graph, str(tmp_path / "forged.onnx"))
+    with pytest.raises(ValueError, match=r"forged.onnx: input state_0 is float32 .* belongs to another graph"):
+        onnx_stream(tmp_path / "forged.onnx")
 
 
 def test_onnx_stream_refuses_wrong_input(exported):

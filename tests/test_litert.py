@@ -121,3 +121,32 @@ def test_without_the_converter_the_export_says_how_to_get_it(monkeypatch, tmp_pa
     monkeypatch.setattr(builtins, "__import__", no_converter)
     with pytest.raises(ValueError, match=r"litert-torch\) is not installed .*make litert"):
         to_litert(stmc.UNet(depth=1, channels=[1], n_freq=9), tmp_path / "x.tflite")
+
+
+@pytest.mark.litert
+def test_benchmark_worker_times_hops_and_measures_its_own_resident_growth(exported):
+    """The LiteRT rows of the speed table: a worker process streams the file, times the hops it is asked for and
+    reports the growth of its peak resident memory (loading the weights at least), and the state it held."""
+    from stmc.litert_bench import LiteRTProcess
+
+    model, path = exported
+    worker = LiteRTProcess(path, frames=8)
+    assert worker.ready["ready"] is True
+    seconds = worker.time(5) + worker.time(3)
+    assert len(seconds) == 8 and all(0 < s < 10 for s in seconds)
+    memory = worker.close()
+    stream = LiteRTStream(path)
+    stream(torch.zeros(1, 2, model.n_freq, 1))
+    assert memory["state_bytes"] == sum(t.numel() * 4 for t in stream.get_state()[:-1])
+    assert memory["peak_reset"] and memory["overall_bytes"] >= memory["init_bytes"] >= path.stat().st_size // 2
+
+
+@pytest.mark.litert
+@pytest.mark.parametrize("lookahead", [0, 2], ids=["causal", "lookahead"])
+def test_no_tstmc_model_in_litert_streams_its_overlap_add_state_exactly(lookahead, tmp_path):
+    """The ablation (tstmc=False) exports with the engine's own state, the decoder's pending output sums."""
+    torch.manual_seed(lookahead)
+    model = randomise_norms(stmc.UNet(depth=3, n_freq=33, lookahead=lookahead, width=0.25, tstmc=False), 1)
+    stream = LiteRTStream(to_litert(model, tmp_path / "ablation.tflite"))
+    assert stream.engine.state_shapes() == stmc.streaming(model, native=False).engine.state_shapes()
+    assert offline_error(model, stream, frames=24, batch=1) < 1e-5

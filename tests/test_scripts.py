@@ -144,6 +144,35 @@ def test_speed_table_has_the_tstmc_ablation_row_for_the_causal_model(speed_doc):
     assert ratio["paper tSTMC÷no-tSTMC peak memory"] == 0.80 and doc["ratios"][1]["tSTMC latency gain (ms)"] is None
 
 
+@pytest.mark.litert
+def test_speed_table_litert_rows_and_their_ratios(tmp_path):
+    """--litert: standard, INC and STMC (and the causal ablation) in LiteRT, each with its process's resident
+    growth as peak memory (the weights at least), and Table 1's ratios among those rows next to the paper's."""
+    synthetic_results(tmp_path / "eval", [(0, 1.0, 0, 3.0)])
+    synthetic_results(tmp_path / "eval" / "ablation", [(0, 1.0, 0, 2.0)], tstmc=False)
+    doc = speed_table.main(["--results", str(tmp_path / "eval"), "--rounds", "2", "--hops", "3", "--frames", "16",
+                            "--litert"])
+    rows = {(r["model"], r["method"]): r for r in doc["rows"]}
+    for model in ("causal", "non-causal"):
+        for method, label in [("window", "standard (window)"), ("inc", "INC"), ("stmc", "STMC (tSTMC)")]:
+            row = rows[(model, f"{method} (LiteRT)")]
+            assert row["label"] == f"{label}, LiteRT" and row["timed_steps"] == 6 and row["macs_per_hop_m"] is None
+            assert row["peak_memory_mb"] >= row["model_size_mb"] and row["state_kib"] > 0
+    ablation = rows[("causal", "stmc (without tSTMC) (LiteRT)")]
+    assert ablation["label"] == "STMC (without tSTMC), LiteRT" and ablation["si_snri_db"] == pytest.approx(2.0)
+    assert ("non-causal", "stmc (without tSTMC) (LiteRT)") not in rows
+    ratio = {r["model"]: r for r in doc["ratios"]}
+    litert = ratio["causal, LiteRT"]
+    window, inc, stmc = (rows[("causal", f"{m} (LiteRT)")] for m in ("window", "inc", "stmc"))
+    assert litert["compute latency standard÷INC"] == pytest.approx(window["compute_latency_ms"]
+                                                                   / inc["compute_latency_ms"])
+    assert litert["paper latency standard÷INC"] == 29.74
+    assert ratio["non-causal, LiteRT"]["paper latency INC÷STMC"] == 1.32
+    assert litert["tSTMC÷no-tSTMC peak memory"] == pytest.approx(stmc["peak_memory_mb"] / ablation["peak_memory_mb"])
+    assert "LiteRT rows" in doc["header"]
+    assert "| causal, LiteRT |" in speed_table.markdown(doc["rows"], doc["ratios"], "")
+
+
 @pytest.mark.compiler
 def test_speed_table_has_the_engine_on_pytorch_ops_beside_the_native_step(speed_doc):
     doc, tmp_path = speed_doc
