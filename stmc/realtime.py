@@ -1,7 +1,8 @@
 """Streaming a trained enhancer over real audio: the run of ``stream_infer.py``, real-time pacing and latency.
 
 ``stream_infer.py`` is a thin Hydra front end to :func:`infer`. Audio goes through :class:`stmc.Enhancer`'s
-stream (or its ONNX export, :func:`stmc.onnx_engine.onnx_stream`) in chunks of any number of samples:
+stream (or its ONNX or LiteRT export: :func:`stmc.onnx_engine.onnx_stream`,
+:class:`stmc.litert_engine.LiteRTStream`) in chunks of any number of samples:
 
 - sources (:mod:`stmc.audio_io`): an audio file, a folder of them, raw 16-bit little-endian PCM on stdin, or a
   live microphone (``sounddevice``, optional);
@@ -136,6 +137,7 @@ class InferOptions:
     output: str | None = None
     ckpt: str | None = None
     onnx: str | None = None
+    litert: str | None = None
     model: dict | None = None
     seed: int = 0
     method: str = "stmc"
@@ -152,19 +154,31 @@ class InferOptions:
     batch: int = 1
 
 
+def export_of(options: InferOptions) -> tuple[str, str] | None:
+    """The export the network runs from, ``(runtime, path)`` (onnxruntime or LiteRT), or None (PyTorch)."""
+    given = [(runtime, path) for runtime, path in (("onnxruntime", options.onnx), ("LiteRT", options.litert)) if path]
+    if len(given) > 1 or (given and options.ckpt):
+        raise ValueError("give ckpt (PyTorch), onnx or litert (an export, weights included): one of them")
+    return given[0] if given else None
+
+
 def build_enhancer(options: InferOptions) -> Enhancer:
-    """The checkpoint's enhancer, or one built from the ONNX export's config, or (dry run) an untrained ``model``.
+    """The checkpoint's enhancer, or one built from an export's config, or (dry run) an untrained ``model``.
 
-    With ``onnx`` only the STFT front end of this enhancer is used: the network runs from the export.
+    With an export (``onnx`` or ``litert``) only the STFT front end of this enhancer is used: the network runs
+    from the export.
     """
-    if options.ckpt and options.onnx:
-        raise ValueError("give ckpt (PyTorch) or onnx (an export, weights included), not both")
     if options.ckpt:
+        export_of(options)  # refuses a checkpoint and an export together
         return Enhancer.from_checkpoint(options.ckpt)
-    if options.onnx:
-        from stmc.onnx_engine import read_metadata  # onnx is imported only when used
-
-        config = json.loads(read_metadata(options.onnx)["model_config"])
+    export = export_of(options)
+    if export is not None:
+        runtime, path = export
+        if runtime == "LiteRT":
+            from stmc.litert_engine import read_litert_metadata as read_metadata
+        else:
+            from stmc.onnx_engine import read_metadata  # onnx is imported only when used
+        config = json.loads(read_metadata(path)["model_config"])
     else:
         config = {key: value for key, value in (options.model or {}).items() if key != "_target_"}
     torch.manual_seed(options.seed)
@@ -172,12 +186,19 @@ def build_enhancer(options: InferOptions) -> Enhancer:
 
 
 def open_stream(enhancer: Enhancer, options: InferOptions) -> EnhancerStream:
-    """The enhancer's sample stream; with ``onnx`` set the network runs in onnxruntime from that export."""
-    if not options.onnx:
+    """The enhancer's sample stream; with an export the network runs in its runtime (onnxruntime or LiteRT)."""
+    export = export_of(options)
+    if export is None:
         return enhancer.stream(options.method, compile=options.compile)
+    runtime, path = export
+    threads = options.threads or 1
+    if runtime == "LiteRT":
+        from stmc.litert_engine import LiteRTStream
+
+        return EnhancerStream(enhancer, LiteRTStream(path, threads=threads))
     from stmc.onnx_engine import onnx_stream  # onnxruntime is imported only when used
 
-    return EnhancerStream(enhancer, onnx_stream(options.onnx, threads=options.threads or 1))
+    return EnhancerStream(enhancer, onnx_stream(path, threads=threads))
 
 
 def enhance_file(
@@ -212,10 +233,10 @@ def infer(options: InferOptions) -> int:
     stream = open_stream(enhancer, options)
     log.info(
         "%s model (%s), method %s%s; chunk %d samples (%.2f ms), algorithmic latency %.1f ms",
-        "checkpoint" if options.ckpt else "exported" if options.onnx else "untrained (dry run)",
+        "checkpoint" if options.ckpt else "exported" if export_of(options) else "untrained (dry run)",
         ", ".join(f"{k}={v}" for k, v in enhancer.model.config.items() if k in ("depth", "lookahead", "width")),
         options.method,
-        " via onnxruntime" if options.onnx else "",
+        f" via {export_of(options)[0]}" if export_of(options) else "",
         size,
         1e3 * size / SAMPLE_RATE,
         1e3 * stream.latency_samples / SAMPLE_RATE,
@@ -304,7 +325,7 @@ def enhance_batched(enhancer: Enhancer, stream: EnhancerStream, source: Path, ta
     and one summary line (files/s, real-time factor)."""
     frames = stream.frames
     if frames.engine.frames_per_call > 1:
-        raise ConfigError(f"batch > 1 needs a graph of 1 frame per call; {options.onnx} takes "
+        raise ConfigError(f"batch > 1 needs a graph of 1 frame per call; {export_of(options)[1]} takes "
                           f"{frames.engine.frames_per_call} (export it with --frames-per-call 1)")
     pairs = [(path, (target / path.relative_to(source)).with_suffix(".wav")) for path in files]
     with _progress_bar(len(files), options.progress) as advance:

@@ -181,6 +181,23 @@ def test_onnx_backend_equals_pytorch(tmp_path):
     np.testing.assert_allclose(sf.read(tmp_path / "onnx.wav", dtype="float32")[0], torch_out, atol=1e-4)
 
 
+@pytest.mark.litert
+def test_litert_backend_equals_pytorch(tmp_path):
+    """stream_infer.py litert=model.tflite: the network in LiteRT, the same audio as the PyTorch stream."""
+    from stmc.export import to_litert
+
+    sf.write(tmp_path / "in.wav", noisy(0.7), 16000, subtype="FLOAT")
+    base = options(tmp_path, input=str(tmp_path / "in.wav"), chunk="250samples")
+    path = to_litert(build_enhancer(base).model, tmp_path / "m.tflite")
+    assert infer(options(tmp_path, input=base.input, output=str(tmp_path / "torch.wav"), chunk="250samples")) == 0
+    assert infer(options(tmp_path, input=base.input, output=str(tmp_path / "litert.wav"), chunk="250samples",
+                         litert=str(path))) == 0
+    torch_out = sf.read(tmp_path / "torch.wav", dtype="float32")[0]
+    np.testing.assert_allclose(sf.read(tmp_path / "litert.wav", dtype="float32")[0], torch_out, atol=1e-4)
+    with pytest.raises(ValueError, match="give ckpt \\(PyTorch\\), onnx or litert .*: one of them"):
+        build_enhancer(options(tmp_path, input=base.input, litert=str(path), onnx=str(path)))
+
+
 def test_stdin_pcm_to_stdout_pcm(tmp_path):
     pcm = np.round(noisy(0.5)[:, 0] * 32767).astype("<i2")
     done = run_script("input=-", "chunk=123samples", "model.depth=2", "model.channels=[2,3]", stdin=pcm.tobytes())
