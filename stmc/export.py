@@ -49,7 +49,7 @@ from torch import nn
 
 from stmc.io import atomic_write
 from stmc.layers import FREQ_KERNEL, FREQ_STRIDE, FrozenLayer
-from stmc.litert_engine import FLUSH, METADATA_NAME, STEP, LiteRTStream, read_litert_metadata
+from stmc.litert_engine import FLUSH, METADATA_NAME, STEP, LiteRTStream, operator_names, read_litert_metadata
 from stmc.onnx_engine import META, onnx_stream, read_metadata
 from stmc.step_graph import INPUT, OUTPUT, metadata, offline_error, state_names
 from stmc.stream import Clock
@@ -318,6 +318,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"  {meta['method']} step; state: {len(json.loads(meta['state_shapes']))} tensors, look-ahead "
         f"D={meta['delay']} frames, {meta['frames_per_call']} frame(s) per call"
     )
+    if litert:
+        print(f"  LiteRT operators: {', '.join(operator_names(path))}")
     if not args.no_check:
         frames = args.frames_per_call * max(1, 64 // args.frames_per_call)
         stream = LiteRTStream(path) if litert else onnx_stream(path)

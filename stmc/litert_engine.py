@@ -27,14 +27,29 @@ STEP, FLUSH = "step", "flush"  # the signatures
 IDENTIFIER = b"TFL3"  # the flatbuffer file identifier of LiteRT models, at bytes 4..7
 
 
-def read_litert_metadata(path: str | Path) -> dict[str, str]:
-    """The step-graph metadata of a LiteRT file (empty if it has none); ``ValueError`` if it is no LiteRT file."""
+def _model(path: str | Path):
+    """The flatbuffer model of a LiteRT file and its bytes; ``ValueError`` if it is no LiteRT file."""
     from ai_edge_litert import schema_py_generated as schema
 
     data = Path(path).read_bytes()
     if data[4:8] != IDENTIFIER:
         raise ValueError(f"{path} is not a LiteRT (.tflite) file")
-    model = schema.Model.GetRootAs(data, 0)
+    return schema.Model.GetRootAs(data, 0), data
+
+
+def operator_names(path: str | Path) -> list[str]:
+    """The operator kinds a LiteRT file uses (``CUSTOM`` would be one the runtime does not have built in)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model, _ = _model(path)
+    names = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
+    codes = (model.OperatorCodes(i) for i in range(model.OperatorCodesLength()))
+    return sorted({names.get(max(c.BuiltinCode(), c.DeprecatedBuiltinCode()), "unknown") for c in codes})
+
+
+def read_litert_metadata(path: str | Path) -> dict[str, str]:
+    """The step-graph metadata of a LiteRT file (empty if it has none); ``ValueError`` if it is no LiteRT file."""
+    model, data = _model(path)
     for i in range(model.MetadataLength()):
         entry = model.Metadata(i)
         if entry.Name() == METADATA_NAME.encode():
