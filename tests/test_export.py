@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import stmc
 from stmc import checkpoint
-from stmc.export import flush_path, main, to_onnx
+from stmc.export import LiteRTStream, flush_path, main, to_litert, to_onnx
 from stmc.onnx_engine import onnx_stream, read_metadata
 from stmc.step_graph import offline_error, state_names
 from stmc.stft import STFT
@@ -147,14 +147,19 @@ def test_cli_exports_a_checkpoint_and_checks_it(tmp_path, capsys):
     assert "missing.ckpt does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("runtime", ["onnx", pytest.param("litert", marks=pytest.mark.litert)])
 @pytest.mark.parametrize("lookahead", [0, 2], ids=["causal", "lookahead"])
-def test_no_tstmc_model_exports_its_overlap_add_state_exactly(lookahead, tmp_path):
-    """The ablation (tstmc=False) exports with the engine's own state, the decoder's pending output sums."""
+def test_no_tstmc_model_exports_its_overlap_add_state_exactly(runtime, lookahead, tmp_path):
+    """The ablation (tstmc=False) exports with the engine's own state, the decoder's pending output sums, and
+    streams exactly in onnxruntime and in LiteRT (one stream per call there: static shapes)."""
     torch.manual_seed(lookahead)
     model = randomise_norms(stmc.UNet(depth=3, n_freq=33, lookahead=lookahead, width=0.25, tstmc=False), 1)
-    stream = onnx_stream(to_onnx(model, tmp_path / "ablation.onnx"))
+    if runtime == "onnx":
+        stream, batch = onnx_stream(to_onnx(model, tmp_path / "ablation.onnx")), 2
+    else:
+        stream, batch = LiteRTStream(to_litert(model, tmp_path / "ablation.tflite")), 1
     assert stream.engine.state_shapes() == stmc.streaming(model, native=False).engine.state_shapes()
-    assert offline_error(model, stream, frames=24) < 1e-5
+    assert offline_error(model, stream, frames=24, batch=batch) < 1e-5
 
 
 def test_onnx_graph_with_another_graphs_metadata_is_refused(exported, tmp_path):

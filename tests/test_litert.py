@@ -144,13 +144,3 @@ def test_benchmark_worker_times_hops_and_measures_its_own_resident_growth(export
     assert memory["state_bytes"] == sum(t.numel() * 4 for t in stream.get_state()[:-1])
     assert memory["peak_reset"] and memory["overall_bytes"] >= memory["init_bytes"] >= path.stat().st_size // 2
 
-
-@pytest.mark.litert
-@pytest.mark.parametrize("lookahead", [0, 2], ids=["causal", "lookahead"])
-def test_no_tstmc_model_in_litert_streams_its_overlap_add_state_exactly(lookahead, tmp_path):
-    """The ablation (tstmc=False) exports with the engine's own state, the decoder's pending output sums."""
-    torch.manual_seed(lookahead)
-    model = randomise_norms(stmc.UNet(depth=3, n_freq=33, lookahead=lookahead, width=0.25, tstmc=False), 1)
-    stream = LiteRTStream(to_litert(model, tmp_path / "ablation.tflite"))
-    assert stream.engine.state_shapes() == stmc.streaming(model, native=False).engine.state_shapes()
-    assert offline_error(model, stream, frames=24, batch=1) < 1e-5
