@@ -24,6 +24,7 @@ from stmc.evaluation.scoring import evaluate_utterance
 from stmc.evaluation.settings import Settings, find_checkpoints, model_names, spread
 from stmc.evaluation.summary import mean_ci
 from tests.randmodel import tiny_unet
+from tests.test_stream_infer import default_sigint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -173,7 +174,7 @@ def start_long_evaluation(tmp_path: Path, tiny_checkpoint: Callable[..., Path]) 
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "evaluate.py"), f"checkpoints=[{ckpt}]", f"data.root={tmp_path / 'corpus'}",
          "workers=2", "examples_per_noise=0", f"hydra.run.dir={tmp_path / 'eval'}"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint,
         env={**os.environ, "PYTHONPATH": str(ROOT), "STMC_CACHE_DIR": str(tmp_path / "cache")})
     deadline = time.monotonic() + 120
     while len(children(process.pid)) < 2 and process.poll() is None and time.monotonic() < deadline:

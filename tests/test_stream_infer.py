@@ -248,12 +248,18 @@ def test_killed_run_leaves_no_partial_output(tmp_path):
     assert not (tmp_path / "long.enhanced.wav").exists()
 
 
+def default_sigint() -> None:
+    """In the child: Ctrl-C as a terminal delivers it, even where the tests run in the background (a shell's
+    background jobs start with SIGINT ignored, and Python then installs no handler for it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_ends_a_stream_with_one_line_and_status_130():
     """Ctrl-C while the stream waits for stdin: one line, exit status 130, no traceback."""
     process = subprocess.Popen([sys.executable, str(ROOT / "stream_infer.py"), "input=-", "output=-",
                                 "model.depth=2", "model.channels=[2,3]"], cwd=ROOT, stdin=subprocess.PIPE,
-                               stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=default_sigint)
     process.stdin.write("\0" * 4096)  # some audio, then the stream waits for more
     process.stdin.flush()
     lines = []
