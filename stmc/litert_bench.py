@@ -4,8 +4,9 @@ TFLite's ``benchmark_model`` (the tool the paper timed Table 1 with) reports "me
 of the tool": the growth of the process's maximum resident set size, at ``init`` (the interpreter built and its
 tensors allocated) and ``overall`` (after the timed run). A process's peak resident memory cannot be read for one
 object among many, so every LiteRT stream runs in a worker process of its own (:class:`LiteRTProcess`): the worker
-imports what it needs and makes its input, resets the kernel's high-water mark (``/proc/self/clear_refs``), reads
-it again after loading the file (``init``) and at the end (``overall``). The caller drives the worker's timed
+imports what it needs (the runtime's library included: the tool has it linked in) and makes its input, resets the
+kernel's high-water mark (``/proc/self/clear_refs``), reads it again after loading the file (``init``) and at the
+end (``overall``). The caller drives the worker's timed
 hops round by round, interleaved with its own rows (:func:`stmc.bench.measure`).
 
 Protocol (JSON lines on the worker's stdout): ``{"ready": ...}`` after loading and warm-up; then for each line
@@ -78,6 +79,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--frames", type=int, required=True, help="hops the caller will time, at most")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    import ai_edge_litert.interpreter  # noqa: F401  the runtime is loaded at the start, as benchmark_model's is
     import torch
 
     from stmc.litert_engine import LiteRTEngine, read_litert_metadata
