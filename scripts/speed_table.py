@@ -130,9 +130,6 @@ def ratios(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         if not all(m in by for m in ("window", "inc", "stmc")):
             continue
         ops = by.get(OPS)  # the STMC engine on PyTorch operators, like INC and window: same kernels, algorithm only
-        ablation, tstmc = by.get(ABLATION), ops or by["stmc"]  # both on PyTorch operators
-        gain = ablation and ablation["compute_latency_ms"] - tstmc["compute_latency_ms"]
-        memory = ablation and peak_ratio(tstmc, ablation)
         out.append({
             "model": name,
             **method_ratios(name, by["window"], by["inc"], by["stmc"]),
@@ -140,26 +137,29 @@ def ratios(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             and by["inc"]["compute_latency_ms"] / ops["compute_latency_ms"],
             "compute latency standard÷STMC (PyTorch ops)": ops
             and by["window"]["compute_latency_ms"] / ops["compute_latency_ms"],
-            "tSTMC latency gain (ms)": gain,
-            "paper tSTMC latency gain (ms)": PAPER["tSTMC latency gain (ms)"] if ablation else None,
-            "tSTMC÷no-tSTMC peak memory": memory,
-            "tSTMC÷no-tSTMC state": ablation and tstmc["state_kib"] / ablation["state_kib"],
-            "paper tSTMC÷no-tSTMC peak memory": PAPER["tSTMC peak memory ratio"] if ablation else None,
+            **tstmc_ratios(ops or by["stmc"], by.get(ABLATION)),  # both on PyTorch operators
         })
         if all(f"{m} (LiteRT)" in by for m in ("window", "inc", "stmc")):
             window, inc, stmc = (by[f"{m} (LiteRT)"] for m in ("window", "inc", "stmc"))
-            ablation = by.get(f"{ABLATION} (LiteRT)")
             out.append({
                 "model": f"{name}, LiteRT",
                 **method_ratios(name, window, inc, stmc),
                 "peak memory STMC÷INC": peak_ratio(stmc, inc),
-                "tSTMC latency gain (ms)": ablation and ablation["compute_latency_ms"] - stmc["compute_latency_ms"],
-                "paper tSTMC latency gain (ms)": PAPER["tSTMC latency gain (ms)"] if ablation else None,
-                "tSTMC÷no-tSTMC peak memory": ablation and peak_ratio(stmc, ablation),
-                "tSTMC÷no-tSTMC state": ablation and stmc["state_kib"] / ablation["state_kib"],
-                "paper tSTMC÷no-tSTMC peak memory": PAPER["tSTMC peak memory ratio"] if ablation else None,
+                **tstmc_ratios(stmc, by.get(f"{ABLATION} (LiteRT)")),
             })
     return out
+
+
+def tstmc_ratios(tstmc: dict[str, Any], ablation: dict[str, Any] | None) -> dict[str, Any]:
+    """The ablation's comparison (tSTMC against the same architecture without it, in one runtime), next to the
+    paper's; all None without an ablation row."""
+    return {
+        "tSTMC latency gain (ms)": ablation and ablation["compute_latency_ms"] - tstmc["compute_latency_ms"],
+        "paper tSTMC latency gain (ms)": PAPER["tSTMC latency gain (ms)"] if ablation else None,
+        "tSTMC÷no-tSTMC peak memory": ablation and peak_ratio(tstmc, ablation),
+        "tSTMC÷no-tSTMC state": ablation and tstmc["state_kib"] / ablation["state_kib"],
+        "paper tSTMC÷no-tSTMC peak memory": PAPER["tSTMC peak memory ratio"] if ablation else None,
+    }
 
 
 def peak_ratio(row: dict[str, Any], other: dict[str, Any]) -> float | None:

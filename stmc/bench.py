@@ -196,10 +196,12 @@ def measure(model: UNet, frames: int, rounds: int, hops: int, compile: bool, onn
     if compile:
         streams.update({f"{method} (compiled)": streaming(model, method, compile=True) for method in METHODS})
     extra = {"stmc (onnxruntime)": exported_stream(model)} if onnx else {}
-    exports = {f"{method} (LiteRT)": (model, method) for method in METHODS}
-    if ablation:
-        exports[f"{ABLATION} (LiteRT)"] = (without_tstmc, "stmc")
-    workers = litert_processes(exports, rounds * hops) if litert else {}
+    workers = {}
+    if litert:
+        exports = {f"{method} (LiteRT)": (model, method) for method in METHODS}
+        if ablation:
+            exports[f"{ABLATION} (LiteRT)"] = (without_tstmc, "stmc")
+        workers = litert_processes(exports, rounds * hops)
     rows = {name: Row(name) for name in [*offline, *streams, *extra, *workers]}
     for name, run in offline.items():
         run(long)

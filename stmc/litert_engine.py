@@ -17,10 +17,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from stmc.step_graph import INPUT, OUTPUT, GraphMetadata
-from stmc.stream import Clock, Engine, Stream
+from stmc.step_graph import OUTPUT, GraphEngine, GraphMetadata
+from stmc.stream import Stream
 
 METADATA_NAME = "stmc"
 STEP, FLUSH = "step", "flush"  # the signatures
@@ -60,52 +59,31 @@ def read_litert_metadata(path: str | Path) -> dict[str, str]:
     return {}
 
 
-class LiteRTEngine(Engine):
+class LiteRTEngine(GraphEngine):
     """The ``step`` signature (``frames_per_call`` frames per call) and, with look-ahead, ``flush``."""
 
     def __init__(self, path: str | Path, threads: int = 1) -> None:
         from ai_edge_litert.interpreter import Interpreter
 
         self.path = Path(path)
-        self.meta = meta = GraphMetadata(read_litert_metadata(self.path), str(self.path))
-        self.frames_per_call, self.delay, self.n_freq = meta.frames_per_call, meta.delay, meta.n_freq
-        self.config, self.method = meta.config, meta.method
-        self.dtype, self.device = torch.float32, torch.device("cpu")
+        super().__init__(GraphMetadata(read_litert_metadata(self.path), str(self.path)))
+        flush = self.meta.flush
         self.interpreter = Interpreter(model_path=str(self.path), num_threads=threads)
         signatures = self.interpreter.get_signature_list()
-        if STEP not in signatures or (meta.flush and meta.flush not in signatures):
-            needs = STEP + (f" and {meta.flush}" if meta.flush else "")
+        if STEP not in signatures or (flush and flush not in signatures):
+            needs = STEP + (f" and {flush}" if flush else "")
             raise ValueError(f"{self.path}: signatures {sorted(signatures)}, its metadata needs {needs}; export it "
                              "with python -m stmc.export")
         self.step_runner = self.interpreter.get_signature_runner(STEP)
         details = self.step_runner.get_input_details()
-        meta.check_inputs({name: (list(d["shape"]), np.dtype(d["dtype"]).name) for name, d in details.items()})
-        self.batch = int(details[INPUT]["shape"][0])
-        self.flush_runner = self.interpreter.get_signature_runner(meta.flush) if meta.flush else None
-        self.names = meta.names
+        self.meta.check_inputs({name: (list(d["shape"]), np.dtype(d["dtype"]).name) for name, d in details.items()})
+        self.flush_runner = self.interpreter.get_signature_runner(flush) if flush else None
 
-    def state_shapes(self) -> list[tuple[int, ...]]:
-        return self.meta.state_shapes
+    def run_step(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.step_runner(**inputs)
 
-    def feeds(self, state: list[torch.Tensor], time: torch.Tensor) -> dict[str, np.ndarray]:
-        """The signatures' state inputs from the driver's state and time."""
-        if time.shape[0] != self.batch:
-            raise ValueError(f"{self.path} was exported for {self.batch} stream(s) per call, got {time.shape[0]}; "
-                             f"export it with --batch {time.shape[0]}")
-        return dict(zip(self.names, [t.numpy() for t in [*state, time]], strict=True))
-
-    def step(self, chunk: torch.Tensor, state: list[torch.Tensor], clock: Clock
-             ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        if clock.end is not None:  # a flush: the flush signature knows its D zero frames
-            return torch.from_numpy(self.flush_runner(**self.feeds(state, clock.time))[OUTPUT]), state
-        frames, size, time = chunk.detach().cpu().numpy(), self.frames_per_call, clock.time
-        outs = []
-        for start in range(0, frames.shape[-1], size):
-            result = self.step_runner(**{INPUT: np.ascontiguousarray(frames[..., start : start + size]),
-                                         **self.feeds(state, time)})
-            outs.append(result[OUTPUT])
-            *state, time = [torch.from_numpy(result[f"next_{name}"]) for name in self.names]
-        return torch.from_numpy(np.concatenate(outs, -1)), state
+    def run_flush(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        return self.flush_runner(**inputs)[OUTPUT]
 
 
 class LiteRTStream(Stream):

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import torch
 
-from stmc.step_graph import INPUT, GraphMetadata
-from stmc.stream import Clock, Engine, Stream
+from stmc.step_graph import GraphEngine, GraphMetadata
+from stmc.stream import Stream
 
 META = "stmc."  # the prefix of the step-graph metadata keys (stmc.step_graph) among the ONNX metadata_props
 
@@ -39,41 +38,25 @@ def session(path: str | Path, threads: int = 1):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-class OnnxEngine(Engine):
+class OnnxEngine(GraphEngine):
     """The step graph (``frames_per_call`` frames per call) and, for look-ahead models, the flush graph."""
 
     def __init__(self, path: str | Path, threads: int = 1) -> None:
         self.path = Path(path)
-        self.meta = meta = GraphMetadata(read_metadata(self.path), str(self.path))
-        self.frames_per_call, self.delay, self.n_freq = meta.frames_per_call, meta.delay, meta.n_freq
-        self.config = meta.config
-        self.dtype, self.device = torch.float32, torch.device("cpu")
+        super().__init__(GraphMetadata(read_metadata(self.path), str(self.path)))
         self.step_session = session(self.path, threads)
         types = {"tensor(float)": "float32", "tensor(int64)": "int64"}
-        meta.check_inputs({i.name: (i.shape, types.get(i.type, i.type)) for i in self.step_session.get_inputs()})
-        self.flush_session = session(self.path.parent / meta.flush, threads) if meta.flush else None
-        self.names = meta.names
+        self.meta.check_inputs({i.name: (i.shape, types.get(i.type, i.type))
+                                for i in self.step_session.get_inputs()})
+        self.outputs = [o.name for o in self.step_session.get_outputs()]
+        flush = self.meta.flush
+        self.flush_session = session(self.path.parent / flush, threads) if flush else None
 
-    def state_shapes(self) -> list[tuple[int, ...]]:
-        return self.meta.state_shapes
+    def run_step(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(self.outputs, self.step_session.run(self.outputs, inputs), strict=True))
 
-    def feeds(self, state: list[torch.Tensor], time: torch.Tensor) -> dict[str, np.ndarray]:
-        """The graphs' state inputs from the driver's state and time."""
-        return dict(zip(self.names, [t.numpy() for t in [*state, time]], strict=True))
-
-    def step(self, chunk: torch.Tensor, state: list[torch.Tensor], clock: Clock
-             ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        if clock.end is not None:  # a flush: the flush graph knows its D zero frames
-            (out,) = self.flush_session.run(None, self.feeds(state, clock.time))
-            return torch.from_numpy(out), state
-        frames, size, time = chunk.detach().cpu().numpy(), self.frames_per_call, clock.time
-        outs = []
-        for start in range(0, frames.shape[-1], size):
-            inputs = {INPUT: np.ascontiguousarray(frames[..., start : start + size]), **self.feeds(state, time)}
-            out, *rest = self.step_session.run(None, inputs)
-            outs.append(out)
-            state, time = [torch.from_numpy(a) for a in rest[:-1]], torch.from_numpy(rest[-1])
-        return torch.from_numpy(np.concatenate(outs, -1)), state
+    def run_flush(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        return self.flush_session.run(None, inputs)[0]
 
 
 def onnx_stream(path: str | Path, threads: int = 1) -> Stream:

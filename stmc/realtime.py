@@ -168,10 +168,9 @@ def build_enhancer(options: InferOptions) -> Enhancer:
     With an export (``onnx`` or ``litert``) only the STFT front end of this enhancer is used: the network runs
     from the export.
     """
+    export = export_of(options)  # refuses a checkpoint and an export together
     if options.ckpt:
-        export_of(options)  # refuses a checkpoint and an export together
         return Enhancer.from_checkpoint(options.ckpt)
-    export = export_of(options)
     if export is not None:
         runtime, path = export
         if runtime == "LiteRT":
@@ -231,12 +230,13 @@ def infer(options: InferOptions) -> int:
         raise InputError(f"{options.input}: no such file or folder")
     enhancer = build_enhancer(options)
     stream = open_stream(enhancer, options)
+    export = export_of(options)
     log.info(
         "%s model (%s), method %s%s; chunk %d samples (%.2f ms), algorithmic latency %.1f ms",
-        "checkpoint" if options.ckpt else "exported" if export_of(options) else "untrained (dry run)",
+        "checkpoint" if options.ckpt else "exported" if export else "untrained (dry run)",
         ", ".join(f"{k}={v}" for k, v in enhancer.model.config.items() if k in ("depth", "lookahead", "width")),
         options.method,
-        f" via {export_of(options)[0]}" if export_of(options) else "",
+        f" via {export[0]}" if export else "",
         size,
         1e3 * size / SAMPLE_RATE,
         1e3 * stream.latency_samples / SAMPLE_RATE,

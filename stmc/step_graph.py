@@ -9,7 +9,9 @@ A step graph is one call of an engine's pure step (:meth:`stmc.streaming.ModelEn
 ``[B]``); a new stream starts from zeros. The metadata (string values, JSON where structured) tells a runtime how
 to drive it; :func:`metadata` writes it at export, :class:`GraphMetadata` reads and checks it. The exporters
 (:mod:`stmc.export`) store it in their format's own metadata; the engines (:mod:`stmc.onnx_engine`,
-:mod:`stmc.litert_engine`) read it there.
+:mod:`stmc.litert_engine`) read it there and run the graph through :class:`GraphEngine`, which owns the per-call
+part of the contract (the feeds, the frames-per-call loop, the flush) so that a runtime only says how to run a
+graph on named inputs.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import numpy as np
 import torch
 
 from stmc.stft import HOP, N_FFT, SAMPLE_RATE
-from stmc.stream import Stream
+from stmc.stream import Clock, Engine, Stream
 from stmc.unet import UNet
 
 INPUT, OUTPUT = "frames", "out"
@@ -67,6 +70,7 @@ class GraphMetadata:
                              "export it with python -m stmc.export")
         shapes = [tuple(shape) for shape in json.loads(meta["state_shapes"])]
         self.state_shapes = shapes[:-1]  # the last one is the time's, which the driver keeps
+        self.state_dtypes: list[str] = json.loads(meta["state_dtypes"])
         self.names = state_names(len(shapes))
         self.method = meta.get("method", "stmc")
         self.frames_per_call = int(meta["frames_per_call"])
@@ -80,19 +84,63 @@ class GraphMetadata:
     def check_inputs(self, found: dict[str, tuple[list[int], str]]) -> None:
         """Raise ``ValueError`` unless the graph's inputs (name -> shape, dtype name) are what the metadata says:
         a graph and metadata that do not belong together must not stream wrong audio."""
-        dtypes = ["float32"] * len(self.state_shapes) + ["int64"]
         expected = {INPUT: ([2, self.n_freq, self.frames_per_call], "float32")}
         expected.update({name: (list(shape), dtype) for name, shape, dtype
-                         in zip(self.names, [*self.state_shapes, ()], dtypes, strict=True)})
+                         in zip(self.names, [*self.state_shapes, ()], self.state_dtypes, strict=True)})
         if set(found) != set(expected):
             raise ValueError(f"{self.source}: the graph's inputs {sorted(found)} are not those its metadata "
                              f"describes ({len(self.names)} state tensors); the metadata belongs to another graph")
         for name, (shape, dtype) in expected.items():
             got_shape, got_dtype = found[name]
-            tail = got_shape[1:]  # without the batch axis
-            if tail != shape or got_dtype != dtype:
+            batch = "batch" if self.batch is None else self.batch
+            if got_shape[1:] != shape or got_dtype != dtype or (self.batch is not None and got_shape[0] != batch):
                 raise ValueError(f"{self.source}: input {name} is {got_dtype} {got_shape}, its metadata says "
-                                 f"{dtype} {['batch', *shape]}; the metadata belongs to another graph")
+                                 f"{dtype} {[batch, *shape]}; the metadata belongs to another graph")
+
+
+class GraphEngine(Engine):
+    """An exported step graph behind the stream driver: the metadata's layout, the inputs fed from the driver's
+    state, ``frames_per_call`` frames per run, and the flush graph for a flush. A runtime subclass sets
+    ``self.meta`` (checked against its graph's inputs) and runs a graph on named numpy inputs."""
+
+    meta: GraphMetadata
+
+    def __init__(self, meta: GraphMetadata) -> None:
+        self.meta = meta
+        self.frames_per_call, self.delay, self.n_freq = meta.frames_per_call, meta.delay, meta.n_freq
+        self.config, self.method = meta.config, meta.method
+        self.dtype, self.device = torch.float32, torch.device("cpu")
+
+    def state_shapes(self) -> list[tuple[int, ...]]:
+        return self.meta.state_shapes
+
+    def run_step(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The step graph on ``frames`` and the state -> ``out`` and ``next_state_*``."""
+        raise NotImplementedError
+
+    def run_flush(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """The flush graph on the state -> ``out``, the last ``D`` frames."""
+        raise NotImplementedError
+
+    def feeds(self, state: list[torch.Tensor], time: torch.Tensor) -> dict[str, np.ndarray]:
+        """The graphs' state inputs from the driver's state and time."""
+        if self.meta.batch is not None and time.shape[0] != self.meta.batch:
+            raise ValueError(f"{self.meta.source} was exported for {self.meta.batch} stream(s) per call, got "
+                             f"{time.shape[0]}; export it with --batch {time.shape[0]}")
+        return dict(zip(self.meta.names, [t.numpy() for t in [*state, time]], strict=True))
+
+    def step(self, chunk: torch.Tensor, state: list[torch.Tensor], clock: Clock
+             ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        if clock.end is not None:  # a flush: the flush graph knows its D zero frames
+            return torch.from_numpy(self.run_flush(self.feeds(state, clock.time))), state
+        frames, size, time = chunk.detach().cpu().numpy(), self.frames_per_call, clock.time
+        outs = []
+        for start in range(0, frames.shape[-1], size):
+            result = self.run_step({INPUT: np.ascontiguousarray(frames[..., start : start + size]),
+                                    **self.feeds(state, time)})
+            outs.append(result[OUTPUT])
+            *state, time = [torch.from_numpy(result[f"next_{name}"]) for name in self.meta.names]
+        return torch.from_numpy(np.concatenate(outs, -1)), state
 
 
 def offline_error(model: UNet, stream: Stream, frames: int = 64, batch: int = 2, seed: int = 0) -> float:

@@ -74,7 +74,6 @@ class Engine:
         raise NotImplementedError
 
 
-
 class Stream:
     """The per-call contract around an :class:`Engine`; see the module docstring."""
 

@@ -66,13 +66,12 @@ class ModelEngine(Engine):
         self.load()
 
     def load(self) -> None:
-        layers = self.model.frozen()
+        self.adopt(self.model.frozen())
+
+    def adopt(self, layers: list[FrozenLayer]) -> None:
+        """Take the model's frozen layers (read at construction and at every full reset) in the engine's form."""
         self.layers = layers if self.layer_form is None else [self.layer_form(layer) for layer in layers]
         self.dtype, self.device = layers[0].bias.dtype, layers[0].bias.device
-        # tstmc=False decoder layers, streamed as transposed convolutions in time (by STMC; INC and window run
-        # every layer in its valid form)
-        self.overlap = {k: OverlapAddLayer.of(layer, self.layer_form) for k, layer in enumerate(layers)
-                        if not self.model.layers[k].tstmc}
 
     def step(self, chunk: torch.Tensor, state: list[torch.Tensor], clock: Clock
              ) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -94,6 +93,12 @@ class ModelEngine(Engine):
 class STMCEngine(ModelEngine):
     """Short-Term Memory Convolution on PyTorch operators: per-layer shift registers, per-skip delay lines."""
 
+    def adopt(self, layers: list[FrozenLayer]) -> None:
+        super().adopt(layers)
+        # tstmc=False decoder layers, streamed as transposed convolutions in time (INC and window run every layer
+        # in its valid form)
+        self.overlap = {k: OverlapAddLayer.of(layer, self.layer_form) for k, layer in enumerate(layers)
+                        if not self.model.layers[k].tstmc}
 
     def state_shapes(self) -> list[tuple[int, ...]]:
         model = self.model
@@ -133,7 +138,6 @@ class STMCEngine(ModelEngine):
         return model.walk(h, apply, join)
 
 
-
 class NativeSTMCEngine(STMCEngine):
     """STMC in one native call per chunk (:mod:`stmc.native`: the same arithmetic, the registers shifted in place).
 
@@ -145,7 +149,6 @@ class NativeSTMCEngine(STMCEngine):
         super().__init__(model)
         self.native = True
         self.native_step: NativeStep | None = None
-
 
     def load(self) -> None:
         super().load()
@@ -169,7 +172,6 @@ class NativeSTMCEngine(STMCEngine):
 
 class IncEngine(ModelEngine):
     """Incremental inference: keep the receptive field of input frames, compute only what new outputs need."""
-
 
     def state_shapes(self) -> list[tuple[int, ...]]:
         return [(sum(self.model.receptive_field), self.model.n_freq, 2)]
@@ -197,7 +199,6 @@ class IncEngine(ModelEngine):
 
 class WindowEngine(IncEngine):
     """Standard convolutions: the padded model over the last receptive-field frames, once per new frame."""
-
 
     def walk(self, h: torch.Tensor, state: list[torch.Tensor], clock: Clock) -> torch.Tensor:
         model = self.model
