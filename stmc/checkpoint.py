@@ -3,8 +3,12 @@
 A checkpoint is Lightning's dict plus one entry of ours::
 
     {"stmc": {"model_config": UNet.config, "run_config": {...} or None},
-     "state_dict": {"model.<parameter>": tensor, ...},   # the U-Net held as EnhancementModule.model
+     "state_dict": {"model.<parameter>": tensor, ...,    # the U-Net being trained (EnhancementModule.model)
+                    "ema_model.<parameter>": tensor, ...},  # its weights' moving average, where training kept one
      "global_step": int, ...}                            # Lightning's own entries
+
+The *inference weights* are the moving average where there is one (what validation scored and what the best
+checkpoint was chosen by), else the trained weights; :func:`model_state` is the one place that decides.
 
 Every value is a tensor or a Python primitive, so it loads with ``weights_only=True``: no code in the file runs.
 """
@@ -19,6 +23,7 @@ import torch
 
 KEY = "stmc"
 MODEL_PREFIX = "model."  # state_dict keys of the U-Net inside the Lightning module
+EMA_PREFIX = "ema_model."  # ... and of its exponential moving average (the inference weights when present)
 
 
 def entry(model_config: dict[str, Any], run_config: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -47,9 +52,11 @@ def save(model: torch.nn.Module, path: str | Path, run_config: dict[str, Any] | 
 
 
 def model_state(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The U-Net's own state dict out of a checkpoint's (the module prefix removed)."""
-    return {key[len(MODEL_PREFIX) :]: value for key, value in ckpt.get("state_dict", {}).items()
-            if key.startswith(MODEL_PREFIX)}
+    """The U-Net's inference weights out of a checkpoint (the module prefix removed): the moving average of the
+    weights where the checkpoint holds one, else the trained weights."""
+    state = ckpt.get("state_dict", {})
+    prefix = EMA_PREFIX if any(key.startswith(EMA_PREFIX) for key in state) else MODEL_PREFIX
+    return {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
 
 
 def read(path: str | Path, map_location: str = "cpu") -> dict[str, Any]:

@@ -13,10 +13,11 @@ wasted.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -65,6 +66,39 @@ class TemporalLayer(nn.Module):
     def taps(self) -> int:
         """Time kernel size: ``past + 1 + future`` frames."""
         return self.past + 1 + self.future
+
+    def time_tap(self, offset: int) -> torch.Tensor:
+        """A view of the convolution weight's taps at time ``offset`` (``-past .. future``; 0 = the output's own
+        frame), laid out ``[C, C', 5]`` for decoder layers in either form and ``[C', C, 5]`` for encoder layers."""
+        if not -self.past <= offset <= self.future:
+            raise ValueError(f"time offset {offset} is outside this layer's context -{self.past}..{self.future}")
+        weight = self.conv.weight
+        if not self.transposed:
+            return weight[..., self.past + offset]
+        if not self.tstmc:  # a transposed convolution in time: its last axis runs from the newest tap
+            return weight[..., self.future - offset]
+        j = self.past + offset  # tSTMC: taps stacked as input channels, oldest first
+        return weight[j * self.in_channels : (j + 1) * self.in_channels, ..., 0]
+
+    @torch.no_grad()
+    def initialize(self, key: Sequence[int]) -> None:
+        """Draw the convolution's weights and bias with common random numbers: each time tap (and the bias) from
+        its own generator keyed by ``key`` and the tap's time offset, uniform within ``1/sqrt(fan_in)``, PyTorch's
+        default bound for the layer's *causal* tSTMC form. Two layers that differ only in look-ahead then share
+        their past and present taps exactly (the future tap is the only new draw), and a ``tstmc=False`` decoder
+        layer starts as the same linear map as its tSTMC twin. BatchNorm and PReLU keep their constant values."""
+        # PyTorch's fan-in: a transposed convolution's output channels x its kernel (time kernel 1 in tSTMC form)
+        inputs = self.out_channels if self.transposed else self.in_channels * (self.past + 1)
+        bound = (inputs * FREQ_KERNEL) ** -0.5
+
+        def draw(tensor: torch.Tensor, *part: int) -> None:
+            seed = int(np.random.SeedSequence([*key, *part]).generate_state(1, np.uint64)[0] >> 1)
+            values = torch.rand(tensor.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+            tensor.copy_((2 * values - 1) * bound)
+
+        for offset in range(-self.past, self.future + 1):
+            draw(self.time_tap(offset), 0, offset + self.past)
+        draw(self.conv.bias, 1)
 
     def out_bins(self, bins: int) -> int:
         """Frequency bins of the output for ``bins`` input bins (halved by the encoder, doubled by the decoder)."""

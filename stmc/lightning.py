@@ -7,9 +7,11 @@ checkpoint carries :mod:`stmc.checkpoint`'s entry, which is all ``stmc.Enhancer.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 import random
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -124,6 +126,39 @@ def spectrogram_image(stft: STFT, waves: Mapping[str, torch.Tensor]) -> np.ndarr
     return image
 
 
+class TrainingClock(pl.Callback):
+    """Logs ``time/train_cpu_minutes`` at each validation: this process's CPU time spent outside validation
+    since the fit began (all threads; kept across a resume), the x axis of a learning curve at equal compute."""
+
+    def __init__(self) -> None:
+        self.spent = 0.0  # CPU seconds of training before the current stretch
+        self.mark: float | None = None  # process time at the start of the current stretch of training
+        self.paused = False
+
+    def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self.mark = time.process_time()
+
+    def on_validation_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self.paused = self.mark is not None
+        if self.paused:
+            self.spent += time.process_time() - self.mark
+            self.mark = None
+
+    def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if self.paused:  # a validation inside the fit: training goes on
+            self.mark = time.process_time()
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        module.log("time/train_cpu_minutes", self.spent / 60)
+
+    def state_dict(self) -> dict[str, float]:
+        running = time.process_time() - self.mark if self.mark is not None else 0.0
+        return {"spent": self.spent + running}
+
+    def load_state_dict(self, state_dict: dict[str, float]) -> None:
+        self.spent = float(state_dict["spent"])
+
+
 class EnhancementModule(pl.LightningModule):
     """Train ``model`` (a :class:`stmc.UNet`) to mask the noisy STFT so that the iSTFT matches the clean speech.
 
@@ -132,6 +167,11 @@ class EnhancementModule(pl.LightningModule):
     script: the resolved training config, plain data) is stored in the checkpoint next to the model config.
     ``channels_last`` stores the convolution weights channels-last, which the CPU (oneDNN) and GPU (cuDNN)
     convolutions run faster (~12 % per training step on CPU); the checkpoint's values are the same.
+
+    ``ema_decay`` > 0 keeps an exponential moving average of the weights and buffers (``self.ema_model``, decay
+    ``min(ema_decay, (1 + step) / (10 + step))`` so that early steps are not averaged with the initial values).
+    The average is the *inference* model: validation, the best-checkpoint choice, the test and every reader of
+    the checkpoint (:func:`stmc.checkpoint.model_state`) use it; ``val/si_snri_raw`` scores the trained weights.
     """
 
     def __init__(
@@ -142,26 +182,52 @@ class EnhancementModule(pl.LightningModule):
         spectral_weight: float = 0.0,
         audio_examples: int = 2,
         channels_last: bool = True,
+        ema_decay: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0 <= ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1) (0 = no moving average), got {ema_decay}")
         # only primitives go into the checkpoint's hyper_parameters (weights_only loading)
         self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"])
         self.model = model
+        self.ema_model = copy.deepcopy(model).requires_grad_(False) if ema_decay else None
         self.stft = STFT()
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.run_config: dict[str, Any] = {}
-        self.val_si_snr, self.val_si_snri = MeanMetric(), MeanMetric()
+        self.val_si_snr, self.val_si_snri, self.val_si_snri_raw = MeanMetric(), MeanMetric(), MeanMetric()
         self.test_rows: list[dict[str, Any]] = []
         self.step_budget = math.inf
 
     def setup(self, stage: str) -> None:
         if self.hparams.channels_last:
             self.model.to(memory_format=torch.channels_last)
+            if self.ema_model is not None:
+                self.ema_model.to(memory_format=torch.channels_last)
 
     # -- the model --
-    def forward(self, noisy: torch.Tensor) -> torch.Tensor:
-        """Noisy waveform ``[B, N]`` -> enhanced waveform ``[B, N]`` (STFT, complex mask, iSTFT)."""
-        return Enhancer(self.model, self.stft)(noisy)
+    @property
+    def inference_model(self) -> UNet:
+        """The weights that are validated, tested and read from the checkpoint: the moving average if kept."""
+        return self.ema_model if self.ema_model is not None else self.model
+
+    def forward(self, noisy: torch.Tensor, model: UNet | None = None) -> torch.Tensor:
+        """Noisy waveform ``[B, N]`` -> enhanced waveform ``[B, N]`` (STFT, complex mask, iSTFT) by ``model``,
+        the inference model by default."""
+        return Enhancer(model if model is not None else self.inference_model, self.stft)(noisy)
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """One step of the moving average towards the current weights (float buffers too; counters copied)."""
+        if self.ema_model is None:
+            return
+        decay = min(self.hparams.ema_decay, (1 + self.global_step) / (10 + self.global_step))
+        for average, current in zip(self.ema_model.parameters(), self.model.parameters(), strict=True):
+            average.lerp_(current, 1 - decay)
+        for average, current in zip(self.ema_model.buffers(), self.model.buffers(), strict=True):
+            if average.is_floating_point():
+                average.lerp_(current, 1 - decay)
+            else:
+                average.copy_(current)
 
     def spectral_loss(self, estimate: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
         """MSE of the power-law compressed complex spectra plus MSE of their magnitudes (exponent ``compress``)."""
@@ -174,7 +240,7 @@ class EnhancementModule(pl.LightningModule):
     # -- training --
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         noisy, clean, length = batch["noisy"], batch["clean"], batch["length"]
-        estimate = self(noisy)
+        estimate = self(noisy, self.model)
         score = si_snr(estimate.float(), clean, length).mean()
         loss = -score
         if self.hparams.spectral_weight:
@@ -190,6 +256,9 @@ class EnhancementModule(pl.LightningModule):
         norm = torch.nn.utils.get_total_norm(grads)
         self.stop_unless_finite(norm, "gradient norm")
         self.log("train/grad_norm", norm)
+
+    def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
+        self.update_ema()
 
     def stop_unless_finite(self, value: torch.Tensor, what: str) -> None:
         """Raise :class:`NonFiniteLossError` if ``value`` is NaN/Inf on any process (all ranks stop together)."""
@@ -213,7 +282,7 @@ class EnhancementModule(pl.LightningModule):
         return min(used, 1.0)
 
     def configure_optimizers(self) -> Optimizer | dict[str, Any]:
-        optimizer = self.optimizer_factory(self.parameters())
+        optimizer = self.optimizer_factory(self.model.parameters())
         if self.scheduler_factory is None:
             return optimizer
         self.step_budget = float(self.trainer.estimated_stepping_batches)
@@ -226,11 +295,14 @@ class EnhancementModule(pl.LightningModule):
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         noisy, clean, length = batch["noisy"], batch["clean"], batch["length"]
         estimate = self(noisy).float()
-        score = si_snr(estimate, clean, length)
+        score, before = si_snr(estimate, clean, length), si_snr(noisy, clean, length)
         self.val_si_snr.update(score)
-        self.val_si_snri.update(score - si_snr(noisy, clean, length))
+        self.val_si_snri.update(score - before)
         self.log("val/si_snr", self.val_si_snr)
         self.log("val/si_snri", self.val_si_snri, prog_bar=True)
+        if self.ema_model is not None:
+            self.val_si_snri_raw.update(si_snr(self(noisy, self.model).float(), clean, length) - before)
+            self.log("val/si_snri_raw", self.val_si_snri_raw)
         if batch_idx == 0:
             self.log_examples(batch, estimate)
 
@@ -304,5 +376,13 @@ class EnhancementModule(pl.LightningModule):
         checkpoint["rng_states"] = rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("state_dict", {})
+        if self.ema_model is not None and not any(k.startswith(ckpt_format.EMA_PREFIX) for k in state):
+            # resuming a run saved without a moving average: the average starts from the saved weights
+            for key in [k for k in state if k.startswith(ckpt_format.MODEL_PREFIX)]:
+                state[ckpt_format.EMA_PREFIX + key[len(ckpt_format.MODEL_PREFIX):]] = state[key].clone()
+        if self.ema_model is None:  # resuming without a moving average: the saved one is dropped
+            for key in [k for k in state if k.startswith(ckpt_format.EMA_PREFIX)]:
+                del state[key]
         if "rng_states" in checkpoint:
             set_rng_states(checkpoint["rng_states"])

@@ -92,16 +92,23 @@ class UNet(nn.Module):
             self.config["tstmc"] = False
         self.depth, self.n_freq, self.compress = depth, n_freq, compress
         ahead = set(lookahead_placement(2 * depth, lookahead, lookahead_layers))
+        # common random numbers: one draw from the global generator keys every initial weight, whatever the
+        # architecture, so a seed gives look-ahead variants the same shared weights and the same random stream after
+        # the model is built (the same data order); see TemporalLayer.initialize
+        init_key = int(torch.randint(0, 2**62, (1,)))
         layers = []
-        for level in range(depth):
-            cin = 2 if level == 0 else widths[level - 1]
-            layers.append(TemporalLayer(cin, widths[level], 1, int(level in ahead), False))
-        for j in range(depth):
-            level = depth - 1 - j
-            cin = widths[level] * (1 if j == 0 else 2)
-            final = level == 0
-            cout = 2 if final else widths[level - 1]
-            layers.append(TemporalLayer(cin, cout, 1, int(depth + j in ahead), True, final, tstmc))
+        with torch.random.fork_rng(devices=[]):  # the modules' own default initialisation leaves no trace
+            for level in range(depth):
+                cin = 2 if level == 0 else widths[level - 1]
+                layers.append(TemporalLayer(cin, widths[level], 1, int(level in ahead), False))
+            for j in range(depth):
+                level = depth - 1 - j
+                cin = widths[level] * (1 if j == 0 else 2)
+                final = level == 0
+                cout = 2 if final else widths[level - 1]
+                layers.append(TemporalLayer(cin, cout, 1, int(depth + j in ahead), True, final, tstmc))
+        for k, layer in enumerate(layers):
+            layer.initialize((init_key, k))
         self.layers = nn.ModuleList(layers)
         # decoder layer index -> encoder layer whose output is concatenated to its input
         self.joins = {depth + j: depth - 1 - j for j in range(1, depth)}

@@ -200,22 +200,48 @@ def test_bf16_mixed_precision_fit(corpus, tmp_path, monkeypatch, compose_train):
     assert math.isfinite(metrics["train/loss"])
 
 
-@pytest.mark.parametrize(("supported", "chosen"), [(True, "bf16-mixed"), (False, "32-true")])
-def test_cpu_precision_auto_follows_the_cpu(supported, chosen, monkeypatch, compose_train):
+@pytest.mark.parametrize(
+    ("supported", "seconds", "chosen"),
+    [
+        (True, {"32-true": 0.20, "bf16-mixed": 0.23}, "32-true"),  # the Zen 4 case: bf16 kernels, fp32 faster
+        (True, {"32-true": 0.20, "bf16-mixed": 0.12}, "bf16-mixed"),
+        (False, {}, "32-true"),  # no bf16 kernels: nothing to measure
+    ],
+)
+def test_cpu_precision_auto_takes_the_faster_measured_step(supported, seconds, chosen, monkeypatch, compose_train):
+    """precision=auto is chosen by timing, not by the CPU's flags; without bf16 kernels nothing is timed."""
     monkeypatch.setattr("stmc.training.cpu_supports_bf16", lambda: supported)
+    probed = []
     cfg = compose_train(["trainer=cpu"])
     assert cfg.trainer.precision == "auto"
-    resolve_precision(cfg.trainer)
+    resolve_precision(cfg, probe=lambda p: probed.append(p) or seconds[p])
     assert cfg.trainer.precision == chosen
+    assert sorted(probed) == sorted(seconds)
+
+
+def test_explicit_precision_wins_over_the_measurement(monkeypatch, compose_train):
+    monkeypatch.setattr("stmc.training.cpu_supports_bf16", lambda: True)
+    cfg = compose_train(["trainer=cpu", "trainer.precision=bf16-mixed"])
+    resolve_precision(cfg, probe=lambda p: pytest.fail("an explicit precision must not be measured"))
+    assert cfg.trainer.precision == "bf16-mixed"
+
+
+def test_precision_probe_times_a_real_step(compose_train):
+    """The default probe runs the configured model forward and backward and returns a positive duration."""
+    from stmc.training import step_seconds
+
+    cfg = compose_train(["trainer=cpu", "model.width=0.25", "model.depth=3", "data.segment_seconds=0.25",
+                         "data.batch_size=1"])
+    assert 0 < step_seconds(cfg, "32-true", steps=1, warmup=0) < 60
 
 
 def test_explicit_bf16_on_a_cpu_without_bf16_kernels_is_a_config_error(monkeypatch, compose_train):
     monkeypatch.setattr("stmc.training.cpu_supports_bf16", lambda: False)
     cfg = compose_train(["trainer=cpu", "trainer.precision=bf16-mixed"])
     with pytest.raises(ConfigError, match=r"trainer.precision=bf16-mixed: this CPU has no bf16 kernels"):
-        resolve_precision(cfg.trainer)
+        resolve_precision(cfg)
     explicit = compose_train(["trainer=cpu", "trainer.precision=32-true"])
-    resolve_precision(explicit.trainer)  # an explicit fp32 stays
+    resolve_precision(explicit)  # an explicit fp32 stays
     assert explicit.trainer.precision == "32-true"
 
 
@@ -297,3 +323,42 @@ def test_every_cpu_trainer_option_fits_one_step(trainer, corpus, tmp_path, compo
     processes is the slow test above)."""
     metrics = train(compose_train(tiny_run(corpus, tmp_path, f"trainer={trainer}", "model.width=0.25")))
     assert math.isfinite(metrics["train/loss"])
+
+
+def test_moving_average_is_what_the_checkpoint_serves_and_exports(corpus, tmp_path, compose_train):
+    """With module.ema_decay the checkpoint holds the trained weights and their moving average; every reader
+    (Enhancer.from_checkpoint, hence evaluate.py, stream_infer.py and the export) gets the average, and the
+    best checkpoint is chosen by the average's validation score."""
+    from stmc import checkpoint as ckpt_format
+    from stmc.export import load_model
+
+    metrics = train(compose_train(tiny_run(corpus, tmp_path, "model.width=0.25", "module.ema_decay=0.5",
+                                           "trainer.max_steps=3")))
+    assert math.isfinite(metrics["val/si_snri"]) and math.isfinite(metrics["val/si_snri_raw"])
+    saved = torch.load(checkpoint(tmp_path, "last"), weights_only=True)
+    raw = {k[len("model."):]: v for k, v in saved["state_dict"].items() if k.startswith("model.")}
+    ema = {k[len("ema_model."):]: v for k, v in saved["state_dict"].items() if k.startswith("ema_model.")}
+    assert raw.keys() == ema.keys()
+    assert not torch.equal(raw["layers.0.conv.weight"], ema["layers.0.conv.weight"])
+    for served in (stmc.Enhancer.from_checkpoint(checkpoint(tmp_path, "last")).model,
+                   load_model(str(checkpoint(tmp_path, "last")), 7, 0, 1.0, 0)):
+        assert all(torch.equal(served.state_dict()[k], ema[k]) for k in ema)
+    assert ckpt_format.model_state(saved).keys() == ema.keys()
+
+
+def test_moving_average_update_follows_its_formula():
+    """One update moves each weight a fraction 1 - min(decay, (1 + step) / (10 + step)) towards the trained one;
+    integer buffers (BatchNorm's counter) are copied."""
+    from stmc.lightning import EnhancementModule
+    from stmc.unet import UNet
+
+    module = EnhancementModule(UNet(depth=2, width=0.25, n_freq=65), torch.optim.Adam, ema_decay=0.9)
+    before = module.ema_model.layers[0].conv.weight.clone()
+    with torch.no_grad():
+        module.model.layers[0].conv.weight.add_(1.0)
+        module.model.layers[0].norm.num_batches_tracked.fill_(7)
+    module.update_ema()  # global_step 0: decay min(0.9, 1 / 10) = 0.1
+    expected = 0.1 * before + 0.9 * module.model.layers[0].conv.weight
+    assert torch.allclose(module.ema_model.layers[0].conv.weight, expected, atol=1e-6)
+    assert int(module.ema_model.layers[0].norm.num_batches_tracked) == 7
+    assert all(not p.requires_grad for p in module.ema_model.parameters())
