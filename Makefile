@@ -27,7 +27,7 @@ lint: venv
 	$(VENV)/bin/ruff check .
 
 bench: venv
-	$(PY) -m stmc.bench
+	$(PY) -m stmc.bench.speed
 
 # The LiteRT converter (requirements-litert.txt, ~1 GB) in a venv of its own on top of .venv (a .pth file adds
 # .venv's site-packages after its own), then the tests that need it: LiteRT export of the stmc, inc and window
@@ -51,11 +51,11 @@ litert: litert-venv
 
 # The demo corpus, built from Debian packages into demo_corpus/ (a no-op when it is already there).
 # `apt-deps` installs the missing packages when run as root (CI) and prints the command otherwise; g++ too,
-# which compiles the native STMC step (stmc/native.py) and torch.compile's kernels.
+# which compiles the native STMC step (stmc/stream/native.py) and torch.compile's kernels.
 .PHONY: apt-deps corpus
 
 apt-deps:
-	@missing="$$(python3 -m data.demo packages --missing) $$(command -v g++ >/dev/null || echo g++)"; \
+	@missing="$$(python3 -m stmc.data.demo packages --missing) $$(command -v g++ >/dev/null || echo g++)"; \
 	missing="$$(echo $$missing)"; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" != 0 ]; then \
@@ -75,7 +75,7 @@ browser-deps:
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
 
 corpus: venv apt-deps
-	$(PY) -m data.demo build --root demo_corpus
+	$(PY) -m stmc.data.demo build --root demo_corpus
 
 # The main job on a fresh machine: .venv, the demo corpus, then the quickstart U-Net trained on CPU for a fixed
 # wall-clock budget and scored on the test splits (README "Training"); then the newest quickstart checkpoint
@@ -88,7 +88,7 @@ quickstart: corpus
 	$(PY) evaluate.py "checkpoints=[outputs/quickstart]" newest=true "splits=[test_real]" chunk=1 \
 		"metrics=[si_snri,pesq,stoi]" hydra.run.dir=$(QS_EVAL)
 	$(PY) -m scripts.speed_table --results $(QS_EVAL) --out $(QS_EVAL) --rounds 3 --hops 10 --onnx
-	$(PY) -m stmc.evaluation.report $(QS_EVAL) --speed-table $(QS_EVAL)/speed_table.md
+	$(PY) -m stmc.evaluation.listening_report $(QS_EVAL) --speed-table $(QS_EVAL)/speed_table.md
 
 # The paper's chain at CPU scale (look-ahead and size sweeps, evaluation, speed table, figures) in one folder,
 # ~71 min of CPU on 2 idle cores (101 min wall measured on a busy one): outputs/mini/index.md.

@@ -1,49 +1,7 @@
-"""Train a U-Net speech enhancer from the Hydra configs in ``configs/``: ``python train.py experiment=quickstart``.
+"""``python train.py experiment=quickstart``: the training command line from a checkout (installed: ``stmc-train``).
+See :mod:`stmc.apps.train`."""
 
-Everything happens in :func:`stmc.training.train`; this file only handles the command line. A config mistake
-exits with status 2 and one line on stderr; a diverged run (NaN/Inf loss) exits with status 1.
-"""
-
-import shutil
-import sys
-from pathlib import Path
-
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
-
-import stmc.configs  # noqa: F401 (registers the --help resolver)
-from stmc.training import ConfigError, TrainingStopped, check_overrides, train
-
-
-def fail(err: Exception, status: int) -> None:
-    """Print ``err`` as one line on stderr and exit with ``status``."""
-    print(f"error: {err}", file=sys.stderr)
-    sys.exit(status)
-
-
-def remove_if_untouched(folder: Path) -> None:
-    """Remove a run folder that holds only what Hydra wrote at the start (a config mistake stopped the run before
-    anything else), so that mistakes leave no empty runs behind (``ckpt_path=last`` and evaluate.py look there)."""
-    if folder.is_dir() and {p.name for p in folder.iterdir()} <= {".hydra", "train.log"}:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-@hydra.main(version_base="1.3", config_path="configs", config_name="train")
-def main(cfg: DictConfig) -> None:
-    """Train one run (Hydra calls this once per job of a sweep)."""
-    try:
-        train(cfg)
-    except ConfigError as err:
-        remove_if_untouched(Path(HydraConfig.get().runtime.output_dir))
-        fail(err, 2)
-    except TrainingStopped as err:
-        fail(err, 1)
-
+from stmc.apps.train import cli
 
 if __name__ == "__main__":
-    try:
-        check_overrides(sys.argv[1:])
-    except ConfigError as err:
-        fail(err, 2)
-    main()
+    cli()

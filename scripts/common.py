@@ -11,8 +11,8 @@ from typing import Any
 import torch
 
 from stmc.evaluation.settings import ALL, OFFLINE
-from stmc.io import atomic_write
-from stmc.unet import UNet
+from stmc.files import atomic_write
+from stmc.model.unet import UNet
 
 
 def results_files(paths: Iterable[str | Path]) -> list[Path]:

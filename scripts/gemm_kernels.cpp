@@ -1,7 +1,7 @@
 // Times the one-frame GEMMs of a streamed hop with two kernels libtorch_cpu carries: the BLAS sgemm_ behind
 // torch.mm (MKL in the x86 wheels) and at::native::cpublas::brgemm (oneDNN's JIT micro-kernel on AVX2 CPUs),
 // which the native STMC step uses. Driven by scripts/gemm_kernels.py (shapes from the model, compiled by
-// stmc.native.build).
+// stmc.stream.native.build).
 #include <algorithm>
 #include <chrono>
 #include <cstdint>

@@ -7,7 +7,7 @@ Each temporal layer of a one-frame STMC hop is one GEMM: encoder layers ``[bins_
 [taps*5*C_in, C_out]``, decoder layers ``[bins_in, taps*C_in] @ [taps*C_in, 5*C_out]`` (shapes read from the
 model's frozen layers). This times them with the two kernels libtorch_cpu carries: the BLAS ``sgemm_`` behind
 ``torch.mm`` (MKL in the x86 wheels) and ``at::native::cpublas::brgemm`` (oneDNN's JIT micro-kernel on AVX2
-CPUs), which the native STMC step (``stmc/native.py``) uses. One thread; rounds alternate the kernels over the
+CPUs), which the native STMC step (``stmc/stream/native.py``) uses. One thread; rounds alternate the kernels over the
 whole chain; medians. It says how much of the native step's speed is the kernel, on the CPU at hand.
 """
 
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from stmc.layers import FREQ_STRIDE
-from stmc.native import build
-from stmc.unet import UNet
+from stmc.model.layers import FREQ_STRIDE
+from stmc.model.unet import UNet
+from stmc.stream.native import build
 
 SOURCE = Path(__file__).with_name("gemm_kernels.cpp")
 

@@ -4,7 +4,7 @@
     python -m scripts.gpu_check --corpus /data/demo --steps 200 --batches 1 64 256
 
 1. ``trainer=gpu`` (bf16-mixed): ``--steps`` optimizer steps of the default causal U-Net (batch 8 x 2 s) through
-   ``stmc.training.train``, timed with ``scripts.train_throughput.PhaseTimer``: steps/s and peak GPU memory.
+   ``stmc.training.run.train``, timed with ``scripts.train_throughput.PhaseTimer``: steps/s and peak GPU memory.
 2. ``trainer=ddp`` on one device: a short fit through the same entry point (the strategy, its launcher and
    synchronised BatchNorm run end to end).
 3. STMC streaming on CUDA (the engine on PyTorch operators: the native step is CPU-only) of the default causal
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         corpus, note = args.corpus, str(args.corpus)
         if not (corpus / "train").is_dir():
-            from data.synthetic import demo_like_tree
+            from stmc.data.synthetic import demo_like_tree
 
             corpus, note = Path(scratch) / "corpus", f"generated (no demo corpus at {args.corpus})"
             demo_like_tree(corpus, train_files=24, seconds=4.0)
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     text = report(fits, streams, device, note)
     print(text)
     if args.out:
-        from stmc.io import atomic_write
+        from stmc.files import atomic_write
 
         args.out.mkdir(parents=True, exist_ok=True)
         atomic_write(args.out / "gpu_check.md", text + "\n")

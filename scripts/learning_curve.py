@@ -9,7 +9,7 @@ recipe, one CSV, one plot and one summary table; the tool behind the recipe stud
 Each (recipe, seed) is one ``train.py`` run (a fresh process, ``logger=csv``, no test) in
 ``<out>/<recipe>/seed<N>/``; recipes are the given overrides (``base``) and each ``--vary`` on top of them, run
 interleaved by seed so that machine drift hits every recipe alike. The runs validate every ``--every`` steps
-(``trainer.val_check_interval``); :class:`stmc.lightning.TrainingClock` logs the CPU time spent training (not
+(``trainer.val_check_interval``); :class:`stmc.training.module.TrainingClock` logs the CPU time spent training (not
 validating) at each validation. With ``module.ema_decay`` > 0 a run gives two curves: the moving average
 (``val/si_snri``, the inference weights) and the trained weights (``val/si_snri_raw``), on the same steps.
 
@@ -30,7 +30,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from stmc.io import atomic_write
+from stmc.files import atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]
 FIELDS = ("recipe", "weights", "seed", "step", "cpu_minutes", "si_snri")

@@ -35,8 +35,8 @@ from typing import Any
 from scipy import stats
 
 from scripts.common import evaluated_models, write_csv
-from stmc.io import atomic_write
-from stmc.stft import HOP, SAMPLE_RATE
+from stmc.files import atomic_write
+from stmc.model.stft import HOP, SAMPLE_RATE
 
 PAPER = {"first_frame_gain_db": 0.177, "last_frame_gain_db": 0.019, "causal_loss_percent": 6.0}
 

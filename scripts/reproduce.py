@@ -1,7 +1,7 @@
 """Run a reproduction preset end to end into one folder: train the sweeps, evaluate every run offline and
 streamed, then the speed table (Table 1), the look-ahead figure (Figure 5) and the model-size figure (Figure 4).
 
-    python -m scripts.reproduce mini              # CPU, demo corpus, ~71-101 min on 2 cores (configs/preset/mini.yaml)
+    python -m scripts.reproduce mini              # CPU, demo corpus (stmc/conf/preset/mini.yaml)
     python -m scripts.reproduce paper out=/scratch/stmc data_root=/data/DNS-Challenge    # SLURM (preset/paper.yaml)
     python -m scripts.reproduce mini --dry-run    # print the commands, run nothing
 
@@ -31,10 +31,11 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from stmc.io import atomic_write
+from stmc.apps.configs import CONFIG_DIR
+from stmc.files import atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]
-PRESETS = ROOT / "configs" / "preset"
+PRESETS = CONFIG_DIR / "preset"
 DONE = ".done"
 
 
@@ -63,7 +64,7 @@ def shell_word(arg: str) -> str:
 
 
 def load_preset(name: str, overrides: Sequence[str] = ()) -> DictConfig:
-    """``configs/preset/<name>.yaml`` with dot-list overrides; missing values (``???``) are an error here."""
+    """``stmc/conf/preset/<name>.yaml`` with dot-list overrides; missing values (``???``) are an error here."""
     path = PRESETS / f"{name}.yaml"
     if not path.is_file():
         choices = ", ".join(sorted(p.stem for p in PRESETS.glob("*.yaml")))
@@ -211,7 +212,7 @@ def index(cfg: DictConfig, out: Path, commands: Sequence[Command], wall: float, 
 def index_html(cfg: DictConfig, out: Path, commands: Sequence[Command], wall: float, cpu: float) -> str:
     """``index.html``: what ran and how long, a link to the evaluation's listening report, the figures and the
     speed table (the same facts as ``index.md``, as a static page beside it)."""
-    from stmc.evaluation.report import STYLE, esc, href, markdown_table, table
+    from stmc.evaluation.listening_report import STYLE, esc, href, markdown_table, table
 
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              f"<title>{esc(cfg.name)} preset</title><style>{STYLE}</style></head><body>",
@@ -241,7 +242,7 @@ def index_html(cfg: DictConfig, out: Path, commands: Sequence[Command], wall: fl
 def finish(cfg: DictConfig, out: Path, commands: Sequence[Command], wall: float, cpu: float) -> None:
     """The preset's summaries, whatever ran: the evaluation's report re-rendered with the figures and the speed
     table, ``index.md``, ``index.html`` and ``timings.json``."""
-    from stmc.evaluation.report import write_page
+    from stmc.evaluation.listening_report import write_page
 
     evaluation = out / "evaluate"
     if (evaluation / "results.json").is_file():
@@ -258,7 +259,7 @@ def finish(cfg: DictConfig, out: Path, commands: Sequence[Command], wall: float,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m scripts.reproduce", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("preset", help="a file in configs/preset: mini | paper")
+    parser.add_argument("preset", help="a file in stmc/conf/preset: mini | paper")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the preset")
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")
     args = parser.parse_args(argv)

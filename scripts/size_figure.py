@@ -8,7 +8,7 @@ Four panels against the model size (MB of float32 inference weights): A) SI-SNRi
 each width (offline; STMC and INC give the same output), B) peak-memory gain of STMC over INC, 1 - STMC / INC
 (peak = weights + state + the step's largest live intermediates), C) inference time per hop of STMC and INC
 (mean over the timed steps), D) STMC speed-up over INC, 1 - time STMC / time INC (the paper: ~81 %, ~74 % at
-<= 1.32 MB; its peak-memory gain falls from 16 % to 11 %). Speed and memory come from ``stmc.bench.measure``
+<= 1.32 MB; its peak-memory gain falls from 16 % to 11 %). Speed and memory come from ``stmc.bench.speed.measure``
 (one thread, one hop per call, interleaved rounds) on every width given, trained or not: they do not depend
 on the weights. Writes ``size.png``, ``size.csv`` and ``size.json``.
 """
@@ -25,8 +25,8 @@ from typing import Any
 import torch
 
 from scripts.common import architecture, evaluated_models, weight_bytes, write_csv
-from stmc.bench import measure
-from stmc.io import atomic_write
+from stmc.bench.speed import measure
+from stmc.files import atomic_write
 
 WIDTHS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
 PAPER = {"speed_up_percent": 81.0, "speed_up_small_percent": 74.0, "small_mb": 1.32,

@@ -4,7 +4,7 @@
     python -m scripts.speed_table --rounds 3 --hops 10                                  # timing only, quicker
     .venv-litert/bin/python -m scripts.speed_table --litert --out outputs/speed         # + the LiteRT rows
 
-Timing, MACs and memory come from the benchmark library (``stmc.bench.measure``): one thread, one hop (256
+Timing, MACs and memory come from the benchmark library (``stmc.bench.speed.measure``): one thread, one hop (256
 samples, 16 ms) per call, methods interleaved in rounds so that background load hits them alike, medians and
 ratios from that one run. Columns (the definitions every report of this project uses):
 
@@ -16,10 +16,10 @@ ratios from that one run. Columns (the definitions every report of this project 
 - peak memory = weights + the stream's state + the most bytes its step allocates at once (not visible inside
   onnxruntime, nor the MACs: ``—`` in that row); for LiteRT rows (``--litert``), the growth of the peak resident
   memory of the process that streams it, from its start to the end of the timed run, as TFLite's benchmark tool
-  reports it (:mod:`stmc.litert_bench`);
+  reports it (:mod:`stmc.bench.litert`);
 - model size = the inference weights (float32, BatchNorm folded); MACs per hop are counted, not derived.
 
-STMC runs its native step (``stmc.native``) where it can; ``STMC (tSTMC), PyTorch ops`` is the same engine on
+STMC runs its native step (``stmc.stream.native``) where it can; ``STMC (tSTMC), PyTorch ops`` is the same engine on
 PyTorch operators, as INC and standard run, so its ratios separate the algorithm from the kernel. For the causal
 model, ``STMC (without tSTMC), PyTorch ops`` streams the same architecture with ``tstmc=False`` (the decoder
 transposed in time, streamed by overlap-add); the tSTMC latency gain and peak-memory ratio compare it with the
@@ -44,11 +44,11 @@ from typing import Any
 import torch
 
 from scripts.common import architecture, depth_of, evaluated_models, mean_si_snri, weight_bytes, write_csv
-from stmc.bench import ABLATION, OPS, Row, floor_row, measure
-from stmc.io import atomic_write
-from stmc.native import unavailable as native_unavailable
-from stmc.stft import HOP, N_FFT, SAMPLE_RATE
-from stmc.unet import UNet
+from stmc.bench.speed import ABLATION, OPS, Row, floor_row, measure
+from stmc.files import atomic_write
+from stmc.model.stft import HOP, N_FFT, SAMPLE_RATE
+from stmc.model.unet import UNet
+from stmc.stream.native import unavailable as native_unavailable
 
 MODELS = ("causal", "non-causal")  # look-ahead 0 and 2 x depth (14 frames for the paper's depth 7)
 LABELS = {"window": "standard (window)", "inc": "INC", "stmc": "STMC (tSTMC)", "full": "offline ÷ frames (floor)"}

@@ -6,7 +6,7 @@ in forward, backward and the optimizer, and the MAC rate reached against this ma
     python -m scripts.train_throughput experiment=quickstart trainer.precision=32-true --rounds 5 --steps 40
     python -m scripts.train_throughput experiment=quickstart --vary threads=1 --vary threads=2   # settings side by side
 
-Each measurement is a fresh ``train.py``-equivalent process (``stmc.training.train`` with the given overrides,
+Each measurement is a fresh ``train.py``-equivalent process (``stmc.training.run.train`` with the given overrides,
 no validation, no test) that times ``--steps`` optimizer steps after ``--warmup`` steps with Lightning hooks:
 *data* is the loop's time between one step's end and the next step's start (fetching the batch), *forward*
 runs up to the loss, *backward* is ``loss.backward()``, *optimizer* is gradient norm, clipping, the optimizer
@@ -34,7 +34,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from stmc.throughput import gemm_rate
+from stmc.bench.throughput import gemm_rate
 
 ROOT = Path(__file__).resolve().parents[1]
 PHASES = ("data", "forward", "backward", "optimizer")
@@ -97,8 +97,8 @@ def timed_fit(overrides: list[str], warmup: int, steps: int, folder: Path) -> tu
     from hydra import compose, initialize_config_dir
     from omegaconf import open_dict
 
-    from stmc.configs import CONFIG_DIR
-    from stmc.training import train
+    from stmc.apps.configs import CONFIG_DIR
+    from stmc.training.run import train
 
     folder.mkdir(parents=True, exist_ok=True)
     record = folder / "timing.json"
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nsteps/s, this checkout ÷ {args.against}: median {statistics.median(ratios):.2f}x "
               f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)})")
     if args.json:
-        from stmc.io import atomic_write
+        from stmc.files import atomic_write
 
         atomic_write(args.json, json.dumps(results, indent=1) + "\n")
     return 0

@@ -22,9 +22,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from data.synthetic import demo_like_tree
-from stmc import checkpoint, native
-from stmc.configs import CONFIG_DIR
+from stmc.apps.configs import CONFIG_DIR
+from stmc.data.synthetic import demo_like_tree
+from stmc.model import checkpoint
+from stmc.stream import native
 from tests.randmodel import tiny_unet
 
 
@@ -56,7 +57,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def tiny_checkpoint() -> Callable[..., Path]:
     """``tiny_checkpoint(path, lookahead=0, seed=0, width=1.0)``: a checkpoint in train.py's format
-    (:mod:`stmc.checkpoint`, step 7, the seed in its run config) holding :func:`tests.randmodel.tiny_unet`."""
+    (:mod:`stmc.model.checkpoint`, step 7, the seed in its run config) holding :func:`tests.randmodel.tiny_unet`."""
 
     def save(path: Path, lookahead: int = 0, seed: int = 0, width: float = 1.0) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import stmc
-from stmc import checkpoint
+from stmc.model import checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 
 import torch
 
-from stmc.bench import PeakBytes, peak_bytes
+from stmc.bench.speed import PeakBytes, peak_bytes
 
 
 def test_peak_bytes_counts_tensors_live_at_once_and_forgets_freed_ones():

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from stmc.chunk import parse_chunk
 from stmc.errors import ConfigError
+from stmc.stream.chunk import parse_chunk
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from stmc.configs import group_options
+from stmc.apps.configs import CONFIG_DIR, group_options
 
 ROOT = Path(__file__).resolve().parents[1]
-ALL_GROUPS = sorted(p.name for p in (ROOT / "configs").iterdir() if p.is_dir() and p.name not in ("hydra", "paths"))
+ALL_GROUPS = sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and p.name not in ("hydra", "paths"))
 OWN = {
     "train": ["model", "module", "data", "trainer", "logger", "callbacks", "experiment", "sweep", "hydra/launcher"],
     "evaluate": ["data", "hydra/launcher"],

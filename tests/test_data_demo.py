@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from data.demo import __main__ as cli
-from data.demo import build, packages
+from stmc.apps.configs import CONFIG_DIR
+from stmc.data.demo import __main__ as cli
+from stmc.data.demo import build, packages
 
 SCALE = 0.05
 
@@ -82,7 +82,7 @@ def test_small_corpus_builds_reproducibly_and_loads(tmp_path):
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    configs = Path(__file__).resolve().parents[1] / "configs" / "data"
+    configs = CONFIG_DIR / "data"
     with initialize_config_dir(config_dir=str(configs), version_base=None):
         module = instantiate(compose(config_name="demo", overrides=[f"root={first}", "batch_size=2"]))
     module.setup(None)

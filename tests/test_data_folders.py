@@ -12,12 +12,13 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from data.audio import read
-from data.datamodule import SpeechDataModule
-from data.index import pair, pair_key, resolve_folder, scan
-from data.synthetic import SR, demo_like_tree, speechlike, write
+from stmc.apps.configs import CONFIG_DIR
+from stmc.data.audio import read
+from stmc.data.datamodule import SpeechDataModule
+from stmc.data.index import pair, pair_key, resolve_folder, scan
+from stmc.data.synthetic import SR, demo_like_tree, speechlike, write
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "data"
+CONFIGS = CONFIG_DIR / "data"
 
 
 def vctk_tree(root: Path) -> None:
@@ -60,10 +61,10 @@ def test_index_cache_is_reused_and_invalidated(tmp_path, monkeypatch):
     write(folder / "b.wav", speechlike(0.5, 1))
     assert len(scan(folder, tmp_path)) == 2
     probed = []
-    import data.index
+    import stmc.data.index
 
-    original = data.index.probe
-    monkeypatch.setattr(data.index, "probe", lambda p: probed.append(p) or original(p))
+    original = stmc.data.index.probe
+    monkeypatch.setattr(stmc.data.index, "probe", lambda p: probed.append(p) or original(p))
     assert len(scan(folder, tmp_path)) == 2 and probed == []
     write(folder / "b.wav", np.zeros(SR, dtype=np.float32))  # now silent: must be re-probed
     assert [e.rel for e in scan(folder, tmp_path)] == ["clean/a.wav"]
@@ -74,7 +75,7 @@ def test_resampling_and_downmix(tmp_path, caplog):
     t = np.arange(48_000) / 48_000
     tone = 0.5 * np.sin(2 * np.pi * 440 * t)
     write(tmp_path / "x/stereo48k.wav", np.stack([tone, 0.5 * tone], axis=1).astype(np.float32), 48_000)
-    with caplog.at_level(logging.INFO, logger="data.index"):
+    with caplog.at_level(logging.INFO, logger="stmc.data.index"):
         (entry,) = scan(tmp_path / "x", tmp_path)
     notes = " ".join(r.getMessage() for r in caplog.records)
     assert "downmixed to mono" in notes and "48000 Hz" in notes

@@ -12,11 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
-from data.datasets import EpochSampler, MixingDataset, collate
-from data.index import scan
-from data.mixing import PEAK_LIMIT, mix, snr_db
-from stmc.baselines import oracle_mask, wiener
-from stmc.metrics import si_snr
+from stmc.data.datasets import EpochSampler, MixingDataset, collate
+from stmc.data.index import scan
+from stmc.data.mixing import PEAK_LIMIT, mix, snr_db
+from stmc.evaluation.metrics import si_snr
+from stmc.evaluation.references import oracle_mask, wiener
 
 SR = 16_000
 

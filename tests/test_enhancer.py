@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import stmc
-from stmc.stft import STFT
+from stmc.model.stft import STFT
 from tests.randmodel import randomise_norms, split_points
 
 

@@ -19,7 +19,7 @@ import torch
 from scipy import stats
 
 import stmc
-from data.synthetic import demo_like_tree, speechlike
+from stmc.data.synthetic import demo_like_tree, speechlike
 from stmc.evaluation.scoring import evaluate_utterance
 from stmc.evaluation.settings import Settings, find_checkpoints, model_names, spread
 from stmc.evaluation.summary import mean_ci
@@ -146,7 +146,7 @@ def test_evaluate_py_config_mistake_is_one_line(tmp_path):
 
 
 def test_offline_only_documents_have_no_stream_columns():
-    from stmc.evaluation.reports import headline_table, markdown, results_document
+    from stmc.evaluation.results import headline_table, markdown, results_document
     from stmc.evaluation.summary import model_summary
 
     items = [{"split": "s", "noise_type": "hum"}, {"split": "s", "noise_type": "pink"}]
@@ -162,7 +162,7 @@ def test_offline_only_documents_have_no_stream_columns():
 def start_long_evaluation(tmp_path: Path, tiny_checkpoint: Callable[..., Path]) -> subprocess.Popen:
     """evaluate.py with 2 workers on test utterances long enough (40 s) to be caught mid-way; waits for the
     workers to exist."""
-    from data.synthetic import write
+    from stmc.data.synthetic import write
 
     demo_like_tree(tmp_path / "corpus")
     for split in ("test_real", "test_tts"):

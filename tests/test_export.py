@@ -11,11 +11,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import stmc
-from stmc import checkpoint
-from stmc.export import LiteRTStream, flush_path, main, to_litert, to_onnx
-from stmc.onnx_engine import onnx_stream, read_metadata
-from stmc.step_graph import offline_error, state_names
-from stmc.stft import STFT
+from stmc.export import to_litert, to_onnx
+from stmc.export.cli import main
+from stmc.export.graph import offline_error, state_names
+from stmc.export.litert import open_litert
+from stmc.export.onnx import flush_path, open_onnx, read_metadata
+from stmc.model import checkpoint
+from stmc.model.stft import STFT
 from tests.randmodel import randomise_norms, split_points, unets
 
 
@@ -39,7 +41,7 @@ def utterance_spectrum(seconds: float, batch: int = 1, seed: int = 0) -> torch.T
 def test_onnxruntime_over_a_whole_utterance_equals_offline(exported):
     model, path = exported
     spec = utterance_spectrum(2.0)  # 128 frames, one step call per frame
-    stream = onnx_stream(path)
+    stream = open_onnx(path)
     out = torch.cat([stream(spec[..., t : t + 1]) for t in range(spec.shape[-1])] + [stream.flush()], -1)
     with torch.no_grad():
         expected = model(spec)
@@ -72,7 +74,7 @@ def test_graph_contract_names_dynamic_batch_and_zero_state_metadata(exported):
 def test_any_batch_size_from_zero_state(exported, batch):
     model, path = exported
     spec = utterance_spectrum(0.5, batch, seed=batch)
-    stream = onnx_stream(path)
+    stream = open_onnx(path)
     out = torch.cat([stream(spec[..., :5]), stream(spec[..., 5:]), stream.flush()], -1)
     with torch.no_grad():
         torch.testing.assert_close(out, model(spec), atol=1e-4, rtol=0)
@@ -82,11 +84,11 @@ def test_several_frames_per_call(tmp_path):
     model = randomise_norms(stmc.UNet(depth=3, lookahead=2, channels=[2, 3, 4]), 0)
     path = to_onnx(model, tmp_path / "four.onnx", frames_per_call=4)
     spec = torch.randn(2, 2, 513, 24)
-    stream = onnx_stream(path)
+    stream = open_onnx(path)
     out = torch.cat([stream(spec[..., :8]), stream(spec[..., 8:12]), stream(spec[..., 12:]), stream.flush()], -1)
     torch.testing.assert_close(out, model(spec), atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="4 frames per call"):
-        onnx_stream(path)(spec[..., :3])
+        open_onnx(path)(spec[..., :3])
 
 
 @pytest.mark.parametrize("backend", ["torch", "onnx"])
@@ -97,7 +99,7 @@ def test_multi_stream_resets_leave_every_stream_equal_to_its_own_offline_output(
     restarts = {1: [12], 2: [9, 27], 3: [33]}  # stream -> frames at which it starts a new utterance
     spec = torch.randn(4, 2, 513, frames)  # row b at frame t: the input of stream b at that step
     onnx = backend == "onnx"
-    stream = onnx_stream(to_onnx(model, tmp_path / "multi.onnx")) if onnx else stmc.streaming(model, "stmc")
+    stream = open_onnx(to_onnx(model, tmp_path / "multi.onnx")) if onnx else stmc.streaming(model, "stmc")
     outs = []
     for t in range(0, frames, 3):
         mask = torch.tensor([t in restarts.get(b, []) for b in range(4)])
@@ -119,7 +121,7 @@ def test_multi_stream_resets_leave_every_stream_equal_to_its_own_offline_output(
 def test_flush_graph_ends_chosen_streams_only(tmp_path):
     """Ending one stream of a batch: its rows of the pure flush graph, then zeroed state rows."""
     model = randomise_norms(stmc.UNet(depth=3, lookahead=3, channels=[3, 4, 5]), 3)
-    stream = onnx_stream(to_onnx(model, tmp_path / "m.onnx"))
+    stream = open_onnx(to_onnx(model, tmp_path / "m.onnx"))
     a, b, c = torch.randn(1, 2, 513, 20), torch.randn(1, 2, 513, 12), torch.randn(1, 2, 513, 8)
     first = stream(torch.cat([a[..., :12], b], 0))
     state = stream.get_state()
@@ -155,9 +157,9 @@ def test_no_tstmc_model_exports_its_overlap_add_state_exactly(runtime, lookahead
     torch.manual_seed(lookahead)
     model = randomise_norms(stmc.UNet(depth=3, n_freq=33, lookahead=lookahead, width=0.25, tstmc=False), 1)
     if runtime == "onnx":
-        stream, batch = onnx_stream(to_onnx(model, tmp_path / "ablation.onnx")), 2
+        stream, batch = open_onnx(to_onnx(model, tmp_path / "ablation.onnx")), 2
     else:
-        stream, batch = LiteRTStream(to_litert(model, tmp_path / "ablation.tflite")), 1
+        stream, batch = open_litert(to_litert(model, tmp_path / "ablation.tflite")), 1
     assert stream.engine.state_shapes() == stmc.streaming(model, native=False).engine.state_shapes()
     assert offline_error(model, stream, frames=24, batch=batch) < 1e-5
 
@@ -171,18 +173,18 @@ def test_onnx_graph_with_another_graphs_metadata_is_refused(exported, tmp_path):
             prop.value = json.dumps([[1, 9, 3]] * (len(json.loads(prop.value)) - 1) + [[]])
     onnx.save(graph, str(tmp_path / "forged.onnx"))
     with pytest.raises(ValueError, match=r"forged.onnx: input state_0 is float32 .* belongs to another graph"):
-        onnx_stream(tmp_path / "forged.onnx")
+        open_onnx(tmp_path / "forged.onnx")
 
 
-def test_onnx_stream_refuses_wrong_input(exported):
+def test_open_onnx_refuses_wrong_input(exported):
     _, path = exported
-    stream = onnx_stream(path)
+    stream = open_onnx(path)
     with pytest.raises(ValueError, match=r"\[batch, 2 \(real, imag\), 513 bins, frames\]"):
         stream(torch.randn(1, 2, 512, 1))
     stream(torch.randn(2, 2, 513, 1))
     with pytest.raises(ValueError, match="batch 2"):
         stream(torch.randn(1, 2, 513, 1))
-    fresh = onnx_stream(path)
+    fresh = open_onnx(path)
     fresh(torch.randn(3, 2, 513, 0))
     assert all(not tensor.any() for tensor in fresh.get_state())
 
@@ -195,7 +197,7 @@ def test_onnx_engine_behind_the_driver_equals_offline(model, batch, data, tmp_pa
     U-Nets (any look-ahead layers), random chunkings with empty chunks, then the flush, equal offline."""
     frames = data.draw(st.integers(0, 24))
     spec = torch.randn(batch, 2, model.n_freq, frames)
-    stream = onnx_stream(to_onnx(model, tmp_path / f"random{data.draw(st.integers(0, 10**9))}.onnx"))
+    stream = open_onnx(to_onnx(model, tmp_path / f"random{data.draw(st.integers(0, 10**9))}.onnx"))
     outs, start = [], 0
     for size in split_points(data.draw, frames, 8):
         outs.append(stream(spec[..., start : start + size]))
@@ -211,7 +213,7 @@ def test_onnx_flush_of_chosen_streams_through_the_driver(tmp_path):
     """flush(mask) on the exported graphs: the chosen stream ends exactly (the pure flush graph on a copy of the
     state), the other goes on; both equal offline."""
     model = randomise_norms(stmc.UNet(depth=3, lookahead=3, channels=[3, 4, 5]), 5)
-    stream = onnx_stream(to_onnx(model, tmp_path / "m.onnx"))
+    stream = open_onnx(to_onnx(model, tmp_path / "m.onnx"))
     a, b = torch.randn(1, 2, 513, 16), torch.randn(1, 2, 513, 7)
     first = stream(torch.cat([a[..., :7], b], 0))
     tail_b = stream.flush(torch.tensor([False, True]))

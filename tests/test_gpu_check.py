@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from data.synthetic import demo_like_tree
 from scripts import gpu_check
+from stmc.data.synthetic import demo_like_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 

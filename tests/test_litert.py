@@ -12,9 +12,10 @@ import pytest
 import torch
 
 import stmc
-from stmc.export import main, to_litert, with_litert_metadata
-from stmc.litert_engine import LiteRTStream, operator_names, read_litert_metadata
-from stmc.step_graph import offline_error
+from stmc.export import to_litert
+from stmc.export.cli import main
+from stmc.export.graph import offline_error
+from stmc.export.litert import open_litert, operator_names, read_metadata, with_litert_metadata
 from tests.randmodel import randomise_norms
 from tests.test_export import utterance_spectrum
 
@@ -32,7 +33,7 @@ def test_litert_stream_over_a_whole_utterance_equals_offline(exported):
     """The property the export exists for: one hop per call through LiteRT, then the flush, is offline inference."""
     model, path = exported
     spec = utterance_spectrum(2.0)  # 128 frames
-    stream = LiteRTStream(path)
+    stream = open_litert(path)
     out = torch.cat([stream(spec[..., t : t + 1]) for t in range(spec.shape[-1])] + [stream.flush()], -1)
     with torch.no_grad():
         expected = model(spec)
@@ -45,8 +46,8 @@ def test_litert_file_holds_the_contract_in_its_own_metadata(exported):
     """Signatures step (and flush with look-ahead), built-in operators only, the state layout and delay in the file,
     zero state to start."""
     model, path = exported
-    meta = read_litert_metadata(path)
-    stream = LiteRTStream(path)
+    meta = read_metadata(path)
+    stream = open_litert(path)
     assert meta["method"] == "stmc" and int(meta["delay"]) == model.receptive_field[1] == stream.delay
     assert json.loads(meta["model_config"]) == model.config and meta["batch"] == "1"
     signatures = stream.engine.interpreter.get_signature_list()
@@ -65,8 +66,8 @@ def test_inc_and_window_steps_in_litert_equal_offline(method, lookahead, tmp_pat
     """The other two methods of Table 1 run in LiteRT too, exactly (a small random U-Net: same code paths)."""
     torch.manual_seed(lookahead)
     model = randomise_norms(stmc.UNet(depth=3, n_freq=33, lookahead=lookahead, width=0.25), lookahead)
-    stream = LiteRTStream(to_litert(model, tmp_path / f"{method}.tflite", method))
-    assert stream.engine.method == method and read_litert_metadata(stream.engine.path)["method"] == method
+    stream = open_litert(to_litert(model, tmp_path / f"{method}.tflite", method))
+    assert stream.engine.method == method and read_metadata(stream.engine.path)["method"] == method
     assert offline_error(model, stream, frames=24, batch=1) < 1e-4
 
 
@@ -79,7 +80,7 @@ def test_cli_exports_to_litert_with_a_batch_and_checks_it(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert f"wrote {out} and a flush signature" in printed and "LiteRT vs offline PyTorch" in printed
     assert "LiteRT operators: " in printed and "TRANSPOSE_CONV" in printed
-    stream = LiteRTStream(out)
+    stream = open_litert(out)
     with pytest.raises(ValueError, match=r"exported for 2 stream\(s\) per call, got 3; export it with --batch 3"):
         stream(torch.zeros(3, 2, 513, 1))
 
@@ -89,18 +90,18 @@ def test_metadata_of_another_graph_is_refused_not_streamed(exported, tmp_path):
     """A file whose metadata describes another model's state (here: the other look-ahead's) is a clear error."""
     model, path = exported
     other = stmc.UNet(lookahead=0 if model.receptive_field[1] else 14, width=0.25)
-    meta = read_litert_metadata(path)
+    meta = read_metadata(path)
     meta["state_shapes"] = json.dumps([[1, 9, 3]] * (len(json.loads(meta["state_shapes"])) - 1) + [[]])
     meta["model_config"] = json.dumps(other.config)
     forged = tmp_path / "forged.tflite"
     forged.write_bytes(with_litert_metadata(path.read_bytes(), meta))
     with pytest.raises(ValueError, match=r"forged.tflite: input state_0 is float32 .* its metadata says .* "
                                          r"belongs to another graph"):
-        LiteRTStream(forged)
+        open_litert(forged)
     del meta["delay"]
     forged.write_bytes(with_litert_metadata(path.read_bytes(), meta))
     with pytest.raises(ValueError, match=r"is not an STMC step graph \(its metadata lacks delay\)"):
-        LiteRTStream(forged)
+        open_litert(forged)
 
 
 def test_a_file_that_is_not_litert_is_refused(tmp_path):
@@ -108,7 +109,7 @@ def test_a_file_that_is_not_litert_is_refused(tmp_path):
     bogus = tmp_path / "model.tflite"
     bogus.write_bytes(b"\x08\x07\x12\x04onnx" + bytes(64))
     with pytest.raises(ValueError, match=r"model.tflite is not a LiteRT \(.tflite\) file"):
-        LiteRTStream(bogus)
+        open_litert(bogus)
 
 
 def test_without_the_converter_the_export_says_how_to_get_it(monkeypatch, tmp_path):
@@ -131,7 +132,7 @@ def test_without_the_converter_the_export_says_how_to_get_it(monkeypatch, tmp_pa
 def test_benchmark_worker_times_hops_and_measures_its_own_resident_growth(exported):
     """The LiteRT rows of the speed table: a worker process streams the file, times the hops it is asked for and
     reports the growth of its peak resident memory (loading the weights at least), and the state it held."""
-    from stmc.litert_bench import LiteRTProcess
+    from stmc.bench.litert import LiteRTProcess
 
     model, path = exported
     worker = LiteRTProcess(path, frames=8)
@@ -139,7 +140,7 @@ def test_benchmark_worker_times_hops_and_measures_its_own_resident_growth(export
     seconds = worker.time(5) + worker.time(3)
     assert len(seconds) == 8 and all(0 < s < 10 for s in seconds)
     memory = worker.close()
-    stream = LiteRTStream(path)
+    stream = open_litert(path)
     stream(torch.zeros(1, 2, model.n_freq, 1))
     assert memory["state_bytes"] == sum(t.numel() * 4 for t in stream.get_state()[:-1])
     assert memory["peak_reset"] and memory["overall_bytes"] >= memory["init_bytes"] >= path.stat().st_size // 2

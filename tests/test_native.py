@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import stmc
-from stmc import native
-from stmc.native import NativeOffline
+from stmc.stream import native
+from stmc.stream.native import NativeOffline
 from tests.randmodel import split_points, unets
 
 

@@ -16,12 +16,12 @@ import pytest
 import soundfile as sf
 import torch
 
-from data.synthetic import speechlike
-from stmc.enhancer import Enhancer
+from stmc.data.synthetic import speechlike
 from stmc.evaluation import evaluate
-from stmc.evaluation.report import render, write_report
+from stmc.evaluation.listening_report import render, write_report
 from stmc.evaluation.settings import ALL, Settings
 from stmc.evaluation.summary import cell
+from stmc.model.enhancer import Enhancer
 
 NAMES = ["plain", "with space", "ütterance-ß", "日本語"]
 
@@ -61,7 +61,7 @@ class Page(HTMLParser):
 def report(tmp_path_factory, request) -> tuple[Path, dict]:
     """A report of a tiny model on 4 utterances of 2 noise types, names with spaces and non-ASCII characters."""
     tmp_path = tmp_path_factory.mktemp("report")
-    from stmc import checkpoint
+    from stmc.model import checkpoint
     from tests.randmodel import tiny_unet
 
     ckpt = checkpoint.save(tiny_unet(lookahead=1), tmp_path / "m.ckpt", run_config={"seed": 0}, step=3)

@@ -13,9 +13,9 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from scripts import lookahead_figure, reproduce, size_figure, speed_table
 from scripts.common import evaluated_models
-from stmc.evaluation.reports import results_document, write_results
+from stmc.evaluation.results import results_document, write_results
 from stmc.evaluation.summary import model_summary
-from stmc.unet import UNet
+from stmc.model.unet import UNet
 
 TINY = {"depth": 2, "channels": [4, 8], "lookahead_layers": "first", "n_freq": 513, "compress": 0.3}
 ITEMS = [{"split": "test_real", "noise_type": kind, "name": f"u{i}"} for i, kind in enumerate(["hum", "babble", "hum"])]
@@ -254,7 +254,7 @@ def test_gemm_kernels_times_the_hops_own_gemms():
     streams run (the trainable module's transposed convolutions also compute the frames they crop); both kernels
     get timed."""
     from scripts import gemm_kernels
-    from stmc.bench import count_macs, offline_frozen
+    from stmc.bench.speed import count_macs, offline_frozen
 
     model = UNet(lookahead=3, width=0.25).eval()
     shapes = gemm_kernels.hop_shapes(model)
@@ -313,9 +313,9 @@ def test_speed_table_help_examples_parse(capsys):
 
 @pytest.mark.compiler
 def test_throughput_table_has_each_batch_and_its_share_of_the_gemm_roof(capsys):
-    """python -m stmc.throughput: one row per engine and batch, streams per core = batch x 16 ms / hop time,
+    """python -m stmc.bench.throughput: one row per engine and batch, streams per core = batch x 16 ms / hop time,
     and their share of the fp32 GEMM roof."""
-    from stmc import throughput
+    from stmc.bench import throughput
 
     throughput.main(["--models", "causal", "--batches", "1", "2", "--rounds", "1", "--hops", "2", "--no-onnx"])
     rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| causal")]

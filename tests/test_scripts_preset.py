@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from data.synthetic import demo_like_tree
 from scripts import reproduce
+from stmc.data.synthetic import demo_like_tree
 
 
 @pytest.mark.slow

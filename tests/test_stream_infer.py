@@ -18,11 +18,11 @@ import torch
 import torchaudio.functional as AF
 
 import stmc
-from stmc import checkpoint
-from stmc.audio_io import InputError, read_audio
+from stmc.apps.audio_io import InputError, read_audio
+from stmc.apps.stream_infer import InferOptions, build_enhancer, infer
 from stmc.export import to_onnx
-from stmc.io import atomic_audio_file
-from stmc.realtime import InferOptions, build_enhancer, infer
+from stmc.files import atomic_audio_file
+from stmc.model import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"depth": 2, "lookahead": 1, "channels": [2, 3], "n_freq": 513}  # dry-run model, fast
@@ -280,7 +280,7 @@ def test_ctrl_c_ends_a_stream_with_one_line_and_status_130():
 @pytest.mark.parametrize("umask", [0o022, 0o027])
 def test_outputs_respect_the_umask(tmp_path, umask):
     """Atomic writes go through mkstemp (mode 0600); the renamed file gets a plain new file's mode."""
-    from stmc.io import atomic_write
+    from stmc.files import atomic_write
 
     previous = os.umask(umask)
     try:

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import stmc
-from stmc.stream import Stream
+from stmc.stream.driver import Stream
 from tests.randmodel import randomise_norms, split_points, unets
 
 PROPERTY = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -165,7 +165,7 @@ def test_compiled_stream_equals_offline():
 def test_stmc_step_does_no_redundant_work(lookahead):
     """Counted MACs of one steady-state STMC hop equal offline MACs divided by the frames: on PyTorch operators
     (counted by torch's FlopCounterMode) and in the native step (counted by the step itself)."""
-    from stmc.bench import count_macs, offline_frozen
+    from stmc.bench.speed import count_macs, offline_frozen
 
     model = randomise_norms(stmc.UNet(lookahead=lookahead, width=0.25), 0)
     frames = 64

@@ -16,9 +16,9 @@ import pytest
 import torch
 
 import stmc
-from data.synthetic import demo_like_tree
-from stmc.lightning import WarmupCosine
-from stmc.training import ConfigError, TrainingStopped, resolve_checkpoint, resolve_precision, train
+from stmc.data.synthetic import demo_like_tree
+from stmc.training.module import WarmupCosine
+from stmc.training.run import ConfigError, TrainingStopped, resolve_checkpoint, resolve_precision, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -195,7 +195,7 @@ def test_schedule_warms_up_then_decays_over_the_budget():
 def test_bf16_mixed_precision_fit(corpus, tmp_path, monkeypatch, compose_train):
     """The bf16 autocast path trains (the mask is applied in the spectrum's precision), also where the CPU
     would have been refused for it (kernels are slow there, not wrong)."""
-    monkeypatch.setattr("stmc.training.cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr("stmc.training.run.cpu_supports_bf16", lambda: True)
     metrics = train(compose_train(tiny_run(corpus, tmp_path, "model.width=0.25", "trainer.precision=bf16-mixed")))
     assert math.isfinite(metrics["train/loss"])
 
@@ -210,7 +210,7 @@ def test_bf16_mixed_precision_fit(corpus, tmp_path, monkeypatch, compose_train):
 )
 def test_cpu_precision_auto_takes_the_faster_measured_step(supported, seconds, chosen, monkeypatch, compose_train):
     """precision=auto is chosen by timing, not by the CPU's flags; without bf16 kernels nothing is timed."""
-    monkeypatch.setattr("stmc.training.cpu_supports_bf16", lambda: supported)
+    monkeypatch.setattr("stmc.training.run.cpu_supports_bf16", lambda: supported)
     probed = []
     cfg = compose_train(["trainer=cpu"])
     assert cfg.trainer.precision == "auto"
@@ -220,7 +220,7 @@ def test_cpu_precision_auto_takes_the_faster_measured_step(supported, seconds, c
 
 
 def test_explicit_precision_wins_over_the_measurement(monkeypatch, compose_train):
-    monkeypatch.setattr("stmc.training.cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr("stmc.training.run.cpu_supports_bf16", lambda: True)
     cfg = compose_train(["trainer=cpu", "trainer.precision=bf16-mixed"])
     resolve_precision(cfg, probe=lambda p: pytest.fail("an explicit precision must not be measured"))
     assert cfg.trainer.precision == "bf16-mixed"
@@ -228,7 +228,7 @@ def test_explicit_precision_wins_over_the_measurement(monkeypatch, compose_train
 
 def test_precision_probe_times_a_real_step(compose_train):
     """The default probe runs the configured model forward and backward and returns a positive duration."""
-    from stmc.training import step_seconds
+    from stmc.training.run import step_seconds
 
     cfg = compose_train(["trainer=cpu", "model.width=0.25", "model.depth=3", "data.segment_seconds=0.25",
                          "data.batch_size=1"])
@@ -236,7 +236,7 @@ def test_precision_probe_times_a_real_step(compose_train):
 
 
 def test_explicit_bf16_on_a_cpu_without_bf16_kernels_is_a_config_error(monkeypatch, compose_train):
-    monkeypatch.setattr("stmc.training.cpu_supports_bf16", lambda: False)
+    monkeypatch.setattr("stmc.training.run.cpu_supports_bf16", lambda: False)
     cfg = compose_train(["trainer=cpu", "trainer.precision=bf16-mixed"])
     with pytest.raises(ConfigError, match=r"trainer.precision=bf16-mixed: this CPU has no bf16 kernels"):
         resolve_precision(cfg)
@@ -329,8 +329,8 @@ def test_moving_average_is_what_the_checkpoint_serves_and_exports(corpus, tmp_pa
     """With module.ema_decay the checkpoint holds the trained weights and their moving average; every reader
     (Enhancer.from_checkpoint, hence evaluate.py, stream_infer.py and the export) gets the average, and the
     best checkpoint is chosen by the average's validation score."""
-    from stmc import checkpoint as ckpt_format
-    from stmc.export import load_model
+    from stmc.export.cli import load_model
+    from stmc.model import checkpoint as ckpt_format
 
     metrics = train(compose_train(tiny_run(corpus, tmp_path, "model.width=0.25", "module.ema_decay=0.5",
                                            "trainer.max_steps=3")))
@@ -349,8 +349,8 @@ def test_moving_average_is_what_the_checkpoint_serves_and_exports(corpus, tmp_pa
 def test_moving_average_update_follows_its_formula():
     """One update moves each weight a fraction 1 - min(decay, (1 + step) / (10 + step)) towards the trained one;
     integer buffers (BatchNorm's counter) are copied."""
-    from stmc.lightning import EnhancementModule
-    from stmc.unet import UNet
+    from stmc.model.unet import UNet
+    from stmc.training.module import EnhancementModule
 
     module = EnhancementModule(UNet(depth=2, width=0.25, n_freq=65), torch.optim.Adam, ema_decay=0.9)
     before = module.ema_model.layers[0].conv.weight.clone()

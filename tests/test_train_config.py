@@ -17,8 +17,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import stmc
-from stmc.configs import CONFIG_DIR, group_options
-from stmc.training import ConfigError, check_config, check_overrides, train
+from stmc.apps.configs import CONFIG_DIR, group_options
+from stmc.training.run import ConfigError, check_config, check_overrides, train
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = group_options("experiment")
@@ -51,7 +51,7 @@ def test_every_experiment_composes_and_builds_its_model(experiment, launcher, tm
 def test_wandb_is_the_default_logger_and_offline(compose_train):
     cfg = compose_train(["paths.output_dir=/tmp/x"])
     assert cfg.logger._target_.endswith("WandbLogger") and cfg.logger.offline is True
-    assert cfg.data._target_ == "data.datamodule.SpeechDataModule"
+    assert cfg.data._target_ == "stmc.data.datamodule.SpeechDataModule"
 
 
 def test_gpu_trainers_use_bf16_and_ddp_syncs_batchnorm(compose_train):
@@ -171,7 +171,7 @@ def test_train_py_reports_a_config_error_in_one_line():
 def test_threads_auto_leaves_the_busy_cores_alone(monkeypatch, compose_train):
     import os
 
-    from stmc import training
+    from stmc.training import run as training
 
     cores = len(os.sched_getaffinity(0))
     monkeypatch.setattr(training, "busy_cores", lambda: 1)
@@ -185,7 +185,7 @@ def test_threads_auto_leaves_the_busy_cores_alone(monkeypatch, compose_train):
 
 
 def test_busy_cores_reads_the_runnable_tasks():
-    from stmc import training
+    from stmc.training import run as training
 
     assert training.busy_cores(samples=2, interval=0.01) >= 0
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from stmc.unet import UNet
+from stmc.model.unet import UNet
 
 
 def build(seed: int, **kwargs) -> UNet:

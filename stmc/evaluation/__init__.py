@@ -5,15 +5,15 @@ For each checkpoint and each utterance, one at a time (batch 1, so no padding to
 - ``offline``: ``Enhancer(x)`` over the whole utterance;
 - streamed (``stmc``, or ``inc``/``window``): the utterance cut into chunks of ``chunk`` samples, fed to
   ``Enhancer.stream(method)``, then ``flush()``; ``max_abs_diff`` = max |streamed - offline| over its samples;
-- scored against the clean speech: SI-SNR and SI-SNRi (``stmc.metrics``), SDR and SDRi, wide-band PESQ and STOI
-  (torchmetrics), next to the same scores of the mixture itself and of the untrained Wiener filter
-  (``stmc.baselines.wiener``), which depend on the utterance only and are computed once.
+- scored against the clean speech: SI-SNR and SI-SNRi (``stmc.evaluation.metrics``), SDR and SDRi, wide-band
+  PESQ and STOI (torchmetrics), next to the same scores of the mixture itself and of the untrained Wiener filter
+  (``stmc.evaluation.references.wiener``), which depend on the utterance only and are computed once.
 
 Results are means with 95 % confidence intervals (Student t over utterances) overall, per split, per noise type
 and per split x noise type. One module per job: :mod:`.settings` (what is computed, checkpoint discovery, test
 utterances), :mod:`.scoring` (one utterance; many in worker processes; the resume journal), :mod:`.summary`
 (statistics), :mod:`.reports` (documents and files); this one runs them in order (:func:`evaluate`).
-:func:`~stmc.evaluation.reports.write_results` writes ``results.json`` (machine-readable, the contract the
+:func:`~stmc.evaluation.results.write_results` writes ``results.json`` (machine-readable, the contract the
 figure scripts read), ``results.md`` and ``utterances.csv`` atomically. Every number depends only on the
 checkpoint, the utterances and the settings (one BLAS thread per worker), so evaluating twice gives the same
 numbers, whatever the number of workers.
@@ -29,11 +29,11 @@ from typing import Any
 
 import torch
 
-from stmc.enhancer import Enhancer
-from stmc.evaluation.reports import results_document, utterance_csv, write_results
+from stmc.evaluation.results import results_document, utterance_csv, write_results
 from stmc.evaluation.scoring import Journal, fingerprint, run_all
 from stmc.evaluation.settings import Item, Row, Settings, checkpoint_info, model_names
 from stmc.evaluation.summary import model_summary
+from stmc.model.enhancer import Enhancer
 
 log = logging.getLogger("stmc.evaluation")
 

@@ -18,11 +18,11 @@ from typing import Any
 
 import torch
 
-from stmc.baselines import wiener
-from stmc.enhancer import Enhancer
+from stmc.evaluation.metrics import si_snr, si_snri
+from stmc.evaluation.references import wiener
 from stmc.evaluation.settings import OFFLINE, Item, Row, Settings
-from stmc.metrics import si_snr, si_snri
-from stmc.stft import SAMPLE_RATE
+from stmc.model.enhancer import Enhancer
+from stmc.model.stft import SAMPLE_RATE
 
 
 def enhance(enhancer: Enhancer, noisy: torch.Tensor, method: str, chunk: int) -> torch.Tensor:

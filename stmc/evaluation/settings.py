@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
-from stmc import checkpoint
-from stmc.stft import HOP
-from stmc.streaming import METHODS
+from stmc.model import checkpoint
+from stmc.model.stft import HOP
+from stmc.stream.engines import METHODS
 
 log = logging.getLogger("stmc.evaluation")
 

@@ -1,0 +1,96 @@
+"""``stmc-evaluate`` / ``python evaluate.py checkpoints=[<run or .ckpt>]``: evaluate checkpoints offline and
+streamed on a test set.
+
+The work happens in :mod:`stmc.evaluation`; this module reads the Hydra config (``stmc/conf/evaluate.yaml``), writes
+the results into the run folder and prints the SI-SNRi table. A config mistake exits with status 2 and one line.
+"""
+
+import logging
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from stmc.apps.configs import CONFIG_DIR  # importing it registers the --help resolver
+from stmc.data.datamodule import original_cwd
+from stmc.evaluation import evaluate
+from stmc.evaluation.listening_report import write_report
+from stmc.evaluation.results import headline_table
+from stmc.evaluation.settings import Settings, find_checkpoints, load_items
+from stmc.files import atomic_write
+from stmc.model.enhancer import Enhancer
+from stmc.stream.chunk import parse_chunk
+
+log = logging.getLogger("evaluate")
+JOURNAL = "evaluation.partial.jsonl"  # the utterance evaluations an interrupted run finished (resume=true)
+
+
+def as_list(value: object) -> list:
+    """A config value that may be one entry or a list of them, as a list."""
+    if value is None:
+        return []
+    value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def run(cfg: DictConfig) -> Path:
+    """Evaluate as ``cfg`` says; returns the run folder holding results.json."""
+    torch.set_num_threads(int(cfg.threads))
+    out = Path(HydraConfig.get().runtime.output_dir)
+    paths = [p if Path(p).is_absolute() else original_cwd() / p for p in as_list(cfg.checkpoints)]
+    settings = Settings(tuple(as_list(cfg.methods)), tuple(as_list(cfg.metrics)), parse_chunk(cfg.chunk))
+    checkpoints = find_checkpoints(paths, cfg.select, cfg.newest)
+    datamodule = instantiate(cfg.data, _convert_="all")
+    items = load_items(datamodule, cfg.stage, as_list(cfg.splits) or None, cfg.max_items)
+    log.info("%d checkpoint(s) x %d utterances -> %s", len(checkpoints), len(items), out)
+    start, step = time.perf_counter(), max(1, (len(checkpoints) + 1) * len(items) // 10)
+
+    def progress(done: int, total: int) -> None:
+        if done % step == 0 or done == total:
+            log.info("%d/%d utterance evaluations, %.0f s", done, total, time.perf_counter() - start)
+
+    describe = {"test_set": f"{cfg.data.get('_target_', '').rsplit('.', 1)[-1]} root={cfg.data.get('root')} "
+                            f"stage={cfg.stage} splits={as_list(cfg.splits) or 'all'}"}
+    journal = out / JOURNAL if cfg.resume else None
+    evaluation = evaluate(checkpoints, items, settings, cfg.workers, cfg.threads, describe, progress, journal)
+    evaluation.write(out)
+    # the config of these results, whatever a later invocation into this folder writes to .hydra/
+    atomic_write(out / "results.config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    if journal is not None:
+        journal.unlink(missing_ok=True)
+    report = write_report(out, evaluation, Enhancer.from_checkpoint(checkpoints[0]), settings,
+                          cfg.examples_per_noise, [original_cwd() / f for f in as_list(cfg.report.figures)],
+                          original_cwd() / cfg.report.speed_table if cfg.report.speed_table else None)
+    print(f"\nSI-SNRi (dB, mean over utterances; {len(checkpoints)} model(s)) — full tables in {out}/results.md")
+    print(headline_table(evaluation.document))
+    print(f"listening report (open it in a browser): {report}")
+    print(f"wrote {out / 'results.json'} ({time.perf_counter() - start:.0f} s)")
+    return out
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    """One evaluation run (Hydra calls this once per job of a sweep)."""
+    try:
+        run(cfg)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}".splitlines()[0], file=sys.stderr)
+        sys.exit(2)
+
+
+def cli() -> None:
+    """The command line: the Hydra run, Ctrl-C as one line and status 130."""
+    try:
+        main()
+    except KeyboardInterrupt:  # the evaluation's workers are stopped already (stmc.evaluation.scoring.run_all)
+        print("interrupted (Ctrl-C): the evaluation stopped; files written before are complete", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    cli()

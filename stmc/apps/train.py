@@ -1,0 +1,54 @@
+"""``stmc-train`` / ``python train.py``: train a U-Net speech enhancer from the Hydra configs in ``stmc/conf/``.
+
+Everything happens in :func:`stmc.training.run.train`; this module only handles the command line. A config mistake
+exits with status 2 and one line on stderr; a diverged run (NaN/Inf loss) exits with status 1.
+"""
+
+import shutil
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from stmc.apps.configs import CONFIG_DIR  # importing it registers the --help resolver
+from stmc.training.run import ConfigError, TrainingStopped, check_overrides, train
+
+
+def fail(err: Exception, status: int) -> None:
+    """Print ``err`` as one line on stderr and exit with ``status``."""
+    print(f"error: {err}", file=sys.stderr)
+    sys.exit(status)
+
+
+def remove_if_untouched(folder: Path) -> None:
+    """Remove a run folder that holds only what Hydra wrote at the start (a config mistake stopped the run before
+    anything else), so that mistakes leave no empty runs behind (``ckpt_path=last`` and evaluate.py look there)."""
+    if folder.is_dir() and {p.name for p in folder.iterdir()} <= {".hydra", "train.log"}:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+def main(cfg: DictConfig) -> None:
+    """Train one run (Hydra calls this once per job of a sweep)."""
+    try:
+        train(cfg)
+    except ConfigError as err:
+        remove_if_untouched(Path(HydraConfig.get().runtime.output_dir))
+        fail(err, 2)
+    except TrainingStopped as err:
+        fail(err, 1)
+
+
+def cli() -> None:
+    """The command line: overrides checked for unknown groups first (one line), then the Hydra run."""
+    try:
+        check_overrides(sys.argv[1:])
+    except ConfigError as err:
+        fail(err, 2)
+    main()
+
+
+if __name__ == "__main__":
+    cli()

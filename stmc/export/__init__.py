@@ -1,0 +1,54 @@
+"""Export of the streaming steps with all state explicit: ONNX (:func:`to_onnx`, run by :mod:`stmc.export.onnx`)
+and LiteRT / TFLite (:func:`to_litert`, run by :mod:`stmc.export.litert`), each behind the stream driver.
+
+Both hold the step-graph contract of :mod:`stmc.export.graph`: one call of an engine's pure step
+(:meth:`stmc.stream.engines.ModelEngine.pure_step`) on a fixed number of spectrum frames (``frames_per_call``, default
+1 = one hop)::
+
+    inputs   frames [B, 2, n_freq, frames_per_call] float32, state_0 .. state_N
+    outputs  out    [B, 2, n_freq, frames_per_call] float32, next_state_0 .. next_state_N
+
+``state_0 .. state_{N-1}`` are the engine's buffers (for STMC the per-layer shift registers and skip delay lines)
+and ``state_N`` is each stream's time in frames (int64 ``[B]``). A new stream starts from zeros of the shapes in
+the metadata (``state_shapes``/``state_dtypes``, without the batch axis); zeroing one row of every state restarts
+that stream alone. ``out`` is the bounded complex mask of the frames ``D = delay`` hops earlier; the first ``D``
+outputs of a fresh stream precede its start (zeros, drop them).
+
+Look-ahead models also get a **flush graph** (ONNX: ``<name>.flush.onnx``; LiteRT: the ``flush`` signature; named in
+the metadata's ``flush``): inputs ``state_0 .. state_N``, output ``out [B, 2, n_freq, D]``, the last ``D`` mask
+frames of every stream in the batch, computed as offline inference's zero padding would give them (each layer's
+outputs past the end are masked). It is pure: to end only some streams of a batch, take their rows and zero their
+state rows.
+
+ONNX (STMC step): the engine's own code (registers, delay lines, time masks: every mask as tensor ops) is traced by
+the TorchScript exporter (``onnxscript``, which the dynamo exporter needs, is not a dependency). Its layers
+(:class:`stmc.model.layers.FrozenLayer`, im2col + GEMM via ``unfold``) do not export (``unfold`` needs sizes the tracer
+loses), so the graph runs the same folded weights as plain ``Conv``/``ConvTranspose`` nodes (:class:`ExportLayer`).
+The trace uses a fixed batch of 2 so that every size folds to a constant (a graph with symbolic sizes carries
+hundreds of ``Shape``/``Gather`` nodes and ran several times slower per call); no node depends on the batch size,
+so the batch axis of the inputs and outputs is then declared symbolic (tests run batches 1 to 4).
+
+LiteRT (STMC, INC and window steps, the three methods of the paper's Table 1): the same modules converted by
+``litert-torch`` (an optional install: ``make litert``), static shapes, built-in operators only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from stmc.export.litert import open_litert, to_litert
+from stmc.export.onnx import open_onnx, to_onnx
+from stmc.stream.driver import Stream
+
+__all__ = ["open", "to_litert", "to_onnx"]
+
+OPENERS = {".onnx": open_onnx, ".tflite": open_litert}
+
+
+def open(path: str | Path, threads: int = 1) -> Stream:  # noqa: A001 (stmc.export.open, the one opener)
+    """Any exported step graph (``.onnx`` or ``.tflite``, by its suffix) behind the stream driver, run by its runtime
+    with ``threads`` threads: ``s(frames)``, ``s.flush()``, ``s.reset(mask)`` as every stream."""
+    opener = OPENERS.get(Path(path).suffix)
+    if opener is None:
+        raise ValueError(f"{path}: not an exported step graph; give a .onnx or .tflite file from python -m stmc.export")
+    return opener(path, threads)

@@ -1,0 +1,246 @@
+"""The contract of an exported step graph, whatever runtime holds it (onnxruntime, LiteRT): names and metadata.
+
+A step graph is one call of an engine's pure step (:meth:`stmc.stream.engines.ModelEngine.pure_step`)::
+
+    inputs   frames [B, 2, n_freq, frames_per_call] float32, state_0 .. state_N
+    outputs  out    [B, 2, n_freq, frames_per_call] float32, next_state_0 .. next_state_N
+
+``state_0 .. state_{N-1}`` are the engine's float32 buffers and ``state_N`` each stream's time in frames (int64
+``[B]``); a new stream starts from zeros. The metadata (string values, JSON where structured) tells a runtime how
+to drive it; :func:`metadata` writes it at export, :class:`GraphMetadata` reads and checks it. The exporters
+(:mod:`stmc.export`) store it in their format's own metadata; the engines (:mod:`stmc.export.onnx`,
+:mod:`stmc.export.litert`) read it there and run the graph through :class:`GraphEngine`, which owns the per-call
+part of the contract (the feeds, the frames-per-call loop, the flush) so that a runtime only says how to run a
+graph on named inputs.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stmc.model.layers import FREQ_KERNEL, FREQ_STRIDE, FrozenLayer
+from stmc.model.stft import HOP, N_FFT, SAMPLE_RATE
+from stmc.model.unet import UNet
+from stmc.stream.driver import Clock, Engine, Stream
+from stmc.stream.engines import ModelEngine
+
+INPUT, OUTPUT = "frames", "out"
+REQUIRED = ("state_shapes", "state_dtypes", "frames_per_call", "delay", "n_freq", "model_config", "flush")
+
+
+def state_names(count: int, prefix: str = "") -> list[str]:
+    """``state_0 .. state_{count-1}`` (or ``next_state_*``), the order of :meth:`Stream.get_state`."""
+    return [f"{prefix}state_{i}" for i in range(count)]
+
+
+def metadata(model: UNet, method: str, state_shapes: list[tuple[int, ...]], delay: int, frames_per_call: int,
+             flush: str, batch: int | None = None) -> dict[str, str]:
+    """What a runtime needs to drive the graph: state layout (the time last), look-ahead, the model and the STFT.
+
+    ``flush`` names the flush graph (a file or a signature; empty without look-ahead); ``batch`` is the fixed
+    number of streams of a graph traced with static shapes (None: any).
+    """
+    shapes = [list(shape) for shape in state_shapes] + [[]]
+    meta = {
+        "method": method,
+        "state_shapes": json.dumps(shapes),
+        "state_dtypes": json.dumps(["float32"] * (len(shapes) - 1) + ["int64"]),
+        "frames_per_call": str(frames_per_call),
+        "delay": str(delay),
+        "receptive_field": json.dumps(list(model.receptive_field)),
+        "n_freq": str(model.n_freq),
+        "model_config": json.dumps(model.config),
+        "flush": flush,
+        "stft": json.dumps({"sample_rate": SAMPLE_RATE, "n_fft": N_FFT, "hop": HOP}),
+    }
+    if batch is not None:
+        meta["batch"] = str(batch)
+    return meta
+
+
+class GraphMetadata:
+    """The parsed metadata of a step graph at ``source`` (named in errors)."""
+
+    def __init__(self, meta: dict[str, str], source: str) -> None:
+        missing = [key for key in REQUIRED if key not in meta]
+        if missing:
+            raise ValueError(f"{source} is not an STMC step graph (its metadata lacks {', '.join(missing)}); "
+                             "export it with python -m stmc.export")
+        shapes = [tuple(shape) for shape in json.loads(meta["state_shapes"])]
+        self.state_shapes = shapes[:-1]  # the last one is the time's, which the driver keeps
+        self.state_dtypes: list[str] = json.loads(meta["state_dtypes"])
+        self.names = state_names(len(shapes))
+        self.method = meta.get("method", "stmc")
+        self.frames_per_call = int(meta["frames_per_call"])
+        self.delay = int(meta["delay"])
+        self.n_freq = int(meta["n_freq"])
+        self.config: dict[str, Any] = json.loads(meta["model_config"])
+        self.flush = meta["flush"]
+        self.batch = int(meta["batch"]) if "batch" in meta else None
+        self.source = source
+
+    def check_inputs(self, found: dict[str, tuple[list[int], str]]) -> None:
+        """Raise ``ValueError`` unless the graph's inputs (name -> shape, dtype name) are what the metadata says:
+        a graph and metadata that do not belong together must not stream wrong audio."""
+        expected = {INPUT: ([2, self.n_freq, self.frames_per_call], "float32")}
+        expected.update({name: (list(shape), dtype) for name, shape, dtype
+                         in zip(self.names, [*self.state_shapes, ()], self.state_dtypes, strict=True)})
+        if set(found) != set(expected):
+            raise ValueError(f"{self.source}: the graph's inputs {sorted(found)} are not those its metadata "
+                             f"describes ({len(self.names)} state tensors); the metadata belongs to another graph")
+        for name, (shape, dtype) in expected.items():
+            got_shape, got_dtype = found[name]
+            batch = "batch" if self.batch is None else self.batch
+            if got_shape[1:] != shape or got_dtype != dtype or (self.batch is not None and got_shape[0] != batch):
+                raise ValueError(f"{self.source}: input {name} is {got_dtype} {got_shape}, its metadata says "
+                                 f"{dtype} {[batch, *shape]}; the metadata belongs to another graph")
+
+
+class GraphEngine(Engine):
+    """An exported step graph behind the stream driver: the metadata's layout, the inputs fed from the driver's
+    state, ``frames_per_call`` frames per run, and the flush graph for a flush. A runtime subclass sets
+    ``self.meta`` (checked against its graph's inputs) and runs a graph on named numpy inputs."""
+
+    meta: GraphMetadata
+
+    def __init__(self, meta: GraphMetadata) -> None:
+        self.meta = meta
+        self.frames_per_call, self.delay, self.n_freq = meta.frames_per_call, meta.delay, meta.n_freq
+        self.config, self.method = meta.config, meta.method
+        self.dtype, self.device = torch.float32, torch.device("cpu")
+
+    def state_shapes(self) -> list[tuple[int, ...]]:
+        return self.meta.state_shapes
+
+    def run_step(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The step graph on ``frames`` and the state -> ``out`` and ``next_state_*``."""
+        raise NotImplementedError
+
+    def run_flush(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """The flush graph on the state -> ``out``, the last ``D`` frames."""
+        raise NotImplementedError
+
+    def feeds(self, state: list[torch.Tensor], time: torch.Tensor) -> dict[str, np.ndarray]:
+        """The graphs' state inputs from the driver's state and time."""
+        if self.meta.batch is not None and time.shape[0] != self.meta.batch:
+            raise ValueError(f"{self.meta.source} was exported for {self.meta.batch} stream(s) per call, got "
+                             f"{time.shape[0]}; export it with --batch {time.shape[0]}")
+        return dict(zip(self.meta.names, [t.numpy() for t in [*state, time]], strict=True))
+
+    def step(self, chunk: torch.Tensor, state: list[torch.Tensor], clock: Clock
+             ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        if clock.end is not None:  # a flush: the flush graph knows its D zero frames
+            return torch.from_numpy(self.run_flush(self.feeds(state, clock.time))), state
+        frames, size, time = chunk.detach().cpu().numpy(), self.frames_per_call, clock.time
+        outs = []
+        for start in range(0, frames.shape[-1], size):
+            result = self.run_step({INPUT: np.ascontiguousarray(frames[..., start : start + size]),
+                                    **self.feeds(state, time)})
+            outs.append(result[OUTPUT])
+            *state, time = [torch.from_numpy(result[f"next_{name}"]) for name in self.meta.names]
+        return torch.from_numpy(np.concatenate(outs, -1)), state
+
+
+def offline_error(model: UNet, stream: Stream, frames: int = 64, batch: int = 2, seed: int = 0) -> float:
+    """Largest difference between ``stream`` (one call, then the flush; ``frames`` a multiple of its frames per
+    call) and offline PyTorch inference of ``model`` on random spectra."""
+    spec = torch.randn(batch, 2, model.n_freq, frames, generator=torch.Generator().manual_seed(seed))
+    out = torch.cat([stream(spec), stream.flush()], -1)
+    training = model.training
+    with torch.no_grad():
+        expected = model.eval()(spec)
+    model.train(training)
+    return float((out - expected).abs().max())
+
+
+# -- the modules both writers trace: one engine step, its flush, its layers as Conv nodes --
+
+
+class ExportLayer(nn.Module):
+    """A :class:`FrozenLayer` as ``Conv``/``ConvTranspose`` nodes: same weights, same ``[B, T, F, C]`` contract."""
+
+    def __init__(self, frozen: FrozenLayer) -> None:
+        super().__init__()
+        self.past, self.future, self.transposed = frozen.past, frozen.future, frozen.transposed
+        self.register_buffer("weight", frozen.conv_weight())
+        self.register_buffer("bias", frozen.bias)
+        self.register_buffer("prelu", frozen.prelu)
+
+    @property
+    def taps(self) -> int:
+        return self.past + 1 + self.future
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, T, F, C]`` -> ``[B, T - past - future, F', C']``, valid in time like the frozen layer."""
+        h = x.permute(0, 3, 2, 1)  # [B, C, F, T]
+        pad = FREQ_KERNEL // 2
+        if self.transposed:  # tSTMC: time taps stacked as channels (channel k*C + c = frame t + k of c)
+            frames = h.shape[-1] - self.taps + 1
+            h = torch.cat([h[..., k : k + frames] for k in range(self.taps)], 1)
+            # padding 0, then the crop that padding would make: the LiteRT converter legalizes only this form
+            y = F.conv_transpose2d(h, self.weight, self.bias, (FREQ_STRIDE, 1))
+            y = y[:, :, pad : y.shape[2] - pad]
+        else:
+            y = F.conv2d(h, self.weight, self.bias, (FREQ_STRIDE, 1), (pad, 0))
+        if self.prelu is not None:
+            y = F.prelu(y, self.prelu)
+        return y.permute(0, 3, 2, 1)
+
+
+class StepGraph(nn.Module):
+    """``(frames, *state) -> (out, *next_state)``: one engine step, the function the step graph holds."""
+
+    def __init__(self, engine: ModelEngine) -> None:
+        super().__init__()
+        self.engine = engine
+
+    def forward(self, frames: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.engine.pure_step(frames, *state)
+
+
+class FlushGraph(nn.Module):
+    """``(*state) -> out``: the last ``D`` frames of every stream, as :meth:`stmc.stream.driver.Stream.flush` computes
+    them (every layer's outputs at times >= a stream's end are offline padding)."""
+
+    def __init__(self, engine: ModelEngine) -> None:
+        super().__init__()
+        self.engine = engine
+
+    def forward(self, *state: torch.Tensor) -> torch.Tensor:
+        *buffers, time = state
+        first = buffers[0]  # the zero frames take the batch size from a state tensor: the axis stays symbolic
+        zeros = first[:, :1, :1, :1] * 0 + first.new_zeros(1, 2, self.engine.n_freq, self.engine.delay)
+        return self.engine.step(zeros, buffers, Clock(time, end=time))[0]
+
+
+class Signature(nn.Module):
+    """A graph function with named inputs and outputs, the way the LiteRT converter names a signature's tensors:
+    keyword inputs (``sample_kwargs``) and a dict of outputs."""
+
+    def __init__(self, function: nn.Module, inputs: list[str], outputs: list[str]) -> None:
+        super().__init__()
+        self.function, self.inputs, self.outputs = function, inputs, outputs
+
+    def forward(self, **tensors: torch.Tensor) -> dict[str, torch.Tensor]:
+        result = self.function(*(tensors[name] for name in self.inputs))
+        return dict(zip(self.outputs, result if isinstance(result, tuple) else (result,), strict=True))
+
+
+def trace_inputs(model: UNet, engine: ModelEngine, batch: int, frames_per_call: int) -> list[torch.Tensor]:
+    """Zero ``frames`` and zero state (the time last) of ``batch`` streams: the example inputs of a trace."""
+    state = [torch.zeros(batch, *shape) for shape in engine.state_shapes()] + [torch.zeros(batch, dtype=torch.long)]
+    return [torch.zeros(batch, 2, model.n_freq, frames_per_call), *state]
+
+
+def check_export_args(model: object, frames_per_call: object) -> None:
+    """``ValueError`` for what no exporter takes: another model class, a non-positive frame count."""
+    if not isinstance(model, UNet):
+        raise ValueError(f"export needs a stmc.UNet, got {type(model).__name__}")
+    if not isinstance(frames_per_call, int) or frames_per_call < 1:
+        raise ValueError(f"frames_per_call must be a positive integer, got {frames_per_call!r}")

@@ -1,0 +1,173 @@
+"""LiteRT (TFLite) step graphs: the writer (:func:`to_litert`) and the reader, an engine behind the stream driver.
+
+:func:`open_litert` gives a :class:`stmc.stream.driver.Stream` like every other: ``s(chunk [B, 2, F, t])`` returns
+the mask frames delayed by ``D``, ``s.flush()`` the last ``D`` frames, ``s.reset()`` / ``s.reset(mask)`` restart
+streams. The file holds the ``step`` signature (the contract of :mod:`stmc.export.graph`) and, for look-ahead
+models, ``flush``; it is run by ``ai_edge_litert``'s interpreter (its default CPU kernels, XNNPACK) with one
+thread unless told otherwise. Shapes are static: ``B`` must be the batch the graph was exported for.
+
+The metadata lives in the file's own metadata list (entry ``stmc``, a JSON object of the step-graph metadata)
+and is checked against the signature's inputs on load, so a file whose metadata belongs to another graph is
+refused instead of streaming wrong audio.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stmc.export.graph import (
+    INPUT,
+    OUTPUT,
+    ExportLayer,
+    FlushGraph,
+    GraphEngine,
+    GraphMetadata,
+    Signature,
+    StepGraph,
+    check_export_args,
+    metadata,
+    state_names,
+    trace_inputs,
+)
+from stmc.files import atomic_write
+from stmc.model.unet import UNet
+from stmc.stream.driver import Stream
+from stmc.stream.engines import ENGINES
+
+METADATA_NAME = "stmc"
+STEP, FLUSH = "step", "flush"  # the signatures
+IDENTIFIER = b"TFL3"  # the flatbuffer file identifier of LiteRT models, at bytes 4..7
+
+
+def _model(path: str | Path):
+    """The flatbuffer model of a LiteRT file and its bytes; ``ValueError`` if it is no LiteRT file."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    data = Path(path).read_bytes()
+    if data[4:8] != IDENTIFIER:
+        raise ValueError(f"{path} is not a LiteRT (.tflite) file")
+    return schema.Model.GetRootAs(data, 0), data
+
+
+def operator_names(path: str | Path) -> list[str]:
+    """The operator kinds a LiteRT file uses (``CUSTOM`` would be one the runtime does not have built in)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model, _ = _model(path)
+    names = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
+    codes = (model.OperatorCodes(i) for i in range(model.OperatorCodesLength()))
+    return sorted({names.get(max(c.BuiltinCode(), c.DeprecatedBuiltinCode()), "unknown") for c in codes})
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The step-graph metadata of a LiteRT file (empty if it has none); ``ValueError`` if it is no LiteRT file."""
+    model, data = _model(path)
+    for i in range(model.MetadataLength()):
+        entry = model.Metadata(i)
+        if entry.Name() == METADATA_NAME.encode():
+            buffer = model.Buffers(entry.Buffer())
+            raw = (buffer.DataAsNumpy().tobytes() if buffer.DataLength()
+                   else data[buffer.Offset() : buffer.Offset() + buffer.Size()])
+            return json.loads(raw)
+    return {}
+
+
+class LiteRTEngine(GraphEngine):
+    """The ``step`` signature (``frames_per_call`` frames per call) and, with look-ahead, ``flush``."""
+
+    def __init__(self, path: str | Path, threads: int = 1) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.path = Path(path)
+        super().__init__(GraphMetadata(read_metadata(self.path), str(self.path)))
+        flush = self.meta.flush
+        self.interpreter = Interpreter(model_path=str(self.path), num_threads=threads)
+        signatures = self.interpreter.get_signature_list()
+        if STEP not in signatures or (flush and flush not in signatures):
+            needs = STEP + (f" and {flush}" if flush else "")
+            raise ValueError(f"{self.path}: signatures {sorted(signatures)}, its metadata needs {needs}; export it "
+                             "with python -m stmc.export")
+        self.step_runner = self.interpreter.get_signature_runner(STEP)
+        details = self.step_runner.get_input_details()
+        self.meta.check_inputs({name: (list(d["shape"]), np.dtype(d["dtype"]).name) for name, d in details.items()})
+        self.flush_runner = self.interpreter.get_signature_runner(flush) if flush else None
+
+    def run_step(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.step_runner(**inputs)
+
+    def run_flush(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        return self.flush_runner(**inputs)[OUTPUT]
+
+
+def open_litert(path: str | Path, threads: int = 1) -> Stream:
+    """The LiteRT file at ``path`` behind the stream driver, run with ``threads`` interpreter threads."""
+    return Stream(LiteRTEngine(path, threads))
+
+
+# -- the writer --
+
+
+LITERT_MISSING = ("the LiteRT converter (litert-torch) is not installed in this Python: `make litert` builds "
+                  ".venv-litert with it (requirements-litert.txt); run the export with .venv-litert/bin/python")
+
+
+def to_litert(model: UNet, path: str | Path, method: str = "stmc", frames_per_call: int = 1, batch: int = 1
+              ) -> Path:
+    """Export ``model``'s ``method`` step (``stmc``, ``inc`` or ``window``) to one LiteRT (``.tflite``) file.
+
+    The file holds the signature ``step`` (the step-graph contract of :mod:`stmc.export.graph`) and, for look-ahead
+    models, ``flush`` (state in, the last ``D`` frames out); the metadata goes into the file's own metadata list
+    (entry ``stmc``, JSON). Shapes are static: ``batch`` streams and ``frames_per_call`` frames per call, both in
+    the metadata. Only built-in LiteRT operators: the time, int64 in the contract, is kept int64 (``enable_x64``),
+    and transposed convolutions are padding-free with a crop (:class:`ExportLayer`), which is what the converter
+    legalizes. Written atomically; the converter's own output is checked by :class:`open_litert` on load.
+    """
+    check_export_args(model, frames_per_call)
+    if method not in ENGINES:
+        raise ValueError(f"unknown streaming method {method!r}; choose one of {', '.join(ENGINES)}")
+    if not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch must be a positive integer, got {batch!r}")
+    try:
+        import litert_torch
+    except ImportError:
+        raise ValueError(LITERT_MISSING) from None
+    path, training = Path(path), model.training
+    engine = ENGINES[method](model.eval(), layer_form=ExportLayer)
+    frames, *state = trace_inputs(model, engine, batch, frames_per_call)
+    names = state_names(len(state))
+    inputs = dict(zip([INPUT, *names], [frames, *state], strict=True))
+    step = Signature(StepGraph(engine), [*inputs], [OUTPUT, *state_names(len(state), "next_")])
+    converter = litert_torch.signature(STEP, step, sample_kwargs=inputs)
+    if engine.delay:
+        flush = Signature(FlushGraph(engine), names, [OUTPUT])
+        converter = converter.signature(FLUSH, flush, sample_kwargs={name: inputs[name] for name in names})
+    with torch.no_grad(), tempfile.TemporaryDirectory() as folder:
+        converted = Path(folder) / "model.tflite"
+        converter.convert(enable_x64=True).export(str(converted))
+        meta = metadata(model, method, engine.state_shapes(), engine.delay, frames_per_call,
+                        FLUSH if engine.delay else "", batch)
+        data = with_litert_metadata(converted.read_bytes(), meta)
+    atomic_write(path, writer=lambda tmp: Path(tmp).write_bytes(data))
+    model.train(training)
+    return path
+
+
+def with_litert_metadata(data: bytes, meta: dict[str, str]) -> bytes:
+    """The LiteRT file ``data`` with ``meta`` as its step-graph metadata entry (replacing one it had)."""
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    graph = flatbuffer_utils.read_model_from_bytearray(bytearray(data))
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    graph.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name, entry.buffer = METADATA_NAME, len(graph.buffers) - 1
+    graph.metadata = [m for m in graph.metadata or [] if m.name not in (METADATA_NAME, METADATA_NAME.encode())]
+    graph.metadata.append(entry)
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(graph))

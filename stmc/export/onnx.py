@@ -1,0 +1,156 @@
+"""ONNX step graphs: the writer (:func:`to_onnx`) and the reader, an engine behind the stream driver.
+
+:func:`open_onnx` gives a :class:`stmc.stream.driver.Stream` with the same per-call contract as the PyTorch
+engines: ``s(chunk [B, 2, F, t])`` returns the mask frames delayed by ``D`` (nothing before the streams' start),
+``s.flush()`` the last ``D`` frames, ``s.reset()`` / ``s.reset(mask)`` restart all / chosen streams. ``t`` must
+be a multiple of the graph's ``frames_per_call`` (any ``t`` for the default 1). The graph contract (input and
+output names, the metadata) is :mod:`stmc.export.graph`'s; ONNX keeps the metadata as ``stmc.*`` metadata_props.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from stmc.export.graph import (
+    INPUT,
+    OUTPUT,
+    ExportLayer,
+    FlushGraph,
+    GraphEngine,
+    GraphMetadata,
+    StepGraph,
+    check_export_args,
+    metadata,
+    state_names,
+    trace_inputs,
+)
+from stmc.model.unet import UNet
+from stmc.stream.driver import Stream
+from stmc.stream.engines import STMCEngine
+
+META = "stmc."  # the prefix of the step-graph metadata keys (stmc.export.graph) among the ONNX metadata_props
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The step-graph metadata of an exported ONNX graph, without the prefix."""
+    props = onnx.load(str(path), load_external_data=False).metadata_props
+    return {p.key[len(META) :]: p.value for p in props if p.key.startswith(META)}
+
+
+def session(path: str | Path, threads: int = 1):
+    """An onnxruntime CPU session with ``threads`` intra-op threads, sequential execution (timing-friendly)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+class OnnxEngine(GraphEngine):
+    """The step graph (``frames_per_call`` frames per call) and, for look-ahead models, the flush graph."""
+
+    def __init__(self, path: str | Path, threads: int = 1) -> None:
+        self.path = Path(path)
+        super().__init__(GraphMetadata(read_metadata(self.path), str(self.path)))
+        self.step_session = session(self.path, threads)
+        types = {"tensor(float)": "float32", "tensor(int64)": "int64"}
+        self.meta.check_inputs({i.name: (i.shape, types.get(i.type, i.type))
+                                for i in self.step_session.get_inputs()})
+        self.outputs = [o.name for o in self.step_session.get_outputs()]
+        flush = self.meta.flush
+        self.flush_session = session(self.path.parent / flush, threads) if flush else None
+
+    def run_step(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(self.outputs, self.step_session.run(self.outputs, inputs), strict=True))
+
+    def run_flush(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        return self.flush_session.run(None, inputs)[0]
+
+
+def open_onnx(path: str | Path, threads: int = 1) -> Stream:
+    """The exported graphs at ``path`` behind the stream driver, run by onnxruntime with ``threads`` threads."""
+    return Stream(OnnxEngine(path, threads))
+
+
+# -- the writer --
+
+OPSET = 17
+
+
+def flush_path(path: str | Path) -> Path:
+    """Where the flush graph of the step graph at ``path`` lives: ``model.onnx`` -> ``model.flush.onnx``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.flush{path.suffix or '.onnx'}")
+
+
+def _save(
+    module: nn.Module,
+    args: tuple[torch.Tensor, ...],
+    path: Path,
+    inputs: list[str],
+    outputs: list[str],
+    meta: dict[str, str],
+    opset: int,
+) -> None:
+    """Trace ``module`` to ``path`` at the batch of ``args``; declare the inputs' and outputs' axis 0 symbolic.
+
+    The intermediate shapes the exporter records (``value_info``) carry the traced batch, so they are dropped;
+    onnxruntime infers them again from the inputs. ``meta`` goes into the graph's ``metadata_props``.
+    """
+    module.eval()  # the exporter restores this mode afterwards, on the wrapped model too
+    with torch.no_grad(), warnings.catch_warnings():
+        # deliberate: the dynamo exporter needs onnxscript (see the module docstring)
+        warnings.filterwarnings("ignore", "You are using the legacy TorchScript", DeprecationWarning)
+        torch.onnx.export(
+            module, args, str(path), input_names=inputs, output_names=outputs, opset_version=opset, dynamo=False
+        )
+    graph = onnx.load(str(path))
+    del graph.graph.value_info[:]
+    for value in [*graph.graph.input, *graph.graph.output]:
+        value.type.tensor_type.shape.dim[0].dim_param = "batch"
+    for key, value in meta.items():
+        entry = graph.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.checker.check_model(graph)
+    onnx.save(graph, str(path))
+
+
+def to_onnx(model: UNet, path: str | Path, frames_per_call: int = 1, opset: int = OPSET) -> Path:
+    """Export ``model``'s STMC step (and, for look-ahead models, its flush graph); returns the step graph's path.
+
+    ``frames_per_call`` is fixed in the graph (the tracer needs static time sizes); 1 is one hop per call, the
+    lowest latency. Both files are written next to each other; see the module docstring for the contract.
+    """
+    check_export_args(model, frames_per_call)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    training = model.training
+    # traced: the PyTorch operators, every time mask as tensor ops (Clock without `settled`), Conv nodes
+    engine = STMCEngine(model, layer_form=ExportLayer)
+    frames, *state = trace_inputs(model, engine, 2, frames_per_call)  # 2: no size-1 broadcast is baked in
+    n = len(state)
+    flush_name = flush_path(path).name if engine.delay else ""
+    meta = metadata(model, "stmc", engine.state_shapes(), engine.delay, frames_per_call, flush_name)
+    meta = {META + key: value for key, value in meta.items()}
+    _save(
+        StepGraph(engine),
+        (frames, *state),
+        path,
+        [INPUT, *state_names(n)],
+        [OUTPUT, *state_names(n, "next_")],
+        meta,
+        opset,
+    )
+    if engine.delay:
+        _save(FlushGraph(engine), tuple(state), flush_path(path), state_names(n), [OUTPUT], meta, opset)
+    model.train(training)
+    return path

@@ -1,0 +1,296 @@
+"""Streaming engines: one set of U-Net weights run chunk by chunk, exactly equal to offline inference.
+
+Every engine runs behind the one driver, :class:`stmc.stream.driver.Stream` (checks, per-stream time, alignment, flush,
+reset, state round trip); an engine only lays out its state and computes a step. They differ in how a layer
+gets its context:
+
+- ``stmc``: a shift register of the last ``past + future`` input frames per layer and a delay line per skip
+  connection, so each input frame is convolved once per layer (cost linear in the chunk size); on PyTorch
+  operators (:class:`STMCEngine`) or in one native call per chunk (:class:`NativeSTMCEngine`);
+- ``inc``: our reconstruction of incremental inference: a buffer of the receptive field of *input* frames,
+  every layer evaluated (valid in time) only on the frames the new outputs depend on; no per-layer state;
+- ``window``: standard convolutions: the whole padded model recomputed over the last receptive-field frames
+  for every new frame (hop).
+
+Frames at times before a stream's start or after its end stand for the zero padding of offline inference:
+every layer zeroes its outputs there (:meth:`stmc.stream.driver.Clock.clip`), which is what makes zero-initialised
+state exact. Engines run the model's inference form (BatchNorm folded into the convolutions, running
+statistics); weights are read at construction and at every full ``reset()``.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from stmc.model.layers import FrozenLayer, OverlapAddLayer
+from stmc.model.unet import UNet
+from stmc.stream.driver import TIME, Clock, Engine, Stream
+from stmc.stream.native import KernelMismatch, NativeStep
+from stmc.stream.native import unavailable as native_unavailable
+
+
+def merge(k: int, h: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    """The U-Net skip merge in the frozen layout: decoder channels, then encoder channels."""
+    return torch.cat([h, skip], -1)
+
+
+def pad_time(x: torch.Tensor, before: int, after: int) -> torch.Tensor:
+    """Zero frames before and after, on the time axis of the frozen layout."""
+    return F.pad(x, (0, 0, 0, 0, before, after))
+
+
+def padded_walk(model: UNet, layers: list[FrozenLayer], h: torch.Tensor, clip=None) -> torch.Tensor:
+    """Offline inference in the frozen layout: each layer's input padded with its (past, future) zeros.
+
+    ``clip(y)``, if given, post-processes every layer output (the window engine masks time there).
+    """
+
+    def apply(k: int, x: torch.Tensor) -> torch.Tensor:
+        y = layers[k](pad_time(x, layers[k].past, layers[k].future))
+        return y if clip is None else clip(y)
+
+    return model.walk(h, apply, merge)
+
+
+class ModelEngine(Engine):
+    """An engine over a :class:`UNet`'s frozen layers (``layer_form`` turns each into what the engine runs)."""
+
+    def __init__(self, model: UNet, layer_form: Callable[[FrozenLayer], object] | None = None) -> None:
+        self.model, self.layer_form = model, layer_form
+        self.delay, self.n_freq = model.receptive_field[1], model.n_freq
+        self.load()
+
+    def load(self) -> None:
+        self.adopt(self.model.frozen())
+
+    def adopt(self, layers: list[FrozenLayer]) -> None:
+        """Take the model's frozen layers (read at construction and at every full reset) in the engine's form."""
+        self.layers = layers if self.layer_form is None else [self.layer_form(layer) for layer in layers]
+        self.dtype, self.device = layers[0].bias.dtype, layers[0].bias.device
+
+    def step(self, chunk: torch.Tensor, state: list[torch.Tensor], clock: Clock
+             ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        state = list(state)  # replaced, never written in place
+        return self.model.through_frames(chunk, lambda h: self.walk(h, state, clock)), state
+
+    def walk(self, h: torch.Tensor, state: list[torch.Tensor], clock: Clock) -> torch.Tensor:
+        """The layer chain on features ``[B, t, F, 2]``, updating ``state`` (a list the step owns)."""
+        raise NotImplementedError
+
+    def pure_step(self, chunk: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """One step as a function of its inputs, ``(chunk, *state, time) -> (out, *next_state, next_time)``, every
+        layer output masked by tensor ops: what ``torch.compile`` and the ONNX export trace."""
+        *buffers, time = state
+        out, buffers = self.step(chunk, buffers, Clock(time))
+        return (out, *buffers, time + chunk.shape[-1])
+
+
+class STMCEngine(ModelEngine):
+    """Short-Term Memory Convolution on PyTorch operators: per-layer shift registers, per-skip delay lines."""
+
+    def adopt(self, layers: list[FrozenLayer]) -> None:
+        super().adopt(layers)
+        # tstmc=False decoder layers, streamed as transposed convolutions in time (INC and window run every layer
+        # in its valid form)
+        self.overlap = {k: OverlapAddLayer.of(layer, self.layer_form) for k, layer in enumerate(layers)
+                        if not self.model.layers[k].tstmc}
+
+    def state_shapes(self) -> list[tuple[int, ...]]:
+        model = self.model
+        shapes = []
+        for k, layer in enumerate(model.layers):
+            channels, bins = model.input_shape(k)
+            if k in self.overlap:  # the pending output sums
+                shapes.append((layer.past + layer.future, layer.out_bins(bins), layer.out_channels))
+            else:  # the last input frames
+                shapes.append((layer.past + layer.future, bins, channels))
+        for k, source in model.joins.items():
+            if model.join_delay(k):
+                shapes.append((model.join_delay(k), model.bins(source + 1), model.layers[source].out_channels))
+        return shapes
+
+    def walk(self, h: torch.Tensor, state: list[torch.Tensor], clock: Clock) -> torch.Tensor:
+        model, registers = self.model, state
+        lines = iter(range(len(model.layers), len(registers)))
+        slots = {k: next(lines) for k in model.joins if model.join_delay(k)}
+
+        def apply(k: int, x: torch.Tensor) -> torch.Tensor:
+            if k in self.overlap:
+                y, registers[k] = self.overlap[k](x, registers[k])
+                return clock.clip(y, -model.delays[k])
+            layer = self.layers[k]
+            x = torch.cat([registers[k], x], TIME)
+            registers[k] = x[:, x.shape[TIME] - layer.past - layer.future :]
+            return clock.clip(layer(x), -model.delays[k])
+
+        def join(k: int, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+            if k in slots:
+                slot = slots[k]
+                skip = torch.cat([registers[slot], skip], TIME)
+                registers[slot] = skip[:, skip.shape[TIME] - model.join_delay(k) :]
+            return merge(k, x, skip[:, : x.shape[TIME]])
+
+        return model.walk(h, apply, join)
+
+
+class NativeSTMCEngine(STMCEngine):
+    """STMC in one native call per chunk (:mod:`stmc.stream.native`: the same arithmetic, the registers shifted in
+    place).
+
+    Bound to the driver's state tensors at the first chunk (again when they are replaced); each distinct GEMM
+    shape is checked against ``torch.mm`` then, and a mismatch means the PyTorch operators from there on.
+    """
+
+    def __init__(self, model: UNet) -> None:
+        super().__init__(model)
+        self.native = True
+        self.native_step: NativeStep | None = None
+
+    def load(self) -> None:
+        super().load()
+        self.native_step = None
+
+    def step(self, chunk: torch.Tensor, state: list[torch.Tensor], clock: Clock
+             ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        if not self.native or not chunk.is_cpu:
+            return super().step(chunk, state, clock)
+        if self.native_step is None or not self.native_step.binds(self.layers, state):
+            state = [tensor.contiguous() for tensor in state]
+            try:
+                self.native_step = NativeStep(self.model, self.layers, state, clock.time.shape[0],
+                                              self.state_shapes())
+            except KernelMismatch as err:  # never silently wrong: the operators compute the same state
+                warn_once(f"STMC streams use PyTorch operators (slower per hop): {err}")
+                self.native, self.native_step = False, None
+                return super().step(chunk, state, clock)
+        return self.native_step(chunk, clock.time.contiguous(), clock.end), state
+
+
+class IncEngine(ModelEngine):
+    """Incremental inference: keep the receptive field of input frames, compute only what new outputs need."""
+
+    def state_shapes(self) -> list[tuple[int, ...]]:
+        return [(sum(self.model.receptive_field), self.model.n_freq, 2)]
+
+    @staticmethod
+    def history(h: torch.Tensor, state: list[torch.Tensor]) -> torch.Tensor:
+        """The input frames of the receptive field followed by ``h``; keeps the newest as state."""
+        x = torch.cat([state[0], h], TIME)
+        state[0] = x[:, h.shape[TIME] :]
+        return x
+
+    def walk(self, h: torch.Tensor, state: list[torch.Tensor], clock: Clock) -> torch.Tensor:
+        model = self.model
+        first = -sum(model.receptive_field)  # time of the history's first frame, relative to h's
+
+        def apply(k: int, x: torch.Tensor) -> torch.Tensor:
+            return clock.clip(self.layers[k](x), first + model.lags[k])
+
+        def join(k: int, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+            offset = model.join_offset(k)
+            return merge(k, x, skip[:, offset : offset + x.shape[TIME]])
+
+        return model.walk(self.history(h, state), apply, join)
+
+
+class WindowEngine(IncEngine):
+    """Standard convolutions: the padded model over the last receptive-field frames, once per new frame."""
+
+    def walk(self, h: torch.Tensor, state: list[torch.Tensor], clock: Clock) -> torch.Tensor:
+        model = self.model
+        past, future = model.receptive_field
+        x = self.history(h, state)
+        outputs = []
+        for i in range(h.shape[TIME]):
+            first = i - past - future  # time of this window's first frame, relative to h's
+            window = x[:, i : i + past + future + 1]
+            out = padded_walk(model, self.layers, window, lambda y, first=first: clock.clip(y, first))
+            outputs.append(out[:, past : past + 1])
+        return torch.cat(outputs, TIME)
+
+
+class CompiledEngine(Engine):
+    """An engine's steps through ``torch.compile`` (inductor); flushes run eagerly (they happen once).
+
+    Dynamo's recompilation limits are raised for these calls only: every stream shares the pure step's code
+    object and dynamo guards each instance separately, so many streams would otherwise fall back to eager.
+    """
+
+    RECOMPILE_LIMITS = {"recompile_limit": 64, "accumulated_recompile_limit": 1024}
+
+    def __init__(self, engine: ModelEngine) -> None:
+        self.engine = engine
+        self.delay, self.n_freq, self.dtype, self.device = engine.delay, engine.n_freq, engine.dtype, engine.device
+        self.compiled = torch.compile(engine.pure_step, dynamic=False)
+
+
+    def state_shapes(self) -> list[tuple[int, ...]]:
+        return self.engine.state_shapes()
+
+    def load(self) -> None:
+        self.engine.load()
+
+    def step(self, chunk: torch.Tensor, state: list[torch.Tensor], clock: Clock
+             ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        if clock.end is not None:
+            return self.engine.step(chunk, state, clock)
+        with torch._dynamo.config.patch(**self.RECOMPILE_LIMITS):
+            out, *state, _ = self.compiled(chunk, *state, clock.time)  # the driver advances the time
+        return out, state
+
+
+@functools.cache
+def warn_once(message: str) -> None:
+    """A warning given once per process (streams are built in loops: one line is enough)."""
+    warnings.warn(message, stacklevel=5)
+
+
+ENGINES: dict[str, type[ModelEngine]] = {"stmc": STMCEngine, "inc": IncEngine, "window": WindowEngine}
+METHODS = tuple(ENGINES)
+
+
+def engine_for(model: UNet, method: str = "stmc", compile: bool = False, native: bool | None = None) -> Engine:
+    """The engine of ``method`` over ``model``; see :func:`streaming` for ``compile`` and ``native``."""
+    if method not in ENGINES:
+        raise ValueError(f"unknown streaming method {method!r}; choose one of {', '.join(METHODS)}")
+    if not isinstance(model, UNet):
+        raise ValueError(f"streaming() needs a stmc.UNet, got {type(model).__name__}")
+    if native and method != "stmc":
+        raise ValueError(f"native=True is for the stmc method only, got {method!r}")
+    if method == "stmc" and native is not False and not (native is None and compile):
+        weight = model.layers[0].conv.weight
+        unsupported = weight.dtype != torch.float32 or not weight.is_cpu
+        if compile:
+            reason = "torch.compile traces the PyTorch operators; pass native=False or compile=False"
+        elif unsupported:
+            reason = f"it runs float32 models on the CPU, this one is {weight.dtype} on {weight.device}"
+        elif not all(layer.tstmc for layer in model.layers):
+            reason = "it has no overlap-add decoder for tstmc=False models"
+        else:
+            reason = native_unavailable()
+        if reason is None:
+            return NativeSTMCEngine(model)
+        if native:
+            raise ValueError(f"native=True, but the native STMC step cannot run: {reason}")
+        if not unsupported:  # a model it cannot run is no surprise; a missing compiler is worth a line
+            warn_once(f"STMC streams use PyTorch operators (slower per hop): {reason}")
+    engine = ENGINES[method](model)
+    return CompiledEngine(engine) if compile else engine
+
+
+def streaming(model: UNet, method: str = "stmc", compile: bool = False, native: bool | None = None) -> Stream:
+    """A stateful stream over ``model``'s weights; ``method`` is one of :data:`METHODS`.
+
+    ``native`` (``stmc`` only): the native step wherever it can run (None: float32 on CPU, not compiled, a C++
+    compiler present; PyTorch operators otherwise), always (True: a ``ValueError`` where it cannot) or never.
+
+    ``compile=True`` runs each step through ``torch.compile`` (inductor): the first chunk of each new size
+    compiles for tens of seconds, then per-step Python and dispatch overhead all but vanishes. Use it with a
+    fixed chunk size.
+    """
+    return Stream(engine_for(model, method, compile, native))

@@ -1,0 +1,271 @@
+// The STMC step of a U-Net as one native call per chunk (see stmc/stream/native.py, which compiles and binds it).
+//
+// Per input frame: the compressed spectrum goes into layer 0's current-frame buffer; every layer gathers its
+// shift register plus the current frame into one GEMM operand, runs one GEMM (libtorch_cpu's brgemm), adds
+// bias and PReLU, zeroes frames outside each stream's [0, end) and writes the result straight into the next
+// layer's current-frame buffer (and into the skip delay line or the decoder buffer it feeds); then the
+// register shifts by one frame. The arithmetic is the PyTorch engine's (stmc/stream/engines.py); only the
+// per-operator dispatch and allocation are gone. All buffers are owned and laid out by Python.
+//
+// The same code runs offline inference of a whole sequence (stmc.stream.native.NativeOffline, the benchmark's floor):
+// its "batch" rows are then the sequence's frames, each layer reads its zero-padded input sequence (cur null,
+// step 1) and there is nothing to shift.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <exception>
+
+// libtorch_cpu's small-GEMM entry: oneDNN's JIT batch-reduce GEMM micro-kernel where the CPU has AVX2 (cached
+// per shape), else its BLAS. Row-major: C[M, N] = A[M, K] @ B[K, N] (+ C when add_C).
+namespace at::native::cpublas {
+void brgemm(int64_t M, int64_t N, int64_t K, int64_t ld_a, int64_t ld_b, int64_t ld_c, bool add_C, const float* A,
+            const float* B, float* C, bool is_vnni);
+}  // namespace at::native::cpublas
+
+extern "C" {
+
+// One temporal layer; mirrors stmc.stream.native.LayerSpec field for field.
+struct LayerSpec {
+  int64_t transposed;  // decoder (tSTMC) layer: transposed in frequency
+  int64_t hist;        // frames in the shift register: past + future
+  int64_t step;        // frames between consecutive rows' first frames in reg: hist (streams), 1 (a sequence)
+  int64_t delay;       // output time = input time - delay (cumulative look-ahead up to this layer)
+  int64_t kernel;      // frequency kernel (taps), zero-padded by kernel / 2 on both sides
+  int64_t stride;      // frequency stride (of the convolution, or of the transposed one)
+  int64_t in_bins, in_ch, out_bins, out_ch;
+  const float* matrix;  // GEMM matrix: encoder rows (tap, freq tap, c); decoder rows (tap, c), columns (freq tap, cout)
+  const float* bias;    // [out_ch]
+  const float* prelu;   // [out_ch] or null (final layer)
+  float* reg;           // streams: [B, hist, in_bins, in_ch]; a sequence: its padded input frames
+  float* cur;           // streams: [B, in_bins, in_ch], the input frame being processed; a sequence: null
+  float* dst;           // output rows go to channels [0, out_ch) of [B, out_bins, dst_ch]
+  int64_t dst_ch;
+  float* line;          // skip delay line [B, line_len, out_bins, out_ch], or null
+  int64_t line_len;
+  float* skip;          // skip destination: channels [skip_ch - out_ch, skip_ch) of [B, out_bins, skip_ch], or null
+  int64_t skip_ch;
+};
+
+// The whole step; mirrors stmc.stream.native.StepSpec.
+struct StepSpec {
+  int64_t n_layers, batch, n_freq;
+  int64_t compress;  // 0: the spectrum enters as is; 1: X * (|X|^2 + feature_eps)^exponent
+  double exponent;
+  double feature_eps;  // keeps the compression finite at |X| = 0
+  double bound_eps;    // the mask bound's floor on |z|: z * tanh(|z|) / max(|z|, bound_eps)
+  float* input;   // where the compressed spectrum goes: layer 0's current frame (or its first sequence frame)
+  const LayerSpec* layers;
+  float* cols;    // GEMM operand scratch, the largest layer's
+  float* spread;  // decoder GEMM output before the overlap-add in frequency
+  float* mask;    // [B, n_freq, 2]: the last layer's output, before the bound
+  int64_t macs;   // multiply-accumulates done so far (counted per GEMM)
+};
+
+}  // extern "C"
+
+namespace {
+
+// y[rows, cols] (row stride ldy) = x[rows, inner] (row stride ldx) @ w[inner, cols]
+void gemm(int64_t rows, int64_t cols, int64_t inner, const float* x, int64_t ldx, const float* w, float* y,
+          int64_t ldy, int64_t* macs) {
+  at::native::cpublas::brgemm(rows, cols, inner, ldx, cols, ldy, false, x, w, y, false);
+  *macs += rows * cols * inner;
+}
+
+// Frame `tap` (0 = oldest) of row b: a register slot, or the current frame for a stream's newest tap.
+const float* frame(const LayerSpec& L, int64_t b, int64_t tap) {
+  const int64_t size = L.in_bins * L.in_ch;
+  return tap < L.hist || L.cur == nullptr ? L.reg + (b * L.step + tap) * size : L.cur + b * size;
+}
+
+void encoder_layer(const LayerSpec& L, StepSpec& S) {
+  const int64_t taps = L.hist + 1, C = L.in_ch, width = L.kernel * C, K = taps * width, pad = L.kernel / 2;
+  for (int64_t b = 0; b < S.batch; ++b) {
+    for (int64_t m = 0; m < L.out_bins; ++m) {
+      float* row = S.cols + (b * L.out_bins + m) * K;
+      const int64_t lo = m * L.stride - pad;
+      for (int64_t tap = 0; tap < taps; ++tap) {
+        const float* src = frame(L, b, tap);
+        float* out = row + tap * width;
+        if (lo >= 0 && lo + L.kernel <= L.in_bins) {
+          std::memcpy(out, src + lo * C, width * sizeof(float));
+          continue;
+        }
+        for (int64_t df = 0; df < L.kernel; ++df) {
+          const int64_t pos = lo + df;
+          if (pos >= 0 && pos < L.in_bins)
+            std::memcpy(out + df * C, src + pos * C, C * sizeof(float));
+          else
+            std::memset(out + df * C, 0, C * sizeof(float));
+        }
+      }
+    }
+  }
+  gemm(S.batch * L.out_bins, L.out_ch, K, S.cols, K, L.matrix, L.dst, L.dst_ch, &S.macs);
+}
+
+void decoder_layer(const LayerSpec& L, StepSpec& S) {
+  const int64_t taps = L.hist + 1, C = L.in_ch, K = taps * C, N = L.kernel * L.out_ch, pad = L.kernel / 2;
+  const float* x = L.cur != nullptr ? L.cur : L.reg;
+  if (taps > 1) {
+    for (int64_t b = 0; b < S.batch; ++b)
+      for (int64_t m = 0; m < L.in_bins; ++m) {
+        float* row = S.cols + (b * L.in_bins + m) * K;
+        for (int64_t tap = 0; tap < taps; ++tap) std::memcpy(row + tap * C, frame(L, b, tap) + m * C, C * sizeof(float));
+      }
+    x = S.cols;
+  }
+  gemm(S.batch * L.in_bins, N, K, x, K, L.matrix, S.spread, N, &S.macs);
+  const int64_t co = L.out_ch;
+  for (int64_t b = 0; b < S.batch; ++b) {
+    float* out = L.dst + b * L.out_bins * L.dst_ch;
+    for (int64_t f = 0; f < L.out_bins; ++f) std::memset(out + f * L.dst_ch, 0, co * sizeof(float));
+    for (int64_t m = 0; m < L.in_bins; ++m) {
+      const float* taps_of_m = S.spread + (b * L.in_bins + m) * N;
+      for (int64_t df = 0; df < L.kernel; ++df) {
+        const int64_t f = m * L.stride + df - pad;
+        if (f < 0 || f >= L.out_bins) continue;
+        float* y = out + f * L.dst_ch;
+        const float* s = taps_of_m + df * co;
+        for (int64_t c = 0; c < co; ++c) y[c] += s[c];
+      }
+    }
+  }
+}
+
+// Bias and PReLU on the output rows; rows of a stream whose output time is outside [0, end) become zeros.
+void activate(const LayerSpec& L, const StepSpec& S, const int64_t* time, const int64_t* end, int64_t i) {
+  const int64_t co = L.out_ch;
+  for (int64_t b = 0; b < S.batch; ++b) {
+    const int64_t t = time[b] + i - L.delay;
+    const bool valid = t >= 0 && (end == nullptr || t < end[b]);
+    float* out = L.dst + b * L.out_bins * L.dst_ch;
+    for (int64_t f = 0; f < L.out_bins; ++f) {
+      float* y = out + f * L.dst_ch;
+      if (!valid) {
+        std::memset(y, 0, co * sizeof(float));
+      } else if (L.prelu != nullptr) {
+        for (int64_t c = 0; c < co; ++c) {
+          const float v = y[c] + L.bias[c];
+          y[c] = v >= 0.0f ? v : L.prelu[c] * v;
+        }
+      } else {
+        for (int64_t c = 0; c < co; ++c) y[c] += L.bias[c];
+      }
+    }
+  }
+}
+
+// The encoder output also feeds a decoder layer: now, or through its delay line.
+void feed_skip(const LayerSpec& L, const StepSpec& S) {
+  if (L.skip == nullptr) return;
+  const int64_t co = L.out_ch, frame_size = L.out_bins * co, offset = L.skip_ch - co, bytes = co * sizeof(float);
+  for (int64_t b = 0; b < S.batch; ++b) {
+    const float* fresh = L.dst + b * L.out_bins * L.dst_ch;
+    float* to = L.skip + b * L.out_bins * L.skip_ch + offset;
+    if (L.line == nullptr) {
+      for (int64_t f = 0; f < L.out_bins; ++f) std::memcpy(to + f * L.skip_ch, fresh + f * L.dst_ch, bytes);
+      continue;
+    }
+    float* line = L.line + b * L.line_len * frame_size;
+    for (int64_t f = 0; f < L.out_bins; ++f) std::memcpy(to + f * L.skip_ch, line + f * co, bytes);
+    std::memmove(line, line + frame_size, (L.line_len - 1) * frame_size * sizeof(float));
+    float* newest = line + (L.line_len - 1) * frame_size;
+    for (int64_t f = 0; f < L.out_bins; ++f) std::memcpy(newest + f * co, fresh + f * L.dst_ch, bytes);
+  }
+}
+
+void shift_register(const LayerSpec& L, const StepSpec& S) {
+  if (L.hist == 0 || L.cur == nullptr) return;
+  const int64_t size = L.in_bins * L.in_ch;
+  for (int64_t b = 0; b < S.batch; ++b) {
+    float* reg = L.reg + b * L.hist * size;
+    std::memmove(reg, reg + size, (L.hist - 1) * size * sizeof(float));
+    std::memcpy(reg + (L.hist - 1) * size, L.cur + b * size, size * sizeof(float));
+  }
+}
+
+void features(const StepSpec& S, const float* spec, const int64_t* ss, int64_t i) {
+  float* x = S.input;
+  for (int64_t b = 0; b < S.batch; ++b)
+    for (int64_t f = 0; f < S.n_freq; ++f) {
+      const float* at = spec + b * ss[0] + f * ss[2] + i * ss[3];
+      float re = at[0], im = at[ss[1]];
+      if (S.compress) {
+        const float scale = std::pow(re * re + im * im + static_cast<float>(S.feature_eps), static_cast<float>(S.exponent));
+        re *= scale;
+        im *= scale;
+      }
+      x[(b * S.n_freq + f) * 2] = re;
+      x[(b * S.n_freq + f) * 2 + 1] = im;
+    }
+}
+
+void bound(const StepSpec& S, float* out, const int64_t* os, int64_t i) {
+  for (int64_t b = 0; b < S.batch; ++b)
+    for (int64_t f = 0; f < S.n_freq; ++f) {
+      const float re = S.mask[(b * S.n_freq + f) * 2], im = S.mask[(b * S.n_freq + f) * 2 + 1];
+      const float magnitude = std::max(std::sqrt(re * re + im * im), static_cast<float>(S.bound_eps));
+      const float scale = std::tanh(magnitude) / magnitude;
+      float* at = out + b * os[0] + f * os[2] + i * os[3];
+      at[0] = re * scale;
+      at[os[1]] = im * scale;
+    }
+}
+
+void run(StepSpec& S, const float* spec, const int64_t* ss, float* out, const int64_t* os, int64_t frames,
+         const int64_t* time, const int64_t* end) {
+  for (int64_t i = 0; i < frames; ++i) {
+    features(S, spec, ss, i);
+    for (int64_t k = 0; k < S.n_layers; ++k) {
+      const LayerSpec& L = S.layers[k];
+      if (L.transposed)
+        decoder_layer(L, S);
+      else
+        encoder_layer(L, S);
+      activate(L, S, time, end, i);
+      feed_skip(L, S);
+      shift_register(L, S);
+    }
+    bound(S, out, os, i);
+  }
+}
+
+// Runs `body`, turning a C++ exception into its message (exceptions must not cross into the caller): null when
+// it returned normally.
+template <class Body>
+const char* guarded(Body&& body) {
+  static thread_local char message[512];
+  try {
+    body();
+  } catch (const std::exception& error) {
+    std::strncpy(message, error.what(), sizeof(message) - 1);
+    return message;
+  } catch (...) {
+    return "unknown C++ exception";
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+extern "C" {
+
+// spec [B, 2, F, frames] and out [B, 2, F, frames] with element strides ss / os; time [B]: frames each stream
+// has seen before this chunk; end [B] (or null): each stream's length, during flush. Returns null, or the
+// message of an exception from the GEMM.
+const char* stmc_step(StepSpec* S, const float* spec, const int64_t* ss, float* out, const int64_t* os,
+                      int64_t frames, const int64_t* time, const int64_t* end) {
+  return guarded([&] { run(*S, spec, ss, out, os, frames, time, end); });
+}
+
+// y[rows, cols] = x[rows, inner] @ w[inner, cols] through the step's own GEMM path, so that Python can check
+// the kernel against torch.mm for each shape the step will use (stmc.stream.native.gemm_mismatch). Returns null or the
+// message of an exception.
+const char* stmc_gemm(int64_t rows, int64_t cols, int64_t inner, const float* x, const float* w, float* y) {
+  int64_t macs = 0;
+  return guarded([&] { gemm(rows, cols, inner, x, inner, w, y, cols, &macs); });
+}
+
+}  // extern "C"
