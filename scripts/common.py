@@ -55,12 +55,16 @@ def evaluated_models(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
     return list(records.values())
 
 
-def mean_si_snri(models: Sequence[dict[str, Any]], lookahead: int, width: float, tstmc: bool = True
-                 ) -> tuple[float | None, int]:
+def mean_si_snri(
+    models: Sequence[dict[str, Any]], lookahead: int, width: float, tstmc: bool = True
+) -> tuple[float | None, int]:
     """Mean offline SI-SNRi of the evaluated models with this look-ahead, width and decoder (tSTMC or the
     ablation's), and how many there are."""
-    chosen = [m["si_snri"] for m in models if m["lookahead"] == lookahead and abs(m["width"] - width) < 1e-9
-              and m.get("tstmc", True) == tstmc]
+    chosen = [
+        m["si_snri"]
+        for m in models
+        if m["lookahead"] == lookahead and abs(m["width"] - width) < 1e-9 and m.get("tstmc", True) == tstmc
+    ]
     return (statistics.fmean(chosen) if chosen else None), len(chosen)
 
 

@@ -49,8 +49,9 @@ def time_kernels(shapes: list[tuple[int, int, int]], rounds: int) -> tuple[list[
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m scripts.gemm_kernels", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m scripts.gemm_kernels", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--lookahead", type=int, default=0)
     parser.add_argument("--width", type=float, default=1.0)
     parser.add_argument("--rounds", type=int, default=1000)
@@ -58,8 +59,10 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     shapes = hop_shapes(UNet(lookahead=args.lookahead, width=args.width).eval())
     per_shape, chain = time_kernels(shapes, args.rounds)
-    print(f"one-frame GEMMs of a hop, lookahead {args.lookahead}, width {args.width}; one thread; medians of "
-          f"{args.rounds} rounds")
+    print(
+        f"one-frame GEMMs of a hop, lookahead {args.lookahead}, width {args.width}; one thread; medians of "
+        f"{args.rounds} rounds"
+    )
     print("| layer | M x K x N | sgemm_ (µs) | brgemm (µs) | sgemm_ ÷ brgemm |\n|---:|---|---:|---:|---:|")
     for k, ((m, k_, n), (blas, brg)) in enumerate(zip(shapes, per_shape, strict=True)):
         print(f"| {k} | {m} x {k_} x {n} | {blas * 1e6:.1f} | {brg * 1e6:.1f} | {blas / brg:.2f} |")

@@ -40,13 +40,19 @@ def fit(overrides: list[str], steps: int, corpus: Path, folder: Path) -> dict[st
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
-    cfg, metrics, record = timed_fit([*overrides, f"data.root={corpus}", "logger=csv",
-                                      "callbacks.progress_bar.refresh_rate=0"], warmup, steps - warmup, folder)
+    cfg, metrics, record = timed_fit(
+        [*overrides, f"data.root={corpus}", "logger=csv", "callbacks.progress_bar.refresh_rate=0"],
+        warmup,
+        steps - warmup,
+        folder,
+    )
     return {
-        "steps": steps, "steps_per_s": 1 / seconds_per_step(record["times"]),
+        "steps": steps,
+        "steps_per_s": 1 / seconds_per_step(record["times"]),
         "seconds": time.perf_counter() - started,
         "peak_mib": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else float("nan"),
-        "loss": metrics.get("train/loss", float("nan")), "precision": str(cfg.trainer.precision),
+        "loss": metrics.get("train/loss", float("nan")),
+        "precision": str(cfg.trainer.precision),
     }
 
 
@@ -80,24 +86,35 @@ def stream_check(lookahead: int, batch: int, device: str, hops: int = 50) -> dic
 
 def report(fits: dict[str, dict[str, Any]], streams: list[dict[str, Any]], device: str, corpus_note: str) -> str:
     """The check's table (markdown)."""
-    lines = [f"GPU check on {device}, torch {torch.__version__}; corpus: {corpus_note}.", "",
-             "| fit | precision | steps | steps/s | peak GPU memory (MiB) | wall (s) | final loss |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"GPU check on {device}, torch {torch.__version__}; corpus: {corpus_note}.",
+        "",
+        "| fit | precision | steps | steps/s | peak GPU memory (MiB) | wall (s) | final loss |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     for name, r in fits.items():
-        lines.append(f"| {name} | {r['precision']} | {r['steps']} | {r['steps_per_s']:.2f} | {r['peak_mib']:.0f} "
-                     f"| {r['seconds']:.0f} | {r['loss']:.3f} |")
-    lines += ["", "| STMC stream (operators) | batch | ms per hop (median) | ms per stream-hop "
-              "| max abs(stream - offline) |", "|---|---:|---:|---:|---:|"]
+        lines.append(
+            f"| {name} | {r['precision']} | {r['steps']} | {r['steps_per_s']:.2f} | {r['peak_mib']:.0f} "
+            f"| {r['seconds']:.0f} | {r['loss']:.3f} |"
+        )
+    lines += [
+        "",
+        "| STMC stream (operators) | batch | ms per hop (median) | ms per stream-hop | max abs(stream - offline) |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for r in streams:
         kind = "causal" if r["lookahead"] == 0 else f"look-ahead {r['lookahead']}"
-        lines.append(f"| {kind} | {r['batch']} | {r['ms_per_hop']:.3f} | {r['ms_per_hop'] / r['batch']:.4f} "
-                     f"| {r['max_diff']:.1e} |")
+        lines.append(
+            f"| {kind} | {r['batch']} | {r['ms_per_hop']:.3f} | {r['ms_per_hop'] / r['batch']:.4f} "
+            f"| {r['max_diff']:.1e} |"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m scripts.gpu_check", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m scripts.gpu_check", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--corpus", type=Path, default=ROOT / "demo_corpus", help="a corpus in the demo layout")
     parser.add_argument("--steps", type=int, default=200, help="optimizer steps of the trainer=gpu fit")
     parser.add_argument("--ddp-steps", type=int, default=20, help="optimizer steps of the trainer=ddp fit")
@@ -117,8 +134,9 @@ def main(argv: list[str] | None = None) -> int:
             demo_like_tree(corpus, train_files=24, seconds=4.0)
         fits = {
             "trainer=gpu": fit(["trainer=gpu"], args.steps, corpus, Path(scratch) / "gpu"),
-            "trainer=ddp (1 device)": fit(["trainer=ddp", "trainer.devices=1"], args.ddp_steps, corpus,
-                                          Path(scratch) / "ddp"),
+            "trainer=ddp (1 device)": fit(
+                ["trainer=ddp", "trainer.devices=1"], args.ddp_steps, corpus, Path(scratch) / "ddp"
+            ),
         }
     streams = [stream_check(lookahead, batch, "cuda") for lookahead in (0, 14) for batch in args.batches]
     text = report(fits, streams, device, note)

@@ -46,8 +46,16 @@ def run(overrides: list[str], folder: Path, seed: int, every: int) -> int:
     """One training run into ``folder`` (skipped when its curve is already there); the exit status."""
     if (folder / "csv" / "metrics.csv").is_file() and (folder / "done").is_file():
         return 0
-    argv = [sys.executable, str(ROOT / "train.py"), *overrides, f"seed={seed}", "logger=csv", "test=false",
-            f"trainer.val_check_interval={every}", f"hydra.run.dir={folder}"]
+    argv = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        *overrides,
+        f"seed={seed}",
+        "logger=csv",
+        "test=false",
+        f"trainer.val_check_interval={every}",
+        f"hydra.run.dir={folder}",
+    ]
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "run.log", "w") as log:
         status = subprocess.run(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
@@ -66,9 +74,16 @@ def read_curves(out: Path) -> list[dict[str, object]]:
                 continue
             for weights, key in (("inference", "val/si_snri"), ("raw", "val/si_snri_raw")):
                 if line.get(key):
-                    rows.append({"recipe": recipe, "weights": weights, "seed": seed, "step": int(line["step"]),
-                                 "cpu_minutes": float(line.get("time/train_cpu_minutes") or "nan"),
-                                 "si_snri": float(line[key])})
+                    rows.append(
+                        {
+                            "recipe": recipe,
+                            "weights": weights,
+                            "seed": seed,
+                            "step": int(line["step"]),
+                            "cpu_minutes": float(line.get("time/train_cpu_minutes") or "nan"),
+                            "si_snri": float(line[key]),
+                        }
+                    )
     return rows
 
 
@@ -78,8 +93,10 @@ def summarize(rows: list[dict[str, object]]) -> str:
     runs: dict[tuple[str, str], dict[int, list[dict[str, object]]]] = defaultdict(lambda: defaultdict(list))
     for row in rows:
         runs[(str(row["recipe"]), str(row["weights"]))][int(row["seed"])].append(row)
-    lines = ["| recipe | weights | seeds | steps | CPU-min | final val SI-SNRi (dB) | gain in the last 20 % (dB) |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| recipe | weights | seeds | steps | CPU-min | final val SI-SNRi (dB) | gain in the last 20 % (dB) |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     for (recipe, weights), seeds in sorted(runs.items()):
         finals, gains, steps, minutes = [], [], [], []
         for curve in seeds.values():
@@ -93,8 +110,10 @@ def summarize(rows: list[dict[str, object]]) -> str:
                 gains.append(float(last["si_snri"]) - float(earlier[-1]["si_snri"]))
         sd = statistics.stdev(finals) if len(finals) > 1 else float("nan")
         gain = f"{statistics.mean(gains):+.2f}" if gains else "—"
-        lines.append(f"| {recipe} | {weights} | {len(finals)} | {statistics.mean(steps):.0f} | "
-                     f"{statistics.mean(minutes):.1f} | {statistics.mean(finals):.2f} ± {sd:.2f} | {gain} |")
+        lines.append(
+            f"| {recipe} | {weights} | {len(finals)} | {statistics.mean(steps):.0f} | "
+            f"{statistics.mean(minutes):.1f} | {statistics.mean(finals):.2f} ± {sd:.2f} | {gain} |"
+        )
     return "\n".join(lines)
 
 
@@ -112,14 +131,20 @@ def plot(rows: list[dict[str, object]], path: Path) -> None:
     for (recipe, weights), by_step in sorted(curves.items()):
         steps = sorted(by_step)
         mean = [statistics.mean(float(r["si_snri"]) for r in by_step[s]) for s in steps]
-        sd = [statistics.stdev([float(r["si_snri"]) for r in by_step[s]]) if len(by_step[s]) > 1 else 0.0
-              for s in steps]
+        sd = [
+            statistics.stdev([float(r["si_snri"]) for r in by_step[s]]) if len(by_step[s]) > 1 else 0.0 for s in steps
+        ]
         minutes = [statistics.mean(float(r["cpu_minutes"]) for r in by_step[s]) for s in steps]
         style = "-" if weights == "inference" else ":"
         for ax, x in zip(axes, (steps, minutes), strict=True):
-            line, = ax.plot(x, mean, style, marker=".", label=f"{recipe} ({weights})")
-            ax.fill_between(x, [m - d for m, d in zip(mean, sd, strict=True)],
-                            [m + d for m, d in zip(mean, sd, strict=True)], color=line.get_color(), alpha=0.15)
+            (line,) = ax.plot(x, mean, style, marker=".", label=f"{recipe} ({weights})")
+            ax.fill_between(
+                x,
+                [m - d for m, d in zip(mean, sd, strict=True)],
+                [m + d for m, d in zip(mean, sd, strict=True)],
+                color=line.get_color(),
+                alpha=0.15,
+            )
     axes[0].set_xlabel("optimizer steps")
     axes[1].set_xlabel("training CPU-minutes (all threads, validation excluded)")
     axes[0].set_ylabel("validation SI-SNRi (dB), mean ± SD over seeds")
@@ -150,11 +175,19 @@ def collect(out: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m scripts.learning_curve", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m scripts.learning_curve",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("overrides", nargs="*", help="train.py overrides of the base recipe")
-    parser.add_argument("--vary", action="append", default=[], metavar="OVERRIDES",
-                        help="another recipe: these overrides (space-separated) on top of the base; repeatable")
+    parser.add_argument(
+        "--vary",
+        action="append",
+        default=[],
+        metavar="OVERRIDES",
+        help="another recipe: these overrides (space-separated) on top of the base; repeatable",
+    )
     parser.add_argument("--no-base", action="store_true", help="run only the --vary recipes")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--every", type=int, default=250, help="validate every N optimizer steps (default 250)")

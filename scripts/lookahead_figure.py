@@ -50,14 +50,16 @@ def summarize(models: Sequence[dict[str, Any]], width: float | None = None) -> l
     rows = []
     for lookahead in sorted(groups):
         values = [m["si_snri"] for m in groups[lookahead]]
-        rows.append({
-            "lookahead": lookahead,
-            "lookahead_ms": lookahead * HOP / SAMPLE_RATE * 1000,
-            "models": len(values),
-            "mean_db": statistics.fmean(values),
-            "sd_db": statistics.stdev(values) if len(values) > 1 else None,
-            "seeds": " ".join(str(m["seed"]) for m in groups[lookahead]),
-        })
+        rows.append(
+            {
+                "lookahead": lookahead,
+                "lookahead_ms": lookahead * HOP / SAMPLE_RATE * 1000,
+                "models": len(values),
+                "mean_db": statistics.fmean(values),
+                "sd_db": statistics.stdev(values) if len(values) > 1 else None,
+                "seeds": " ".join(str(m["seed"]) for m in groups[lookahead]),
+            }
+        )
     return rows
 
 
@@ -65,6 +67,7 @@ def gains(summary: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Gain per frame over the first and the last interval of the swept look-aheads; the causal loss."""
     if len(summary) < 2:
         return {}
+
     def per_frame(a: dict[str, Any], b: dict[str, Any]) -> float:
         return (b["mean_db"] - a["mean_db"]) / (b["lookahead"] - a["lookahead"])
 
@@ -103,8 +106,9 @@ def utterance_scores(models: Sequence[dict[str, Any]]) -> dict[str, dict[tuple[s
     return scores
 
 
-def paired_difference(models: Sequence[dict[str, Any]], scores: dict[str, dict[tuple[str, str], float]],
-                      a: int, b: int) -> dict[str, Any] | None:
+def paired_difference(
+    models: Sequence[dict[str, Any]], scores: dict[str, dict[tuple[str, str], float]], a: int, b: int
+) -> dict[str, Any] | None:
     """SI-SNRi(look-ahead b) - SI-SNRi(look-ahead a), paired over the utterances every model of both was scored on,
     with its 95 % CI (seed and utterance variance, see the module docstring) and the resolved-effect criterion."""
     arms = [[m for m in models if m["lookahead"] == lookahead and m["checkpoint"] in scores] for lookahead in (a, b)]
@@ -127,9 +131,15 @@ def paired_difference(models: Sequence[dict[str, Any]], scores: dict[str, dict[t
     half = float(stats.t.ppf(0.975, df)) * math.sqrt(sum(seed_parts) + utt_part)
     largest_sd = max((sd for sd in sds if sd is not None), default=None)
     return {
-        "from": a, "to": b, "diff_db": diff, "ci95_db": [diff - half, diff + half], "per_frame_db": diff / (b - a),
-        "per_frame_ci95_db": [(diff - half) / (b - a), (diff + half) / (b - a)], "utterances": len(keys),
-        "seeds": [len(v) for v in per_seed], "seed_sd_db": sds,
+        "from": a,
+        "to": b,
+        "diff_db": diff,
+        "ci95_db": [diff - half, diff + half],
+        "per_frame_db": diff / (b - a),
+        "per_frame_ci95_db": [(diff - half) / (b - a), (diff + half) / (b - a)],
+        "utterances": len(keys),
+        "seeds": [len(v) for v in per_seed],
+        "seed_sd_db": sds,
         "resolved": largest_sd is not None and abs(diff) > 2 * largest_sd,
         "twice_seed_sd_db": None if largest_sd is None else 2 * largest_sd,
     }
@@ -150,12 +160,19 @@ def describe_paired(paired: Sequence[dict[str, Any]]) -> str:
     lines = []
     for d in paired:
         lo, hi = d["ci95_db"]
-        criterion = "" if d["twice_seed_sd_db"] is None else (
-            f"; {'exceeds' if d['resolved'] else 'does not exceed'} twice the larger seed SD "
-            f"({d['twice_seed_sd_db']:.2f} dB)")
-        lines.append(f"look-ahead {d['from']} → {d['to']}: {d['diff_db']:+.2f} dB [{lo:+.2f}, {hi:+.2f}] "
-                     f"({d['per_frame_db']:+.3f} dB per frame), paired over {d['utterances']} utterances, "
-                     f"seeds {'/'.join(map(str, d['seeds']))}{criterion}")
+        criterion = (
+            ""
+            if d["twice_seed_sd_db"] is None
+            else (
+                f"; {'exceeds' if d['resolved'] else 'does not exceed'} twice the larger seed SD "
+                f"({d['twice_seed_sd_db']:.2f} dB)"
+            )
+        )
+        lines.append(
+            f"look-ahead {d['from']} → {d['to']}: {d['diff_db']:+.2f} dB [{lo:+.2f}, {hi:+.2f}] "
+            f"({d['per_frame_db']:+.3f} dB per frame), paired over {d['utterances']} utterances, "
+            f"seeds {'/'.join(map(str, d['seeds']))}{criterion}"
+        )
     return "\n".join(lines)
 
 
@@ -168,18 +185,24 @@ def describe(g: dict[str, Any]) -> str:
         a, b = g[key]
         return f"frame {b}" if b - a == 1 else f"frames {a}→{b}, per frame"
 
-    text = (f"gain of the first added frame ({interval('first_interval')}): {g['first_frame_gain_db']:+.3f} dB "
-            f"(paper {PAPER['first_frame_gain_db']:+.3f}); of the last ({interval('last_interval')}): "
-            f"{g['last_frame_gain_db']:+.3f} dB (paper {PAPER['last_frame_gain_db']:+.3f})")
+    text = (
+        f"gain of the first added frame ({interval('first_interval')}): {g['first_frame_gain_db']:+.3f} dB "
+        f"(paper {PAPER['first_frame_gain_db']:+.3f}); of the last ({interval('last_interval')}): "
+        f"{g['last_frame_gain_db']:+.3f} dB (paper {PAPER['last_frame_gain_db']:+.3f})"
+    )
     if "causal_loss_percent" in g:
         loss = g["causal_loss_percent"]
-        text += (f"; the causal model is {abs(loss):.1f} % {'below' if loss >= 0 else 'above'} look-ahead "
-                 f"{g['last_interval'][1]} (paper: ~{PAPER['causal_loss_percent']:.0f} % below)")
+        text += (
+            f"; the causal model is {abs(loss):.1f} % {'below' if loss >= 0 else 'above'} look-ahead "
+            f"{g['last_interval'][1]} (paper: ~{PAPER['causal_loss_percent']:.0f} % below)"
+        )
     for key, label in (("first_frame_paired", "first"), ("last_frame_paired", "last")):
         if key in g:
             lo, hi = g[key]["per_frame_ci95_db"]
-            text += (f"; paired per-frame gain of the {label} interval {g[key]['per_frame_db']:+.3f} dB "
-                     f"[{lo:+.3f}, {hi:+.3f}]")
+            text += (
+                f"; paired per-frame gain of the {label} interval {g[key]['per_frame_db']:+.3f} dB "
+                f"[{lo:+.3f}, {hi:+.3f}]"
+            )
     return text
 
 
@@ -194,19 +217,33 @@ def draw(path: Path, models: Sequence[dict[str, Any]], summary: Sequence[dict[st
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     shown = {row["lookahead"] for row in summary}
     points = [m for m in models if m["lookahead"] in shown]
-    ax.scatter([m["lookahead"] for m in points], [m["si_snri"] for m in points], s=14, color="0.6", zorder=2,
-               label="one model (seed)")
-    ax.errorbar([r["lookahead"] for r in summary], [r["mean_db"] for r in summary],
-                yerr=[r["sd_db"] or 0.0 for r in summary], marker="o", capsize=4, color="C0", zorder=3,
-                label="mean ± 1 SD over seeds")
+    ax.scatter(
+        [m["lookahead"] for m in points],
+        [m["si_snri"] for m in points],
+        s=14,
+        color="0.6",
+        zorder=2,
+        label="one model (seed)",
+    )
+    ax.errorbar(
+        [r["lookahead"] for r in summary],
+        [r["mean_db"] for r in summary],
+        yerr=[r["sd_db"] or 0.0 for r in summary],
+        marker="o",
+        capsize=4,
+        color="C0",
+        zorder=3,
+        label="mean ± 1 SD over seeds",
+    )
     ax.set_xlabel(f"look-ahead (frames of {HOP / SAMPLE_RATE * 1000:.0f} ms)")
     ax.set_ylabel("SI-SNRi (dB)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    top = ax.secondary_xaxis("top", functions=(lambda f: f * HOP / SAMPLE_RATE * 1000,
-                                               lambda ms: ms * SAMPLE_RATE / 1000 / HOP))
+    top = ax.secondary_xaxis(
+        "top", functions=(lambda f: f * HOP / SAMPLE_RATE * 1000, lambda ms: ms * SAMPLE_RATE / 1000 / HOP)
+    )
     top.set_xlabel("look-ahead (ms)")
     fig.tight_layout()
     atomic_write(path, writer=lambda tmp: fig.savefig(tmp, dpi=130, format="png"))
@@ -224,13 +261,19 @@ def sweep_width(models: Sequence[dict[str, Any]]) -> float | None:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(prog="python -m scripts.lookahead_figure", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m scripts.lookahead_figure",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("results", nargs="+", help="results.json files or folders holding them")
     parser.add_argument("--out", type=Path, required=True, help="folder for lookahead.{png,csv}")
-    parser.add_argument("--width", type=float, default=None,
-                        help="only models of this width (default: the width evaluated at the most look-aheads, "
-                             "i.e. the sweep's)")
+    parser.add_argument(
+        "--width",
+        type=float,
+        default=None,
+        help="only models of this width (default: the width evaluated at the most look-aheads, i.e. the sweep's)",
+    )
     parser.add_argument("--title", default="SI-SNRi vs look-ahead", help="figure title")
     args = parser.parse_args(argv)
     found = [m for m in evaluated_models(args.results) if m["tstmc"]]  # the ablation is the speed table's
@@ -248,15 +291,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if g and [d["from"], d["to"]] == g["last_interval"]:
             g["last_frame_paired"] = d
     draw(args.out / "lookahead.png", models, summary, args.title)
-    write_csv(args.out / "lookahead.csv", [{k: m[k] for k in ("lookahead", "seed", "si_snri", "width", "params",
-                                                                 "name", "checkpoint")} for m in models])
+    write_csv(
+        args.out / "lookahead.csv",
+        [{k: m[k] for k in ("lookahead", "seed", "si_snri", "width", "params", "name", "checkpoint")} for m in models],
+    )
     write_csv(args.out / "lookahead_summary.csv", summary)
-    atomic_write(args.out / "lookahead.json", json.dumps({"summary": summary, "gains": g, "paired": paired,
-                                                          "paper": PAPER}, indent=1) + "\n")
+    atomic_write(
+        args.out / "lookahead.json",
+        json.dumps({"summary": summary, "gains": g, "paired": paired, "paper": PAPER}, indent=1) + "\n",
+    )
     for row in summary:
         sd = f" ± {row['sd_db']:.2f}" if row["sd_db"] is not None else ""
-        print(f"look-ahead {row['lookahead']:>2} ({row['lookahead_ms']:>3.0f} ms): {row['mean_db']:.2f}{sd} dB "
-              f"over {row['models']} model(s)")
+        print(
+            f"look-ahead {row['lookahead']:>2} ({row['lookahead_ms']:>3.0f} ms): {row['mean_db']:.2f}{sd} dB "
+            f"over {row['models']} model(s)"
+        )
     print(describe(g))
     if paired:
         print(describe_paired(paired))

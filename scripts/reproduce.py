@@ -104,14 +104,28 @@ def train_commands(cfg: DictConfig, out: Path) -> list[Command]:
             for combo in itertools.product(*params.values()):
                 subdir = "/".join(f"{_short(k)}={v}" for k, v in zip(params, combo, strict=True))
                 folder = out / "train" / sweep / subdir
-                argv = [*python, *common, *spec.overrides, *(f"{k}={v}" for k, v in zip(params, combo, strict=True)),
-                        f"task_name={cfg.name}_{sweep}", f"hydra.run.dir={quote(folder)}"]
+                argv = [
+                    *python,
+                    *common,
+                    *spec.overrides,
+                    *(f"{k}={v}" for k, v in zip(params, combo, strict=True)),
+                    f"task_name={cfg.name}_{sweep}",
+                    f"hydra.run.dir={quote(folder)}",
+                ]
                 commands.append(Command(f"train_{sweep}_{subdir.replace('/', '_')}", argv, folder))
         elif cfg.train.launcher == "slurm":
             subdir = "/".join(f"{_short(k)}=${{{k}}}" for k in params)
-            argv = [*python, "-m", *common, *cfg.slurm, *spec.overrides,
-                    *(f"{k}={','.join(v)}" for k, v in params.items()), f"task_name={cfg.name}_{sweep}",
-                    f"hydra.sweep.dir={quote(out / 'train' / sweep)}", f"hydra.sweep.subdir={quote(subdir)}"]
+            argv = [
+                *python,
+                "-m",
+                *common,
+                *cfg.slurm,
+                *spec.overrides,
+                *(f"{k}={','.join(v)}" for k, v in params.items()),
+                f"task_name={cfg.name}_{sweep}",
+                f"hydra.sweep.dir={quote(out / 'train' / sweep)}",
+                f"hydra.sweep.subdir={quote(subdir)}",
+            ]
             commands.append(Command(f"train_{sweep}", argv))
         else:
             raise ValueError(f"train.launcher={cfg.train.launcher!r}: choose local or slurm")
@@ -123,8 +137,13 @@ def later_commands(cfg: DictConfig, out: Path) -> list[Command]:
     evaluate = [sys.executable, str(ROOT / "evaluate.py")]
     if cfg.evaluate.launcher:  # one job per sweep folder
         sweeps = ",".join(f"[{quote(out / 'train' / sweep)}]" for sweep in cfg.train.sweeps)
-        evaluate += ["-m", *cfg.evaluate.launcher, *cfg.get("slurm", []), f"checkpoints={sweeps}",
-                     f"hydra.sweep.dir={quote(out / 'evaluate')}"]
+        evaluate += [
+            "-m",
+            *cfg.evaluate.launcher,
+            *cfg.get("slurm", []),
+            f"checkpoints={sweeps}",
+            f"hydra.sweep.dir={quote(out / 'evaluate')}",
+        ]
     else:
         evaluate += [f"checkpoints=[{quote(out / 'train')}]", f"hydra.run.dir={quote(out / 'evaluate')}"]
     evaluate += [*cfg.data, *cfg.evaluate.overrides]
@@ -132,10 +151,12 @@ def later_commands(cfg: DictConfig, out: Path) -> list[Command]:
     results = str(out / "evaluate")
     return [
         Command("evaluate", evaluate),
-        Command("speed_table", [*module, "scripts.speed_table", "--results", results, "--out", str(out),
-                                *cfg.speed_table]),
-        Command("lookahead_figure", [*module, "scripts.lookahead_figure", results, "--out", str(out),
-                                     *cfg.lookahead_figure]),
+        Command(
+            "speed_table", [*module, "scripts.speed_table", "--results", results, "--out", str(out), *cfg.speed_table]
+        ),
+        Command(
+            "lookahead_figure", [*module, "scripts.lookahead_figure", results, "--out", str(out), *cfg.lookahead_figure]
+        ),
         Command("size_figure", [*module, "scripts.size_figure", results, "--out", str(out), *cfg.size_figure]),
     ]
 
@@ -186,12 +207,20 @@ def children_cpu_seconds() -> float:
 
 def index(cfg: DictConfig, out: Path, commands: Sequence[Command], wall: float, cpu: float) -> str:
     """``index.md``: the preset, each command with its status and time, and the tables and figures made."""
-    lines = [f"# `{cfg.name}` preset", "", f"`python -m scripts.reproduce {cfg.name}` — {wall / 60:.1f} min wall "
-             f"time in all; the commands used {cpu / 60:.1f} min of CPU time (user + system).", "",
-             "| step | status | time (s) |", "|---|---|---:|"]
+    lines = [
+        f"# `{cfg.name}` preset",
+        "",
+        f"`python -m scripts.reproduce {cfg.name}` — {wall / 60:.1f} min wall "
+        f"time in all; the commands used {cpu / 60:.1f} min of CPU time (user + system).",
+        "",
+        "| step | status | time (s) |",
+        "|---|---|---:|",
+    ]
     lines += [f"| {c.name} | {c.status} | {c.seconds:.0f} |" for c in commands]
-    for title, file in (("Evaluation (SI-SNRi)", out / "evaluate" / "results.md"),
-                        ("Speed table", out / "speed_table.md")):
+    for title, file in (
+        ("Evaluation (SI-SNRi)", out / "evaluate" / "results.md"),
+        ("Speed table", out / "speed_table.md"),
+    ):
         if file.is_file():
             text = file.read_text()
             if file.name == "results.md":  # the overview only: one line per model
@@ -214,17 +243,22 @@ def index_html(cfg: DictConfig, out: Path, commands: Sequence[Command], wall: fl
     speed table (the same facts as ``index.md``, as a static page beside it)."""
     from stmc.evaluation.listening_report import STYLE, esc, href, markdown_table, table
 
-    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-             f"<title>{esc(cfg.name)} preset</title><style>{STYLE}</style></head><body>",
-             f"<h1><code>{esc(cfg.name)}</code> preset</h1>",
-             f"<p><code>python -m scripts.reproduce {esc(cfg.name)}</code>: {wall / 60:.1f} min wall time, "
-             f"{cpu / 60:.1f} min of CPU time (user + system).</p>",
-             table(["step", "status", "time (s)"], [[c.name, c.status, f"{c.seconds:.0f}"] for c in commands])]
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{esc(cfg.name)} preset</title><style>{STYLE}</style></head><body>",
+        f"<h1><code>{esc(cfg.name)}</code> preset</h1>",
+        f"<p><code>python -m scripts.reproduce {esc(cfg.name)}</code>: {wall / 60:.1f} min wall time, "
+        f"{cpu / 60:.1f} min of CPU time (user + system).</p>",
+        table(["step", "status", "time (s)"], [[c.name, c.status, f"{c.seconds:.0f}"] for c in commands]),
+    ]
     report = out / "evaluate" / "report.html"
-    parts.append(f'<p><a href="{href("evaluate/report.html")}">The listening report</a>: every model\'s scores '
-                 "with CIs, examples per noise type to listen to, the figures and the speed table.</p>"
-                 if report.is_file() else "<p class=missing>no evaluation report (the evaluate step did not run "
-                 "to the end)</p>")
+    parts.append(
+        f'<p><a href="{href("evaluate/report.html")}">The listening report</a>: every model\'s scores '
+        "with CIs, examples per noise type to listen to, the figures and the speed table.</p>"
+        if report.is_file()
+        else "<p class=missing>no evaluation report (the evaluate step did not run to the end)</p>"
+    )
     for figure in ("lookahead.png", "size.png"):
         if (out / figure).is_file():
             parts.append(f'<img style="width:auto;height:auto;max-width:100%" alt="{figure}" src="{href(figure)}">')
@@ -251,14 +285,24 @@ def finish(cfg: DictConfig, out: Path, commands: Sequence[Command], wall: float,
         write_page(evaluation, figures, speed if speed.is_file() else None)
     atomic_write(out / "index.md", index(cfg, out, commands, wall, cpu))
     atomic_write(out / "index.html", index_html(cfg, out, commands, wall, cpu))
-    atomic_write(out / "timings.json", json.dumps(
-        {"wall_seconds": wall, "cpu_seconds": cpu, "steps": {c.name: {"status": c.status, "seconds": c.seconds}
-                                                             for c in commands}}, indent=1) + "\n")
+    atomic_write(
+        out / "timings.json",
+        json.dumps(
+            {
+                "wall_seconds": wall,
+                "cpu_seconds": cpu,
+                "steps": {c.name: {"status": c.status, "seconds": c.seconds} for c in commands},
+            },
+            indent=1,
+        )
+        + "\n",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m scripts.reproduce", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m scripts.reproduce", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("preset", help="a file in stmc/conf/preset: mini | paper")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the preset")
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")

@@ -29,12 +29,22 @@ from stmc.bench.speed import measure
 from stmc.files import atomic_write
 
 WIDTHS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
-PAPER = {"speed_up_percent": 81.0, "speed_up_small_percent": 74.0, "small_mb": 1.32,
-         "peak_memory_gain_percent": [16.0, 11.0]}
+PAPER = {
+    "speed_up_percent": 81.0,
+    "speed_up_small_percent": 74.0,
+    "small_mb": 1.32,
+    "peak_memory_gain_percent": [16.0, 11.0],
+}
 
 
-def measure_widths(widths: Sequence[float], lookahead: int, evaluated: Sequence[dict[str, Any]], rounds: int,
-                   hops: int, frames: int = 64) -> list[dict[str, Any]]:
+def measure_widths(
+    widths: Sequence[float],
+    lookahead: int,
+    evaluated: Sequence[dict[str, Any]],
+    rounds: int,
+    hops: int,
+    frames: int = 64,
+) -> list[dict[str, Any]]:
     """Per width: size, STMC and INC inference time and peak memory, the gains, and the evaluated SI-SNRi."""
     rows = []
     for width in widths:
@@ -45,21 +55,23 @@ def measure_widths(widths: Sequence[float], lookahead: int, evaluated: Sequence[
         stmc_peak, inc_peak = (weights + by[m].peak_bytes for m in ("stmc", "inc"))
         scores = [m for m in evaluated if m["lookahead"] == lookahead and abs(m["width"] - width) < 1e-9]
         values = [m["si_snri"] for m in scores]
-        rows.append({
-            "width": width,
-            "params": sum(p.numel() for p in model.parameters()),
-            "size_mb": weights / 1e6,
-            "stmc_ms": stmc_ms,
-            "inc_ms": inc_ms,
-            "speed_up_percent": 100 * (1 - stmc_ms / inc_ms),
-            "stmc_peak_mb": stmc_peak / 1e6,
-            "inc_peak_mb": inc_peak / 1e6,
-            "peak_gain_percent": 100 * (1 - stmc_peak / inc_peak),
-            "peak_gain_mb": (inc_peak - stmc_peak) / 1e6,
-            "si_snri_db": statistics.fmean(values) if values else None,
-            "si_snri_values": values,
-            "models": len(values),
-        })
+        rows.append(
+            {
+                "width": width,
+                "params": sum(p.numel() for p in model.parameters()),
+                "size_mb": weights / 1e6,
+                "stmc_ms": stmc_ms,
+                "inc_ms": inc_ms,
+                "speed_up_percent": 100 * (1 - stmc_ms / inc_ms),
+                "stmc_peak_mb": stmc_peak / 1e6,
+                "inc_peak_mb": inc_peak / 1e6,
+                "peak_gain_percent": 100 * (1 - stmc_peak / inc_peak),
+                "peak_gain_mb": (inc_peak - stmc_peak) / 1e6,
+                "si_snri_db": statistics.fmean(values) if values else None,
+                "si_snri_values": values,
+                "models": len(values),
+            }
+        )
     return rows
 
 
@@ -103,8 +115,9 @@ def draw(path: Path, rows: Sequence[dict[str, Any]], title: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    parser = argparse.ArgumentParser(prog="python -m scripts.size_figure", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m scripts.size_figure", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("results", nargs="*", help="results.json files or folders holding them (panel A)")
     parser.add_argument("--out", type=Path, required=True, help="folder for size.{png,csv,json}")
     parser.add_argument("--widths", type=float, nargs="+", default=list(WIDTHS), help="channel multipliers timed")
@@ -121,15 +134,22 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     widths = sorted(set(args.widths) | {m["width"] for m in evaluated if m["lookahead"] == args.lookahead})
     rows = measure_widths(widths, args.lookahead, evaluated, args.rounds, args.hops)
     draw(args.out / "size.png", rows, args.title)
-    write_csv(args.out / "size.csv", [{**r, "si_snri_values": " ".join(f"{v:.4f}" for v in r["si_snri_values"])}
-                                      for r in rows])
-    atomic_write(args.out / "size.json", json.dumps({"rows": rows, "paper": PAPER, "lookahead": args.lookahead,
-                                                     "threads": args.threads}, indent=1) + "\n")
+    write_csv(
+        args.out / "size.csv",
+        [{**r, "si_snri_values": " ".join(f"{v:.4f}" for v in r["si_snri_values"])} for r in rows],
+    )
+    atomic_write(
+        args.out / "size.json",
+        json.dumps({"rows": rows, "paper": PAPER, "lookahead": args.lookahead, "threads": args.threads}, indent=1)
+        + "\n",
+    )
     for r in rows:
         si = f"{r['si_snri_db']:.2f} dB ({r['models']} model(s))" if r["si_snri_db"] is not None else "not trained"
-        print(f"width {r['width']:<5g} {r['size_mb']:6.2f} MB: STMC {r['stmc_ms']:.3f} ms vs INC {r['inc_ms']:.3f} ms "
-              f"per hop (speed-up {r['speed_up_percent']:.0f} %), peak-memory gain {r['peak_gain_percent']:.0f} %, "
-              f"SI-SNRi {si}")
+        print(
+            f"width {r['width']:<5g} {r['size_mb']:6.2f} MB: STMC {r['stmc_ms']:.3f} ms vs INC {r['inc_ms']:.3f} ms "
+            f"per hop (speed-up {r['speed_up_percent']:.0f} %), peak-memory gain {r['peak_gain_percent']:.0f} %, "
+            f"SI-SNRi {si}"
+        )
     return rows
 
 

@@ -81,43 +81,60 @@ def records(name: str, model: UNet, rows: Sequence[Row], si_snri: float | None, 
     by = {row.method: row for row in rows}
     floor = floor_row(list(rows))
     order = [m for m in ("window", "inc", "stmc") if m in by]
-    order += [f"{base} ({kind})" for kind in ("PyTorch ops", "without tSTMC", "compiled", "onnxruntime", "LiteRT")
-              for base in ("window", "inc", "stmc") if f"{base} ({kind})" in by]
+    order += [
+        f"{base} ({kind})"
+        for kind in ("PyTorch ops", "without tSTMC", "compiled", "onnxruntime", "LiteRT")
+        for base in ("window", "inc", "stmc")
+        if f"{base} ({kind})" in by
+    ]
     order += [f"{ABLATION} (LiteRT)"] if f"{ABLATION} (LiteRT)" in by else []
     out = []
     for method in order:
         row = by[method]
         mean_ms = statistics.fmean(row.seconds) * 1e3
-        out.append({
+        out.append(
+            {
+                "model": name,
+                "method": method,
+                "label": label(method),
+                "lookahead": lookahead,
+                "si_snri_db": si_snri,
+                "si_snri_models": n_models,
+                "algorithmic_latency_ms": algorithmic,
+                "compute_latency_ms": row.median_ms,
+                "total_latency_ms": algorithmic + row.median_ms,
+                "inference_time_ms": mean_ms,
+                "real_time_factor": mean_ms / HOP_MS,
+                # tensor bytes plus the weights, or (LiteRT) a process's resident growth, which holds them already
+                "peak_memory_mb": None
+                if row.peak_bytes is None
+                else (row.peak_bytes + (0 if row.resident else weights)) / 1e6,
+                "model_size_mb": weights / 1e6,
+                "macs_per_hop_m": None if row.macs is None else row.macs / 1e6,
+                "state_kib": row.state_bytes / 1024,
+                "timed_steps": len(row.seconds),
+            }
+        )
+    out.append(
+        {
             "model": name,
-            "method": method,
-            "label": label(method),
+            "method": floor.method,
             "lookahead": lookahead,
+            "label": label(floor.method),
             "si_snri_db": si_snri,
             "si_snri_models": n_models,
-            "algorithmic_latency_ms": algorithmic,
-            "compute_latency_ms": row.median_ms,
-            "total_latency_ms": algorithmic + row.median_ms,
-            "inference_time_ms": mean_ms,
-            "real_time_factor": mean_ms / HOP_MS,
-            # tensor bytes plus the weights, or (LiteRT) a process's resident growth, which holds them already
-            "peak_memory_mb": None if row.peak_bytes is None else (row.peak_bytes + (0 if row.resident else weights))
-            / 1e6,
+            "algorithmic_latency_ms": None,
+            "compute_latency_ms": None,
+            "total_latency_ms": None,
+            "inference_time_ms": statistics.fmean(floor.seconds) * 1e3,
+            "real_time_factor": statistics.fmean(floor.seconds) * 1e3 / HOP_MS,
+            "peak_memory_mb": None,
             "model_size_mb": weights / 1e6,
-            "macs_per_hop_m": None if row.macs is None else row.macs / 1e6,
-            "state_kib": row.state_bytes / 1024,
-            "timed_steps": len(row.seconds),
-        })
-    out.append({
-        "model": name, "method": floor.method, "lookahead": lookahead,
-        "label": label(floor.method),
-        "si_snri_db": si_snri, "si_snri_models": n_models, "algorithmic_latency_ms": None,
-        "compute_latency_ms": None, "total_latency_ms": None,
-        "inference_time_ms": statistics.fmean(floor.seconds) * 1e3,
-        "real_time_factor": statistics.fmean(floor.seconds) * 1e3 / HOP_MS, "peak_memory_mb": None,
-        "model_size_mb": weights / 1e6, "macs_per_hop_m": floor.macs / 1e6, "state_kib": None,
-        "timed_steps": len(floor.seconds),
-    })
+            "macs_per_hop_m": floor.macs / 1e6,
+            "state_kib": None,
+            "timed_steps": len(floor.seconds),
+        }
+    )
     return out
 
 
@@ -130,23 +147,27 @@ def ratios(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         if not all(m in by for m in ("window", "inc", "stmc")):
             continue
         ops = by.get(OPS)  # the STMC engine on PyTorch operators, like INC and window: same kernels, algorithm only
-        out.append({
-            "model": name,
-            **method_ratios(name, by["window"], by["inc"], by["stmc"]),
-            "compute latency INC÷STMC (PyTorch ops)": ops
-            and by["inc"]["compute_latency_ms"] / ops["compute_latency_ms"],
-            "compute latency standard÷STMC (PyTorch ops)": ops
-            and by["window"]["compute_latency_ms"] / ops["compute_latency_ms"],
-            **tstmc_ratios(ops or by["stmc"], by.get(ABLATION)),  # both on PyTorch operators
-        })
+        out.append(
+            {
+                "model": name,
+                **method_ratios(name, by["window"], by["inc"], by["stmc"]),
+                "compute latency INC÷STMC (PyTorch ops)": ops
+                and by["inc"]["compute_latency_ms"] / ops["compute_latency_ms"],
+                "compute latency standard÷STMC (PyTorch ops)": ops
+                and by["window"]["compute_latency_ms"] / ops["compute_latency_ms"],
+                **tstmc_ratios(ops or by["stmc"], by.get(ABLATION)),  # both on PyTorch operators
+            }
+        )
         if all(f"{m} (LiteRT)" in by for m in ("window", "inc", "stmc")):
             window, inc, stmc = (by[f"{m} (LiteRT)"] for m in ("window", "inc", "stmc"))
-            out.append({
-                "model": f"{name}, LiteRT",
-                **method_ratios(name, window, inc, stmc),
-                "peak memory STMC÷INC": peak_ratio(stmc, inc),
-                **tstmc_ratios(stmc, by.get(f"{ABLATION} (LiteRT)")),
-            })
+            out.append(
+                {
+                    "model": f"{name}, LiteRT",
+                    **method_ratios(name, window, inc, stmc),
+                    "peak memory STMC÷INC": peak_ratio(stmc, inc),
+                    **tstmc_ratios(stmc, by.get(f"{ABLATION} (LiteRT)")),
+                }
+            )
     return out
 
 
@@ -192,11 +213,14 @@ def _fmt(value: Any, digits: int = 2) -> str:
 
 def markdown(rows: Sequence[dict[str, Any]], ratio_rows: Sequence[dict[str, Any]], header: str) -> str:
     """The table and the ratios, with the measurement conditions above them."""
-    lines = [header, "",
-             "| model | method | SI-SNRi (dB) | algorithmic latency (ms) | compute latency (ms/hop, median) "
-             "| total latency (ms) | inference time (ms/hop, mean) | real-time factor | peak memory (MB) "
-             "| model size (MB) | MACs per hop (M) | state (KiB) |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        header,
+        "",
+        "| model | method | SI-SNRi (dB) | algorithmic latency (ms) | compute latency (ms/hop, median) "
+        "| total latency (ms) | inference time (ms/hop, mean) | real-time factor | peak memory (MB) "
+        "| model size (MB) | MACs per hop (M) | state (KiB) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         si = _fmt(r["si_snri_db"]) + (f" (n={r['si_snri_models']})" if r["si_snri_db"] is not None else "")
         lines.append(
@@ -209,29 +233,40 @@ def markdown(rows: Sequence[dict[str, Any]], ratio_rows: Sequence[dict[str, Any]
         keys = list(dict.fromkeys(k for r in ratio_rows for k in r if k != "model"))
         lines += ["", "| model | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
         for r in ratio_rows:
-            lines.append(f"| {r['model']} | " + " | ".join(
-                _fmt(r.get(k)) + ("×" if r.get(k) is not None and not k.endswith("(ms)") else "") for k in keys)
-                + " |")
+            lines.append(
+                f"| {r['model']} | "
+                + " | ".join(
+                    _fmt(r.get(k)) + ("×" if r.get(k) is not None and not k.endswith("(ms)") else "") for k in keys
+                )
+                + " |"
+            )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(prog="python -m scripts.speed_table", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m scripts.speed_table", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--results", nargs="*", default=[], help="results.json files or folders (SI-SNRi column)")
     parser.add_argument("--out", type=Path, default=None, help="folder for speed_table.{md,csv,json}")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
-    parser.add_argument("--width", type=float, default=None,
-                        help="channel multiplier of the timed U-Nets (default: the evaluated models' most common "
-                             "width, else 1.0)")
+    parser.add_argument(
+        "--width",
+        type=float,
+        default=None,
+        help="channel multiplier of the timed U-Nets (default: the evaluated models' most common width, else 1.0)",
+    )
     parser.add_argument("--frames", type=int, default=256, help="sequence length of the offline floor")
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (medians over all of them)")
     parser.add_argument("--hops", type=int, default=20, help="streamed hops per method per round")
     parser.add_argument("--compile", action="store_true", help="also torch.compile'd streams (~1 min each)")
     parser.add_argument("--onnx", action="store_true", help="also the exported STMC step in onnxruntime")
-    parser.add_argument("--litert", action="store_true",
-                        help="also the standard, INC and STMC steps exported to LiteRT, each in a process of its "
-                             "own (needs the converter: make litert, then run with .venv-litert/bin/python)")
+    parser.add_argument(
+        "--litert",
+        action="store_true",
+        help="also the standard, INC and STMC steps exported to LiteRT, each in a process of its "
+        "own (needs the converter: make litert, then run with .venv-litert/bin/python)",
+    )
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -244,8 +279,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name in args.models:
         lookahead = 0 if name == "causal" else 2 * depth_of(evaluated)
         model = architecture([m for m in evaluated if m["tstmc"]], lookahead, args.width)
-        measured = measure(model, args.frames, args.rounds, args.hops, args.compile, args.onnx,
-                           ablation=name == "causal", litert=args.litert)
+        measured = measure(
+            model,
+            args.frames,
+            args.rounds,
+            args.hops,
+            args.compile,
+            args.onnx,
+            ablation=name == "causal",
+            litert=args.litert,
+        )
         si_snri, n_models = mean_si_snri(evaluated, lookahead, args.width)
         ablation_si_snri = mean_si_snri(evaluated, lookahead, args.width, tstmc=False)
         for row in records(name, model, measured, si_snri, n_models):
@@ -255,18 +298,32 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ratio_rows = ratios(rows)
     why = native_unavailable()
     stmc_kernel = "native step" if why is None else f"on PyTorch operators ({why})"
-    header = (f"Speed on {platform.machine()} CPU ({torch.get_num_threads()} thread), torch {torch.__version__}; "
-              f"width {args.width}; {args.rounds} rounds x {args.hops} hops per method, interleaved; chunk = 1 hop "
-              f"(256 samples, 16 ms); STMC {stmc_kernel}; measured in {time.perf_counter() - started:.0f} s. Paper "
-              "ratios: TFLite on a desktop CPU (Table 1), for comparison of ratios only."
-              + (" LiteRT rows: ai-edge-litert's interpreter (XNNPACK, 1 thread), each in a process of its own; "
-                 "their peak memory is that process's growth of peak resident memory from its start to the end of "
-                 "the timed run (weights and runtime buffers included), as TFLite's benchmark tool reports its "
-                 "'memory footprint delta'." if args.litert else ""))
+    header = (
+        f"Speed on {platform.machine()} CPU ({torch.get_num_threads()} thread), torch {torch.__version__}; "
+        f"width {args.width}; {args.rounds} rounds x {args.hops} hops per method, interleaved; chunk = 1 hop "
+        f"(256 samples, 16 ms); STMC {stmc_kernel}; measured in {time.perf_counter() - started:.0f} s. Paper "
+        "ratios: TFLite on a desktop CPU (Table 1), for comparison of ratios only."
+        + (
+            " LiteRT rows: ai-edge-litert's interpreter (XNNPACK, 1 thread), each in a process of its own; "
+            "their peak memory is that process's growth of peak resident memory from its start to the end of "
+            "the timed run (weights and runtime buffers included), as TFLite's benchmark tool reports its "
+            "'memory footprint delta'."
+            if args.litert
+            else ""
+        )
+    )
     table = markdown(rows, ratio_rows, header)
     print(table)
-    document = {"header": header, "rows": rows, "ratios": ratio_rows, "paper": PAPER, "threads": args.threads,
-                "rounds": args.rounds, "hops": args.hops, "width": args.width}
+    document = {
+        "header": header,
+        "rows": rows,
+        "ratios": ratio_rows,
+        "paper": PAPER,
+        "threads": args.threads,
+        "rounds": args.rounds,
+        "hops": args.hops,
+        "width": args.width,
+    }
     if args.out is not None:
         atomic_write(args.out / "speed_table.md", table + "\n")
         atomic_write(args.out / "speed_table.json", json.dumps(document, indent=1) + "\n")

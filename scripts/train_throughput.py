@@ -85,10 +85,17 @@ class PhaseTimer(pl.Callback):
         self.marks["end"] = now
 
     def on_train_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        Path(self.out).write_text(json.dumps({
-            "times": self.times, "macs": self.macs, "batch_shape": self.batch_shape,
-            "precision": str(trainer.precision), "threads": torch.get_num_threads(),
-        }))
+        Path(self.out).write_text(
+            json.dumps(
+                {
+                    "times": self.times,
+                    "macs": self.macs,
+                    "batch_shape": self.batch_shape,
+                    "precision": str(trainer.precision),
+                    "threads": torch.get_num_threads(),
+                }
+            )
+        )
 
 
 def timed_fit(overrides: list[str], warmup: int, steps: int, folder: Path) -> tuple[Any, dict[str, float], dict]:
@@ -103,16 +110,30 @@ def timed_fit(overrides: list[str], warmup: int, steps: int, folder: Path) -> tu
     folder.mkdir(parents=True, exist_ok=True)
     record = folder / "timing.json"
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[
-            *overrides, f"paths.output_dir={folder}", f"trainer.max_steps={warmup + steps}", "trainer.max_time=null",
-            "trainer.limit_val_batches=0", "test=false", "ckpt_path=null",
-        ])
+        cfg = compose(
+            "train",
+            overrides=[
+                *overrides,
+                f"paths.output_dir={folder}",
+                f"trainer.max_steps={warmup + steps}",
+                "trainer.max_time=null",
+                "trainer.limit_val_batches=0",
+                "test=false",
+                "ckpt_path=null",
+            ],
+        )
     with open_dict(cfg):
-        cfg.callbacks = {k: v for k, v in (cfg.get("callbacks") or {}).items()
-                         if v and "ModelCheckpoint" not in str(v.get("_target_", ""))}
+        cfg.callbacks = {
+            k: v
+            for k, v in (cfg.get("callbacks") or {}).items()
+            if v and "ModelCheckpoint" not in str(v.get("_target_", ""))
+        }
         # this module's own name: __main__ when it runs as a worker script beside another checkout's stmc
-        cfg.callbacks["throughput"] = {"_target_": f"{PhaseTimer.__module__}.PhaseTimer", "warmup": warmup,
-                                       "out": str(record)}
+        cfg.callbacks["throughput"] = {
+            "_target_": f"{PhaseTimer.__module__}.PhaseTimer",
+            "warmup": warmup,
+            "out": str(record),
+        }
     metrics = train(cfg)
     return cfg, metrics, json.loads(record.read_text())
 
@@ -126,8 +147,12 @@ def worker(out: str, warmup: int, steps: int, overrides: list[str]) -> None:
     """One measurement, in this process: a :func:`timed_fit`, then the GEMM rates; the record goes to ``out``."""
     with tempfile.TemporaryDirectory() as folder:
         cfg, _, result = timed_fit(overrides, warmup, steps, Path(folder))
-    result.update(gemm_fp32=gemm_rate(torch.float32), gemm_bf16=gemm_rate(torch.bfloat16),
-                  audio_seconds=float(cfg.data.batch_size) * float(cfg.data.segment_seconds), code=str(ROOT))
+    result.update(
+        gemm_fp32=gemm_rate(torch.float32),
+        gemm_bf16=gemm_rate(torch.bfloat16),
+        audio_seconds=float(cfg.data.batch_size) * float(cfg.data.segment_seconds),
+        code=str(ROOT),
+    )
     Path(out).write_text(json.dumps(result))
 
 
@@ -158,42 +183,64 @@ def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
         step = seconds_per_step(run["times"])
         precision = run["precision"]
         roof = run["gemm_bf16"] if precision.startswith("bf16") else run["gemm_fp32"]
-        per_round.append({
-            "steps_per_s": 1 / step, "audio_per_s": run["audio_seconds"] / step,
-            **{f"{phase}_share": totals[phase] / (step * steps) for phase in PHASES},
-            "gmac_per_step": run["macs"] / 1e9, "gmac_per_s": run["macs"] / step / 1e9,
-            "gemm_fp32": run["gemm_fp32"] / 1e9, "gemm_bf16": run["gemm_bf16"] / 1e9,
-            "roof_share": run["macs"] / step / roof,
-        })
+        per_round.append(
+            {
+                "steps_per_s": 1 / step,
+                "audio_per_s": run["audio_seconds"] / step,
+                **{f"{phase}_share": totals[phase] / (step * steps) for phase in PHASES},
+                "gmac_per_step": run["macs"] / 1e9,
+                "gmac_per_s": run["macs"] / step / 1e9,
+                "gemm_fp32": run["gemm_fp32"] / 1e9,
+                "gemm_bf16": run["gemm_bf16"] / 1e9,
+                "roof_share": run["macs"] / step / roof,
+            }
+        )
     result = {key: statistics.median(r[key] for r in per_round) for key in per_round[0]}
-    result.update(precision=runs[0]["precision"], threads=runs[0]["threads"], batch=runs[0]["batch_shape"],
-                  rounds=len(runs), steps_per_s_rounds=[r["steps_per_s"] for r in per_round])
+    result.update(
+        precision=runs[0]["precision"],
+        threads=runs[0]["threads"],
+        batch=runs[0]["batch_shape"],
+        rounds=len(runs),
+        steps_per_s_rounds=[r["steps_per_s"] for r in per_round],
+    )
     return result
 
 
 def table(results: dict[str, dict[str, Any]]) -> str:
     """Markdown: one row per variant."""
-    lines = ["| code | precision | threads | steps/s | audio s/s | data | forward | backward | optimizer "
-             "| GMAC/step | GMAC/s | fp32 GEMM GMAC/s | bf16 GEMM GMAC/s | of the GEMM roof |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| code | precision | threads | steps/s | audio s/s | data | forward | backward | optimizer "
+        "| GMAC/step | GMAC/s | fp32 GEMM GMAC/s | bf16 GEMM GMAC/s | of the GEMM roof |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, r in results.items():
         shares = " | ".join(f"{100 * r[f'{p}_share']:.1f} %" for p in PHASES)
-        lines.append(f"| {name} | {r['precision']} | {r['threads']} | {r['steps_per_s']:.2f} | {r['audio_per_s']:.1f} "
-                     f"| {shares} | {r['gmac_per_step']:.2f} | {r['gmac_per_s']:.1f} | {r['gemm_fp32']:.1f} "
-                     f"| {r['gemm_bf16']:.1f} | {100 * r['roof_share']:.0f} % |")
+        lines.append(
+            f"| {name} | {r['precision']} | {r['threads']} | {r['steps_per_s']:.2f} | {r['audio_per_s']:.1f} "
+            f"| {shares} | {r['gmac_per_step']:.2f} | {r['gmac_per_s']:.1f} | {r['gemm_fp32']:.1f} "
+            f"| {r['gemm_bf16']:.1f} | {100 * r['roof_share']:.0f} % |"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m scripts.train_throughput", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m scripts.train_throughput",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("overrides", nargs="*", help="train.py overrides, e.g. experiment=quickstart")
     parser.add_argument("--steps", type=int, default=30, help="timed optimizer steps per round (default 30)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
     parser.add_argument("--rounds", type=int, default=3, help="measurements per variant, interleaved (default 3)")
     parser.add_argument("--against", type=Path, help="another checkout to measure side by side (e.g. a git worktree)")
-    parser.add_argument("--vary", action="append", default=[], metavar="OVERRIDES",
-                        help="a variant: these overrides (space-separated) on top of the others; repeatable")
+    parser.add_argument(
+        "--vary",
+        action="append",
+        default=[],
+        metavar="OVERRIDES",
+        help="a variant: these overrides (space-separated) on top of the others; repeatable",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -223,15 +270,25 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"error: {err}", file=sys.stderr)
                 return 1
     results = {name: summary(r) for name, r in runs.items()}
-    print(f"Training throughput, {' '.join(args.overrides) or 'defaults'}: {args.rounds} rounds x {args.steps} steps "
-          f"(after {args.warmup}) per variant, interleaved, medians; {time.perf_counter() - started:.0f} s in all; "
-          f"batch {results['this checkout']['batch']}.\n")
+    print(
+        f"Training throughput, {' '.join(args.overrides) or 'defaults'}: {args.rounds} rounds x {args.steps} steps "
+        f"(after {args.warmup}) per variant, interleaved, medians; {time.perf_counter() - started:.0f} s in all; "
+        f"batch {results['this checkout']['batch']}.\n"
+    )
     print(table(results))
     if args.against is not None:
-        ratios = [a / b for a, b in zip(results["this checkout"]["steps_per_s_rounds"],
-                                        results[str(args.against)]["steps_per_s_rounds"], strict=True)]
-        print(f"\nsteps/s, this checkout ÷ {args.against}: median {statistics.median(ratios):.2f}x "
-              f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)})")
+        ratios = [
+            a / b
+            for a, b in zip(
+                results["this checkout"]["steps_per_s_rounds"],
+                results[str(args.against)]["steps_per_s_rounds"],
+                strict=True,
+            )
+        ]
+        print(
+            f"\nsteps/s, this checkout ÷ {args.against}: median {statistics.median(ratios):.2f}x "
+            f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)})"
+        )
     if args.json:
         from stmc.files import atomic_write
 

@@ -42,7 +42,12 @@ def unets(draw, max_depth: int = 7, n_freq: int | None = None, tstmc: bool = Tru
     seed = draw(st.integers(0, 2**16))
     torch.manual_seed(seed)
     model = stmc.UNet(
-        depth=depth, lookahead=len(ahead), channels=channels, lookahead_layers=ahead, n_freq=bins, compress=compress,
+        depth=depth,
+        lookahead=len(ahead),
+        channels=channels,
+        lookahead_layers=ahead,
+        n_freq=bins,
+        compress=compress,
         tstmc=tstmc,
     )
     return randomise_norms(model, seed)

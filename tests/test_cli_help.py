@@ -21,8 +21,9 @@ OWN = {
 
 @pytest.mark.parametrize("entry", list(OWN))
 def test_help_lists_only_the_entry_points_own_groups(entry):
-    done = subprocess.run([sys.executable, str(ROOT / f"{entry}.py"), "--help"], capture_output=True, text=True,
-                          cwd=ROOT, timeout=120)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / f"{entry}.py"), "--help"], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     section = done.stdout.split("== Configuration groups ==\n", 1)[1].split("\n\n", 1)[0]
     listed = {line.split()[0]: line.split(None, 1)[1] for line in section.splitlines()}

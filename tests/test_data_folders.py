@@ -160,8 +160,10 @@ def test_demo_layout_batches(tmp_path):
 def test_vctk_layout_holds_out_speakers(tmp_path):
     vctk_tree(tmp_path)
     with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
-        cfg = compose(config_name="vctk_demand", overrides=[f"root={tmp_path}", "val_fraction=0.25",
-                                                            "segment_seconds=0.5", "batch_size=2"])
+        cfg = compose(
+            config_name="vctk_demand",
+            overrides=[f"root={tmp_path}", "val_fraction=0.25", "segment_seconds=0.5", "batch_size=2"],
+        )
     module = instantiate(cfg)
     module.setup(None)
     train_speakers = {p[0].stem[:4] for p in module.train_set.pairs}
@@ -205,8 +207,10 @@ def folders_tree(root: Path) -> None:
 def test_dns_layout_mixes_and_holds_out_readers(tmp_path):
     dns_tree(tmp_path)
     with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
-        cfg = compose(config_name="dns", overrides=[f"root={tmp_path}", "val_fraction=0.25", "num_workers=0",
-                                                    "segment_seconds=0.25"])
+        cfg = compose(
+            config_name="dns",
+            overrides=[f"root={tmp_path}", "val_fraction=0.25", "num_workers=0", "segment_seconds=0.25"],
+        )
     module = instantiate(cfg)
     module.setup(None)
     val = module.val_sets[0]

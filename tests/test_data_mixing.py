@@ -45,8 +45,16 @@ def folders(tmp_path: Path) -> tuple[list, list]:
 
 def training_set(folders, seed: int = 0, items: int = 6) -> MixingDataset:
     clean, noise = folders
-    return MixingDataset(clean, noise, split="train", seed=seed, snr_range=(-5, 15), level_range_db=(-35, -15),
-                         segment=SR // 2, items=items)
+    return MixingDataset(
+        clean,
+        noise,
+        split="train",
+        seed=seed,
+        snr_range=(-5, 15),
+        level_range_db=(-35, -15),
+        segment=SR // 2,
+        items=items,
+    )
 
 
 @settings(max_examples=60, deadline=None)
@@ -100,8 +108,18 @@ def test_seeding_per_epoch_and_independent_of_workers(folders):
 
 
 def test_collate_pads_with_lengths():
-    items = [{"noisy": torch.ones(n), "clean": torch.full((n,), 2.0), "length": n, "name": f"u{n}", "split": "test",
-              "noise_type": "hum", "snr": 1.0} for n in (5, 3)]
+    items = [
+        {
+            "noisy": torch.ones(n),
+            "clean": torch.full((n,), 2.0),
+            "length": n,
+            "name": f"u{n}",
+            "split": "test",
+            "noise_type": "hum",
+            "snr": 1.0,
+        }
+        for n in (5, 3)
+    ]
     batch = collate(items)
     assert batch["noisy"].shape == (2, 5) and batch["length"].tolist() == [5, 3]
     assert batch["noisy"][1].tolist() == [1, 1, 1, 0, 0] and batch["clean"][1, 3:].abs().sum() == 0

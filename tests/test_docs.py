@@ -22,8 +22,12 @@ def code_lines(page: Path) -> list[str]:
 
 def commands(pattern: str) -> set[tuple[str, str]]:
     """``(page, match)`` for every match of ``pattern`` in the pages' code."""
-    return {(page.relative_to(ROOT).as_posix(), m) for page in PAGES for line in code_lines(page)
-            for m in re.findall(pattern, line)}
+    return {
+        (page.relative_to(ROOT).as_posix(), m)
+        for page in PAGES
+        for line in code_lines(page)
+        for m in re.findall(pattern, line)
+    }
 
 
 @pytest.mark.parametrize(("page", "module"), sorted(commands(r"python3? -m ([\w.]+)")))
@@ -40,8 +44,9 @@ def test_every_python_script_command_names_a_file(page, script):
 
 @pytest.mark.parametrize(("page", "target"), sorted(commands(r"^\s*make ([\w-]+)")))
 def test_every_make_command_names_a_target(page, target):
-    assert re.search(rf"^{re.escape(target)}:", (ROOT / "Makefile").read_text(), flags=re.M), \
+    assert re.search(rf"^{re.escape(target)}:", (ROOT / "Makefile").read_text(), flags=re.M), (
         f"{page}: make {target}: no such target"
+    )
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())

@@ -89,8 +89,14 @@ def test_settings_reject_unknown_methods_and_metrics():
 
 
 def run_evaluate(*overrides: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "evaluate.py"), *overrides], cwd=cwd, capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return subprocess.run(
+        [sys.executable, str(ROOT / "evaluate.py"), *overrides],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
 
 
 def test_evaluate_py_on_tiny_checkpoints_twice_gives_identical_numbers(tmp_path, tiny_checkpoint):
@@ -111,8 +117,10 @@ def test_evaluate_py_on_tiny_checkpoints_twice_gives_identical_numbers(tmp_path,
     assert set(results["per_noise"]) == {"babble", "music", "sfx"}
     assert set(results["per_split"]) == {"test_real", "test_tts"}
     assert all(row["n"] == 2 for row in results["per_noise"].values())
-    assert [(m["name"], m["lookahead"], m["seed"]) for m in results["models"]] == [("lookahead=0", 0, 0),
-                                                                                    ("lookahead=2", 2, 1)]
+    assert [(m["name"], m["lookahead"], m["seed"]) for m in results["models"]] == [
+        ("lookahead=0", 0, 0),
+        ("lookahead=2", 2, 1),
+    ]
     overall = results["models"][0]["groups"]["all"]
     for signal in ("mixture", "wiener", "offline", "stmc"):
         assert set(overall[signal]) >= {"si_snr", "si_snri", "sdr", "sdri", "pesq", "stoi"}
@@ -126,8 +134,12 @@ def test_evaluate_py_on_tiny_checkpoints_twice_gives_identical_numbers(tmp_path,
     assert len(lines) == 1 + 6 * 2 + 2 * 6 * 2  # header, baselines (2 signals), 2 models x 2 methods
     examples = list((tmp_path / "eval1/examples").glob("*/*/enhanced.wav"))  # one per noise type
     assert sorted(p.parent.parent.name for p in examples) == ["babble", "music", "sfx"]
-    assert all((p.parent / f"{s}.{kind}").is_file() for p in examples for s in ("noisy", "wiener", "clean")
-               for kind in ("wav", "png"))
+    assert all(
+        (p.parent / f"{s}.{kind}").is_file()
+        for p in examples
+        for s in ("noisy", "wiener", "clean")
+        for kind in ("wav", "png")
+    )
     assert sf.info(str(examples[0])).subtype == "PCM_16"
     assert "report.html" in first.stdout and "no examples in this run" in (tmp_path / "eval2/report.html").read_text()
     assert "SI-SNRi" in first.stdout and "max |streamed − offline|" in first.stdout
@@ -138,11 +150,13 @@ def test_evaluate_py_on_tiny_checkpoints_twice_gives_identical_numbers(tmp_path,
 
 def test_evaluate_py_config_mistake_is_one_line(tmp_path):
     demo_like_tree(tmp_path / "corpus")
-    missing = run_evaluate(f"checkpoints=[{tmp_path / 'nope.ckpt'}]", f"data.root={tmp_path / 'corpus'}",
-                           f"hydra.run.dir={tmp_path / 'e'}")
+    missing = run_evaluate(
+        f"checkpoints=[{tmp_path / 'nope.ckpt'}]", f"data.root={tmp_path / 'corpus'}", f"hydra.run.dir={tmp_path / 'e'}"
+    )
     assert missing.returncode == 2
-    assert missing.stderr.strip().splitlines() == [f"error: checkpoints: {tmp_path / 'nope.ckpt'} is neither a "
-                                                   "checkpoint file nor a folder"]
+    assert missing.stderr.strip().splitlines() == [
+        f"error: checkpoints: {tmp_path / 'nope.ckpt'} is neither a checkpoint file nor a folder"
+    ]
 
 
 def test_offline_only_documents_have_no_stream_columns():
@@ -172,10 +186,22 @@ def start_long_evaluation(tmp_path: Path, tiny_checkpoint: Callable[..., Path]) 
             write(tmp_path / "corpus" / split / "noisy" / f"{split}_{i}.wav", clean + speechlike(40.0, 800 + i))
     ckpt = tiny_checkpoint(tmp_path / "run/checkpoints/last.ckpt")
     process = subprocess.Popen(
-        [sys.executable, str(ROOT / "evaluate.py"), f"checkpoints=[{ckpt}]", f"data.root={tmp_path / 'corpus'}",
-         "workers=2", "examples_per_noise=0", f"hydra.run.dir={tmp_path / 'eval'}"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "STMC_CACHE_DIR": str(tmp_path / "cache")})
+        [
+            sys.executable,
+            str(ROOT / "evaluate.py"),
+            f"checkpoints=[{ckpt}]",
+            f"data.root={tmp_path / 'corpus'}",
+            "workers=2",
+            "examples_per_noise=0",
+            f"hydra.run.dir={tmp_path / 'eval'}",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=default_sigint,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "STMC_CACHE_DIR": str(tmp_path / "cache")},
+    )
     deadline = time.monotonic() + 120
     while len(children(process.pid)) < 2 and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -191,8 +217,9 @@ def children(pid: int) -> list[int]:
             fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
         except OSError:
             continue
-        if fields.get("PPid", "").strip() == str(pid) and "resource_tracker" not in \
-                Path(status.parent / "cmdline").read_bytes().decode(errors="replace"):
+        if fields.get("PPid", "").strip() == str(pid) and "resource_tracker" not in Path(
+            status.parent / "cmdline"
+        ).read_bytes().decode(errors="replace"):
             found.append(int(status.parent.name))
     return found
 
@@ -200,8 +227,9 @@ def children(pid: int) -> list[int]:
 def gone(pids: list[int], seconds: float = 10.0) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if not any(Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text()
-                   for pid in pids):
+        if not any(
+            Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text() for pid in pids
+        ):
             return True
         time.sleep(0.2)
     return False
@@ -241,8 +269,16 @@ def test_an_interrupted_evaluation_resumes_from_what_it_finished(tmp_path, tiny_
     from stmc.evaluation.scoring import Journal, fingerprint, run_all
 
     gen = torch.Generator().manual_seed(0)
-    items = [{"noisy": 0.1 * torch.randn(4000 + 700 * i, generator=gen), "name": f"u{i}", "split": "test",
-              "noise_type": "hum", "snr": 0.0} for i in range(4)]
+    items = [
+        {
+            "noisy": 0.1 * torch.randn(4000 + 700 * i, generator=gen),
+            "name": f"u{i}",
+            "split": "test",
+            "noise_type": "hum",
+            "snr": 0.0,
+        }
+        for i in range(4)
+    ]
     for item in items:
         item["clean"] = 0.5 * item["noisy"]
     ckpt = tiny_checkpoint(tmp_path / "run/checkpoints/last.ckpt")

@@ -189,8 +189,9 @@ def test_open_onnx_refuses_wrong_input(exported):
     assert all(not tensor.any() for tensor in fresh.get_state())
 
 
-@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                   HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
 @given(model=unets(max_depth=4), batch=st.integers(1, 3), data=st.data())
 def test_onnx_engine_behind_the_driver_equals_offline(model, batch, data, tmp_path):
     """The exported graphs run by onnxruntime behind the same stream driver as the PyTorch engines: random

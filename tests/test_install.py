@@ -21,8 +21,14 @@ def clean_env() -> dict[str, str]:
 
 
 def test_the_project_imports_outside_the_repository(tmp_path):
-    done = subprocess.run([sys.executable, "-c", "import stmc, stmc.data.datamodule; print(stmc.UNet.__name__)"],
-                          cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", "import stmc, stmc.data.datamodule; print(stmc.UNet.__name__)"],
+        cwd=tmp_path,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, f"not installed into {sys.prefix} (run `make venv`): {done.stderr[-500:]}"
     assert done.stdout.strip() == "UNet"
 
@@ -30,8 +36,12 @@ def test_the_project_imports_outside_the_repository(tmp_path):
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                           str(out), str(ROOT)], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     (path,) = out.glob("stmc-*.whl")
     return path
@@ -58,27 +68,65 @@ def test_the_installed_wheel_runs_its_console_scripts_from_another_folder(wheel,
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"
-    purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                             capture_output=True, text=True, check=True).stdout.strip()
+    purelib = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     # the dependencies come from this venv's site-packages, after the new venv's own (where the wheel goes)
     Path(purelib, "deps.pth").write_text(f"import site; site.addsitedir({sysconfig.get_paths()['purelib']!r})\n")
-    done = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
-                           str(wheel)], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    where = subprocess.run([python, "-c", "import stmc.apps.configs as c; print(c.CONFIG_DIR)"], cwd=elsewhere,
-                           env=clean_env(), capture_output=True, text=True, timeout=120)
+    where = subprocess.run(
+        [python, "-c", "import stmc.apps.configs as c; print(c.CONFIG_DIR)"],
+        cwd=elsewhere,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert Path(where.stdout.strip()).is_relative_to(venv), where.stdout + where.stderr  # not the checkout
     for script in SCRIPTS:
-        done = subprocess.run([venv / "bin" / script, "--help"], cwd=elsewhere, env=clean_env(),
-                              capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0 and script.removeprefix("stmc-") in done.stdout.lower(), \
+        done = subprocess.run(
+            [venv / "bin" / script, "--help"],
+            cwd=elsewhere,
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0 and script.removeprefix("stmc-") in done.stdout.lower(), (
             f"{script}: {done.stdout[-500:]} {done.stderr[-1000:]}"
+        )
     done = subprocess.run(
-        [venv / "bin" / "stmc-train", f"data.root={corpus}", "data.segment_seconds=1.0", "data.batch_size=2",
-         "data.epoch_items=4", "model.width=0.25", "trainer.max_steps=1", "trainer.limit_val_batches=1",
-         "trainer.val_check_interval=1", "logger=csv", "test=false", "threads=1", "hydra.run.dir=run"],
-        cwd=elsewhere, env=clean_env(), capture_output=True, text=True, timeout=600)
+        [
+            venv / "bin" / "stmc-train",
+            f"data.root={corpus}",
+            "data.segment_seconds=1.0",
+            "data.batch_size=2",
+            "data.epoch_items=4",
+            "model.width=0.25",
+            "trainer.max_steps=1",
+            "trainer.limit_val_batches=1",
+            "trainer.val_check_interval=1",
+            "logger=csv",
+            "test=false",
+            "threads=1",
+            "hydra.run.dir=run",
+        ],
+        cwd=elsewhere,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert list((elsewhere / "run" / "checkpoints").glob("*.ckpt"))

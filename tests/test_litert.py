@@ -95,8 +95,11 @@ def test_metadata_of_another_graph_is_refused_not_streamed(exported, tmp_path):
     meta["model_config"] = json.dumps(other.config)
     forged = tmp_path / "forged.tflite"
     forged.write_bytes(with_litert_metadata(path.read_bytes(), meta))
-    with pytest.raises(ValueError, match=r"forged.tflite: input state_0 is float32 .* its metadata says .* "
-                                         r"belongs to another graph"):
+    with pytest.raises(
+        ValueError,
+        match=r"forged.tflite: input state_0 is float32 .* its metadata says .* "
+        r"belongs to another graph",
+    ):
         open_litert(forged)
     del meta["delay"]
     forged.write_bytes(with_litert_metadata(path.read_bytes(), meta))
@@ -144,4 +147,3 @@ def test_benchmark_worker_times_hops_and_measures_its_own_resident_growth(export
     stream(torch.zeros(1, 2, model.n_freq, 1))
     assert memory["state_bytes"] == sum(t.numel() * 4 for t in stream.get_state()[:-1])
     assert memory["peak_reset"] and memory["overall_bytes"] >= memory["init_bytes"] >= path.stat().st_size // 2
-

@@ -91,9 +91,11 @@ def bad_states(state: list[torch.Tensor]) -> dict[str, tuple[list[torch.Tensor],
     """Wrong states built from a good one, each with the message set_state must give."""
     first = state[0]
     return {
-        "one frame short": ([first[:, 1:].clone(), *state[1:]],
-                            rf"tensor 0 must be torch.float32 of shape \[1, {first.shape[1]}, .*got torch.float32 "
-                            rf"of shape \[1, {first.shape[1] - 1}, "),
+        "one frame short": (
+            [first[:, 1:].clone(), *state[1:]],
+            rf"tensor 0 must be torch.float32 of shape \[1, {first.shape[1]}, .*got torch.float32 "
+            rf"of shape \[1, {first.shape[1] - 1}, ",
+        ),
         "float64": ([s.double() if i == 1 else s for i, s in enumerate(state)], r"tensor 1 must be torch.float32"),
         "one tensor short": (state[1:], rf"expected a list of {len(state)} tensors"),
         "time as float": ([*state[:-1], state[-1].float()], r"\(the time\) must be int64 of shape \[batch\]"),

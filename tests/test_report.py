@@ -69,8 +69,16 @@ def report(tmp_path_factory, request) -> tuple[Path, dict]:
     for i, name in enumerate(NAMES):
         clean = torch.from_numpy(speechlike(0.8 + 0.2 * i, 10 + i)).float()
         noise = 0.1 * torch.randn(clean.shape[0], generator=torch.Generator().manual_seed(i))
-        items.append({"noisy": clean + noise, "clean": clean, "name": name, "split": "test real",
-                      "noise_type": "hum" if i % 2 else "pink noise", "snr": 5.0})
+        items.append(
+            {
+                "noisy": clean + noise,
+                "clean": clean,
+                "name": name,
+                "split": "test real",
+                "noise_type": "hum" if i % 2 else "pink noise",
+                "snr": 5.0,
+            }
+        )
     settings = Settings(("offline", "stmc"), ("si_snri", "sdri"), 256)
     evaluation = evaluate([ckpt], items, settings)
     folder = tmp_path / "run"
@@ -81,8 +89,15 @@ def report(tmp_path_factory, request) -> tuple[Path, dict]:
     plt.imsave(figure, np.random.default_rng(0).random((20, 30)))
     speed = tmp_path / "speed_table.md"
     speed.write_text("| model | ms |\n|---|---:|\n| causal | 1.25 |\n")
-    write_report(folder, evaluation, Enhancer.from_checkpoint(ckpt), settings, 2,
-                 figures=[figure, tmp_path / "not made.png"], speed_table=speed)
+    write_report(
+        folder,
+        evaluation,
+        Enhancer.from_checkpoint(ckpt),
+        settings,
+        2,
+        figures=[figure, tmp_path / "not made.png"],
+        speed_table=speed,
+    )
     return folder, evaluation.document
 
 
@@ -93,9 +108,12 @@ def test_report_tables_equal_results_json(report):
     groups = document["models"][0]["groups"]
     for group in [ALL, *(g for g in groups if ":" in g)]:
         for signal, stat in groups[group].items():
-            expected = [signal, cell(groups[group]["mixture"]["si_snr"]),
-                        "—" if signal == "mixture" else cell(stat["si_snri"]),
-                        "—" if signal == "mixture" else cell(stat["sdri"])]
+            expected = [
+                signal,
+                cell(groups[group]["mixture"]["si_snr"]),
+                "—" if signal == "mixture" else cell(stat["si_snri"]),
+                "—" if signal == "mixture" else cell(stat["sdri"]),
+            ]
             assert any(row[:4] == expected for row in rows), (group, signal, expected)
     diff = groups[ALL]["stmc"]["max_abs_diff"]["max"]
     assert any(row[0] == "stmc" and row[-1] == f"{diff:.1e}" for row in rows)
@@ -118,15 +136,36 @@ def test_every_file_the_page_names_exists_and_odd_names_are_quoted(report):
 
 
 def test_page_renders_without_examples_and_with_nan_scores(tmp_path):
-    document = {"settings": {"methods": ["offline"]}, "models": [
-        {"name": "m", "checkpoint": "m.ckpt", "lookahead": 0, "width": 1.0, "params": 10, "groups": {
-            ALL: {"mixture": {"si_snr": {"mean": 1.0, "ci95": None, "n": 1}, "pesq": {"mean": None, "n": 0}},
-                  "offline": {"si_snri": {"mean": None, "ci95": None, "n": 0}, "pesq": {"mean": None, "n": 0}}}}}]}
+    document = {
+        "settings": {"methods": ["offline"]},
+        "models": [
+            {
+                "name": "m",
+                "checkpoint": "m.ckpt",
+                "lookahead": 0,
+                "width": 1.0,
+                "params": 10,
+                "groups": {
+                    ALL: {
+                        "mixture": {"si_snr": {"mean": 1.0, "ci95": None, "n": 1}, "pesq": {"mean": None, "n": 0}},
+                        "offline": {"si_snri": {"mean": None, "ci95": None, "n": 0}, "pesq": {"mean": None, "n": 0}},
+                    }
+                },
+            }
+        ],
+    }
     empty = render(tmp_path, document, {"examples_per_noise": 0, "examples": []})
     assert "no examples in this run (examples_per_noise=0)" in empty
-    example = {"noise_type": "hum", "split": "s", "name": "x", "why": "median", "method": "stmc", "seconds": 1.0,
-               "dir": "examples/hum/s-x", "scores": {"mixture": {"si_snr": None}, "enhanced": {"si_snri": None},
-                                                      "wiener": {}}}
+    example = {
+        "noise_type": "hum",
+        "split": "s",
+        "name": "x",
+        "why": "median",
+        "method": "stmc",
+        "seconds": 1.0,
+        "dir": "examples/hum/s-x",
+        "scores": {"mixture": {"si_snr": None}, "enhanced": {"si_snri": None}, "wiener": {}},
+    }
     page = render(tmp_path, document, {"examples": [example]}, figures=["figures/lookahead.png"])
     assert "missing: examples/hum/s-x/noisy.wav" in page and "missing figure: figures/lookahead.png" in page
     assert "input SI-SNR — dB" in page
@@ -150,8 +189,7 @@ window.addEventListener("load", async () => {
 
 
 def chromium() -> str | None:
-    return next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)),
-                None)
+    return next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
 
 
 @pytest.mark.slow
@@ -166,20 +204,34 @@ def test_report_in_headless_chromium_loads_every_file_from_a_copied_folder(repor
     shutil.copytree(folder, copy)
     page = (copy / "report.html").read_text()
     (copy / "report.check.html").write_text(page.replace("</body>", CHECK))
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files", "--mute-audio",
-             "--virtual-time-budget=20000"]
-    dom = subprocess.run([browser, *flags, "--dump-dom", (copy / "report.check.html").as_uri()],
-                         capture_output=True, text=True, timeout=180).stdout
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--allow-file-access-from-files",
+        "--mute-audio",
+        "--virtual-time-budget=20000",
+    ]
+    dom = subprocess.run(
+        [browser, *flags, "--dump-dom", (copy / "report.check.html").as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    ).stdout
     found = json.loads(dom.split('<pre id="stmc-check">', 1)[1].split("</pre>", 1)[0].replace("&quot;", '"'))
     assert found["images"] and all(image["ok"] for image in found["images"]), found["images"]
     assert len(found["audio"]) == 16
     for audio in found["audio"]:
         info = sf.info(str(copy / unquote(audio["src"])))
-        assert audio["error"] is None and audio["duration"] == pytest.approx(info.frames / info.samplerate,
-                                                                              abs=1e-3), audio
+        assert audio["error"] is None and audio["duration"] == pytest.approx(info.frames / info.samplerate, abs=1e-3), (
+            audio
+        )
     shot = tmp_path / "shot.png"
-    subprocess.run([browser, *flags, "--window-size=1200,1600", f"--screenshot={shot}",
-                    (copy / "report.html").as_uri()], capture_output=True, timeout=180)
+    subprocess.run(
+        [browser, *flags, "--window-size=1200,1600", f"--screenshot={shot}", (copy / "report.html").as_uri()],
+        capture_output=True,
+        timeout=180,
+    )
     import matplotlib.image
 
     pixels = matplotlib.image.imread(shot)

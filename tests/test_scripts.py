@@ -27,18 +27,29 @@ def synthetic_results(folder: Path, models: list[tuple[int, float, int, float]],
     baselines = [{"mixture": {"si_snr": 5.0, "si_snri": 0.0}, "wiener": {"si_snr": 7.0, "si_snri": 2.0}}] * 3
     entries = []
     for lookahead, width, seed, score in models:
-        info = {"name": f"L{lookahead}-w{width}-s{seed}",
-                "checkpoint": f"/runs/{'' if tstmc else 'ablation/'}L{lookahead}/w{width}/s{seed}.ckpt",
-                "model_config": {**TINY, "lookahead": lookahead, "width": width, **({} if tstmc else {"tstmc": False})},
-                "lookahead": lookahead,
-                "width": width, "seed": seed, "step": 10, "params": 1000, "size_mb": 0.004,
-                "receptive_field": [4, lookahead]}
-        rows = [{"offline": {"si_snr": 5 + score + d, "si_snri": score + d},
-                 "stmc": {"si_snr": 5 + score + d, "si_snri": score + d, "max_abs_diff": 1e-7, "max_rel_diff": 1e-6}}
-                for d in (-0.5, 0.0, 0.5)]
+        info = {
+            "name": f"L{lookahead}-w{width}-s{seed}",
+            "checkpoint": f"/runs/{'' if tstmc else 'ablation/'}L{lookahead}/w{width}/s{seed}.ckpt",
+            "model_config": {**TINY, "lookahead": lookahead, "width": width, **({} if tstmc else {"tstmc": False})},
+            "lookahead": lookahead,
+            "width": width,
+            "seed": seed,
+            "step": 10,
+            "params": 1000,
+            "size_mb": 0.004,
+            "receptive_field": [4, lookahead],
+        }
+        rows = [
+            {
+                "offline": {"si_snr": 5 + score + d, "si_snri": score + d},
+                "stmc": {"si_snr": 5 + score + d, "si_snri": score + d, "max_abs_diff": 1e-7, "max_rel_diff": 1e-6},
+            }
+            for d in (-0.5, 0.0, 0.5)
+        ]
         entries.append(model_summary(info, ITEMS, baselines, rows))
-    write_results(folder, results_document(entries, {"utterances": 3, "methods": ["offline", "stmc"],
-                                                     "chunk_samples": 256}))
+    write_results(
+        folder, results_document(entries, {"utterances": 3, "methods": ["offline", "stmc"], "chunk_samples": 256})
+    )
     return folder / "results.json"
 
 
@@ -73,8 +84,12 @@ def test_lookahead_figure_means_gains_and_files(tmp_path):
 
 
 def test_lookahead_gains_over_gaps_are_per_frame():
-    summary = lookahead_figure.summarize([{"lookahead": la, "width": 1.0, "seed": 0, "si_snri": v}
-                                          for la, v in ((0, 4.0), (2, 4.4), (7, 4.9), (14, 5.6))])
+    summary = lookahead_figure.summarize(
+        [
+            {"lookahead": la, "width": 1.0, "seed": 0, "si_snri": v}
+            for la, v in ((0, 4.0), (2, 4.4), (7, 4.9), (14, 5.6))
+        ]
+    )
     gains = lookahead_figure.gains(summary)
     assert gains["first_frame_gain_db"] == pytest.approx(0.2) and gains["last_frame_gain_db"] == pytest.approx(0.1)
     assert "frames 0→2, per frame" in lookahead_figure.describe(gains)
@@ -82,8 +97,9 @@ def test_lookahead_gains_over_gaps_are_per_frame():
 
 def test_size_figure_times_every_width_and_takes_si_snri_from_the_trained_ones(tmp_path):
     synthetic_results(tmp_path / "eval", [(0, 1.0, 0, 3.0), (0, 1.0, 1, 3.4), (0, 2.0, 0, 3.9), (2, 1.0, 0, 9.0)])
-    rows = size_figure.main([str(tmp_path / "eval"), "--out", str(tmp_path / "fig"), "--widths", "0.5", "1",
-                             "--rounds", "1", "--hops", "2"])
+    rows = size_figure.main(
+        [str(tmp_path / "eval"), "--out", str(tmp_path / "fig"), "--widths", "0.5", "1", "--rounds", "1", "--hops", "2"]
+    )
     assert [r["width"] for r in rows] == [0.5, 1.0, 2.0]
     assert [r["si_snri_db"] for r in rows] == [None, pytest.approx(3.2), pytest.approx(3.9)]
     assert rows[0]["size_mb"] < rows[1]["size_mb"] < rows[2]["size_mb"]
@@ -100,8 +116,21 @@ def speed_doc(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("speed")
     synthetic_results(tmp_path / "eval", [(0, 1.0, 0, 3.0), (0, 1.0, 1, 4.0)])
     synthetic_results(tmp_path / "eval" / "ablation", [(0, 1.0, 0, 2.0)], tstmc=False)
-    doc = speed_table.main(["--results", str(tmp_path / "eval"), "--out", str(tmp_path), "--rounds", "1",
-                            "--hops", "3", "--frames", "16", "--onnx"])
+    doc = speed_table.main(
+        [
+            "--results",
+            str(tmp_path / "eval"),
+            "--out",
+            str(tmp_path),
+            "--rounds",
+            "1",
+            "--hops",
+            "3",
+            "--frames",
+            "16",
+            "--onnx",
+        ]
+    )
     return doc, tmp_path
 
 
@@ -118,8 +147,9 @@ def test_speed_table_rows_ratios_and_files(speed_doc):
             assert row["total_latency_ms"] == pytest.approx(row["algorithmic_latency_ms"] + row["compute_latency_ms"])
             assert row["timed_steps"] == 3
     ratio = doc["ratios"][0]
-    assert ratio["inference time INC÷STMC"] == pytest.approx(rows[("causal", "inc")]["inference_time_ms"]
-                                                             / causal["inference_time_ms"])
+    assert ratio["inference time INC÷STMC"] == pytest.approx(
+        rows[("causal", "inc")]["inference_time_ms"] / causal["inference_time_ms"]
+    )
     assert ratio["paper latency standard÷INC"] == 29.74
     assert "| causal | STMC (tSTMC) | 3.50 (n=2) | 64 |" in (tmp_path / "speed_table.md").read_text()
     onnx = rows[("causal", "stmc (onnxruntime)")]
@@ -150,8 +180,9 @@ def test_speed_table_litert_rows_and_their_ratios(tmp_path):
     growth as peak memory (the weights at least), and Table 1's ratios among those rows next to the paper's."""
     synthetic_results(tmp_path / "eval", [(0, 1.0, 0, 3.0)])
     synthetic_results(tmp_path / "eval" / "ablation", [(0, 1.0, 0, 2.0)], tstmc=False)
-    doc = speed_table.main(["--results", str(tmp_path / "eval"), "--rounds", "2", "--hops", "3", "--frames", "16",
-                            "--litert"])
+    doc = speed_table.main(
+        ["--results", str(tmp_path / "eval"), "--rounds", "2", "--hops", "3", "--frames", "16", "--litert"]
+    )
     rows = {(r["model"], r["method"]): r for r in doc["rows"]}
     for model in ("causal", "non-causal"):
         for method, label in [("window", "standard (window)"), ("inc", "INC"), ("stmc", "STMC (tSTMC)")]:
@@ -164,8 +195,9 @@ def test_speed_table_litert_rows_and_their_ratios(tmp_path):
     ratio = {r["model"]: r for r in doc["ratios"]}
     litert = ratio["causal, LiteRT"]
     window, inc, stmc = (rows[("causal", f"{m} (LiteRT)")] for m in ("window", "inc", "stmc"))
-    assert litert["compute latency standard÷INC"] == pytest.approx(window["compute_latency_ms"]
-                                                                   / inc["compute_latency_ms"])
+    assert litert["compute latency standard÷INC"] == pytest.approx(
+        window["compute_latency_ms"] / inc["compute_latency_ms"]
+    )
     assert litert["paper latency standard÷INC"] == 29.74
     assert ratio["non-causal, LiteRT"]["paper latency INC÷STMC"] == 1.32
     assert litert["tSTMC÷no-tSTMC peak memory"] == pytest.approx(stmc["peak_memory_mb"] / ablation["peak_memory_mb"])
@@ -213,8 +245,9 @@ def test_mini_preset_runs_21_trainings_in_distinct_folders_then_the_scripts(tmp_
 def test_paper_preset_is_slurm_multiruns_of_75_5_and_5_runs(tmp_path):
     with pytest.raises(ValueError, match="out=..., data_root=..."):
         reproduce.load_preset("paper")
-    cfg = reproduce.load_preset("paper", [f"out={tmp_path}", "data_root=/data/dns",
-                                          "slurm=[hydra.launcher.partition=gpu]"])
+    cfg = reproduce.load_preset(
+        "paper", [f"out={tmp_path}", "data_root=/data/dns", "slurm=[hydra.launcher.partition=gpu]"]
+    )
     lookahead, size, ablation = reproduce.train_commands(cfg, tmp_path)
     assert "-m" in lookahead.argv and "hydra/launcher=slurm" in lookahead.argv
     values = parse(lookahead.argv)
@@ -224,8 +257,9 @@ def test_paper_preset_is_slurm_multiruns_of_75_5_and_5_runs(tmp_path):
     assert parse(size.argv)["model.width"] == [0.25, 0.5, 0.75, 1.5, 2.0]
     assert parse(ablation.argv)["model.tstmc"] is False and len(parse(ablation.argv)["seed"]) == 5
     evaluate = reproduce.later_commands(cfg, tmp_path)[0]
-    assert parse(evaluate.argv)["checkpoints"] == [[str(tmp_path / f"train/{sweep}")]
-                                                   for sweep in ("lookahead", "size", "ablation")]
+    assert parse(evaluate.argv)["checkpoints"] == [
+        [str(tmp_path / f"train/{sweep}")] for sweep in ("lookahead", "size", "ablation")
+    ]
     with pytest.raises(ValueError, match="does not exist"):
         reproduce.load_preset("huge")
 
@@ -234,8 +268,11 @@ def test_runner_skips_finished_runs_and_reports_failures(tmp_path):
     done, fresh = tmp_path / "done", tmp_path / "fresh"
     done.mkdir()
     (done / reproduce.DONE).write_text("1 s\n")
-    commands = [reproduce.Command("a", ["false"], done), reproduce.Command("b", ["true"], fresh),
-                reproduce.Command("c", ["false"])]
+    commands = [
+        reproduce.Command("a", ["false"], done),
+        reproduce.Command("b", ["true"], fresh),
+        reproduce.Command("c", ["false"]),
+    ]
     fresh.mkdir()
     with pytest.raises(RuntimeError, match="failed: c"):
         reproduce.run_parallel(commands, 2, tmp_path / "logs")
@@ -273,12 +310,21 @@ def paired_models(folder: Path, seed_offsets: dict[int, list[float]], gain: floa
     for lookahead, offsets in seed_offsets.items():
         for seed, offset in enumerate(offsets):
             name = f"L{lookahead}-s{seed}"
-            models.append({"name": name, "checkpoint": f"/runs/{name}.ckpt", "lookahead": lookahead, "seed": seed,
-                           "results": str(folder / "results.json")})
+            models.append(
+                {
+                    "name": name,
+                    "checkpoint": f"/runs/{name}.ckpt",
+                    "lookahead": lookahead,
+                    "seed": seed,
+                    "results": str(folder / "results.json"),
+                }
+            )
             for utt, value in base.items():
                 score = value + offset + (gain if lookahead else 0.0)
-                lines += [f"{name},{utt},test_real,hum,0,offline,{score},{score}",
-                          f"{name},{utt},test_real,hum,0,stmc,{score},{score + 99}"]  # only offline counts
+                lines += [
+                    f"{name},{utt},test_real,hum,0,offline,{score},{score}",
+                    f"{name},{utt},test_real,hum,0,stmc,{score},{score + 99}",
+                ]  # only offline counts
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "utterances.csv").write_text("\n".join(lines) + "\n")
     return models

@@ -17,7 +17,8 @@ def test_mini_preset_chain_at_toy_scale(tmp_path, monkeypatch):
     demo_like_tree(tmp_path / "corpus")
     out = tmp_path / "mini"
     overrides = [
-        f"out={out}", "steps=2",
+        f"out={out}",
+        "steps=2",
         f"data=[data=demo,data.root={tmp_path / 'corpus'},data.batch_size=2]",
         "train.sweeps={lookahead: {overrides: [], params: {model.lookahead: [0, 14], seed: [0]}},"
         " size: {overrides: [], params: {model.width: [0.25], seed: [0]}},"
@@ -28,7 +29,11 @@ def test_mini_preset_chain_at_toy_scale(tmp_path, monkeypatch):
     assert reproduce.main(["mini", *overrides]) == 0
     results = json.loads((out / "evaluate/results.json").read_text())
     assert sorted((m["lookahead"], m["width"], m["model_config"].get("tstmc", True)) for m in results["models"]) == [
-        (0, 0.25, True), (0, 1.0, False), (0, 1.0, True), (14, 1.0, True)]
+        (0, 0.25, True),
+        (0, 1.0, False),
+        (0, 1.0, True),
+        (14, 1.0, True),
+    ]
     assert results["max_abs_diff"] < 1e-5
     speed = json.loads((out / "speed_table.json").read_text())
     assert {r["model"] for r in speed["rows"] if r["si_snri_db"] is not None} == {"causal", "non-causal"}
@@ -39,7 +44,7 @@ def test_mini_preset_chain_at_toy_scale(tmp_path, monkeypatch):
     index = (out / "index.md").read_text()
     assert "![lookahead.png](lookahead.png)" in index and "| evaluate | ok |" in index
     page, report = (out / "index.html").read_text(), (out / "evaluate/report.html").read_text()
-    assert 'href="evaluate/report.html"' in page and '<img' in page
+    assert 'href="evaluate/report.html"' in page and "<img" in page
     assert 'src="figures/lookahead.png"' in report and 'src="figures/size.png"' in report and "<audio" in report
     # a second call finds every training run finished and only redoes the cheap steps
     assert reproduce.main(["mini", *overrides]) == 0

@@ -174,8 +174,9 @@ def test_onnx_backend_equals_pytorch(tmp_path):
     base = options(tmp_path, input=str(tmp_path / "in.wav"), chunk="250samples")
     path = to_onnx(build_enhancer(base).model, tmp_path / "m.onnx")
     assert infer(options(tmp_path, input=base.input, output=str(tmp_path / "torch.wav"), chunk="250samples")) == 0
-    exported = options(tmp_path, input=base.input, output=str(tmp_path / "onnx.wav"), chunk="250samples",
-                       onnx=str(path))
+    exported = options(
+        tmp_path, input=base.input, output=str(tmp_path / "onnx.wav"), chunk="250samples", onnx=str(path)
+    )
     assert infer(exported) == 0
     torch_out = sf.read(tmp_path / "torch.wav", dtype="float32")[0]
     np.testing.assert_allclose(sf.read(tmp_path / "onnx.wav", dtype="float32")[0], torch_out, atol=1e-4)
@@ -190,8 +191,14 @@ def test_litert_backend_equals_pytorch(tmp_path):
     base = options(tmp_path, input=str(tmp_path / "in.wav"), chunk="250samples")
     path = to_litert(build_enhancer(base).model, tmp_path / "m.tflite")
     assert infer(options(tmp_path, input=base.input, output=str(tmp_path / "torch.wav"), chunk="250samples")) == 0
-    assert infer(options(tmp_path, input=base.input, output=str(tmp_path / "litert.wav"), chunk="250samples",
-                         litert=str(path))) == 0
+    assert (
+        infer(
+            options(
+                tmp_path, input=base.input, output=str(tmp_path / "litert.wav"), chunk="250samples", litert=str(path)
+            )
+        )
+        == 0
+    )
     torch_out = sf.read(tmp_path / "torch.wav", dtype="float32")[0]
     np.testing.assert_allclose(sf.read(tmp_path / "litert.wav", dtype="float32")[0], torch_out, atol=1e-4)
     with pytest.raises(ValueError, match="give ckpt \\(PyTorch\\), onnx or litert .*: one of them"):
@@ -217,8 +224,12 @@ def test_stdin_ending_inside_a_sample_keeps_every_complete_sample_and_the_flush(
     tiny = ["model.depth=2", "model.channels=[2,3]", "model.lookahead=2"]
     done = run_script("input=-", "chunk=1024samples", *tiny, stdin=pcm.tobytes() + b"\x01")
     assert done.returncode == 1
-    assert done.stderr.decode().strip().splitlines()[-1].startswith(
-        "error: stdin: the stream ends inside a sample frame (1 stray bytes); every complete sample")
+    assert (
+        done.stderr.decode()
+        .strip()
+        .splitlines()[-1]
+        .startswith("error: stdin: the stream ends inside a sample frame (1 stray bytes); every complete sample")
+    )
     out = np.frombuffer(done.stdout, dtype="<i2")
     opts = options(tmp_path, input="-", model={**TINY, "lookahead": 2})
     expected = offline(opts, (pcm.astype(np.float32) / 32768)[None])[0] * 32768
@@ -256,10 +267,15 @@ def default_sigint() -> None:
 
 def test_ctrl_c_ends_a_stream_with_one_line_and_status_130():
     """Ctrl-C while the stream waits for stdin: one line, exit status 130, no traceback."""
-    process = subprocess.Popen([sys.executable, str(ROOT / "stream_infer.py"), "input=-", "output=-",
-                                "model.depth=2", "model.channels=[2,3]"], cwd=ROOT, stdin=subprocess.PIPE,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                               preexec_fn=default_sigint)
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "stream_infer.py"), "input=-", "output=-", "model.depth=2", "model.channels=[2,3]"],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=default_sigint,
+    )
     process.stdin.write("\0" * 4096)  # some audio, then the stream waits for more
     process.stdin.flush()
     lines = []
@@ -273,8 +289,9 @@ def test_ctrl_c_ends_a_stream_with_one_line_and_status_130():
     stderr = "".join(lines) + rest
     assert process.returncode == 130, stderr[-2000:]
     assert "Traceback" not in stderr
-    assert stderr.strip().splitlines()[-1] == ("interrupted (Ctrl-C): the stream stopped; files written before "
-                                               "are complete")
+    assert stderr.strip().splitlines()[-1] == (
+        "interrupted (Ctrl-C): the stream stopped; files written before are complete"
+    )
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o027])
@@ -306,8 +323,10 @@ def test_folder_as_batched_streams_equals_one_file_at_a_time(tmp_path, batch, ch
     (src / "junk.wav").write_bytes(b"not audio")
     model = {**TINY, "lookahead": 2}
     assert infer(options(tmp_path, model=model, input=str(src), output=str(tmp_path / "one"), chunk=chunk)) == 1
-    assert infer(options(tmp_path, model=model, input=str(src), output=str(tmp_path / "many"), chunk=chunk,
-                         batch=batch)) == 1
+    assert (
+        infer(options(tmp_path, model=model, input=str(src), output=str(tmp_path / "many"), chunk=chunk, batch=batch))
+        == 1
+    )
     stats = json.loads((tmp_path / "stats.json").read_text())["batched"]
     assert stats["files"] == 6 and stats["failures"] == 1 and stats["files_per_s"] > 0
     for i in range(6):

@@ -25,9 +25,12 @@ def stream_all(stream: Stream, spec: torch.Tensor, sizes: list[int]) -> torch.Te
 
 
 # every engine: STMC with its native step and on PyTorch operators, INC, window (each a quarter of the examples)
-ENGINES = [pytest.param(("stmc", True), marks=pytest.mark.compiler, id="stmc-native"),
-           pytest.param(("stmc", False), id="stmc-ops"), pytest.param(("inc", None), id="inc"),
-           pytest.param(("window", None), id="window")]
+ENGINES = [
+    pytest.param(("stmc", True), marks=pytest.mark.compiler, id="stmc-native"),
+    pytest.param(("stmc", False), id="stmc-ops"),
+    pytest.param(("inc", None), id="inc"),
+    pytest.param(("window", None), id="window"),
+]
 
 
 @pytest.mark.parametrize("engine", ENGINES)

@@ -71,8 +71,12 @@ def checkpoint(out: Path, kind: str) -> Path:
 
 @pytest.mark.parametrize(
     ("model", "lookahead"),
-    [(["model=causal"], 0), (["model=noncausal"], 14), (["model=lookahead", "model.lookahead=3"], 3),
-     (["model=lookahead", "model.lookahead=2", "model.tstmc=false"], 2)],
+    [
+        (["model=causal"], 0),
+        (["model=noncausal"], 14),
+        (["model=lookahead", "model.lookahead=3"], 3),
+        (["model=lookahead", "model.lookahead=2", "model.tstmc=false"], 2),
+    ],
 )
 def test_one_batch_fit_gives_a_streamable_checkpoint(model, lookahead, corpus, tmp_path, compose_train):
     metrics = train(compose_train(tiny_run(corpus, tmp_path, *model)))
@@ -230,8 +234,9 @@ def test_precision_probe_times_a_real_step(compose_train):
     """The default probe runs the configured model forward and backward and returns a positive duration."""
     from stmc.training.run import step_seconds
 
-    cfg = compose_train(["trainer=cpu", "model.width=0.25", "model.depth=3", "data.segment_seconds=0.25",
-                         "data.batch_size=1"])
+    cfg = compose_train(
+        ["trainer=cpu", "model.width=0.25", "model.depth=3", "data.segment_seconds=0.25", "data.batch_size=1"]
+    )
     assert 0 < step_seconds(cfg, "32-true", steps=1, warmup=0) < 60
 
 
@@ -281,8 +286,9 @@ def test_resuming_with_another_model_or_an_unreadable_file_is_a_config_error(cor
     with pytest.raises(ConfigError, match=r"holds another model: model.width=0.25 \(this config: 0.5\); resume") as err:
         train(cfg)
     assert "\n" not in str(err.value)
-    ablation = compose_train(tiny_run(corpus, tmp_path / "c", "model.width=0.25", "model.tstmc=false",
-                                      f"ckpt_path={last}"))
+    ablation = compose_train(
+        tiny_run(corpus, tmp_path / "c", "model.width=0.25", "model.tstmc=false", f"ckpt_path={last}")
+    )
     with pytest.raises(ConfigError, match=r"another model: model.tstmc=True \(this config: False\); resume"):
         train(ablation)
     garbage = tmp_path / "garbage.ckpt"
@@ -312,8 +318,11 @@ def test_every_data_option_fits_one_step(name, tmp_path, compose_train):
     root = tmp_path / "corpus"
     {"demo": demo_like_tree, "dns": dns_tree, "vctk_demand": vctk_tree, "folders": folders_tree}[name](root)
     extra = [] if name == "demo" else ["data.val_fraction=0.25"]
-    metrics = train(compose_train(tiny_run(root, tmp_path / "run", f"data={name}", "data.num_workers=0",
-                                           "model.width=0.25", *extra)))
+    metrics = train(
+        compose_train(
+            tiny_run(root, tmp_path / "run", f"data={name}", "data.num_workers=0", "model.width=0.25", *extra)
+        )
+    )
     assert math.isfinite(metrics["train/loss"])
 
 
@@ -332,16 +341,19 @@ def test_moving_average_is_what_the_checkpoint_serves_and_exports(corpus, tmp_pa
     from stmc.export.cli import load_model
     from stmc.model import checkpoint as ckpt_format
 
-    metrics = train(compose_train(tiny_run(corpus, tmp_path, "model.width=0.25", "module.ema_decay=0.5",
-                                           "trainer.max_steps=3")))
+    metrics = train(
+        compose_train(tiny_run(corpus, tmp_path, "model.width=0.25", "module.ema_decay=0.5", "trainer.max_steps=3"))
+    )
     assert math.isfinite(metrics["val/si_snri"]) and math.isfinite(metrics["val/si_snri_raw"])
     saved = torch.load(checkpoint(tmp_path, "last"), weights_only=True)
-    raw = {k[len("model."):]: v for k, v in saved["state_dict"].items() if k.startswith("model.")}
-    ema = {k[len("ema_model."):]: v for k, v in saved["state_dict"].items() if k.startswith("ema_model.")}
+    raw = {k[len("model.") :]: v for k, v in saved["state_dict"].items() if k.startswith("model.")}
+    ema = {k[len("ema_model.") :]: v for k, v in saved["state_dict"].items() if k.startswith("ema_model.")}
     assert raw.keys() == ema.keys()
     assert not torch.equal(raw["layers.0.conv.weight"], ema["layers.0.conv.weight"])
-    for served in (stmc.Enhancer.from_checkpoint(checkpoint(tmp_path, "last")).model,
-                   load_model(str(checkpoint(tmp_path, "last")), 7, 0, 1.0, 0)):
+    for served in (
+        stmc.Enhancer.from_checkpoint(checkpoint(tmp_path, "last")).model,
+        load_model(str(checkpoint(tmp_path, "last")), 7, 0, 1.0, 0),
+    ):
         assert all(torch.equal(served.state_dict()[k], ema[k]) for k in ema)
     assert ckpt_format.model_state(saved).keys() == ema.keys()
 

@@ -191,8 +191,13 @@ def test_busy_cores_reads_the_runnable_tasks():
 
 
 def test_a_config_mistake_leaves_no_empty_run_folder(tmp_path):
-    run = subprocess.run([sys.executable, "train.py", "data.batch_size=0", f"hydra.run.dir={tmp_path / 'run'}"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "train.py", "data.batch_size=0", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 2
     assert run.stderr.strip().splitlines() == ["error: data.batch_size=0 must be a positive integer"]
     assert not (tmp_path / "run").exists()

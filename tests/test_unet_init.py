@@ -46,8 +46,9 @@ def test_the_ablation_starts_from_the_same_linear_map():
     """tstmc=False lays its decoder weights out differently; with the same seed they are the same map."""
     tstmc, ablation = build(2, lookahead=3), build(2, lookahead=3, tstmc=False)
     for a, b in zip(tstmc.layers, ablation.layers, strict=True):
-        assert torch.equal(a.tstmc_weight() if a.transposed else a.conv.weight,
-                           b.tstmc_weight() if b.transposed else b.conv.weight)
+        assert torch.equal(
+            a.tstmc_weight() if a.transposed else a.conv.weight, b.tstmc_weight() if b.transposed else b.conv.weight
+        )
 
 
 def test_weights_fill_the_causal_default_bound():

@@ -117,8 +117,10 @@ class PcmChunks:
     def check_complete(self) -> None:
         """Raise :class:`InputError` if the stream ended inside a sample frame (after its samples were used)."""
         if self.stray:
-            raise InputError(f"stdin: the stream ends inside a sample frame ({self.stray} stray bytes); every "
-                             "complete sample and the stream's flush were written")
+            raise InputError(
+                f"stdin: the stream ends inside a sample frame ({self.stray} stray bytes); every "
+                "complete sample and the stream's flush were written"
+            )
 
 
 def microphone_chunks(size: int, channels: int = 1) -> Iterator[torch.Tensor]:

@@ -41,17 +41,19 @@ def help_template(config_name: str, extra: str = "") -> str:
     groups = [*entry_groups(config_name), *(g.strip() for g in extra.split(";") if g.strip())]
     width = max((len(g) for g in groups), default=0)
     lines = [f"{group:<{width}}  {', '.join(HYDRA_OPTIONS.get(group, []) + group_options(group))}" for group in groups]
-    return "\n".join([
-        f"python {config_name}.py [group=option ...] [key=value ...]",
-        "",
-        "== Configuration groups ==",
-        *(lines or ["(none)"]),
-        "",
-        "== Config ==",
-        "Override anything in the config (key=value); --cfg job prints it composed.",
-        "",
-        "$CONFIG",
-    ])
+    return "\n".join(
+        [
+            f"python {config_name}.py [group=option ...] [key=value ...]",
+            "",
+            "== Configuration groups ==",
+            *(lines or ["(none)"]),
+            "",
+            "== Config ==",
+            "Override anything in the config (key=value); --cfg job prints it composed.",
+            "",
+            "$CONFIG",
+        ]
+    )
 
 
 def register_help() -> None:

@@ -54,8 +54,10 @@ def run(cfg: DictConfig) -> Path:
         if done % step == 0 or done == total:
             log.info("%d/%d utterance evaluations, %.0f s", done, total, time.perf_counter() - start)
 
-    describe = {"test_set": f"{cfg.data.get('_target_', '').rsplit('.', 1)[-1]} root={cfg.data.get('root')} "
-                            f"stage={cfg.stage} splits={as_list(cfg.splits) or 'all'}"}
+    describe = {
+        "test_set": f"{cfg.data.get('_target_', '').rsplit('.', 1)[-1]} root={cfg.data.get('root')} "
+        f"stage={cfg.stage} splits={as_list(cfg.splits) or 'all'}"
+    }
     journal = out / JOURNAL if cfg.resume else None
     evaluation = evaluate(checkpoints, items, settings, cfg.workers, cfg.threads, describe, progress, journal)
     evaluation.write(out)
@@ -63,9 +65,15 @@ def run(cfg: DictConfig) -> Path:
     atomic_write(out / "results.config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     if journal is not None:
         journal.unlink(missing_ok=True)
-    report = write_report(out, evaluation, Enhancer.from_checkpoint(checkpoints[0]), settings,
-                          cfg.examples_per_noise, [original_cwd() / f for f in as_list(cfg.report.figures)],
-                          original_cwd() / cfg.report.speed_table if cfg.report.speed_table else None)
+    report = write_report(
+        out,
+        evaluation,
+        Enhancer.from_checkpoint(checkpoints[0]),
+        settings,
+        cfg.examples_per_noise,
+        [original_cwd() / f for f in as_list(cfg.report.figures)],
+        original_cwd() / cfg.report.speed_table if cfg.report.speed_table else None,
+    )
     print(f"\nSI-SNRi (dB, mean over utterances; {len(checkpoints)} model(s)) — full tables in {out}/results.md")
     print(headline_table(evaluation.document))
     print(f"listening report (open it in a browser): {report}")

@@ -323,22 +323,47 @@ def check_batch(options: InferOptions) -> None:
         raise ConfigError("batch > 1 streams one channel per file; use channels=mix (or batch=1 for channels=each)")
 
 
-def enhance_batched(enhancer: Enhancer, stream: EnhancerStream, source: Path, target: Path, files: list[Path],
-                    options: InferOptions, size: int) -> BatchStats:
+def enhance_batched(
+    enhancer: Enhancer,
+    stream: EnhancerStream,
+    source: Path,
+    target: Path,
+    files: list[Path],
+    options: InferOptions,
+    size: int,
+) -> BatchStats:
     """A folder's files as ``options.batch`` streams advancing together (:mod:`stmc.stream.batched`), with a
     progress bar and one summary line (files/s, real-time factor)."""
     frames = stream.frames
     if frames.engine.frames_per_call > 1:
-        raise ConfigError(f"batch > 1 needs a graph of 1 frame per call; {export_of(options)[1]} takes "
-                          f"{frames.engine.frames_per_call} (export it with --frames-per-call 1)")
+        raise ConfigError(
+            f"batch > 1 needs a graph of 1 frame per call; {export_of(options)[1]} takes "
+            f"{frames.engine.frames_per_call} (export it with --frames-per-call 1)"
+        )
     pairs = [(path, (target / path.relative_to(source)).with_suffix(".wav")) for path in files]
     with _progress_bar(len(files), options.progress) as advance:
-        stats = enhance_folder(enhancer, frames, pairs, options.batch, max(1, size // HOP), options.resample,
-                               options.subtype, on_done=lambda path: advance(path.name),
-                               on_error=lambda err: (log.error("%s", err), advance("")))
+        stats = enhance_folder(
+            enhancer,
+            frames,
+            pairs,
+            options.batch,
+            max(1, size // HOP),
+            options.resample,
+            options.subtype,
+            on_done=lambda path: advance(path.name),
+            on_error=lambda err: (log.error("%s", err), advance("")),
+        )
     s = stats.summary()
-    log.info("batch %d: %d files (%d failed) in %.1f s, %.2f files/s; %.1f s of audio, real-time factor %.4f",
-             options.batch, s["files"], s["failures"], s["seconds"], s["files_per_s"], s["audio_s"], s["rtf"])
+    log.info(
+        "batch %d: %d files (%d failed) in %.1f s, %.2f files/s; %.1f s of audio, real-time factor %.4f",
+        options.batch,
+        s["files"],
+        s["failures"],
+        s["seconds"],
+        s["files_per_s"],
+        s["audio_s"],
+        s["rtf"],
+    )
     return stats
 
 

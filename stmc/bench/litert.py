@@ -73,8 +73,9 @@ class LiteRTProcess:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m stmc.bench.litert", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m stmc.bench.litert", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("path", help="a LiteRT step graph from python -m stmc.export X.tflite")
     parser.add_argument("--frames", type=int, required=True, help="hops the caller will time, at most")
     parser.add_argument("--seed", type=int, default=0)
@@ -86,8 +87,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     from stmc.stream.driver import Stream
 
     meta = read_metadata(args.path)
-    spec = torch.randn(int(meta.get("batch", 1)), 2, int(meta["n_freq"]), WARMUP + args.frames,
-                       generator=torch.Generator().manual_seed(args.seed))
+    spec = torch.randn(
+        int(meta.get("batch", 1)),
+        2,
+        int(meta["n_freq"]),
+        WARMUP + args.frames,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
     reset = reset_resident_peak()
     start = resident_peak()
     stream = Stream(LiteRTEngine(args.path, threads=1))
@@ -106,8 +112,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         position += len(seconds)
         print(json.dumps(seconds), flush=True)
     state = sum(t.numel() * t.element_size() for t in stream.get_state()[:-1])
-    print(json.dumps({"init_bytes": init, "overall_bytes": resident_peak() - start, "state_bytes": state,
-                      "peak_reset": reset, "start_bytes": start}), flush=True)
+    print(
+        json.dumps(
+            {
+                "init_bytes": init,
+                "overall_bytes": resident_peak() - start,
+                "state_bytes": state,
+                "peak_reset": reset,
+                "start_bytes": start,
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

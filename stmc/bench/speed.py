@@ -163,13 +163,23 @@ def litert_processes(models: dict[str, tuple[UNet, str]], frames: int) -> dict[s
     from stmc.export import to_litert
 
     with tempfile.TemporaryDirectory() as folder:
-        files = {name: to_litert(model, Path(folder) / f"{index}.tflite", method)
-                 for index, (name, (model, method)) in enumerate(models.items())}
+        files = {
+            name: to_litert(model, Path(folder) / f"{index}.tflite", method)
+            for index, (name, (model, method)) in enumerate(models.items())
+        }
         return {name: LiteRTProcess(path, frames) for name, path in files.items()}
 
 
-def measure(model: UNet, frames: int, rounds: int, hops: int, compile: bool, onnx: bool = False,
-            ablation: bool = False, litert: bool = False) -> list[Row]:
+def measure(
+    model: UNet,
+    frames: int,
+    rounds: int,
+    hops: int,
+    compile: bool,
+    onnx: bool = False,
+    ablation: bool = False,
+    litert: bool = False,
+) -> list[Row]:
     """Interleaved timing of offline and streamed inference on one model; see the module docstring.
 
     With ``onnx``, the exported STMC step is also timed in onnxruntime; with ``ablation``, the STMC stream of the
@@ -187,8 +197,11 @@ def measure(model: UNet, frames: int, rounds: int, hops: int, compile: bool, onn
     if streams["stmc"].engine.native:
         # its floor: the same kernels over the sequence; and the same engine on PyTorch operators
         offline["full (native)"] = NativeOffline(model, frames)
-        streams = {**streams, OPS: streaming(model, "stmc", native=False),
-                   OVERHEAD: streaming(UNet(depth=1, channels=[1], n_freq=model.n_freq).eval(), "stmc")}
+        streams = {
+            **streams,
+            OPS: streaming(model, "stmc", native=False),
+            OVERHEAD: streaming(UNet(depth=1, channels=[1], n_freq=model.n_freq).eval(), "stmc"),
+        }
     if ablation:
         torch.manual_seed(0)
         without_tstmc = UNet(**{**model.config, "tstmc": False}).eval()
@@ -293,8 +306,11 @@ def main(argv: list[str] | None = None) -> None:
         help="skip the torch.compile'd streams (each takes ~1 min to compile)",
     )
     parser.add_argument("--no-onnx", dest="onnx", action="store_false", help="skip the onnxruntime row")
-    parser.add_argument("--litert", action="store_true",
-                        help="also the three steps in LiteRT (needs the converter: run with .venv-litert/bin/python)")
+    parser.add_argument(
+        "--litert",
+        action="store_true",
+        help="also the three steps in LiteRT (needs the converter: run with .venv-litert/bin/python)",
+    )
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -302,8 +318,7 @@ def main(argv: list[str] | None = None) -> None:
     results = {}
     for name in args.models:
         model = UNet(lookahead=MODELS[name], width=args.width)
-        results[name] = measure(model, args.frames, args.rounds, args.hops, args.compile, args.onnx,
-                                litert=args.litert)
+        results[name] = measure(model, args.frames, args.rounds, args.hops, args.compile, args.onnx, litert=args.litert)
     params = {
         name: sum(p.numel() for p in UNet(lookahead=MODELS[name], width=args.width).parameters())
         for name in args.models
@@ -313,8 +328,9 @@ def main(argv: list[str] | None = None) -> None:
         f"x full = time / fastest offline time per frame; ÷ stmc against stmc of the same kind (eager/compiled)"
     )
     why = native_unavailable()
-    print("stmc: " + ("native step (stmc.stream.native)" if why is None
-                      else f"PyTorch operators (no native step: {why})"))
+    print(
+        "stmc: " + ("native step (stmc.stream.native)" if why is None else f"PyTorch operators (no native step: {why})")
+    )
     print("parameters: " + ", ".join(f"{name} {count / 1e6:.2f} M" for name, count in params.items()))
     print(table(results))
 

@@ -61,24 +61,39 @@ def measure(model: UNet, batches: Sequence[int], rounds: int, hops: int, onnx: b
         for (name, b), stream in streams.items():
             for _ in range(hops):
                 seconds[(name, b)].append(timed(lambda stream=stream, b=b: stream(chunks[b])))
-    return [{"engine": name, "batch": b, "hop_ms": 1e3 * statistics.median(values),
-             "streams": b * HOP_SECONDS / statistics.median(values)} for (name, b), values in seconds.items()]
+    return [
+        {
+            "engine": name,
+            "batch": b,
+            "hop_ms": 1e3 * statistics.median(values),
+            "streams": b * HOP_SECONDS / statistics.median(values),
+        }
+        for (name, b), values in seconds.items()
+    ]
 
 
 def table(results: dict[str, list[dict]], macs: dict[str, float], roof: float) -> str:
-    lines = ["| model | engine | batch | time per batched hop (ms) | real-time streams per core | "
-             "fp32 GEMM roof (streams) | of the roof |", "|---|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| model | engine | batch | time per batched hop (ms) | real-time streams per core | "
+        "fp32 GEMM roof (streams) | of the roof |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     for model, rows in results.items():
         ceiling = HOP_SECONDS * roof / macs[model]
         for row in rows:
-            lines.append(f"| {model} | {row['engine']} | {row['batch']} | {row['hop_ms']:.3f} | {row['streams']:.1f} "
-                         f"| {ceiling:.1f} | {row['streams'] / ceiling:.3f} |")
+            lines.append(
+                f"| {model} | {row['engine']} | {row['batch']} | {row['hop_ms']:.3f} | {row['streams']:.1f} "
+                f"| {ceiling:.1f} | {row['streams'] / ceiling:.3f} |"
+            )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m stmc.bench.throughput", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m stmc.bench.throughput",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8, 32, 128])
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (medians over all of them)")
@@ -94,10 +109,18 @@ def main(argv: list[str] | None = None) -> None:
         spec = torch.zeros(1, 2, model.n_freq, 8)
         macs[name] = count_macs(lambda model=model, spec=spec: offline_frozen(model)(spec)) / 8  # = an STMC hop's
         results[name] = measure(model, args.batches, args.rounds, args.hops, args.onnx)
-    print(f"one thread; torch.mm 1024³ fp32 {fp32 / 1e9:.1f} GMAC/s, bf16 {bf16 / 1e9:.2f} GMAC/s (256³); MACs per "
-          "hop " + ", ".join(f"{name} {m / 1e6:.2f} M" for name, m in macs.items()))
-    print("bf16: no native bf16 step exists yet" + ("" if cpu_supports_bf16() else
-          "; on this CPU it could not beat fp32 anyway (oneDNN finds no AVX-512-BF16 / AMX kernels)"))
+    print(
+        f"one thread; torch.mm 1024³ fp32 {fp32 / 1e9:.1f} GMAC/s, bf16 {bf16 / 1e9:.2f} GMAC/s (256³); MACs per "
+        "hop " + ", ".join(f"{name} {m / 1e6:.2f} M" for name, m in macs.items())
+    )
+    print(
+        "bf16: no native bf16 step exists yet"
+        + (
+            ""
+            if cpu_supports_bf16()
+            else "; on this CPU it could not beat fp32 anyway (oneDNN finds no AVX-512-BF16 / AMX kernels)"
+        )
+    )
     print(table(results, macs, fp32))
 
 

@@ -46,8 +46,7 @@ def probe(path: str) -> tuple[AudioInfo | None, str | None]:
     """
     try:
         meta = sf.info(path)
-        info = AudioInfo(frames=int(meta.frames), samplerate=int(meta.samplerate),
-                         channels=int(meta.channels))
+        info = AudioInfo(frames=int(meta.frames), samplerate=int(meta.samplerate), channels=int(meta.channels))
         if info.frames <= 0:
             return info, "empty"
         peak = 0.0

@@ -55,8 +55,10 @@ def _check_spec(spec: Mapping[str, str], key: str, named: bool = False) -> None:
     needed = ["clean"] + (["split"] if named else [])
     missing = [k for k in needed if k not in spec]
     if missing or ("noise" in spec) == ("noisy" in spec):
-        raise ValueError(f"{key}: expected keys clean, one of noise (mix on the fly) or noisy (paired)"
-                         f"{', split' if named else ''}; got {sorted(spec)}")
+        raise ValueError(
+            f"{key}: expected keys clean, one of noise (mix on the fly) or noisy (paired)"
+            f"{', split' if named else ''}; got {sorted(spec)}"
+        )
 
 
 class SpeechDataModule(LightningDataModule):
@@ -113,8 +115,7 @@ class SpeechDataModule(LightningDataModule):
         root = root if root.is_absolute() else original_cwd() / root
         if not root.is_dir():
             hint = self.source_hint or "Point data.root at the folder holding the corpus."
-            raise FileNotFoundError(f"data.root: {root} does not exist (data.root={self.root_setting!r}). "
-                                    f"{hint}")
+            raise FileNotFoundError(f"data.root: {root} does not exist (data.root={self.root_setting!r}). {hint}")
         return root
 
     def _entries(self, pattern: str, key: str) -> list[Entry]:
@@ -135,8 +136,7 @@ class SpeechDataModule(LightningDataModule):
                 if not path.is_file():
                     raise FileNotFoundError(f"data.metadata: {path} does not exist")
                 files = json.loads(path.read_text()).get("files", {})
-                self._noise_types = {rel: meta["noise_type"] for rel, meta in files.items()
-                                     if "noise_type" in meta}
+                self._noise_types = {rel: meta["noise_type"] for rel, meta in files.items() if "noise_type" in meta}
         return self._noise_types
 
     # -- datasets --
@@ -149,22 +149,31 @@ class SpeechDataModule(LightningDataModule):
             noise = self._entries(spec["noise"], f"{key}.noise")
             return self._mixing(clean, noise, split, segment, items)
         pairs = pair(clean, self._entries(spec["noisy"], f"{key}.noisy"), where=key)
-        return PairedDataset(pairs, split=split, seed=self.seed, segment=segment, items=items,
-                             noise_types=self.noise_types)
+        return PairedDataset(
+            pairs, split=split, seed=self.seed, segment=segment, items=items, noise_types=self.noise_types
+        )
 
-    def _mixing(self, clean: list[Entry], noise: list[Entry], split: str, segment: int | None,
-                items: int | None) -> MixingDataset:
-        return MixingDataset(clean, noise, split=split, seed=self.seed, snr_range=self.snr_range,
-                             level_range_db=self.level_range_db, segment=segment, items=items,
-                             noise_types=self.noise_types)
+    def _mixing(
+        self, clean: list[Entry], noise: list[Entry], split: str, segment: int | None, items: int | None
+    ) -> MixingDataset:
+        return MixingDataset(
+            clean,
+            noise,
+            split=split,
+            seed=self.seed,
+            snr_range=self.snr_range,
+            level_range_db=self.level_range_db,
+            segment=segment,
+            items=items,
+            noise_types=self.noise_types,
+        )
 
     def _train_and_held_out(self) -> tuple[Dataset, list[Dataset]]:
         """Training set, plus a validation set held out from it by speaker when ``val`` is null."""
         spec, key = self.train_spec, "data.train"
         if self.val_specs is not None:
             return self._dataset(spec, key, "train", training=True), [
-                self._dataset(v, f"data.val[{i}]", v["split"], training=False)
-                for i, v in enumerate(self.val_specs)
+                self._dataset(v, f"data.val[{i}]", v["split"], training=False) for i, v in enumerate(self.val_specs)
             ]
         clean = self._entries(spec["clean"], f"{key}.clean")
         kept, held = hold_out(clean, self.val_fraction, self.seed, lambda e: self.speaker(e.rel))
@@ -172,16 +181,19 @@ class SpeechDataModule(LightningDataModule):
         if "noise" in spec:
             noise = self._entries(spec["noise"], f"{key}.noise")
             noise_kept, noise_held = hold_out(noise, self.val_fraction, self.seed, lambda e: e.rel)
-            return (self._mixing(kept, noise_kept, "train", self.segment, self.epoch_items),
-                    [self._mixing(held, noise_held, "val", None, None)])
+            return (
+                self._mixing(kept, noise_kept, "train", self.segment, self.epoch_items),
+                [self._mixing(held, noise_held, "val", None, None)],
+            )
         pairs = pair(clean, self._entries(spec["noisy"], f"{key}.noisy"), where=key)
         held_rels = {e.rel for e in held}
         kept_pairs = [p for p in pairs if p[0].rel not in held_rels]
         held_pairs = [p for p in pairs if p[0].rel in held_rels]
         common = {"seed": self.seed, "noise_types": self.noise_types}
-        return (PairedDataset(kept_pairs, split="train", segment=self.segment,
-                              items=self.epoch_items, **common),
-                [PairedDataset(held_pairs, split="val", **common)])
+        return (
+            PairedDataset(kept_pairs, split="train", segment=self.segment, items=self.epoch_items, **common),
+            [PairedDataset(held_pairs, split="val", **common)],
+        )
 
     def setup(self, stage: str | None = None) -> None:
         """Index the folders needed for ``stage`` ("fit", "validate", "test" or None for all)."""
@@ -190,8 +202,9 @@ class SpeechDataModule(LightningDataModule):
             for dataset in self.val_sets:
                 log.info("%s: %d utterances", dataset.split, len(dataset))
         if stage in (None, "test") and not self.test_sets:
-            self.test_sets = [self._dataset(t, f"data.test[{i}]", t["split"], training=False)
-                              for i, t in enumerate(self.test_specs)]
+            self.test_sets = [
+                self._dataset(t, f"data.test[{i}]", t["split"], training=False) for i, t in enumerate(self.test_specs)
+            ]
 
     # -- loaders --
     @property
@@ -206,9 +219,15 @@ class SpeechDataModule(LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self._require(self.train_set, "fit")
-        return DataLoader(self.train_set, batch_size=self.batch_size, sampler=EpochSampler(len(self.train_set)),
-                          collate_fn=collate, num_workers=self.num_workers, drop_last=True,
-                          persistent_workers=self.num_workers > 0)
+        return DataLoader(
+            self.train_set,
+            batch_size=self.batch_size,
+            sampler=EpochSampler(len(self.train_set)),
+            collate_fn=collate,
+            num_workers=self.num_workers,
+            drop_last=True,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def val_dataloader(self) -> DataLoader:
         self._require(self.val_sets, "fit")
@@ -225,9 +244,14 @@ class SpeechDataModule(LightningDataModule):
         return self._eval_loader(sets)
 
     def _eval_loader(self, sets: list[Dataset]) -> DataLoader:
-        return DataLoader(ConcatDataset(sets), batch_size=self.eval_batch_size, shuffle=False,
-                          collate_fn=collate, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+        return DataLoader(
+            ConcatDataset(sets),
+            batch_size=self.eval_batch_size,
+            shuffle=False,
+            collate_fn=collate,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
 
     @staticmethod
     def _require(value: object, stage: str) -> None:

@@ -65,13 +65,16 @@ class _Picker:
         self.cdf /= self.cdf[-1]
 
     def __call__(self, rng: np.random.Generator):
-        return self.items[min(int(np.searchsorted(self.cdf, rng.random(), side="right")),
-                              len(self.items) - 1)]
+        return self.items[min(int(np.searchsorted(self.cdf, rng.random(), side="right")), len(self.items) - 1)]
 
 
 def _fill(
-    rng: np.random.Generator, pick: _Picker, n: int, load: Callable[[object, int, int], list],
-    length: Callable[[object], int], min_rms: float,
+    rng: np.random.Generator,
+    pick: _Picker,
+    n: int,
+    load: Callable[[object, int, int], list],
+    length: Callable[[object], int],
+    min_rms: float,
 ) -> tuple[list[np.ndarray], object]:
     """Random crop(s) totalling ``n`` samples; returns the per-channel arrays and the first item used.
 
@@ -113,8 +116,7 @@ def epoch_size(lengths: Sequence[int], segment: int | None, items: int | None) -
 
 
 def _item(noisy: np.ndarray, clean: np.ndarray, **meta: object) -> Item:
-    return {"noisy": torch.from_numpy(noisy), "clean": torch.from_numpy(clean),
-            "length": int(noisy.shape[0]), **meta}
+    return {"noisy": torch.from_numpy(noisy), "clean": torch.from_numpy(clean), "length": int(noisy.shape[0]), **meta}
 
 
 class MixingDataset(Dataset):
@@ -134,8 +136,9 @@ class MixingDataset(Dataset):
         noise_types: Mapping[str, str] | None = None,
     ) -> None:
         if not clean or not noise:
-            raise ValueError(f"{split}: mixing needs clean and noise files "
-                             f"({len(clean)} clean, {len(noise)} noise usable)")
+            raise ValueError(
+                f"{split}: mixing needs clean and noise files ({len(clean)} clean, {len(noise)} noise usable)"
+            )
         self.split, self.seed, self.segment = split, seed, segment
         self.snr_range, self.level_range = tuple(snr_range), tuple(level_range_db)
         self.noise_types = dict(noise_types or {})
@@ -150,20 +153,24 @@ class MixingDataset(Dataset):
     def __getitem__(self, key: int) -> Item:
         if self.segment is not None:
             rng = np.random.default_rng([self.seed, 0, key])
-            (clean,), _ = _fill(rng, self.pick_clean, self.segment, _read_entry,
-                                lambda e: e.length, _MIN_SPEECH_RMS)
+            (clean,), _ = _fill(rng, self.pick_clean, self.segment, _read_entry, lambda e: e.length, _MIN_SPEECH_RMS)
             noisy, clean = self._mix(rng, clean)[:2]
             return _item(noisy, clean)
         rng = np.random.default_rng([self.seed, 1, key])
         entry = self.clean[key]
         clean = read(entry.path, entry.info)
         noisy, clean, snr, noise_entry = self._mix(rng, clean)  # type of the first noise file used
-        return _item(noisy, clean, name=entry.stem, split=self.split,
-                     noise_type=self.noise_types.get(noise_entry.rel, UNKNOWN), snr=snr)
+        return _item(
+            noisy,
+            clean,
+            name=entry.stem,
+            split=self.split,
+            noise_type=self.noise_types.get(noise_entry.rel, UNKNOWN),
+            snr=snr,
+        )
 
     def _mix(self, rng: np.random.Generator, clean: np.ndarray):
-        (noise,), noise_entry = _fill(rng, self.pick_noise, len(clean), _read_entry,
-                                      lambda e: e.length, _MIN_NOISE_RMS)
+        (noise,), noise_entry = _fill(rng, self.pick_noise, len(clean), _read_entry, lambda e: e.length, _MIN_NOISE_RMS)
         snr = float(rng.uniform(*self.snr_range))
         noisy, clean = mix(clean, noise, snr, float(rng.uniform(*self.level_range)))
         return noisy, clean, snr, noise_entry
@@ -196,15 +203,19 @@ class PairedDataset(Dataset):
     def __getitem__(self, key: int) -> Item:
         if self.segment is not None:
             rng = np.random.default_rng([self.seed, 0, key])
-            (clean, noisy), _ = _fill(rng, self.pick, self.segment, _read_pair,
-                                      lambda p: p[0].length, _MIN_SPEECH_RMS)
+            (clean, noisy), _ = _fill(rng, self.pick, self.segment, _read_pair, lambda p: p[0].length, _MIN_SPEECH_RMS)
             return _item(noisy, clean)
         clean_entry, noisy_entry = self.pairs[key]
         clean = read(clean_entry.path, clean_entry.info)
         noisy = read(noisy_entry.path, noisy_entry.info)
-        return _item(noisy, clean, name=noisy_entry.stem, split=self.split,
-                     noise_type=self.noise_types.get(noisy_entry.rel, UNKNOWN),
-                     snr=snr_db(clean, noisy - clean))
+        return _item(
+            noisy,
+            clean,
+            name=noisy_entry.stem,
+            split=self.split,
+            noise_type=self.noise_types.get(noisy_entry.rel, UNKNOWN),
+            snr=snr_db(clean, noisy - clean),
+        )
 
 
 def collate(items: Sequence[Item]) -> dict[str, object]:

@@ -68,8 +68,9 @@ def resolve_folder(root: Path, pattern: str, key: str) -> Path:
             f"{key}: no folder matches '{pattern}' under {root}. Set {key}=<folder relative to data.root>."
         )
     names = ", ".join(p.name for p in matches)
-    raise ValueError(f"{key}: '{pattern}' matches several folders under {root} ({names}); pick one "
-                     f"with {key}=<folder>.")
+    raise ValueError(
+        f"{key}: '{pattern}' matches several folders under {root} ({names}); pick one with {key}=<folder>."
+    )
 
 
 def scan(folder: Path, root: Path) -> list[Entry]:
@@ -95,8 +96,9 @@ def scan(folder: Path, root: Path) -> list[Entry]:
             rel = os.path.relpath(key, root)
             entries.append(Entry(path=key, rel=rel, info=AudioInfo(*fields)))
     if bad:
-        log.warning("%s: %d of %d audio files are unusable and excluded:\n  %s", folder, len(bad),
-                    len(paths), "\n  ".join(bad))
+        log.warning(
+            "%s: %d of %d audio files are unusable and excluded:\n  %s", folder, len(bad), len(paths), "\n  ".join(bad)
+        )
     _note_conversions(folder, entries)
     return entries
 
@@ -128,25 +130,27 @@ def pair(clean: Sequence[Entry], noisy: Sequence[Entry], where: str) -> list[tup
     ):
         if missing:
             source = by_key if label.startswith("clean") else noisy_keys
-            log.warning("%s: %d %s (excluded):\n  %s", where, len(missing), label,
-                        "\n  ".join(source[k].rel for k in missing))
+            log.warning(
+                "%s: %d %s (excluded):\n  %s", where, len(missing), label, "\n  ".join(source[k].rel for k in missing)
+            )
     if mismatched:
-        log.warning("%s: %d pairs differ in length at 16 kHz (excluded):\n  %s", where,
-                    len(mismatched), "\n  ".join(mismatched))
+        log.warning(
+            "%s: %d pairs differ in length at 16 kHz (excluded):\n  %s", where, len(mismatched), "\n  ".join(mismatched)
+        )
     return pairs
 
 
-def hold_out(
-    items: Sequence, fraction: float, seed: int, group: Callable[[object], str]
-) -> tuple[list, list]:
+def hold_out(items: Sequence, fraction: float, seed: int, group: Callable[[object], str]) -> tuple[list, list]:
     """Split ``items`` into ``(kept, held)`` by whole groups (e.g. speakers), about ``fraction`` held.
 
     Deterministic for a seed. At least one group is held out and at least one kept.
     """
     groups = sorted({group(item) for item in items})
     if len(groups) < 2:
-        raise ValueError(f"cannot hold out validation data from {len(groups)} group(s) "
-                         "(speakers or files); give data.val folders instead")
+        raise ValueError(
+            f"cannot hold out validation data from {len(groups)} group(s) "
+            "(speakers or files); give data.val folders instead"
+        )
     order = np.random.default_rng([seed, 7]).permutation(len(groups))
     count = min(max(1, round(fraction * len(groups))), len(groups) - 1)
     held_groups = {groups[i] for i in order[:count]}
@@ -172,8 +176,7 @@ def _note_conversions(folder: Path, entries: Sequence[Entry]) -> None:
     """One log note per folder for files that will be downmixed or resampled on reading."""
     multichannel = sum(e.info.channels > 1 for e in entries)
     if multichannel:
-        log.info("%s: %d multichannel files will be downmixed to mono (mean of channels)", folder,
-                 multichannel)
+        log.info("%s: %d multichannel files will be downmixed to mono (mean of channels)", folder, multichannel)
     rates = Counter(e.info.samplerate for e in entries if e.info.samplerate != SAMPLE_RATE)
     if rates:
         listed = ", ".join(f"{n} at {r} Hz" for r, n in sorted(rates.items()))

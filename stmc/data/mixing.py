@@ -21,13 +21,15 @@ def rms(x: np.ndarray) -> float:
 
 def snr_db(clean: np.ndarray, noise: np.ndarray) -> float:
     """Energy ratio of ``clean`` to ``noise`` in dB."""
-    return float(10 * np.log10((np.sum(np.square(clean, dtype=np.float64)) + _EPS)
-                               / (np.sum(np.square(noise, dtype=np.float64)) + _EPS)))
+    return float(
+        10
+        * np.log10(
+            (np.sum(np.square(clean, dtype=np.float64)) + _EPS) / (np.sum(np.square(noise, dtype=np.float64)) + _EPS)
+        )
+    )
 
 
-def mix(
-    clean: np.ndarray, noise: np.ndarray, snr: float, level_db: float
-) -> tuple[np.ndarray, np.ndarray]:
+def mix(clean: np.ndarray, noise: np.ndarray, snr: float, level_db: float) -> tuple[np.ndarray, np.ndarray]:
     """Return ``(noisy, clean)``: ``noise`` added to ``clean`` at ``snr`` dB, mixture at ``level_db`` dBFS RMS.
 
     ``clean`` and ``noise`` have the same length and non-zero energy. Both outputs are float32, scaled

@@ -44,8 +44,14 @@ def evaluate(loaders: list[torch.utils.data.DataLoader]) -> dict[str, dict[str, 
         for batch in loader:
             noisy, clean, length = batch["noisy"], batch["clean"], batch["length"]
             before = si_snr(noisy, clean, length)
-            rows = torch.stack([before, si_snr(wiener(noisy, length), clean, length) - before,
-                                si_snr(oracle_mask(noisy, clean), clean, length) - before], dim=1)
+            rows = torch.stack(
+                [
+                    before,
+                    si_snr(wiener(noisy, length), clean, length) - before,
+                    si_snr(oracle_mask(noisy, clean), clean, length) - before,
+                ],
+                dim=1,
+            )
             for row, split, kind in zip(rows, batch["split"], batch["noise_type"], strict=True):
                 scores[(split, kind)].append(row)
                 scores[(split, "all")].append(row)
@@ -57,8 +63,10 @@ def evaluate(loaders: list[torch.utils.data.DataLoader]) -> dict[str, dict[str, 
 
 
 def markdown(table: dict[str, dict[str, dict[str, float]]]) -> str:
-    lines = ["| split | noise type | n | input SI-SNR (dB) | Wiener SI-SNRi (dB) | oracle SI-SNRi (dB) |",
-             "|---|---|---:|---:|---:|---:|"]
+    lines = [
+        "| split | noise type | n | input SI-SNR (dB) | Wiener SI-SNRi (dB) | oracle SI-SNRi (dB) |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for split, kinds in table.items():
         for kind in sorted(kinds, key=lambda k: (k == "all", k)):
             row = kinds[kind]
@@ -69,8 +77,11 @@ def markdown(table: dict[str, dict[str, dict[str, float]]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stmc.data.reference_scores", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m stmc.data.reference_scores",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--data", default="demo", help="config name in stmc/conf/data")
     parser.add_argument("--stage", choices=("val", "test", "all"), default="all")
     parser.add_argument("--json", type=Path, help="also write the table here")

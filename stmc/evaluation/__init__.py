@@ -70,8 +70,12 @@ def evaluate(
     """
     log_of = Journal(journal, fingerprint(items, checkpoints, settings, threads)) if journal is not None else None
     if log_of is not None and log_of.done:
-        log.info("resuming: %d of %d utterance evaluations done before (%s)", len(log_of.done),
-                 len(items) * (len(checkpoints) + 1), journal)
+        log.info(
+            "resuming: %d of %d utterance evaluations done before (%s)",
+            len(log_of.done),
+            len(items) * (len(checkpoints) + 1),
+            journal,
+        )
     try:
         baselines, per_model = run_all(items, checkpoints, settings, workers, threads, progress, log_of)
     finally:

@@ -44,8 +44,9 @@ MANIFEST = "report.json"
 
 
 # -- examples --
-def select_examples(items: Sequence[Item], rows: Sequence[Mapping[str, Row]], signal: str, per_noise: int
-                    ) -> list[tuple[int, str]]:
+def select_examples(
+    items: Sequence[Item], rows: Sequence[Mapping[str, Row]], signal: str, per_noise: int
+) -> list[tuple[int, str]]:
     """``(item index, why)`` per noise type: the median utterance by ``signal``'s SI-SNRi, the worst, then others
     spread over the rest; utterances whose score is NaN count last."""
     by_noise: dict[str, list[int]] = {}
@@ -53,6 +54,7 @@ def select_examples(items: Sequence[Item], rows: Sequence[Mapping[str, Row]], si
         by_noise.setdefault(str(item.get("noise_type", "unknown")), []).append(index)
     chosen = []
     for noise in sorted(by_noise):
+
         def score(i: int) -> float:
             value = rows[i].get(signal, {}).get("si_snri", math.nan)
             return math.inf if value is None or math.isnan(value) else value
@@ -91,8 +93,14 @@ def safe_name(text: str) -> str:
     return text.replace("/", "_").replace("\\", "_").strip(". ") or "utterance"
 
 
-def write_examples(folder: Path, enhancer: Enhancer, items: Sequence[Item], rows: Sequence[Mapping[str, Row]],
-                   settings: Settings, per_noise: int) -> list[dict[str, Any]]:
+def write_examples(
+    folder: Path,
+    enhancer: Enhancer,
+    items: Sequence[Item],
+    rows: Sequence[Mapping[str, Row]],
+    settings: Settings,
+    per_noise: int,
+) -> list[dict[str, Any]]:
     """Each selected utterance as ``examples/<noise>/<split>-<name>/<signal>.{wav,png}``; their manifest entries.
 
     The enhanced signal is the first stream's output (``offline`` when no stream was evaluated).
@@ -102,21 +110,37 @@ def write_examples(folder: Path, enhancer: Enhancer, items: Sequence[Item], rows
     for index, why in select_examples(items, rows, method, per_noise):
         item = items[index]
         noisy, clean = item["noisy"], item["clean"]
-        audio = {"noisy": noisy, "enhanced": enhance(enhancer, noisy, method, settings.chunk),
-                 "wiener": wiener(noisy.reshape(1, -1))[0], "clean": clean}
-        where = Path("examples") / safe_name(str(item.get("noise_type", "unknown"))) / safe_name(
-            f"{item.get('split', 'test')}-{item.get('name', index)}")
+        audio = {
+            "noisy": noisy,
+            "enhanced": enhance(enhancer, noisy, method, settings.chunk),
+            "wiener": wiener(noisy.reshape(1, -1))[0],
+            "clean": clean,
+        }
+        where = (
+            Path("examples")
+            / safe_name(str(item.get("noise_type", "unknown")))
+            / safe_name(f"{item.get('split', 'test')}-{item.get('name', index)}")
+        )
         for signal, wave in audio.items():
             write_pcm16(folder / where / f"{signal}.wav", wave)
-        examples.append({"noise_type": str(item.get("noise_type", "unknown")), "split": str(item.get("split", "")),
-                         "name": str(item.get("name", index)), "why": why, "method": method,
-                         "seconds": len(noisy) / SAMPLE_RATE, "dir": where.as_posix(),
-                         "scores": {"mixture": dict(rows[index].get("mixture", {})),
-                                    "enhanced": dict(rows[index].get(method, {})),
-                                    "wiener": dict(rows[index].get("wiener", {}))},
-                         "_audio": audio})
-    images = {id(e): {s: stft.spectrogram_db(w).flip(0).numpy() for s, w in e.pop("_audio").items()}
-              for e in examples}
+        examples.append(
+            {
+                "noise_type": str(item.get("noise_type", "unknown")),
+                "split": str(item.get("split", "")),
+                "name": str(item.get("name", index)),
+                "why": why,
+                "method": method,
+                "seconds": len(noisy) / SAMPLE_RATE,
+                "dir": where.as_posix(),
+                "scores": {
+                    "mixture": dict(rows[index].get("mixture", {})),
+                    "enhanced": dict(rows[index].get(method, {})),
+                    "wiener": dict(rows[index].get("wiener", {})),
+                },
+                "_audio": audio,
+            }
+        )
+    images = {id(e): {s: stft.spectrogram_db(w).flip(0).numpy() for s, w in e.pop("_audio").items()} for e in examples}
     high = max((float(im.max()) for ims in images.values() for im in ims.values()), default=0.0)
     for example in examples:
         for signal, image in images[id(example)].items():
@@ -132,9 +156,13 @@ def run_info(enhancer: Enhancer, settings: Settings) -> dict[str, Any]:
     frames = 8
     spec = torch.zeros(1, 2, model.n_freq, frames)
     macs = count_macs(lambda: offline_frozen(model)(spec)) / frames  # = an STMC hop's (tests/test_streaming.py)
-    return {"macs_per_hop": macs, "latency_ms": 1e3 * enhancer.latency_samples / SAMPLE_RATE,
-            "chunk_samples": settings.chunk,
-            "chunk_ms": 1e3 * settings.chunk / SAMPLE_RATE, "date": datetime.datetime.now().isoformat(" ", "seconds")}
+    return {
+        "macs_per_hop": macs,
+        "latency_ms": 1e3 * enhancer.latency_samples / SAMPLE_RATE,
+        "chunk_samples": settings.chunk,
+        "chunk_ms": 1e3 * settings.chunk / SAMPLE_RATE,
+        "date": datetime.datetime.now().isoformat(" ", "seconds"),
+    }
 
 
 # -- the page --
@@ -170,15 +198,25 @@ def model_tables(model: Mapping[str, Any]) -> str:
         rows = []
         for signal in signals:
             stat = by_signal.get(signal, {})
-            values = ["—" if signal == "mixture" and m in ("si_snri", "sdri") else
-                      cell(stat.get(m), 3 if m == "stoi" else 2) for m in metrics]
+            values = [
+                "—" if signal == "mixture" and m in ("si_snri", "sdri") else cell(stat.get(m), 3 if m == "stoi" else 2)
+                for m in metrics
+            ]
             diff = stat.get("max_abs_diff", {}).get("max")
-            rows.append([signal, cell(by_signal.get("mixture", {}).get("si_snr")), *values,
-                         "" if diff is None else f"{diff:.1e}"])
+            rows.append(
+                [
+                    signal,
+                    cell(by_signal.get("mixture", {}).get("si_snr")),
+                    *values,
+                    "" if diff is None else f"{diff:.1e}",
+                ]
+            )
         n = by_signal.get("mixture", {}).get("si_snr", {}).get("n", "?")
         title = "all utterances" if group == ALL else group.replace(":", ": ")
-        out.append(f"<h4>{esc(title)} (n = {esc(n)})</h4>" + table(
-            ["signal", "input SI-SNR (dB)", *[LABELS[m] for m in metrics], "max |streamed − offline|"], rows))
+        out.append(
+            f"<h4>{esc(title)} (n = {esc(n)})</h4>"
+            + table(["signal", "input SI-SNR (dB)", *[LABELS[m] for m in metrics], "max |streamed − offline|"], rows)
+        )
     return "\n".join(out)
 
 
@@ -186,17 +224,26 @@ def example_block(folder: Path, example: Mapping[str, Any]) -> str:
     """One utterance: scores, then per signal its player and spectrogram (or what is missing)."""
     scores = example["scores"]
     line = ", ".join(f"{k} SI-SNRi {number(scores[k].get('si_snri'))} dB" for k in ("enhanced", "wiener"))
-    parts = [f"<h4>{esc(example['split'])} / {esc(example['name'])} — {esc(example['why'])} "
-             f"({example['seconds']:.1f} s)</h4>",
-             f"<p>input SI-SNR {number(scores['mixture'].get('si_snr'))} dB; {esc(line)}; enhanced = "
-             f"{esc(example['method'])}</p>", '<div class="signals">']
+    parts = [
+        f"<h4>{esc(example['split'])} / {esc(example['name'])} — {esc(example['why'])} "
+        f"({example['seconds']:.1f} s)</h4>",
+        f"<p>input SI-SNR {number(scores['mixture'].get('si_snr'))} dB; {esc(line)}; enhanced = "
+        f"{esc(example['method'])}</p>",
+        '<div class="signals">',
+    ]
     for signal in SIGNALS:
         wav, png = f"{example['dir']}/{signal}.wav", f"{example['dir']}/{signal}.png"
-        player = (f'<audio controls preload="metadata" src="{href(wav)}"></audio>' if (folder / wav).is_file()
-                  else f"<p class=missing>missing: {esc(wav)}</p>")
-        image = (f'<img alt="{esc(signal)} spectrogram" src="{href(png)}">' if (folder / png).is_file()
-                 else f"<p class=missing>missing: {esc(png)}</p>")
-        parts.append(f'<figure><figcaption>{esc(signal)}</figcaption>{player}{image}</figure>')
+        player = (
+            f'<audio controls preload="metadata" src="{href(wav)}"></audio>'
+            if (folder / wav).is_file()
+            else f"<p class=missing>missing: {esc(wav)}</p>"
+        )
+        image = (
+            f'<img alt="{esc(signal)} spectrogram" src="{href(png)}">'
+            if (folder / png).is_file()
+            else f"<p class=missing>missing: {esc(png)}</p>"
+        )
+        parts.append(f"<figure><figcaption>{esc(signal)}</figcaption>{player}{image}</figure>")
     return "\n".join([*parts, "</div>"])
 
 
@@ -213,42 +260,67 @@ td,th{border:1px solid #bbb;padding:.2em .5em;text-align:right}td:first-child,th
 .missing{color:#a00}audio{width:22em}"""
 
 
-def render(folder: Path, document: Mapping[str, Any], manifest: Mapping[str, Any],
-           figures: Sequence[str] = (), speed_table: str | None = None) -> str:
+def render(
+    folder: Path,
+    document: Mapping[str, Any],
+    manifest: Mapping[str, Any],
+    figures: Sequence[str] = (),
+    speed_table: str | None = None,
+) -> str:
     """The page, from ``results.json``'s document and ``report.json``'s manifest (paths relative to ``folder``)."""
     settings, info = document.get("settings", {}), manifest.get("run", {})
-    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-             "<title>STMC evaluation report</title>", f"<style>{STYLE}</style></head><body>",
-             "<h1>STMC evaluation report</h1>",
-             f"<p>{esc(settings.get('test_set', ''))}; {esc(settings.get('utterances', '?'))} utterances; methods "
-             f"{esc(', '.join(settings.get('methods', [])))}; streamed in chunks of {esc(info.get('chunk_samples'))} "
-             f"samples ({info.get('chunk_ms', 0):g} ms); written {esc(info.get('date', '?'))}. Means ± 95 % "
-             "confidence intervals over utterances.</p>", "<h2>Models</h2>"]
-    rows = [[m["name"], m["lookahead"], m["width"], m.get("seed"), m.get("step"), f"{m['params'] / 1e6:.3f}"]
-            for m in document.get("models", [])]
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        "<title>STMC evaluation report</title>",
+        f"<style>{STYLE}</style></head><body>",
+        "<h1>STMC evaluation report</h1>",
+        f"<p>{esc(settings.get('test_set', ''))}; {esc(settings.get('utterances', '?'))} utterances; methods "
+        f"{esc(', '.join(settings.get('methods', [])))}; streamed in chunks of {esc(info.get('chunk_samples'))} "
+        f"samples ({info.get('chunk_ms', 0):g} ms); written {esc(info.get('date', '?'))}. Means ± 95 % "
+        "confidence intervals over utterances.</p>",
+        "<h2>Models</h2>",
+    ]
+    rows = [
+        [m["name"], m["lookahead"], m["width"], m.get("seed"), m.get("step"), f"{m['params'] / 1e6:.3f}"]
+        for m in document.get("models", [])
+    ]
     parts.append(table(["model", "look-ahead", "width", "seed", "step", "params (M)"], rows))
-    parts.append("<ul>" + "".join(f"<li>{esc(m['name'])}: <code>{esc(m['checkpoint'])}</code>, model config "
-                                  f"<code>{esc(json.dumps(m.get('model_config', {})))}</code></li>"
-                                  for m in document.get("models", [])) + "</ul>")
+    parts.append(
+        "<ul>"
+        + "".join(
+            f"<li>{esc(m['name'])}: <code>{esc(m['checkpoint'])}</code>, model config "
+            f"<code>{esc(json.dumps(m.get('model_config', {})))}</code></li>"
+            for m in document.get("models", [])
+        )
+        + "</ul>"
+    )
     if info:
-        parts.append(f"<p>First model: {info['macs_per_hop'] / 1e6:.2f} M MACs per hop (16 ms), algorithmic "
-                     f"latency {info['latency_ms']:.1f} ms (window + look-ahead).</p>")
+        parts.append(
+            f"<p>First model: {info['macs_per_hop'] / 1e6:.2f} M MACs per hop (16 ms), algorithmic "
+            f"latency {info['latency_ms']:.1f} ms (window + look-ahead).</p>"
+        )
     for model in document.get("models", []):
         parts += [f"<h2>Scores: {esc(model['name'])}</h2>", model_tables(model)]
     parts.append("<h2>Examples</h2>")
     examples = manifest.get("examples", [])
     if not examples:
-        parts.append(f"<p class=missing>no examples in this run "
-                     f"(examples_per_noise={esc(manifest.get('examples_per_noise', 0))}).</p>")
+        parts.append(
+            f"<p class=missing>no examples in this run "
+            f"(examples_per_noise={esc(manifest.get('examples_per_noise', 0))}).</p>"
+        )
     for noise in dict.fromkeys(e["noise_type"] for e in examples):
         parts.append(f"<h3>noise: {esc(noise)}</h3>")
         parts += [example_block(folder, e) for e in examples if e["noise_type"] == noise]
     if figures:
         parts.append("<h2>Figures</h2>")
         for figure in figures:
-            parts.append(f'<img class=figure style="width:auto;height:auto;max-width:100%" alt="{esc(figure)}" '
-                         f'src="{href(figure)}">' if (folder / figure).is_file()
-                         else f"<p class=missing>missing figure: {esc(figure)}</p>")
+            parts.append(
+                f'<img class=figure style="width:auto;height:auto;max-width:100%" alt="{esc(figure)}" '
+                f'src="{href(figure)}">'
+                if (folder / figure).is_file()
+                else f"<p class=missing>missing figure: {esc(figure)}</p>"
+            )
     if speed_table is not None:
         parts += ["<h2>Speed</h2>", markdown_table(speed_table)]
     parts.append("</body></html>")
@@ -281,8 +353,15 @@ def write_page(folder: Path, figures: Sequence[str | Path] = (), speed_table: st
     return folder / "report.html"
 
 
-def write_report(folder: Path, evaluation: Any, enhancer: Enhancer, settings: Settings, per_noise: int = 2,
-                 figures: Sequence[str | Path] = (), speed_table: str | Path | None = None) -> Path:
+def write_report(
+    folder: Path,
+    evaluation: Any,
+    enhancer: Enhancer,
+    settings: Settings,
+    per_noise: int = 2,
+    figures: Sequence[str | Path] = (),
+    speed_table: str | Path | None = None,
+) -> Path:
     """The examples of the first model, ``report.json`` and ``report.html`` in the evaluation's ``folder``."""
     rows = [{**base, **own} for base, own in zip(evaluation.baselines, evaluation.per_model[0], strict=True)]
     examples = write_examples(folder, enhancer, evaluation.items, rows, settings, per_noise) if per_noise > 0 else []

@@ -50,8 +50,7 @@ def noise_power(power: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     masked = torch.where(valid.unsqueeze(1), smoothed, torch.full_like(smoothed, inf))
     batch, freqs, frames = masked.shape
     flat = masked.reshape(batch * freqs, 1, frames)
-    window = -F.max_pool1d(-F.pad(flat, (MIN_WINDOW // 2, MIN_WINDOW // 2), value=inf),
-                           MIN_WINDOW, stride=1)
+    window = -F.max_pool1d(-F.pad(flat, (MIN_WINDOW // 2, MIN_WINDOW // 2), value=inf), MIN_WINDOW, stride=1)
     floor = window.reshape(batch, freqs, frames)
     overall = masked.amin(-1, keepdim=True)
     overall = torch.where(overall >= inf, smoothed.mean(-1, keepdim=True), overall)

@@ -67,19 +67,41 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-def utterance_csv(names: Sequence[str], items: Sequence[Item], baselines: Sequence[dict[str, Row]],
-                  rows: Sequence[Sequence[dict[str, Row]]]) -> str:
+def utterance_csv(
+    names: Sequence[str],
+    items: Sequence[Item],
+    baselines: Sequence[dict[str, Row]],
+    rows: Sequence[Sequence[dict[str, Row]]],
+) -> str:
     """One line per model, utterance and signal with every score (baselines once, model ``-``)."""
-    columns = ["model", "utterance", "split", "noise_type", "snr", "signal", "si_snr", "si_snri", "sdr", "sdri",
-               "pesq", "stoi", "max_abs_diff"]
+    columns = [
+        "model",
+        "utterance",
+        "split",
+        "noise_type",
+        "snr",
+        "signal",
+        "si_snr",
+        "si_snri",
+        "sdr",
+        "sdri",
+        "pesq",
+        "stoi",
+        "max_abs_diff",
+    ]
     out = io.StringIO()
     writer = csv.DictWriter(out, columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     blocks = [("-", baselines), *zip(names, rows, strict=True)]
     for model, per_item in blocks:
         for item, signals in zip(items, per_item, strict=True):
-            meta = {"model": model, "utterance": item.get("name", ""), "split": item.get("split", ""),
-                    "noise_type": item.get("noise_type", ""), "snr": _fmt_csv(item.get("snr", ""))}
+            meta = {
+                "model": model,
+                "utterance": item.get("name", ""),
+                "split": item.get("split", ""),
+                "noise_type": item.get("noise_type", ""),
+                "snr": _fmt_csv(item.get("snr", "")),
+            }
             for signal, row in signals.items():
                 writer.writerow({**meta, "signal": signal, **{k: _fmt_csv(v) for k, v in row.items()}})
     return out.getvalue()
@@ -120,8 +142,11 @@ def model_markdown(model: Mapping[str, Any]) -> str:
         cells += [f"{by_signal[s]['max_abs_diff']['max']:.1e}" for s in streams]
         lines.append("| " + " | ".join(cells) + " |")
     metrics = [m for m in ("si_snri", "sdri", "pesq", "stoi", "si_snr", "sdr") if m in groups[ALL]["mixture"]]
-    quality = ["", "| group | signal | " + " | ".join(LABELS[m] for m in metrics) + " |",
-               "|---|---|" + "---:|" * len(metrics)]
+    quality = [
+        "",
+        "| group | signal | " + " | ".join(LABELS[m] for m in metrics) + " |",
+        "|---|---|" + "---:|" * len(metrics),
+    ]
     for group, by_signal in groups.items():
         if group != ALL and not group.startswith("split:"):
             continue
@@ -147,21 +172,33 @@ def markdown(document: Mapping[str, Any]) -> str:
         "",
     ]
     if len(models) > 1:
-        lines += ["| model | look-ahead | width | seed | params (M) | offline SI-SNRi (dB) | streamed SI-SNRi (dB) "
-                  "| max \\|streamed − offline\\| |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            "| model | look-ahead | width | seed | params (M) | offline SI-SNRi (dB) | streamed SI-SNRi (dB) "
+            "| max \\|streamed − offline\\| |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         for model in models:
             overall = model["groups"][ALL]
             streams = list(model["max_abs_diff"])
             streamed = cell(overall[streams[0]]["si_snri"]) if streams else "—"
             diff = f"{max(model['max_abs_diff'].values()):.1e}" if streams else "—"
-            lines.append(f"| {model['name']} | {model['lookahead']} | {model['width']} | {model['seed']} "
-                         f"| {model['params'] / 1e6:.2f} | {cell(overall.get(OFFLINE, {}).get('si_snri'))} "
-                         f"| {streamed} | {diff} |")
+            lines.append(
+                f"| {model['name']} | {model['lookahead']} | {model['width']} | {model['seed']} "
+                f"| {model['params'] / 1e6:.2f} | {cell(overall.get(OFFLINE, {}).get('si_snri'))} "
+                f"| {streamed} | {diff} |"
+            )
         lines.append("")
     for model in models:
-        lines += [f"## {model['name']}", "", f"`{model['checkpoint']}`: look-ahead {model['lookahead']} frames, width "
-                  f"{model['width']}, seed {model['seed']}, step {model['step']}, {model['params'] / 1e6:.2f} M "
-                  "parameters.", "", model_markdown(model), ""]
+        lines += [
+            f"## {model['name']}",
+            "",
+            f"`{model['checkpoint']}`: look-ahead {model['lookahead']} frames, width "
+            f"{model['width']}, seed {model['seed']}, step {model['step']}, {model['params'] / 1e6:.2f} M "
+            "parameters.",
+            "",
+            model_markdown(model),
+            "",
+        ]
     return "\n".join(lines).rstrip()
 
 
@@ -169,16 +206,23 @@ def headline_table(document: Mapping[str, Any]) -> str:
     """The SI-SNRi table printed at the end of a run: per noise type and split, every signal, plus max diff."""
     overall = document["si_snri"]
     signals = list(overall)
-    lines = ["| test set | n | input SI-SNR (dB) | " + " | ".join(f"{s} SI-SNRi (dB)" for s in signals) + " |",
-             "|---|---:|---:|" + "---:|" * len(signals)]
+    lines = [
+        "| test set | n | input SI-SNR (dB) | " + " | ".join(f"{s} SI-SNRi (dB)" for s in signals) + " |",
+        "|---|---:|---:|" + "---:|" * len(signals),
+    ]
     summary = document["models"][0]["groups"][ALL]["mixture"]["si_snr"]
     rows = [("**all**", {**overall, "n": summary["n"], "input_si_snr": summary["mean"]})]
     rows += [*document["per_split"].items(), *document["per_noise"].items()]
     for name, row in rows:
-        lines.append(f"| {name} | {row['n']} | {row['input_si_snr']:.2f} | " + " | ".join(
-            f"{row[s]:.2f}" for s in signals) + " |")
+        lines.append(
+            f"| {name} | {row['n']} | {row['input_si_snr']:.2f} | "
+            + " | ".join(f"{row[s]:.2f}" for s in signals)
+            + " |"
+        )
     diff = document.get("max_abs_diff")
     if diff is not None:
-        lines.append(f"\nmax |streamed − offline| over all utterances: {diff:.2e} "
-                     f"({document['max_rel_diff']:.2e} of the offline peak)")
+        lines.append(
+            f"\nmax |streamed − offline| over all utterances: {diff:.2e} "
+            f"({document['max_rel_diff']:.2e} of the offline peak)"
+        )
     return "\n".join(lines)

@@ -205,8 +205,9 @@ def run_all(
             _WORKER.clear()
             torch.set_num_threads(previous)
     else:
-        pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_pool_worker,
-                                   initargs=args)
+        pool = ProcessPoolExecutor(
+            workers, mp_context=get_context("spawn"), initializer=_init_pool_worker, initargs=args
+        )
         try:
             collect(pool.map(_task, ordered, chunksize=1))
         except BaseException:  # Ctrl-C or a failed task: stop the workers now rather than after their tasks
@@ -214,8 +215,9 @@ def run_all(
             pool.shutdown(wait=False, cancel_futures=True)
             previous = threading.excepthook
             # Python 3.11's pool thread then fails to mark the cancelled futures broken (InvalidStateError)
-            threading.excepthook = lambda hook: None if isinstance(hook.exc_value, InvalidStateError) \
-                else previous(hook)
+            threading.excepthook = lambda hook: (
+                None if isinstance(hook.exc_value, InvalidStateError) else previous(hook)
+            )
             for process in processes:
                 process.terminate()
             raise

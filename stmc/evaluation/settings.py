@@ -47,8 +47,10 @@ class Settings:
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m != OFFLINE and m not in METHODS]
         if unknown or OFFLINE not in self.methods:
-            raise ValueError(f"methods={list(self.methods)}: {OFFLINE} (the reference of every stream) and any of "
-                             f"{', '.join(METHODS)}")
+            raise ValueError(
+                f"methods={list(self.methods)}: {OFFLINE} (the reference of every stream) and any of "
+                f"{', '.join(METHODS)}"
+            )
         bad = [m for m in self.metrics if m not in METRICS]
         if bad or "si_snri" not in self.metrics:
             raise ValueError(f"metrics={list(self.metrics)}: choose from {', '.join(METRICS)} (si_snri always)")
@@ -145,8 +147,9 @@ def spread(count: int, keep: int | None) -> list[int]:
     return sorted({round(i * (count - 1) / max(keep - 1, 1)) for i in range(keep)})
 
 
-def load_items(datamodule: Any, stage: str = "test", splits: Sequence[str] | None = None,
-               max_items: int | None = None) -> list[Item]:
+def load_items(
+    datamodule: Any, stage: str = "test", splits: Sequence[str] | None = None, max_items: int | None = None
+) -> list[Item]:
     """The whole utterances of the data module's test (or validation) splits, ``max_items`` per split at most.
 
     A subset is spread evenly over each split's utterances (they are ordered by length), not its shortest.

@@ -29,16 +29,23 @@ def load_model(ckpt: str | None, depth: int, lookahead: int, width: float, seed:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m stmc.export OUT.onnx|OUT.tflite [--ckpt CKPT | --lookahead L --width W]``: export and verify."""
     parser = argparse.ArgumentParser(prog="stmc-export", description=main.__doc__)
-    parser.add_argument("out", help="path of the step graph: .onnx (look-ahead models add <name>.flush.onnx) or "
-                                    ".tflite (LiteRT, one file; needs the converter: make litert)")
+    parser.add_argument(
+        "out",
+        help="path of the step graph: .onnx (look-ahead models add <name>.flush.onnx) or "
+        ".tflite (LiteRT, one file; needs the converter: make litert)",
+    )
     parser.add_argument("--ckpt", help="checkpoint from train.py; without it a fresh untrained model (dry run)")
     parser.add_argument("--depth", type=int, default=7, help="dry-run model depth")
     parser.add_argument("--lookahead", type=int, default=0, help="dry-run model look-ahead frames")
     parser.add_argument("--width", type=float, default=1.0, help="dry-run model channel multiplier")
     parser.add_argument("--seed", type=int, default=0, help="dry-run model initialisation seed")
     parser.add_argument("--frames-per-call", type=int, default=1, help="spectrum frames per step call (hops)")
-    parser.add_argument("--method", default="stmc", choices=list(ENGINES),
-                        help="the step exported to .tflite: stmc, inc or window (ONNX: stmc only)")
+    parser.add_argument(
+        "--method",
+        default="stmc",
+        choices=list(ENGINES),
+        help="the step exported to .tflite: stmc, inc or window (ONNX: stmc only)",
+    )
     parser.add_argument("--batch", type=int, default=1, help="streams per call of a .tflite graph (static shapes)")
     parser.add_argument("--no-check", action="store_true", help="skip the runtime vs PyTorch comparison")
     args = parser.parse_args(argv)

@@ -39,8 +39,15 @@ def state_names(count: int, prefix: str = "") -> list[str]:
     return [f"{prefix}state_{i}" for i in range(count)]
 
 
-def metadata(model: UNet, method: str, state_shapes: list[tuple[int, ...]], delay: int, frames_per_call: int,
-             flush: str, batch: int | None = None) -> dict[str, str]:
+def metadata(
+    model: UNet,
+    method: str,
+    state_shapes: list[tuple[int, ...]],
+    delay: int,
+    frames_per_call: int,
+    flush: str,
+    batch: int | None = None,
+) -> dict[str, str]:
     """What a runtime needs to drive the graph: state layout (the time last), look-ahead, the model and the STFT.
 
     ``flush`` names the flush graph (a file or a signature; empty without look-ahead); ``batch`` is the fixed
@@ -70,8 +77,10 @@ class GraphMetadata:
     def __init__(self, meta: dict[str, str], source: str) -> None:
         missing = [key for key in REQUIRED if key not in meta]
         if missing:
-            raise ValueError(f"{source} is not an STMC step graph (its metadata lacks {', '.join(missing)}); "
-                             "export it with python -m stmc.export")
+            raise ValueError(
+                f"{source} is not an STMC step graph (its metadata lacks {', '.join(missing)}); "
+                "export it with python -m stmc.export"
+            )
         shapes = [tuple(shape) for shape in json.loads(meta["state_shapes"])]
         self.state_shapes = shapes[:-1]  # the last one is the time's, which the driver keeps
         self.state_dtypes: list[str] = json.loads(meta["state_dtypes"])
@@ -89,17 +98,25 @@ class GraphMetadata:
         """Raise ``ValueError`` unless the graph's inputs (name -> shape, dtype name) are what the metadata says:
         a graph and metadata that do not belong together must not stream wrong audio."""
         expected = {INPUT: ([2, self.n_freq, self.frames_per_call], "float32")}
-        expected.update({name: (list(shape), dtype) for name, shape, dtype
-                         in zip(self.names, [*self.state_shapes, ()], self.state_dtypes, strict=True)})
+        expected.update(
+            {
+                name: (list(shape), dtype)
+                for name, shape, dtype in zip(self.names, [*self.state_shapes, ()], self.state_dtypes, strict=True)
+            }
+        )
         if set(found) != set(expected):
-            raise ValueError(f"{self.source}: the graph's inputs {sorted(found)} are not those its metadata "
-                             f"describes ({len(self.names)} state tensors); the metadata belongs to another graph")
+            raise ValueError(
+                f"{self.source}: the graph's inputs {sorted(found)} are not those its metadata "
+                f"describes ({len(self.names)} state tensors); the metadata belongs to another graph"
+            )
         for name, (shape, dtype) in expected.items():
             got_shape, got_dtype = found[name]
             batch = "batch" if self.batch is None else self.batch
             if got_shape[1:] != shape or got_dtype != dtype or (self.batch is not None and got_shape[0] != batch):
-                raise ValueError(f"{self.source}: input {name} is {got_dtype} {got_shape}, its metadata says "
-                                 f"{dtype} {[batch, *shape]}; the metadata belongs to another graph")
+                raise ValueError(
+                    f"{self.source}: input {name} is {got_dtype} {got_shape}, its metadata says "
+                    f"{dtype} {[batch, *shape]}; the metadata belongs to another graph"
+                )
 
 
 class GraphEngine(Engine):
@@ -129,19 +146,23 @@ class GraphEngine(Engine):
     def feeds(self, state: list[torch.Tensor], time: torch.Tensor) -> dict[str, np.ndarray]:
         """The graphs' state inputs from the driver's state and time."""
         if self.meta.batch is not None and time.shape[0] != self.meta.batch:
-            raise ValueError(f"{self.meta.source} was exported for {self.meta.batch} stream(s) per call, got "
-                             f"{time.shape[0]}; export it with --batch {time.shape[0]}")
+            raise ValueError(
+                f"{self.meta.source} was exported for {self.meta.batch} stream(s) per call, got "
+                f"{time.shape[0]}; export it with --batch {time.shape[0]}"
+            )
         return dict(zip(self.meta.names, [t.numpy() for t in [*state, time]], strict=True))
 
-    def step(self, chunk: torch.Tensor, state: list[torch.Tensor], clock: Clock
-             ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def step(
+        self, chunk: torch.Tensor, state: list[torch.Tensor], clock: Clock
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         if clock.end is not None:  # a flush: the flush graph knows its D zero frames
             return torch.from_numpy(self.run_flush(self.feeds(state, clock.time))), state
         frames, size, time = chunk.detach().cpu().numpy(), self.frames_per_call, clock.time
         outs = []
         for start in range(0, frames.shape[-1], size):
-            result = self.run_step({INPUT: np.ascontiguousarray(frames[..., start : start + size]),
-                                    **self.feeds(state, time)})
+            result = self.run_step(
+                {INPUT: np.ascontiguousarray(frames[..., start : start + size]), **self.feeds(state, time)}
+            )
             outs.append(result[OUTPUT])
             *state, time = [torch.from_numpy(result[f"next_{name}"]) for name in self.meta.names]
         return torch.from_numpy(np.concatenate(outs, -1)), state

@@ -71,8 +71,11 @@ def read_metadata(path: str | Path) -> dict[str, str]:
         entry = model.Metadata(i)
         if entry.Name() == METADATA_NAME.encode():
             buffer = model.Buffers(entry.Buffer())
-            raw = (buffer.DataAsNumpy().tobytes() if buffer.DataLength()
-                   else data[buffer.Offset() : buffer.Offset() + buffer.Size()])
+            raw = (
+                buffer.DataAsNumpy().tobytes()
+                if buffer.DataLength()
+                else data[buffer.Offset() : buffer.Offset() + buffer.Size()]
+            )
             return json.loads(raw)
     return {}
 
@@ -90,8 +93,10 @@ class LiteRTEngine(GraphEngine):
         signatures = self.interpreter.get_signature_list()
         if STEP not in signatures or (flush and flush not in signatures):
             needs = STEP + (f" and {flush}" if flush else "")
-            raise ValueError(f"{self.path}: signatures {sorted(signatures)}, its metadata needs {needs}; export it "
-                             "with python -m stmc.export")
+            raise ValueError(
+                f"{self.path}: signatures {sorted(signatures)}, its metadata needs {needs}; export it "
+                "with python -m stmc.export"
+            )
         self.step_runner = self.interpreter.get_signature_runner(STEP)
         details = self.step_runner.get_input_details()
         self.meta.check_inputs({name: (list(d["shape"]), np.dtype(d["dtype"]).name) for name, d in details.items()})
@@ -112,12 +117,13 @@ def open_litert(path: str | Path, threads: int = 1) -> Stream:
 # -- the writer --
 
 
-LITERT_MISSING = ("the LiteRT converter (litert-torch) is not installed in this Python: `make litert` builds "
-                  ".venv-litert with it (requirements-litert.txt); run the export with .venv-litert/bin/python")
+LITERT_MISSING = (
+    "the LiteRT converter (litert-torch) is not installed in this Python: `make litert` builds "
+    ".venv-litert with it (requirements-litert.txt); run the export with .venv-litert/bin/python"
+)
 
 
-def to_litert(model: UNet, path: str | Path, method: str = "stmc", frames_per_call: int = 1, batch: int = 1
-              ) -> Path:
+def to_litert(model: UNet, path: str | Path, method: str = "stmc", frames_per_call: int = 1, batch: int = 1) -> Path:
     """Export ``model``'s ``method`` step (``stmc``, ``inc`` or ``window``) to one LiteRT (``.tflite``) file.
 
     The file holds the signature ``step`` (the step-graph contract of :mod:`stmc.export.graph`) and, for look-ahead
@@ -149,8 +155,9 @@ def to_litert(model: UNet, path: str | Path, method: str = "stmc", frames_per_ca
     with torch.no_grad(), tempfile.TemporaryDirectory() as folder:
         converted = Path(folder) / "model.tflite"
         converter.convert(enable_x64=True).export(str(converted))
-        meta = metadata(model, method, engine.state_shapes(), engine.delay, frames_per_call,
-                        FLUSH if engine.delay else "", batch)
+        meta = metadata(
+            model, method, engine.state_shapes(), engine.delay, frames_per_call, FLUSH if engine.delay else "", batch
+        )
         data = with_litert_metadata(converted.read_bytes(), meta)
     atomic_write(path, writer=lambda tmp: Path(tmp).write_bytes(data))
     model.train(training)

@@ -63,8 +63,7 @@ class OnnxEngine(GraphEngine):
         super().__init__(GraphMetadata(read_metadata(self.path), str(self.path)))
         self.step_session = session(self.path, threads)
         types = {"tensor(float)": "float32", "tensor(int64)": "int64"}
-        self.meta.check_inputs({i.name: (i.shape, types.get(i.type, i.type))
-                                for i in self.step_session.get_inputs()})
+        self.meta.check_inputs({i.name: (i.shape, types.get(i.type, i.type)) for i in self.step_session.get_inputs()})
         self.outputs = [o.name for o in self.step_session.get_outputs()]
         flush = self.meta.flush
         self.flush_session = session(self.path.parent / flush, threads) if flush else None

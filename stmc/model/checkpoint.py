@@ -31,8 +31,9 @@ def entry(model_config: dict[str, Any], run_config: dict[str, Any] | None = None
     return {"model_config": dict(model_config), "run_config": run_config}
 
 
-def contents(model: torch.nn.Module, run_config: dict[str, Any] | None = None, step: int | None = None
-             ) -> dict[str, Any]:
+def contents(
+    model: torch.nn.Module, run_config: dict[str, Any] | None = None, step: int | None = None
+) -> dict[str, Any]:
     """A whole checkpoint of ``model`` (a :class:`stmc.UNet`) outside Lightning: what tools and tests save."""
     ckpt: dict[str, Any] = {
         KEY: entry(model.config, run_config),
@@ -43,8 +44,9 @@ def contents(model: torch.nn.Module, run_config: dict[str, Any] | None = None, s
     return ckpt
 
 
-def save(model: torch.nn.Module, path: str | Path, run_config: dict[str, Any] | None = None,
-         step: int | None = None) -> Path:
+def save(
+    model: torch.nn.Module, path: str | Path, run_config: dict[str, Any] | None = None, step: int | None = None
+) -> Path:
     """:func:`contents` saved at ``path`` (with ``torch.save``); returns the path."""
     path = Path(path)
     torch.save(contents(model, run_config, step), path)
@@ -66,17 +68,21 @@ def read(path: str | Path, map_location: str = "cpu") -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():
         found = [p.relative_to(path) for p in itertools.islice(path.rglob("*.ckpt"), 4)]
-        hint = f" (it holds {', '.join(map(str, found[:3]))}{', ...' if len(found) > 3 else ''})" if found else \
-            " (it holds no .ckpt file)"
+        hint = (
+            f" (it holds {', '.join(map(str, found[:3]))}{', ...' if len(found) > 3 else ''})"
+            if found
+            else " (it holds no .ckpt file)"
+        )
         raise ValueError(f"checkpoint {path} is a folder; give a .ckpt file{hint}")
     if not path.is_file():
         raise ValueError(f"checkpoint {path} does not exist")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception:  # torch raises many types for corrupt, foreign or unsafe files; its advice to unpickle is wrong
-        raise ValueError(f"cannot read checkpoint {path}: torch cannot load it safely (corrupt, another format, or "
-                         "more than tensors and plain values in it); it is not unpickled, so no code in it runs"
-                         ) from None
+        raise ValueError(
+            f"cannot read checkpoint {path}: torch cannot load it safely (corrupt, another format, or "
+            "more than tensors and plain values in it); it is not unpickled, so no code in it runs"
+        ) from None
     meta = ckpt.get(KEY) if isinstance(ckpt, dict) else None
     if not isinstance(meta, dict) or "model_config" not in meta:
         raise ValueError(f"{path} is not an STMC checkpoint (no '{KEY}' entry)")

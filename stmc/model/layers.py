@@ -51,8 +51,9 @@ class TemporalLayer(nn.Module):
         self.in_channels, self.out_channels = in_channels, out_channels
         pad = FREQ_KERNEL // 2
         if transposed and not self.tstmc:  # the same parameters as tSTMC's, laid out [C, C', 5, taps]
-            self.conv = nn.ConvTranspose2d(in_channels, out_channels, (FREQ_KERNEL, self.taps), (FREQ_STRIDE, 1),
-                                           (pad, 0))
+            self.conv = nn.ConvTranspose2d(
+                in_channels, out_channels, (FREQ_KERNEL, self.taps), (FREQ_STRIDE, 1), (pad, 0)
+            )
         elif transposed:
             self.conv: nn.Module = nn.ConvTranspose2d(
                 self.taps * in_channels, out_channels, (FREQ_KERNEL, 1), (FREQ_STRIDE, 1), (pad, 0)

@@ -52,15 +52,27 @@ class BatchStats:
     seconds: float = 0.0
 
     def summary(self) -> dict[str, float]:
-        return {"files": self.files, "failures": self.failures, "audio_s": self.audio_seconds,
-                "seconds": self.seconds, "files_per_s": self.files / self.seconds if self.seconds else 0.0,
-                "rtf": self.seconds / self.audio_seconds if self.audio_seconds else 0.0}
+        return {
+            "files": self.files,
+            "failures": self.failures,
+            "audio_s": self.audio_seconds,
+            "seconds": self.seconds,
+            "files_per_s": self.files / self.seconds if self.seconds else 0.0,
+            "rtf": self.seconds / self.audio_seconds if self.audio_seconds else 0.0,
+        }
 
 
-def enhance_folder(enhancer: Enhancer, frames: Stream, files: Iterable[tuple[Path, Path]], batch: int,
-                   frames_per_call: int, resample: bool = True, subtype: str = "FLOAT",
-                   on_done: Callable[[Path], None] | None = None,
-                   on_error: Callable[[InputError], None] | None = None) -> BatchStats:
+def enhance_folder(
+    enhancer: Enhancer,
+    frames: Stream,
+    files: Iterable[tuple[Path, Path]],
+    batch: int,
+    frames_per_call: int,
+    resample: bool = True,
+    subtype: str = "FLOAT",
+    on_done: Callable[[Path], None] | None = None,
+    on_error: Callable[[InputError], None] | None = None,
+) -> BatchStats:
     """Enhance ``(source, target)`` pairs as ``batch`` rows of ``frames``, ``frames_per_call`` frames a call (fewer
     where a file ends). A file that cannot be read is passed to ``on_error`` and the others go on."""
     stft, delay = enhancer.stft, frames.delay
@@ -106,9 +118,15 @@ def enhance_folder(enhancer: Enhancer, frames: Stream, files: Iterable[tuple[Pat
             left = [job.frames - job.fed for job in rows if job is not None]
             step = min(frames_per_call, *[n for n in left if n > 0]) if any(n > 0 for n in left) else 0
             if step:
-                chunk = torch.cat([job.features[..., job.fed : job.fed + step] if job is not None and
-                                   job.fed + step <= job.frames else idle.new_zeros(1, 2, stft.n_freq, step)
-                                   for job in rows], 0)
+                chunk = torch.cat(
+                    [
+                        job.features[..., job.fed : job.fed + step]
+                        if job is not None and job.fed + step <= job.frames
+                        else idle.new_zeros(1, 2, stft.n_freq, step)
+                        for job in rows
+                    ],
+                    0,
+                )
                 times = frames.time.tolist() if frames.batch else [0] * len(rows)
                 out = frames(chunk)
                 dropped = step - out.shape[-1]  # frames before every row's start (the driver's alignment rule)

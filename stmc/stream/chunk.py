@@ -15,8 +15,17 @@ from stmc.errors import ConfigError
 from stmc.model.stft import HOP, SAMPLE_RATE
 
 FORMS = "frames (4 or 4frames, 16 ms each), samples (1000samples) or a duration (20ms, 0.5s)"
-_UNITS = {"": "frames", "frame": "frames", "frames": "frames", "hop": "frames", "hops": "frames",
-          "sample": "samples", "samples": "samples", "ms": "ms", "s": "s"}
+_UNITS = {
+    "": "frames",
+    "frame": "frames",
+    "frames": "frames",
+    "hop": "frames",
+    "hops": "frames",
+    "sample": "samples",
+    "samples": "samples",
+    "ms": "ms",
+    "s": "s",
+}
 
 
 def parse_chunk(value: int | float | str, key: str = "chunk") -> int:
@@ -30,10 +39,13 @@ def parse_chunk(value: int | float | str, key: str = "chunk") -> int:
         raise ConfigError(f"{key}={value!r}: a chunk must be longer than zero; give {FORMS}")
     if unit in ("frames", "samples") and not number.is_integer():
         what = f"{number:g} {unit}" + (f" (a bare number counts frames of {HOP} samples)" if not match.group(2) else "")
-        raise ConfigError(f"{key}={value!r}: {what} is not a whole number of {unit}; give e.g. "
-                          f"{round(number * (HOP if unit == 'frames' else 1))}samples or a duration in ms")
-    samples = {"frames": number * HOP, "samples": number, "ms": number * SAMPLE_RATE / 1000,
-               "s": number * SAMPLE_RATE}[unit]
+        raise ConfigError(
+            f"{key}={value!r}: {what} is not a whole number of {unit}; give e.g. "
+            f"{round(number * (HOP if unit == 'frames' else 1))}samples or a duration in ms"
+        )
+    samples = {"frames": number * HOP, "samples": number, "ms": number * SAMPLE_RATE / 1000, "s": number * SAMPLE_RATE}[
+        unit
+    ]
     if round(samples) < 1:
         raise ConfigError(f"{key}={value!r} is shorter than one sample at {SAMPLE_RATE} Hz; give {FORMS}")
     return round(samples)

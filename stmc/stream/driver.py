@@ -66,8 +66,9 @@ class Engine:
     def load(self) -> None:
         """(Re-)read the weights: at construction and at every full :meth:`Stream.reset`."""
 
-    def step(self, chunk: torch.Tensor, state: list[torch.Tensor], clock: Clock
-             ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def step(
+        self, chunk: torch.Tensor, state: list[torch.Tensor], clock: Clock
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Input frames ``[B, 2, F, t]`` at times ``clock.time..`` and the state -> the bounded mask at times
         ``clock.time - delay..`` (``[B, 2, F, t]``, including times before a stream's start) and the next state
         (the same tensors written in place, or new ones)."""
@@ -113,23 +114,35 @@ class Stream:
         shapes, engine = self.engine.state_shapes(), self.engine
         if not isinstance(state, list | tuple) or len(state) != len(shapes) + 1:
             got = f"{len(state)} items" if isinstance(state, list | tuple) else type(state).__name__
-            raise ValueError(f"set_state: expected a list of {len(shapes) + 1} tensors ({len(shapes)} state buffers, "
-                             f"then the time), got {got}")
+            raise ValueError(
+                f"set_state: expected a list of {len(shapes) + 1} tensors ({len(shapes)} state buffers, "
+                f"then the time), got {got}"
+            )
         time = state[-1]
         if not isinstance(time, torch.Tensor) or time.dim() != 1 or time.dtype != torch.long:
             got = f"{time.dtype} of shape {list(time.shape)}" if isinstance(time, torch.Tensor) else type(time).__name__
             raise ValueError(f"set_state: tensor {len(shapes)} (the time) must be int64 of shape [batch], got {got}")
         if time.device != engine.device:
-            raise ValueError(f"set_state: tensor {len(shapes)} (the time) must be on {engine.device}, got "
-                             f"{time.device}")
+            raise ValueError(
+                f"set_state: tensor {len(shapes)} (the time) must be on {engine.device}, got {time.device}"
+            )
         for index, (tensor, shape) in enumerate(zip(state, shapes, strict=False)):
             expected = [time.shape[0], *shape]
-            if (not isinstance(tensor, torch.Tensor) or list(tensor.shape) != expected or tensor.dtype != engine.dtype
-                    or tensor.device != engine.device):
-                got = (f"{tensor.dtype} of shape {list(tensor.shape)} on {tensor.device}"
-                       if isinstance(tensor, torch.Tensor) else type(tensor).__name__)
-                raise ValueError(f"set_state: tensor {index} must be {engine.dtype} of shape {expected} on "
-                                 f"{engine.device}, got {got}")
+            if (
+                not isinstance(tensor, torch.Tensor)
+                or list(tensor.shape) != expected
+                or tensor.dtype != engine.dtype
+                or tensor.device != engine.device
+            ):
+                got = (
+                    f"{tensor.dtype} of shape {list(tensor.shape)} on {tensor.device}"
+                    if isinstance(tensor, torch.Tensor)
+                    else type(tensor).__name__
+                )
+                raise ValueError(
+                    f"set_state: tensor {index} must be {engine.dtype} of shape {expected} on "
+                    f"{engine.device}, got {got}"
+                )
 
     def _adopt(self, state: list[torch.Tensor], time: torch.Tensor) -> None:
         self.state, self.time = state, time
@@ -167,12 +180,14 @@ class Stream:
         engine = self.engine
         check_spectrum(chunk, engine.n_freq, engine.dtype, self.batch)
         if chunk.shape[-1] % engine.frames_per_call:
-            raise ValueError(f"this graph takes {engine.frames_per_call} frames per call; got a chunk of "
-                             f"{chunk.shape[-1]} frames")
+            raise ValueError(
+                f"this graph takes {engine.frames_per_call} frames per call; got a chunk of {chunk.shape[-1]} frames"
+            )
         if self.state is None:
             batch = chunk.shape[0]
-            zeros = [torch.zeros(batch, *shape, dtype=engine.dtype, device=engine.device)
-                     for shape in engine.state_shapes()]
+            zeros = [
+                torch.zeros(batch, *shape, dtype=engine.dtype, device=engine.device) for shape in engine.state_shapes()
+            ]
             self._adopt(zeros, torch.zeros(batch, dtype=torch.long, device=engine.device))
         if chunk.shape[-1] == 0:
             return chunk.new_zeros(chunk.shape)
@@ -192,16 +207,24 @@ class Stream:
             raise RuntimeError("this stream was flushed already; call reset() before streaming again")
         self.flushed = True
         engine = self.engine
-        zeros = torch.zeros(self.batch or 0, 2, engine.n_freq, self.delay if self.state is not None else 0,
-                            dtype=engine.dtype, device=engine.device)
+        zeros = torch.zeros(
+            self.batch or 0,
+            2,
+            engine.n_freq,
+            self.delay if self.state is not None else 0,
+            dtype=engine.dtype,
+            device=engine.device,
+        )
         if zeros.shape[-1] == 0:
             return zeros
         return self._emit(zeros, self.time.clone())
 
     def _flush_some(self, mask: torch.Tensor) -> torch.Tensor:
         if self.flushed or self.state is None or mask.shape != (self.batch,) or mask.dtype != torch.bool:
-            raise ValueError(f"flush(mask) needs a bool mask of shape [{self.batch}] after the first chunk, "
-                             "before a flush of all streams")
+            raise ValueError(
+                f"flush(mask) needs a bool mask of shape [{self.batch}] after the first chunk, "
+                "before a flush of all streams"
+            )
         engine = self.engine
         zeros = torch.zeros(self.batch, 2, engine.n_freq, self.delay, dtype=engine.dtype, device=engine.device)
         out = zeros

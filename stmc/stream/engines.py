@@ -73,8 +73,9 @@ class ModelEngine(Engine):
         self.layers = layers if self.layer_form is None else [self.layer_form(layer) for layer in layers]
         self.dtype, self.device = layers[0].bias.dtype, layers[0].bias.device
 
-    def step(self, chunk: torch.Tensor, state: list[torch.Tensor], clock: Clock
-             ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def step(
+        self, chunk: torch.Tensor, state: list[torch.Tensor], clock: Clock
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         state = list(state)  # replaced, never written in place
         return self.model.through_frames(chunk, lambda h: self.walk(h, state, clock)), state
 
@@ -97,8 +98,11 @@ class STMCEngine(ModelEngine):
         super().adopt(layers)
         # tstmc=False decoder layers, streamed as transposed convolutions in time (INC and window run every layer
         # in its valid form)
-        self.overlap = {k: OverlapAddLayer.of(layer, self.layer_form) for k, layer in enumerate(layers)
-                        if not self.model.layers[k].tstmc}
+        self.overlap = {
+            k: OverlapAddLayer.of(layer, self.layer_form)
+            for k, layer in enumerate(layers)
+            if not self.model.layers[k].tstmc
+        }
 
     def state_shapes(self) -> list[tuple[int, ...]]:
         model = self.model
@@ -155,15 +159,15 @@ class NativeSTMCEngine(STMCEngine):
         super().load()
         self.native_step = None
 
-    def step(self, chunk: torch.Tensor, state: list[torch.Tensor], clock: Clock
-             ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def step(
+        self, chunk: torch.Tensor, state: list[torch.Tensor], clock: Clock
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         if not self.native or not chunk.is_cpu:
             return super().step(chunk, state, clock)
         if self.native_step is None or not self.native_step.binds(self.layers, state):
             state = [tensor.contiguous() for tensor in state]
             try:
-                self.native_step = NativeStep(self.model, self.layers, state, clock.time.shape[0],
-                                              self.state_shapes())
+                self.native_step = NativeStep(self.model, self.layers, state, clock.time.shape[0], self.state_shapes())
             except KernelMismatch as err:  # never silently wrong: the operators compute the same state
                 warn_once(f"STMC streams use PyTorch operators (slower per hop): {err}")
                 self.native, self.native_step = False, None
@@ -228,15 +232,15 @@ class CompiledEngine(Engine):
         self.delay, self.n_freq, self.dtype, self.device = engine.delay, engine.n_freq, engine.dtype, engine.device
         self.compiled = torch.compile(engine.pure_step, dynamic=False)
 
-
     def state_shapes(self) -> list[tuple[int, ...]]:
         return self.engine.state_shapes()
 
     def load(self) -> None:
         self.engine.load()
 
-    def step(self, chunk: torch.Tensor, state: list[torch.Tensor], clock: Clock
-             ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def step(
+        self, chunk: torch.Tensor, state: list[torch.Tensor], clock: Clock
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         if clock.end is not None:
             return self.engine.step(chunk, state, clock)
         with torch._dynamo.config.patch(**self.RECOMPILE_LIMITS):

@@ -167,9 +167,14 @@ def gemm_mismatch(shapes: list[tuple[int, int, int]]) -> str | None:
             expected = reference_gemm(x, w)
             worst = float((y - expected).abs().max()) if error is None else math.inf
             tolerance = 1e-4 * math.sqrt(inner) * max(1.0, float(expected.abs().max()))
-            _CHECKED[shape] = None if worst <= tolerance else (
-                f"its GEMM ({rows} x {inner} @ {inner} x {cols}) differs from torch.mm by {worst:.3g}"
-                f"{f' ({error.decode(errors=chr(63))})' if error is not None else ''}")
+            _CHECKED[shape] = (
+                None
+                if worst <= tolerance
+                else (
+                    f"its GEMM ({rows} x {inner} @ {inner} x {cols}) differs from torch.mm by {worst:.3g}"
+                    f"{f' ({error.decode(errors=chr(63))})' if error is not None else ''}"
+                )
+            )
         if _CHECKED[shape] is not None:
             return _CHECKED[shape]
     return None
@@ -290,8 +295,16 @@ class NativeGraph:
         """Bytes of the buffers allocated here (besides the weights, a stream's state and each call's output)."""
         return sum(t.nbytes for t in [*self.owned, self.mask, self.cols, self.spread])
 
-    def run(self, spec: torch.Tensor, spec_strides: tuple[int, ...], out: torch.Tensor, out_strides: tuple[int, ...],
-            frames: int, time: torch.Tensor, end: torch.Tensor | None) -> None:
+    def run(
+        self,
+        spec: torch.Tensor,
+        spec_strides: tuple[int, ...],
+        out: torch.Tensor,
+        out_strides: tuple[int, ...],
+        frames: int,
+        time: torch.Tensor,
+        end: torch.Tensor | None,
+    ) -> None:
         key = (*spec_strides, *out_strides)
         strides = self._strides.get(key)
         if strides is None:  # one ctypes array per layout: building it costs more than the call's bookkeeping
@@ -316,11 +329,17 @@ def check_buffers(tensors: list[torch.Tensor], shapes: list[tuple[int, ...]]) ->
     if len(tensors) != len(shapes):
         raise ValueError(f"native STMC step: expected {len(shapes)} state buffers, got {len(tensors)}")
     for index, (tensor, shape) in enumerate(zip(tensors, shapes, strict=True)):
-        if (tuple(tensor.shape) != shape or tensor.dtype != torch.float32 or not tensor.is_cpu
-                or not tensor.is_contiguous()):
-            raise ValueError(f"native STMC step: state buffer {index} must be a contiguous float32 CPU tensor of "
-                             f"shape {list(shape)}, got {tensor.dtype} {list(tensor.shape)} on {tensor.device}"
-                             f"{'' if tensor.is_contiguous() else ' (not contiguous)'}")
+        if (
+            tuple(tensor.shape) != shape
+            or tensor.dtype != torch.float32
+            or not tensor.is_cpu
+            or not tensor.is_contiguous()
+        ):
+            raise ValueError(
+                f"native STMC step: state buffer {index} must be a contiguous float32 CPU tensor of "
+                f"shape {list(shape)}, got {tensor.dtype} {list(tensor.shape)} on {tensor.device}"
+                f"{'' if tensor.is_contiguous() else ' (not contiguous)'}"
+            )
 
 
 class NativeStep(NativeGraph):
@@ -330,8 +349,14 @@ class NativeStep(NativeGraph):
     tensor objects given: :meth:`binds` tells the stream when it must bind again (new state, new weights).
     """
 
-    def __init__(self, model: UNet, layers: list[FrozenLayer], state: list[torch.Tensor], batch: int,
-                 state_shapes: list[tuple[int, ...]]) -> None:
+    def __init__(
+        self,
+        model: UNet,
+        layers: list[FrozenLayer],
+        state: list[torch.Tensor],
+        batch: int,
+        state_shapes: list[tuple[int, ...]],
+    ) -> None:
         """``state_shapes``: the stream's (``STMCEngine.state_shapes``, without the batch axis), which every
         buffer must have before the native code gets its pointer."""
         self.state = state
@@ -345,8 +370,10 @@ class NativeStep(NativeGraph):
 
     def binds(self, layers: list[FrozenLayer], state: list[torch.Tensor]) -> bool:
         """Whether this binding is to exactly these weights and state tensors."""
-        return layers is self.layers and (state is self.state or (
-            len(state) == len(self.state) and all(a is b for a, b in zip(state, self.state, strict=True))))
+        return layers is self.layers and (
+            state is self.state
+            or (len(state) == len(self.state) and all(a is b for a, b in zip(state, self.state, strict=True)))
+        )
 
     def __call__(self, chunk: torch.Tensor, time: torch.Tensor, end: torch.Tensor | None) -> torch.Tensor:
         """``chunk [B, 2, F, t]`` -> bounded mask ``[B, 2, F, t]`` at times ``time - D..``; state advanced."""
@@ -381,8 +408,9 @@ class NativeOffline(NativeGraph):
         """``spec [1, 2, F, frames]`` -> the bounded mask, as ``model(spec)``."""
         self.model.check_input(spec, batch=1)
         if spec.dtype != torch.float32 or spec.shape[-1] != self.frames:
-            raise ValueError(f"expected float32 [1, 2, {self.model.n_freq}, {self.frames}], got {spec.dtype} "
-                             f"{list(spec.shape)}")
+            raise ValueError(
+                f"expected float32 [1, 2, {self.model.n_freq}, {self.frames}], got {spec.dtype} {list(spec.shape)}"
+            )
         out = torch.empty(spec.shape, dtype=spec.dtype)
         self.run(spec, frame_rows(spec), out, frame_rows(out), 1, self.times, None)
         return out

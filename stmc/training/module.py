@@ -357,16 +357,24 @@ class EnhancementModule(pl.LightningModule):
             torch.distributed.all_gather_object(gathered, rows)
             rows = [row for part in gathered for row in part]
         items = [{"split": row["split"], "noise_type": row["noise_type"]} for row in rows]
-        signals = [{"mixture": {"si_snr": row["si_snr_in"]}, "model": {"si_snri": row["si_snri"]},
-                    "wiener": {"si_snri": row["wiener_si_snri"]}} for row in rows]
+        signals = [
+            {
+                "mixture": {"si_snr": row["si_snr_in"]},
+                "model": {"si_snri": row["si_snri"]},
+                "wiener": {"si_snri": row["wiener_si_snri"]},
+            }
+            for row in rows
+        ]
         lines = [f"{'test set':<32} {'n':>5} {'SI-SNR in':>10} {'SI-SNRi':>14} {'Wiener':>14}"]
         for group, stat in summarize(items, signals).items():
             name = "test" if group == ALL else "test/" + group.replace("split:", "").replace("noise:", "noise/")
             self.log(f"{name}/si_snri", stat["model"]["si_snri"]["mean"], rank_zero_only=True)
             self.log(f"{name}/wiener_si_snri", stat["wiener"]["si_snri"]["mean"], rank_zero_only=True)
             cells = [f"{cell(stat[s]['si_snri']):>14}" for s in ("model", "wiener")]
-            lines.append(f"{name.removeprefix('test/'):<32} {stat['mixture']['si_snr']['n']:>5} "
-                         f"{stat['mixture']['si_snr']['mean']:>10.2f} {' '.join(cells)}")
+            lines.append(
+                f"{name.removeprefix('test/'):<32} {stat['mixture']['si_snr']['n']:>5} "
+                f"{stat['mixture']['si_snr']['mean']:>10.2f} {' '.join(cells)}"
+            )
         if self.global_rank == 0:
             print("\n".join(["", "SI-SNRi on the test set (dB, mean ± 95 % CI over utterances):", *lines]), flush=True)
 
@@ -380,7 +388,7 @@ class EnhancementModule(pl.LightningModule):
         if self.ema_model is not None and not any(k.startswith(ckpt_format.EMA_PREFIX) for k in state):
             # resuming a run saved without a moving average: the average starts from the saved weights
             for key in [k for k in state if k.startswith(ckpt_format.MODEL_PREFIX)]:
-                state[ckpt_format.EMA_PREFIX + key[len(ckpt_format.MODEL_PREFIX):]] = state[key].clone()
+                state[ckpt_format.EMA_PREFIX + key[len(ckpt_format.MODEL_PREFIX) :]] = state[key].clone()
         if self.ema_model is None:  # resuming without a moving average: the saved one is dropped
             for key in [k for k in state if k.startswith(ckpt_format.EMA_PREFIX)]:
                 del state[key]

@@ -178,8 +178,11 @@ def resolve_precision(cfg: DictConfig, probe: Callable[[str], float] | None = No
             probe = probe if probe is not None else (lambda p: step_seconds(cfg, p))
             seconds = {p: probe(p) for p in PRECISIONS_TRIED}
             chosen = min(seconds, key=seconds.__getitem__)
-            log.info("trainer.precision=auto: a training step takes %s on this CPU (it has bf16 kernels); "
-                     "training in %s", ", ".join(f"{1000 * t:.0f} ms in {p}" for p, t in seconds.items()), chosen)
+            log.info(
+                "trainer.precision=auto: a training step takes %s on this CPU (it has bf16 kernels); training in %s",
+                ", ".join(f"{1000 * t:.0f} ms in {p}" for p, t in seconds.items()),
+                chosen,
+            )
         else:
             chosen = "32-true"
             log.info("trainer.precision=auto: this CPU has no bf16 kernels (no AVX-512 BF16/AMX); training in fp32")
@@ -213,8 +216,9 @@ def training_threads(setting: int | str | None) -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if setting in (None, AUTO):
         threads = max(1, cores - busy_cores())
-        log.info("threads=auto: %d of %d cores free, training with %d thread%s", threads, cores, threads,
-                 "s" * (threads > 1))
+        log.info(
+            "threads=auto: %d of %d cores free, training with %d thread%s", threads, cores, threads, "s" * (threads > 1)
+        )
         return threads
     if isinstance(setting, bool) or not isinstance(setting, int) or setting < 1:
         raise ConfigError(f"threads={setting} must be a positive integer or auto")
@@ -268,8 +272,9 @@ def check_resumable(path: str, model: UNet) -> None:
     differ = [k for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
     if differ:
         settings = ", ".join(f"model.{k}={saved.get(k)} (this config: {current.get(k)})" for k in differ)
-        raise ConfigError(f"ckpt_path={path} holds another model: {settings}; resume with the checkpoint's "
-                          "model settings")
+        raise ConfigError(
+            f"ckpt_path={path} holds another model: {settings}; resume with the checkpoint's model settings"
+        )
 
 
 def _checkpoint(trainer: pl.Trainer, kind: str) -> str:

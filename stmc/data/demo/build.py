@@ -134,22 +134,39 @@ def plan(seed: int, sizes: Sizes) -> Plan:
     pools = _noise_pools(rng, espeak, sentences, out)
     for kind in noise.TRAIN_TYPES:
         for i in range(sizes.train_noise_files_per_type):
-            out.jobs.append({"id": f"train/noise/{kind}-{i:03d}", "kind": "noise", "type": kind,
-                             "seconds": sizes.noise_seconds, "pool": pools["train"]})
+            out.jobs.append(
+                {
+                    "id": f"train/noise/{kind}-{i:03d}",
+                    "kind": "noise",
+                    "type": kind,
+                    "seconds": sizes.noise_seconds,
+                    "pool": pools["train"],
+                }
+            )
     eval_speech = _real_speech(rng, sizes, out)
     _synthetic_training_speech(rng, sizes, espeak["train"], sentences["train"], out)
     for split, group in (("val_tts", "val"), ("test_tts", "test")):
-        eval_speech[split] = _synthetic_eval_speech(rng, sizes.eval_utterances[split], espeak[split],
-                                                    FLITE_SPLITS[split], sentences[group])
+        eval_speech[split] = _synthetic_eval_speech(
+            rng, sizes.eval_utterances[split], espeak[split], FLITE_SPLITS[split], sentences[group]
+        )
     # Evaluation mixtures: noise types balanced, SNRs stratified over the training range.
     for split in EVAL_SPLITS:
         utterances = eval_speech[split]
         types = [noise.EVAL_TYPES[i % len(noise.EVAL_TYPES)] for i in rng.permutation(len(utterances))]
         snrs = _stratified(rng, len(utterances), *TRAIN_SNR_RANGE)
         for i, speech in enumerate(utterances):
-            out.jobs.append({"id": f"{split}/{split}_{i:04d}", "kind": "mixture", "split": split, **speech,
-                             "type": types[i], "snr": snrs[i], "level_db": float(rng.uniform(*LEVEL_RANGE_DB)),
-                             "pool": pools[split.split("_")[0]]})
+            out.jobs.append(
+                {
+                    "id": f"{split}/{split}_{i:04d}",
+                    "kind": "mixture",
+                    "split": split,
+                    **speech,
+                    "type": types[i],
+                    "snr": snrs[i],
+                    "level_db": float(rng.uniform(*LEVEL_RANGE_DB)),
+                    "pool": pools[split.split("_")[0]],
+                }
+            )
     for job in out.jobs:
         names = out.speakers.setdefault(job["id"].split("/")[0], [])
         if job.get("speaker") and job["speaker"] not in names:
@@ -170,8 +187,9 @@ def _split_sentences_and_voices(rng: np.random.Generator) -> tuple[dict[str, lis
     return sentences, espeak
 
 
-def _noise_pools(rng: np.random.Generator, espeak: dict[str, list[str]], sentences: dict[str, list[str]],
-                 out: Plan) -> dict[str, noise.NoisePool]:
+def _noise_pools(
+    rng: np.random.Generator, espeak: dict[str, list[str]], sentences: dict[str, list[str]], out: Plan
+) -> dict[str, noise.NoisePool]:
     """Real noise sources split by file, babble talkers by speaker: one pool per train/val/test."""
     moh_parts = _split(rng, sources.music_on_hold(), (0.6, 0.2, 0.2))
     music_parts = _split(rng, sources.sonic_pi(music=True), (0.7, 0.1, 0.2))
@@ -179,8 +197,9 @@ def _noise_pools(rng: np.random.Generator, espeak: dict[str, list[str]], sentenc
     pools = {}
     for i, name in enumerate(("train", "val", "test")):
         talkers = tuple(tts.espeak_persona(rng, v, tts.BABBLE_LANGUAGES) for v in espeak[f"babble_{name}"])
-        pools[name] = noise.NoisePool(tuple(moh_parts[i]), tuple(music_parts[i]), tuple(sfx_parts[i]),
-                                      talkers, tuple(sentences[name]))
+        pools[name] = noise.NoisePool(
+            tuple(moh_parts[i]), tuple(music_parts[i]), tuple(sfx_parts[i]), talkers, tuple(sentences[name])
+        )
         out.noise_sources[name] = {
             "music_on_hold": [Path(p).name for p in moh_parts[i]],
             "sonic_pi_music": [Path(p).name for p in music_parts[i]],
@@ -195,8 +214,10 @@ def _real_speech(rng: np.random.Generator, sizes: Sizes, out: Plan) -> dict[str,
     held-out prompts of the training voices for validation, June (fr) only for test."""
     train_languages = [lang for lang in sources.REAL_SPEAKERS if lang != sources.TEST_LANGUAGE]
     val_total = sizes.eval_utterances["val_real"]
-    counts = {lang: val_total // len(train_languages) + (i < val_total % len(train_languages))
-              for i, lang in enumerate(train_languages)}
+    counts = {
+        lang: val_total // len(train_languages) + (i < val_total % len(train_languages))
+        for i, lang in enumerate(train_languages)
+    }
     counts[sources.TEST_LANGUAGE] = sizes.eval_utterances["test_real"]
     eval_speech: dict[str, list[dict]] = {split: [] for split in EVAL_SPLITS}
     for lang, speaker in sources.REAL_SPEAKERS.items():
@@ -212,31 +233,54 @@ def _real_speech(rng: np.random.Generator, sizes: Sizes, out: Plan) -> dict[str,
             while paths and sum(map(sources.g722_seconds, group)) < target:
                 group.append(paths.pop())
             budget -= sum(map(sources.g722_seconds, group))
-            out.jobs.append({"id": f"train/clean/real-{speaker.speaker}-{lang}-{index:03d}", "kind": "speech",
-                             **piece, "prompts": group})
+            out.jobs.append(
+                {
+                    "id": f"train/clean/real-{speaker.speaker}-{lang}-{index:03d}",
+                    "kind": "speech",
+                    **piece,
+                    "prompts": group,
+                }
+            )
             index += 1
     return eval_speech
 
 
-def _synthetic_training_speech(rng: np.random.Generator, sizes: Sizes, variants: list[str],
-                               sentences: list[str], out: Plan) -> None:
+def _synthetic_training_speech(
+    rng: np.random.Generator, sizes: Sizes, variants: list[str], sentences: list[str], out: Plan
+) -> None:
     """Training files of 2-3 sentences from several personas of every training voice."""
-    voices = [("espeak", v, sizes.train_espeak_personas_per_speaker, sizes.train_espeak_utterances_per_persona)
-              for v in variants]
-    voices += [("flite", s, sizes.train_flite_personas_per_speaker, sizes.train_flite_utterances_per_persona)
-               for s in FLITE_SPLITS["train"]]
+    voices = [
+        ("espeak", v, sizes.train_espeak_personas_per_speaker, sizes.train_espeak_utterances_per_persona)
+        for v in variants
+    ]
+    voices += [
+        ("flite", s, sizes.train_flite_personas_per_speaker, sizes.train_flite_utterances_per_persona)
+        for s in FLITE_SPLITS["train"]
+    ]
     for engine, speaker, personas, utterances in voices:
         for p in range(personas):
-            persona = (tts.espeak_persona(rng, speaker, tts.ENGLISH_ACCENTS) if engine == "espeak"
-                       else tts.flite_persona(rng, speaker))
+            persona = (
+                tts.espeak_persona(rng, speaker, tts.ENGLISH_ACCENTS)
+                if engine == "espeak"
+                else tts.flite_persona(rng, speaker)
+            )
             for u in range(utterances):
                 text = list(rng.choice(sentences, size=int(rng.integers(2, 4)), replace=False))
-                out.jobs.append({"id": f"train/clean/{engine}-{speaker}-{p}{u}", "kind": "speech",
-                                 "engine": engine, "speaker": speaker, "persona": persona, "texts": text})
+                out.jobs.append(
+                    {
+                        "id": f"train/clean/{engine}-{speaker}-{p}{u}",
+                        "kind": "speech",
+                        "engine": engine,
+                        "speaker": speaker,
+                        "persona": persona,
+                        "texts": text,
+                    }
+                )
 
 
-def _synthetic_eval_speech(rng: np.random.Generator, count: int, variants: list[str], flite: tuple[str, ...],
-                           sentences: list[str]) -> list[dict]:
+def _synthetic_eval_speech(
+    rng: np.random.Generator, count: int, variants: list[str], flite: tuple[str, ...], sentences: list[str]
+) -> list[dict]:
     """``count`` utterances of one or two held-out sentences, cycling over held-out personas."""
     personas = [tts.espeak_persona(rng, v, tts.ENGLISH_ACCENTS) for v in variants]
     personas += [tts.flite_persona(rng, s) for s in flite]
@@ -315,8 +359,18 @@ def run_job(args: tuple[dict, int, str]) -> list[tuple[str, dict]]:
         x = x * (10 ** (-25 / 20) / (np.sqrt(np.mean(np.square(x, dtype=np.float64))) + 1e-12))
         x = x * min(1.0, 0.99 / (np.abs(x).max() + 1e-12))
         rel = job["id"] + ".wav"
-        return [(rel, {"split": "train", "kind": "noise", "noise_type": job["type"], "noise": description,
-                       **_write(root, rel, x)})]
+        return [
+            (
+                rel,
+                {
+                    "split": "train",
+                    "kind": "noise",
+                    "noise_type": job["type"],
+                    "noise": description,
+                    **_write(root, rel, x),
+                },
+            )
+        ]
     speech, texts = _speech(job, rng)
     meta = _speaker_meta(job, texts)
     if job["kind"] == "speech":
@@ -328,9 +382,20 @@ def run_job(args: tuple[dict, int, str]) -> list[tuple[str, dict]]:
     clean_rel, noisy_rel = f"{split}/clean/{name}.wav", f"{split}/noisy/{name}.wav"
     return [
         (clean_rel, {"split": split, "kind": "clean", **meta, **_write(root, clean_rel, clean)}),
-        (noisy_rel, {"split": split, "kind": "noisy", "clean": clean_rel, **meta, "noise_type": job["type"],
-                     "noise": description, "snr": round(job["snr"], 3), "level_db": round(job["level_db"], 3),
-                     **_write(root, noisy_rel, noisy)}),
+        (
+            noisy_rel,
+            {
+                "split": split,
+                "kind": "noisy",
+                "clean": clean_rel,
+                **meta,
+                "noise_type": job["type"],
+                "noise": description,
+                "snr": round(job["snr"], 3),
+                "level_db": round(job["level_db"], 3),
+                **_write(root, noisy_rel, noisy),
+            },
+        ),
     ]
 
 
@@ -339,8 +404,9 @@ class MissingPackages(RuntimeError):
     """Some Debian packages the corpus is made from are not installed."""
 
     def __init__(self, names: list[str]) -> None:
-        super().__init__(f"missing Debian packages: {' '.join(names)}\nInstall them with:\n  "
-                         f"{packages.install_command(names)}")
+        super().__init__(
+            f"missing Debian packages: {' '.join(names)}\nInstall them with:\n  {packages.install_command(names)}"
+        )
         self.names = names
 
 
@@ -366,8 +432,11 @@ def build_corpus(root: Path, seed: int = 0, scale: float = 1.0, workers: int = 2
     shutil.rmtree(partial, ignore_errors=True)
     todo = plan(seed, Sizes().scaled(scale))
     for job in todo.jobs:
-        folders = [job["id"].rsplit("/", 1)[0]] if job["kind"] != "mixture" else [
-            f"{job['split']}/clean", f"{job['split']}/noisy"]
+        folders = (
+            [job["id"].rsplit("/", 1)[0]]
+            if job["kind"] != "mixture"
+            else [f"{job['split']}/clean", f"{job['split']}/noisy"]
+        )
         for folder in folders:
             (partial / folder).mkdir(parents=True, exist_ok=True)
     files: dict[str, dict] = {}
@@ -393,8 +462,10 @@ def build_corpus(root: Path, seed: int = 0, scale: float = 1.0, workers: int = 2
         shutil.rmtree(root)
     partial.rename(root)
     size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
-    print(f"demo corpus: {len(files)} files, {size / 1e6:.0f} MB in {root} "
-          f"({time.monotonic() - started:.0f} s)", flush=True)
+    print(
+        f"demo corpus: {len(files)} files, {size / 1e6:.0f} MB in {root} ({time.monotonic() - started:.0f} s)",
+        flush=True,
+    )
     return True
 
 

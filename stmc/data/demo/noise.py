@@ -79,8 +79,7 @@ def clicks(rng: np.random.Generator, n: int) -> np.ndarray:
 def babble(rng: np.random.Generator, n: int, pool: NoisePool) -> np.ndarray:
     """3-7 talkers of the pool, each reading sentences continuously, at levels within 6 dB."""
     out = np.zeros(n)
-    for talker in rng.choice(len(pool.talkers), size=min(len(pool.talkers), int(rng.integers(3, 8))),
-                             replace=False):
+    for talker in rng.choice(len(pool.talkers), size=min(len(pool.talkers), int(rng.integers(3, 8))), replace=False):
         stream = _talk(rng, pool.talkers[talker], pool.sentences, n)
         stream /= rms(stream) + 1e-9
         out += 10 ** (rng.uniform(-6, 0) / 20) * stream
@@ -97,8 +96,7 @@ def music(rng: np.random.Generator, n: int, pool: NoisePool) -> np.ndarray:
             start = rng.uniform(0, max(0.0, g722_seconds(path) - seconds))
             piece = decode_g722(path, start, seconds)
         else:
-            piece = np.tile(read_resampled(pool.music[int(rng.integers(len(pool.music)))]),
-                            int(rng.integers(1, 4)))
+            piece = np.tile(read_resampled(pool.music[int(rng.integers(len(pool.music)))]), int(rng.integers(1, 4)))
         piece = _faded(piece * 10 ** (rng.uniform(-4, 4) / 20))
         pieces.append(piece)
         have += piece.size

@@ -31,8 +31,11 @@ PACKAGES: dict[str, str] = {
 
 def missing() -> list[str]:
     """Packages whose files or programs are not there."""
-    return [name for name, proof in PACKAGES.items()
-            if not (Path(proof).is_dir() if proof.startswith("/") else shutil.which(proof))]
+    return [
+        name
+        for name, proof in PACKAGES.items()
+        if not (Path(proof).is_dir() if proof.startswith("/") else shutil.which(proof))
+    ]
 
 
 def install_command(names: list[str]) -> str:
@@ -46,8 +49,12 @@ def versions() -> dict[str, str]:
     """Installed version of each package, from ``dpkg-query`` ("unknown" where it cannot tell)."""
     found = dict.fromkeys(PACKAGES, "unknown")
     try:
-        out = subprocess.run(["dpkg-query", "-W", "-f", "${Package} ${Version}\\n", *PACKAGES],
-                             capture_output=True, text=True, check=False).stdout
+        out = subprocess.run(
+            ["dpkg-query", "-W", "-f", "${Package} ${Version}\\n", *PACKAGES],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout
     except OSError:
         return found
     for line in out.splitlines():

@@ -38,8 +38,13 @@ class RealSpeaker:
 
 REAL_SPEAKERS: dict[str, RealSpeaker] = {
     lang: RealSpeaker(lang, folder.split("_")[-1], str(SOUNDS / folder), f"asterisk-core-sounds-{lang}-g722")
-    for lang, folder in (("en", "en_US_f_Allison"), ("es", "es_MX_f_Allison"), ("fr", "fr_CA_f_June"),
-                         ("it", "it_IT_m_Carlo"), ("ru", "ru_RU_f_IvrvoiceRU"))
+    for lang, folder in (
+        ("en", "en_US_f_Allison"),
+        ("es", "es_MX_f_Allison"),
+        ("fr", "fr_CA_f_June"),
+        ("it", "it_IT_m_Carlo"),
+        ("ru", "ru_RU_f_IvrvoiceRU"),
+    )
 }
 # June (fr) is heard only in the real-speech test split; the others train (and validate, other prompts).
 TEST_LANGUAGE = "fr"
@@ -48,8 +53,11 @@ TEST_LANGUAGE = "fr"
 def prompts(language: str) -> list[str]:
     """The language's prompt files of at least ``MIN_PROMPT_SECONDS`` (the silence/ folder excluded)."""
     folder = Path(REAL_SPEAKERS[language].folder)
-    return [str(p) for p in sorted(folder.rglob("*.g722"))
-            if p.parent.name != "silence" and p.stat().st_size >= MIN_PROMPT_SECONDS * G722_BYTES_PER_SECOND]
+    return [
+        str(p)
+        for p in sorted(folder.rglob("*.g722"))
+        if p.parent.name != "silence" and p.stat().st_size >= MIN_PROMPT_SECONDS * G722_BYTES_PER_SECOND
+    ]
 
 
 def g722_seconds(path: str) -> float:
