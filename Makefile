@@ -25,6 +25,7 @@ test-slow: venv
 
 lint: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 bench: venv
 	$(PY) -m stmc.bench.speed
