@@ -1,6 +1,21 @@
-"""The one error type every entry point reports the same way: a configuration mistake, found before any work
-starts, whose message is one line naming the key (the entry points print it and exit with status 2)."""
+"""The project's own error types. Every entry point turns these, and only these, into one line on stderr (exit
+status 2 for a configuration mistake, 1 for bad input); any other exception is a bug and shows its traceback.
+
+They subclass the built-in types callers already expect (``ValueError``, ``FileNotFoundError``), so library users
+can catch either."""
 
 
-class ConfigError(ValueError):
-    """A configuration mistake; the message is one line naming the key and what is allowed."""
+class StmcError(Exception):
+    """A mistake the user can fix; the message is one line naming the key, file or value and what to do."""
+
+
+class ConfigError(StmcError, ValueError):
+    """A configuration mistake, found before any work starts: names the key and what is allowed."""
+
+
+class InputError(StmcError, ValueError):
+    """Bad input: a file, a tensor or an argument the caller gave that cannot be used as it is."""
+
+
+class MissingFileError(InputError, FileNotFoundError):
+    """A file or folder the settings name does not exist or holds nothing usable."""

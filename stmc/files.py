@@ -14,6 +14,7 @@ from pathlib import Path
 import soundfile as sf
 import torch
 
+from stmc.errors import InputError
 from stmc.model.stft import SAMPLE_RATE
 
 
@@ -42,7 +43,7 @@ def atomic_write(path: Path, text: str | None = None, writer: Callable[[str], No
         raise
 
 
-class AudioFormatError(ValueError):
+class AudioFormatError(InputError):
     """The output path's suffix names no format that soundfile writes."""
 
 

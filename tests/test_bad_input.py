@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -91,3 +94,55 @@ def test_checkpoint_paths_that_are_folders_say_what_they_hold(tmp_path):
         stmc.Enhancer.from_checkpoint(tmp_path / "run")
     with pytest.raises(ValueError, match=r"cannot read checkpoint .*last.ckpt: "):
         stmc.Enhancer.from_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+
+
+# -- entry points: the project's own errors are one line, anything else is a bug and shows its traceback --
+
+ENTRY_POINTS = {  # module, the function a bug is injected into, arguments that reach it
+    "stream_infer": ("stmc.apps.stream_infer", "infer", ["input=x.wav"]),
+    "evaluate": ("stmc.apps.evaluate", "run", ["checkpoints=[x.ckpt]"]),
+    "train": ("stmc.training.run", "check_config", []),
+}
+
+
+def run_with(module: str, function: str, error: str, args: list[str], cwd) -> subprocess.CompletedProcess:
+    """Run ``module``'s command line with ``function`` replaced by one that raises ``error``."""
+    target = "stmc.apps.train" if module == "stmc.training.run" else module
+    code = (
+        f"import sys, {module} as m, {target} as t\n"
+        f"def boom(*a, **k): raise {error}\n"
+        f"m.{function} = boom\n"
+        f"if hasattr(t, '{function}'): t.{function} = boom\n"
+        "t.cli()"
+    )
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("entry", sorted(ENTRY_POINTS))
+def test_a_bug_shows_its_traceback_and_a_project_error_one_line(entry, tmp_path):
+    module, function, args = ENTRY_POINTS[entry]
+    bug = run_with(module, function, "ValueError('a bug deep inside')", args, tmp_path)
+    assert bug.returncode != 0
+    assert "Traceback" in bug.stderr and "a bug deep inside" in bug.stderr
+    mistake = run_with(
+        module, function, "__import__('stmc.errors').errors.InputError('x.wav: no such file')", args, tmp_path
+    )
+    assert mistake.returncode in (1, 2)
+    assert "Traceback" not in mistake.stderr
+    assert mistake.stderr.strip().splitlines()[-1] == "error: x.wav: no such file"
+
+
+def test_model_argument_errors_are_config_errors_and_other_failures_propagate(compose_train, monkeypatch):
+    from stmc.errors import ConfigError
+    from stmc.training.run import build_model
+
+    with pytest.raises(ConfigError, match="model: depth must be a positive integer"):
+        build_model(compose_train(["model.depth=0"]))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug in the constructor")
+
+    monkeypatch.setattr("stmc.model.unet.UNet.__init__", broken)
+    with pytest.raises(Exception, match="a bug in the constructor") as caught:
+        build_model(compose_train([]))
+    assert not isinstance(caught.value, ConfigError)

@@ -18,8 +18,9 @@ import torch
 import torchaudio.functional as AF
 
 import stmc
-from stmc.apps.audio_io import InputError, read_audio
+from stmc.apps.audio_io import read_audio
 from stmc.apps.stream_infer import InferOptions, build_enhancer, infer
+from stmc.errors import InputError
 from stmc.export import to_onnx
 from stmc.files import atomic_audio_file
 from stmc.model import checkpoint

@@ -20,16 +20,13 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
+from stmc.errors import InputError
 from stmc.model.stft import SAMPLE_RATE
 
 log = logging.getLogger("stmc.apps.audio_io")
 
 PCM_SCALE = 32768.0
 CHANNEL_MODES = ("mix", "each")
-
-
-class InputError(ValueError):
-    """A bad input or output: a missing, unreadable or invalid file. The message names it, on one line."""
 
 
 def check_finite(audio: np.ndarray, name: str, rate: int, offset: int = 0) -> None:
@@ -53,7 +50,7 @@ def read_audio(path: str | Path, resample: bool = True, channels: str = "mix") -
     position, in the file's own samples) and, with ``resample=False``, a sample rate other than 16 kHz.
     """
     if channels not in CHANNEL_MODES:
-        raise ValueError(f"channels={channels!r}: choose one of {', '.join(CHANNEL_MODES)}")
+        raise InputError(f"channels={channels!r}: choose one of {', '.join(CHANNEL_MODES)}")
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file")

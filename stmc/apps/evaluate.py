@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from stmc.apps.configs import CONFIG_DIR  # importing it registers the --help resolver
 from stmc.data.datamodule import original_cwd
+from stmc.errors import StmcError
 from stmc.evaluation import evaluate
 from stmc.evaluation.listening_report import write_report
 from stmc.evaluation.results import headline_table
@@ -86,7 +87,7 @@ def main(cfg: DictConfig) -> None:
     """One evaluation run (Hydra calls this once per job of a sweep)."""
     try:
         run(cfg)
-    except (ValueError, FileNotFoundError) as err:
+    except StmcError as err:  # the project's own errors; any other exception is a bug: its traceback shows
         print(f"error: {err}".splitlines()[0], file=sys.stderr)
         sys.exit(2)
 

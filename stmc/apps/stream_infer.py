@@ -32,7 +32,6 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from stmc.apps.audio_io import (
-    InputError,
     PcmChunks,
     PcmWriter,
     SpeakerWriter,
@@ -43,7 +42,7 @@ from stmc.apps.audio_io import (
     read_audio,
 )
 from stmc.apps.configs import CONFIG_DIR
-from stmc.errors import ConfigError
+from stmc.errors import ConfigError, InputError, StmcError
 from stmc.files import atomic_audio_file
 from stmc.model.enhancer import Enhancer, EnhancerStream
 from stmc.model.stft import HOP, SAMPLE_RATE
@@ -162,7 +161,7 @@ def export_of(options: InferOptions) -> tuple[str, str] | None:
     """The export the network runs from, ``(runtime, path)`` (onnxruntime or LiteRT), or None (PyTorch)."""
     given = [(runtime, path) for runtime, path in (("onnxruntime", options.onnx), ("LiteRT", options.litert)) if path]
     if len(given) > 1 or (given and options.ckpt):
-        raise ValueError("give ckpt (PyTorch), onnx or litert (an export, weights included): one of them")
+        raise InputError("give ckpt (PyTorch), onnx or litert (an export, weights included): one of them")
     return given[0] if given else None
 
 
@@ -421,7 +420,7 @@ def main(cfg: DictConfig) -> None:
     except ConfigError as err:  # a mistake in the settings: status 2, as in train.py and evaluate.py
         print(f"error: {err}", file=sys.stderr)
         status = 2
-    except ValueError as err:  # bad input or checkpoint: one line, no traceback
+    except StmcError as err:  # bad input or checkpoint: one line; any other exception is a bug (traceback)
         print(f"error: {err}", file=sys.stderr)
         status = 1
     sys.exit(status)

@@ -13,7 +13,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from stmc.apps.configs import CONFIG_DIR  # importing it registers the --help resolver
-from stmc.training.run import ConfigError, TrainingStopped, check_overrides, train
+from stmc.errors import StmcError
+from stmc.training.run import ConfigError, check_overrides, train
 
 
 def fail(err: Exception, status: int) -> None:
@@ -37,7 +38,7 @@ def main(cfg: DictConfig) -> None:
     except ConfigError as err:
         remove_if_untouched(Path(HydraConfig.get().runtime.output_dir))
         fail(err, 2)
-    except TrainingStopped as err:
+    except StmcError as err:  # a diverged run (TrainingStopped), bad input; anything else is a bug: its traceback
         fail(err, 1)
 
 

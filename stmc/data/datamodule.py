@@ -28,6 +28,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from stmc.data.datasets import EpochSampler, MixingDataset, PairedDataset, collate
 from stmc.data.index import Entry, hold_out, pair, resolve_folder, scan, speaker_of
+from stmc.errors import InputError, MissingFileError
 from stmc.model.stft import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ def _check_spec(spec: Mapping[str, str], key: str, named: bool = False) -> None:
     needed = ["clean"] + (["split"] if named else [])
     missing = [k for k in needed if k not in spec]
     if missing or ("noise" in spec) == ("noisy" in spec):
-        raise ValueError(
+        raise InputError(
             f"{key}: expected keys clean, one of noise (mix on the fly) or noisy (paired)"
             f"{', split' if named else ''}; got {sorted(spec)}"
         )
@@ -115,7 +116,7 @@ class SpeechDataModule(LightningDataModule):
         root = root if root.is_absolute() else original_cwd() / root
         if not root.is_dir():
             hint = self.source_hint or "Point data.root at the folder holding the corpus."
-            raise FileNotFoundError(f"data.root: {root} does not exist (data.root={self.root_setting!r}). {hint}")
+            raise MissingFileError(f"data.root: {root} does not exist (data.root={self.root_setting!r}). {hint}")
         return root
 
     def _entries(self, pattern: str, key: str) -> list[Entry]:
@@ -123,7 +124,7 @@ class SpeechDataModule(LightningDataModule):
         if folder not in self._scans:
             self._scans[folder] = scan(folder, self.root)
         if not self._scans[folder]:
-            raise FileNotFoundError(f"{key}: no usable audio files in {folder}")
+            raise MissingFileError(f"{key}: no usable audio files in {folder}")
         return self._scans[folder]
 
     @property
@@ -134,7 +135,7 @@ class SpeechDataModule(LightningDataModule):
             if self.metadata_file:
                 path = self.root / self.metadata_file
                 if not path.is_file():
-                    raise FileNotFoundError(f"data.metadata: {path} does not exist")
+                    raise MissingFileError(f"data.metadata: {path} does not exist")
                 files = json.loads(path.read_text()).get("files", {})
                 self._noise_types = {rel: meta["noise_type"] for rel, meta in files.items() if "noise_type" in meta}
         return self._noise_types

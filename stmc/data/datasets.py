@@ -21,6 +21,7 @@ from torch.utils.data import Dataset, Sampler
 from stmc.data.audio import read
 from stmc.data.index import Entry
 from stmc.data.mixing import mix, rms, snr_db
+from stmc.errors import InputError
 
 # Crops quieter than these are redrawn: a silent clean crop has no SNR, a silent noise crop no noise.
 _MIN_SPEECH_RMS = 10 ** (-60 / 20)
@@ -59,7 +60,7 @@ class _Picker:
 
     def __init__(self, items: Sequence, length: Callable[[object], int]) -> None:
         if not items:
-            raise ValueError("nothing to draw from")
+            raise InputError("nothing to draw from")
         self.items = list(items)
         self.cdf = np.cumsum([length(item) for item in self.items], dtype=np.float64)
         self.cdf /= self.cdf[-1]
@@ -136,7 +137,7 @@ class MixingDataset(Dataset):
         noise_types: Mapping[str, str] | None = None,
     ) -> None:
         if not clean or not noise:
-            raise ValueError(
+            raise InputError(
                 f"{split}: mixing needs clean and noise files ({len(clean)} clean, {len(noise)} noise usable)"
             )
         self.split, self.seed, self.segment = split, seed, segment
@@ -190,7 +191,7 @@ class PairedDataset(Dataset):
         noise_types: Mapping[str, str] | None = None,
     ) -> None:
         if not pairs:
-            raise ValueError(f"{split}: no usable noisy/clean pairs")
+            raise InputError(f"{split}: no usable noisy/clean pairs")
         self.split, self.seed, self.segment = split, seed, segment
         self.noise_types = dict(noise_types or {})
         self.pairs = sorted(pairs, key=lambda p: (p[0].length, p[1].rel))

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from stmc.data.audio import AudioInfo, probe
+from stmc.errors import InputError, MissingFileError
 from stmc.model.stft import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
@@ -64,11 +65,11 @@ def resolve_folder(root: Path, pattern: str, key: str) -> Path:
     if len(matches) == 1:
         return matches[0]
     if not matches:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{key}: no folder matches '{pattern}' under {root}. Set {key}=<folder relative to data.root>."
         )
     names = ", ".join(p.name for p in matches)
-    raise ValueError(
+    raise InputError(
         f"{key}: '{pattern}' matches several folders under {root} ({names}); pick one with {key}=<folder>."
     )
 
@@ -147,7 +148,7 @@ def hold_out(items: Sequence, fraction: float, seed: int, group: Callable[[objec
     """
     groups = sorted({group(item) for item in items})
     if len(groups) < 2:
-        raise ValueError(
+        raise InputError(
             f"cannot hold out validation data from {len(groups)} group(s) "
             "(speakers or files); give data.val folders instead"
         )

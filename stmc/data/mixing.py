@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from stmc.errors import InputError
+
 # Mixtures (and references) are kept below this peak so that 16-bit storage never clips.
 PEAK_LIMIT = 0.99
 _EPS = 1e-12
@@ -36,7 +38,7 @@ def mix(clean: np.ndarray, noise: np.ndarray, snr: float, level_db: float) -> tu
     by the same factor, with peaks at most ``PEAK_LIMIT``.
     """
     if clean.shape != noise.shape:
-        raise ValueError(f"mix: clean {clean.shape} and noise {noise.shape} differ in shape")
+        raise InputError(f"mix: clean {clean.shape} and noise {noise.shape} differ in shape")
     clean = clean.astype(np.float64)
     noise = noise.astype(np.float64) * (rms(clean) / (rms(noise) + _EPS) * 10 ** (-snr / 20))
     noisy = clean + noise

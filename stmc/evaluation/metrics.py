@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from stmc.errors import InputError
+
 EPS = torch.finfo(torch.float32).eps
 
 
@@ -24,7 +26,7 @@ def si_snr(estimate: torch.Tensor, reference: torch.Tensor, lengths: torch.Tenso
     ``lengths`` (``[...]``, samples) restricts each item to its first ``lengths`` samples.
     """
     if estimate.shape != reference.shape:
-        raise ValueError(f"si_snr: shapes differ, {tuple(estimate.shape)} vs {tuple(reference.shape)}")
+        raise InputError(f"si_snr: shapes differ, {tuple(estimate.shape)} vs {tuple(reference.shape)}")
     mask = _valid_mask(reference, lengths)
     if mask is None:
         count = torch.tensor(reference.shape[-1], dtype=reference.dtype, device=reference.device)

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from stmc.errors import InputError, MissingFileError
 from stmc.model import checkpoint
 from stmc.model.stft import HOP
 from stmc.stream.engines import METHODS
@@ -47,15 +48,15 @@ class Settings:
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m != OFFLINE and m not in METHODS]
         if unknown or OFFLINE not in self.methods:
-            raise ValueError(
+            raise InputError(
                 f"methods={list(self.methods)}: {OFFLINE} (the reference of every stream) and any of "
                 f"{', '.join(METHODS)}"
             )
         bad = [m for m in self.metrics if m not in METRICS]
         if bad or "si_snri" not in self.metrics:
-            raise ValueError(f"metrics={list(self.metrics)}: choose from {', '.join(METRICS)} (si_snri always)")
+            raise InputError(f"metrics={list(self.metrics)}: choose from {', '.join(METRICS)} (si_snri always)")
         if self.chunk < 1:
-            raise ValueError(f"chunk must be at least one sample, got {self.chunk}")
+            raise InputError(f"chunk must be at least one sample, got {self.chunk}")
 
     @property
     def streams(self) -> tuple[str, ...]:
@@ -70,7 +71,7 @@ def find_checkpoints(paths: Iterable[str | Path], select: str = "best", newest: 
     one, ``last.ckpt``. ``newest`` keeps only the most recently written run of each folder (the quickstart's).
     """
     if select not in ("best", "last"):
-        raise ValueError(f"select={select!r}: choose best or last")
+        raise InputError(f"select={select!r}: choose best or last")
     found: list[Path] = []
     for entry in paths:
         path = Path(entry).expanduser()
@@ -78,16 +79,16 @@ def find_checkpoints(paths: Iterable[str | Path], select: str = "best", newest: 
             found.append(path)
             continue
         if not path.is_dir():
-            raise FileNotFoundError(f"checkpoints: {path} is neither a checkpoint file nor a folder")
+            raise MissingFileError(f"checkpoints: {path} is neither a checkpoint file nor a folder")
         runs = sorted({ckpt.parent.parent for ckpt in path.rglob("checkpoints/*.ckpt")}, key=natural_key)
         picks = [pick for run in runs if (pick := _pick(run / "checkpoints", select)) is not None]
         if newest and picks:
             picks = [max(picks, key=lambda p: p.stat().st_mtime)]
         if not picks:
-            raise FileNotFoundError(f"checkpoints: no checkpoints/*.ckpt under {path}")
+            raise MissingFileError(f"checkpoints: no checkpoints/*.ckpt under {path}")
         found.extend(picks)
     if not found:
-        raise ValueError("checkpoints: give at least one checkpoint file or run folder")
+        raise InputError("checkpoints: give at least one checkpoint file or run folder")
     return found
 
 
@@ -155,14 +156,14 @@ def load_items(
     A subset is spread evenly over each split's utterances (they are ordered by length), not its shortest.
     """
     if stage not in ("test", "val"):
-        raise ValueError(f"stage={stage!r}: choose test or val")
+        raise InputError(f"stage={stage!r}: choose test or val")
     datamodule.setup("test" if stage == "test" else "validate")
     sets = datamodule.test_sets if stage == "test" else datamodule.val_sets
     names = [getattr(s, "split", str(i)) for i, s in enumerate(sets)]
     if splits:
         unknown = [s for s in splits if s not in names]
         if unknown:
-            raise ValueError(f"splits={list(splits)}: unknown {unknown}; this data has {names}")
+            raise InputError(f"splits={list(splits)}: unknown {unknown}; this data has {names}")
         sets = [s for s, name in zip(sets, names, strict=True) if name in splits]
     items = []
     for dataset in sets:
@@ -172,5 +173,5 @@ def load_items(
             item["noisy"], item["clean"] = item["noisy"][:length].float(), item["clean"][:length].float()
             items.append(item)
     if not items:
-        raise ValueError(f"no {stage} utterances in the selected splits {list(splits or names)}")
+        raise InputError(f"no {stage} utterances in the selected splits {list(splits or names)}")
     return items

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from stmc.errors import InputError
 from stmc.export.litert import open_litert, to_litert
 from stmc.export.onnx import open_onnx, to_onnx
 from stmc.stream.driver import Stream
@@ -50,5 +51,5 @@ def open(path: str | Path, threads: int = 1) -> Stream:  # noqa: A001 (stmc.expo
     with ``threads`` threads: ``s(frames)``, ``s.flush()``, ``s.reset(mask)`` as every stream."""
     opener = OPENERS.get(Path(path).suffix)
     if opener is None:
-        raise ValueError(f"{path}: not an exported step graph; give a .onnx or .tflite file from python -m stmc.export")
+        raise InputError(f"{path}: not an exported step graph; give a .onnx or .tflite file from python -m stmc.export")
     return opener(path, threads)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from stmc.errors import StmcError
 from stmc.export import litert, onnx
 from stmc.export.graph import offline_error
 from stmc.model.unet import UNet
@@ -58,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             path = litert.to_litert(model, args.out, args.method, args.frames_per_call, args.batch)
         else:
             path = onnx.to_onnx(model, args.out, args.frames_per_call)
-    except ValueError as err:
+    except StmcError as err:
         parser.exit(1, f"error: {err}\n")
     meta = litert.read_metadata(path) if is_litert else onnx.read_metadata(path)
     flush = "a flush signature" if is_litert else onnx.flush_path(path)

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stmc.errors import InputError
 from stmc.model.layers import FREQ_KERNEL, FREQ_STRIDE, FrozenLayer
 from stmc.model.stft import HOP, N_FFT, SAMPLE_RATE
 from stmc.model.unet import UNet
@@ -77,7 +78,7 @@ class GraphMetadata:
     def __init__(self, meta: dict[str, str], source: str) -> None:
         missing = [key for key in REQUIRED if key not in meta]
         if missing:
-            raise ValueError(
+            raise InputError(
                 f"{source} is not an STMC step graph (its metadata lacks {', '.join(missing)}); "
                 "export it with python -m stmc.export"
             )
@@ -105,7 +106,7 @@ class GraphMetadata:
             }
         )
         if set(found) != set(expected):
-            raise ValueError(
+            raise InputError(
                 f"{self.source}: the graph's inputs {sorted(found)} are not those its metadata "
                 f"describes ({len(self.names)} state tensors); the metadata belongs to another graph"
             )
@@ -113,7 +114,7 @@ class GraphMetadata:
             got_shape, got_dtype = found[name]
             batch = "batch" if self.batch is None else self.batch
             if got_shape[1:] != shape or got_dtype != dtype or (self.batch is not None and got_shape[0] != batch):
-                raise ValueError(
+                raise InputError(
                     f"{self.source}: input {name} is {got_dtype} {got_shape}, its metadata says "
                     f"{dtype} {[batch, *shape]}; the metadata belongs to another graph"
                 )
@@ -146,7 +147,7 @@ class GraphEngine(Engine):
     def feeds(self, state: list[torch.Tensor], time: torch.Tensor) -> dict[str, np.ndarray]:
         """The graphs' state inputs from the driver's state and time."""
         if self.meta.batch is not None and time.shape[0] != self.meta.batch:
-            raise ValueError(
+            raise InputError(
                 f"{self.meta.source} was exported for {self.meta.batch} stream(s) per call, got "
                 f"{time.shape[0]}; export it with --batch {time.shape[0]}"
             )
@@ -262,6 +263,6 @@ def trace_inputs(model: UNet, engine: ModelEngine, batch: int, frames_per_call: 
 def check_export_args(model: object, frames_per_call: object) -> None:
     """``ValueError`` for what no exporter takes: another model class, a non-positive frame count."""
     if not isinstance(model, UNet):
-        raise ValueError(f"export needs a stmc.UNet, got {type(model).__name__}")
+        raise InputError(f"export needs a stmc.UNet, got {type(model).__name__}")
     if not isinstance(frames_per_call, int) or frames_per_call < 1:
-        raise ValueError(f"frames_per_call must be a positive integer, got {frames_per_call!r}")
+        raise InputError(f"frames_per_call must be a positive integer, got {frames_per_call!r}")

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from stmc.errors import InputError
 from stmc.export.graph import (
     INPUT,
     OUTPUT,
@@ -50,7 +51,7 @@ def _model(path: str | Path):
 
     data = Path(path).read_bytes()
     if data[4:8] != IDENTIFIER:
-        raise ValueError(f"{path} is not a LiteRT (.tflite) file")
+        raise InputError(f"{path} is not a LiteRT (.tflite) file")
     return schema.Model.GetRootAs(data, 0), data
 
 
@@ -93,7 +94,7 @@ class LiteRTEngine(GraphEngine):
         signatures = self.interpreter.get_signature_list()
         if STEP not in signatures or (flush and flush not in signatures):
             needs = STEP + (f" and {flush}" if flush else "")
-            raise ValueError(
+            raise InputError(
                 f"{self.path}: signatures {sorted(signatures)}, its metadata needs {needs}; export it "
                 "with python -m stmc.export"
             )
@@ -135,13 +136,13 @@ def to_litert(model: UNet, path: str | Path, method: str = "stmc", frames_per_ca
     """
     check_export_args(model, frames_per_call)
     if method not in ENGINES:
-        raise ValueError(f"unknown streaming method {method!r}; choose one of {', '.join(ENGINES)}")
+        raise InputError(f"unknown streaming method {method!r}; choose one of {', '.join(ENGINES)}")
     if not isinstance(batch, int) or batch < 1:
-        raise ValueError(f"batch must be a positive integer, got {batch!r}")
+        raise InputError(f"batch must be a positive integer, got {batch!r}")
     try:
         import litert_torch
     except ImportError:
-        raise ValueError(LITERT_MISSING) from None
+        raise InputError(LITERT_MISSING) from None
     path, training = Path(path), model.training
     engine = ENGINES[method](model.eval(), layer_form=ExportLayer)
     frames, *state = trace_inputs(model, engine, batch, frames_per_call)

@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from stmc.errors import InputError
+
 KEY = "stmc"
 MODEL_PREFIX = "model."  # state_dict keys of the U-Net inside the Lightning module
 EMA_PREFIX = "ema_model."  # ... and of its exponential moving average (the inference weights when present)
@@ -73,17 +75,17 @@ def read(path: str | Path, map_location: str = "cpu") -> dict[str, Any]:
             if found
             else " (it holds no .ckpt file)"
         )
-        raise ValueError(f"checkpoint {path} is a folder; give a .ckpt file{hint}")
+        raise InputError(f"checkpoint {path} is a folder; give a .ckpt file{hint}")
     if not path.is_file():
-        raise ValueError(f"checkpoint {path} does not exist")
+        raise InputError(f"checkpoint {path} does not exist")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception:  # torch raises many types for corrupt, foreign or unsafe files; its advice to unpickle is wrong
-        raise ValueError(
+        raise InputError(
             f"cannot read checkpoint {path}: torch cannot load it safely (corrupt, another format, or "
             "more than tensors and plain values in it); it is not unpickled, so no code in it runs"
         ) from None
     meta = ckpt.get(KEY) if isinstance(ckpt, dict) else None
     if not isinstance(meta, dict) or "model_config" not in meta:
-        raise ValueError(f"{path} is not an STMC checkpoint (no '{KEY}' entry)")
+        raise InputError(f"{path} is not an STMC checkpoint (no '{KEY}' entry)")
     return ckpt

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from stmc.errors import InputError
 from stmc.model import checkpoint
 from stmc.model.stft import STFT, StreamingAnalysis, StreamingSynthesis
 from stmc.model.unet import UNet
@@ -30,9 +31,9 @@ def check_waveform(x: torch.Tensor, dtype: torch.dtype) -> None:
     """Raise ``ValueError`` unless ``x`` is a ``[batch, samples]`` waveform of ``dtype``."""
     if not isinstance(x, torch.Tensor) or x.dim() != 2:
         shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"expected a waveform [batch, samples] at 16 kHz, got {shape}")
+        raise InputError(f"expected a waveform [batch, samples] at 16 kHz, got {shape}")
     if x.dtype != dtype:
-        raise ValueError(f"expected a {dtype} waveform [batch, samples], got {x.dtype}")
+        raise InputError(f"expected a {dtype} waveform [batch, samples], got {x.dtype}")
 
 
 class Enhancer(nn.Module):
@@ -43,7 +44,7 @@ class Enhancer(nn.Module):
         self.model = model
         self.stft = stft if stft is not None else STFT()
         if self.stft.n_freq != model.n_freq:
-            raise ValueError(f"model has {model.n_freq} bins, the STFT gives {self.stft.n_freq}")
+            raise InputError(f"model has {model.n_freq} bins, the STFT gives {self.stft.n_freq}")
 
     @property
     def latency_samples(self) -> int:
@@ -77,7 +78,7 @@ class Enhancer(nn.Module):
         try:
             model.load_state_dict(checkpoint.model_state(ckpt))
         except RuntimeError as err:
-            raise ValueError(f"{path}: weights do not match the architecture {meta['model_config']}: {err}") from err
+            raise InputError(f"{path}: weights do not match the architecture {meta['model_config']}: {err}") from err
         return cls(model.eval())
 
 
@@ -90,7 +91,7 @@ class EnhancerStream:
 
     def __init__(self, enhancer: Enhancer, frames: Stream) -> None:
         if frames.engine.n_freq != enhancer.stft.n_freq:
-            raise ValueError(f"the frame stream has {frames.engine.n_freq} bins, the STFT gives {enhancer.stft.n_freq}")
+            raise InputError(f"the frame stream has {frames.engine.n_freq} bins, the STFT gives {enhancer.stft.n_freq}")
         self.enhancer = enhancer
         self.frames = frames
         self.reset()

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stmc.errors import InputError
+
 FREQ_KERNEL = 5
 FREQ_STRIDE = 2
 
@@ -45,7 +47,7 @@ class TemporalLayer(nn.Module):
     ) -> None:
         super().__init__()
         if past < 0 or future < 0:
-            raise ValueError(f"time context must be non-negative, got past={past}, future={future}")
+            raise InputError(f"time context must be non-negative, got past={past}, future={future}")
         self.past, self.future, self.transposed = past, future, transposed
         self.tstmc = tstmc or not transposed  # False: a decoder layer transposed in time too (the ablation)
         self.in_channels, self.out_channels = in_channels, out_channels
@@ -72,7 +74,7 @@ class TemporalLayer(nn.Module):
         """A view of the convolution weight's taps at time ``offset`` (``-past .. future``; 0 = the output's own
         frame), laid out ``[C, C', 5]`` for decoder layers in either form and ``[C', C, 5]`` for encoder layers."""
         if not -self.past <= offset <= self.future:
-            raise ValueError(f"time offset {offset} is outside this layer's context -{self.past}..{self.future}")
+            raise InputError(f"time offset {offset} is outside this layer's context -{self.past}..{self.future}")
         weight = self.conv.weight
         if not self.transposed:
             return weight[..., self.past + offset]

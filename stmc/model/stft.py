@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stmc.errors import InputError
+
 SAMPLE_RATE = 16_000
 N_FFT = 1024
 HOP = 256
@@ -24,12 +26,12 @@ class STFT(nn.Module):
     def __init__(self, n_fft: int = N_FFT, hop: int = HOP) -> None:
         super().__init__()
         if n_fft % hop:
-            raise ValueError(f"n_fft ({n_fft}) must be a multiple of hop ({hop})")
+            raise InputError(f"n_fft ({n_fft}) must be a multiple of hop ({hop})")
         self.n_fft, self.hop = n_fft, hop
         window = torch.hann_window(n_fft, periodic=True, dtype=torch.float64)
         envelope = window.pow(2).reshape(-1, hop).sum(0).repeat(n_fft // hop)
         if (envelope <= 1e-8).any():
-            raise ValueError("window violates the overlap-add (NOLA) condition for this hop")
+            raise InputError("window violates the overlap-add (NOLA) condition for this hop")
         self.register_buffer("window", window.float(), persistent=False)
         self.register_buffer("synthesis_window", (window / envelope).float(), persistent=False)
 

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from stmc.errors import InputError
 from stmc.model.layers import FREQ_STRIDE, FrozenLayer, TemporalLayer, from_frames, to_frames
 
 DEFAULT_CHANNELS = (16, 32, 48, 64, 96, 128, 160)
@@ -37,7 +38,7 @@ def lookahead_placement(n_layers: int, lookahead: int, how: str | Sequence[int])
     if not isinstance(how, str):
         chosen = sorted({int(i) for i in how})
         if len(chosen) != lookahead or any(not 0 <= i < n_layers for i in chosen):
-            raise ValueError(f"lookahead_layers={list(how)} must name {lookahead} distinct layers in 0..{n_layers - 1}")
+            raise InputError(f"lookahead_layers={list(how)} must name {lookahead} distinct layers in 0..{n_layers - 1}")
         return chosen
     if how == "first":
         return list(range(lookahead))
@@ -45,7 +46,7 @@ def lookahead_placement(n_layers: int, lookahead: int, how: str | Sequence[int])
         return list(range(n_layers - lookahead, n_layers))
     if how == "spread":
         return sorted({(2 * i + 1) * n_layers // (2 * lookahead) for i in range(lookahead)})
-    raise ValueError(f"lookahead_layers={how!r}: choose one of {PLACEMENTS} or a list of layer indices")
+    raise InputError(f"lookahead_layers={how!r}: choose one of {PLACEMENTS} or a list of layer indices")
 
 
 class UNet(nn.Module):
@@ -69,16 +70,16 @@ class UNet(nn.Module):
     ) -> None:
         super().__init__()
         if not isinstance(depth, int) or depth < 1:
-            raise ValueError(f"depth must be a positive integer, got {depth!r}")
+            raise InputError(f"depth must be a positive integer, got {depth!r}")
         if not isinstance(lookahead, int) or not 0 <= lookahead <= 2 * depth:
-            raise ValueError(f"lookahead must be an integer in 0..{2 * depth} (2*depth), got {lookahead!r}")
+            raise InputError(f"lookahead must be an integer in 0..{2 * depth} (2*depth), got {lookahead!r}")
         if (n_freq - 1) % FREQ_STRIDE**depth:
-            raise ValueError(f"n_freq - 1 must be divisible by 2**depth={2**depth}, got n_freq={n_freq}")
+            raise InputError(f"n_freq - 1 must be divisible by 2**depth={2**depth}, got n_freq={n_freq}")
         if not 0 < compress <= 1:
-            raise ValueError(f"compress must be in (0, 1], got {compress}")
+            raise InputError(f"compress must be in (0, 1], got {compress}")
         base = tuple(channels) if channels is not None else DEFAULT_CHANNELS[:depth]
         if len(base) != depth:
-            raise ValueError(f"channels needs {depth} entries (one per level), got {len(base)}")
+            raise InputError(f"channels needs {depth} entries (one per level), got {len(base)}")
         widths = [max(1, round(c * width)) for c in base]
         self.config = {
             "depth": depth,
@@ -212,13 +213,13 @@ def check_spectrum(spec: torch.Tensor, n_freq: int, dtype: torch.dtype, batch: i
     (and, given ``batch``, ``B == batch``): the input of a model and of every stream."""
     expected = f"[batch, 2 (real, imag), {n_freq} bins, frames]"
     if not isinstance(spec, torch.Tensor):
-        raise ValueError(f"expected a tensor {expected}, got {type(spec).__name__}")
+        raise InputError(f"expected a tensor {expected}, got {type(spec).__name__}")
     if spec.dim() != 4 or spec.shape[1] != 2 or spec.shape[2] != n_freq:
-        raise ValueError(f"expected a spectrum {expected}, got shape {list(spec.shape)}")
+        raise InputError(f"expected a spectrum {expected}, got shape {list(spec.shape)}")
     if spec.dtype != dtype:
-        raise ValueError(f"expected dtype {dtype} for {expected}, got {spec.dtype}")
+        raise InputError(f"expected dtype {dtype} for {expected}, got {spec.dtype}")
     if batch is not None and spec.shape[0] != batch:
-        raise ValueError(f"this stream has batch {batch}, got a chunk of batch {spec.shape[0]}; reset() first")
+        raise InputError(f"this stream has batch {batch}, got a chunk of batch {spec.shape[0]}; reset() first")
 
 
 def concat_skip(k: int, h: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from stmc.apps.audio_io import InputError, read_audio
+from stmc.apps.audio_io import read_audio
+from stmc.errors import InputError
 from stmc.files import atomic_audio_file
 from stmc.model.enhancer import Enhancer, apply_mask, to_channels
 from stmc.model.stft import SAMPLE_RATE

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from stmc.errors import InputError
 from stmc.model.unet import check_spectrum
 
 TIME = 1  # the time axis of the frozen layers' layout [batch, time, freq, channels]
@@ -114,16 +115,16 @@ class Stream:
         shapes, engine = self.engine.state_shapes(), self.engine
         if not isinstance(state, list | tuple) or len(state) != len(shapes) + 1:
             got = f"{len(state)} items" if isinstance(state, list | tuple) else type(state).__name__
-            raise ValueError(
+            raise InputError(
                 f"set_state: expected a list of {len(shapes) + 1} tensors ({len(shapes)} state buffers, "
                 f"then the time), got {got}"
             )
         time = state[-1]
         if not isinstance(time, torch.Tensor) or time.dim() != 1 or time.dtype != torch.long:
             got = f"{time.dtype} of shape {list(time.shape)}" if isinstance(time, torch.Tensor) else type(time).__name__
-            raise ValueError(f"set_state: tensor {len(shapes)} (the time) must be int64 of shape [batch], got {got}")
+            raise InputError(f"set_state: tensor {len(shapes)} (the time) must be int64 of shape [batch], got {got}")
         if time.device != engine.device:
-            raise ValueError(
+            raise InputError(
                 f"set_state: tensor {len(shapes)} (the time) must be on {engine.device}, got {time.device}"
             )
         for index, (tensor, shape) in enumerate(zip(state, shapes, strict=False)):
@@ -139,7 +140,7 @@ class Stream:
                     if isinstance(tensor, torch.Tensor)
                     else type(tensor).__name__
                 )
-                raise ValueError(
+                raise InputError(
                     f"set_state: tensor {index} must be {engine.dtype} of shape {expected} on "
                     f"{engine.device}, got {got}"
                 )
@@ -165,7 +166,7 @@ class Stream:
             self.flushed = False
             return
         if self.state is None or mask.shape != (self.batch,) or mask.dtype != torch.bool:
-            raise ValueError(f"reset(mask) needs a bool mask of shape [{self.batch}] after the first chunk")
+            raise InputError(f"reset(mask) needs a bool mask of shape [{self.batch}] after the first chunk")
         for tensor in self.state:
             tensor[mask] = 0
         self.time[mask] = 0
@@ -180,7 +181,7 @@ class Stream:
         engine = self.engine
         check_spectrum(chunk, engine.n_freq, engine.dtype, self.batch)
         if chunk.shape[-1] % engine.frames_per_call:
-            raise ValueError(
+            raise InputError(
                 f"this graph takes {engine.frames_per_call} frames per call; got a chunk of {chunk.shape[-1]} frames"
             )
         if self.state is None:
@@ -221,7 +222,7 @@ class Stream:
 
     def _flush_some(self, mask: torch.Tensor) -> torch.Tensor:
         if self.flushed or self.state is None or mask.shape != (self.batch,) or mask.dtype != torch.bool:
-            raise ValueError(
+            raise InputError(
                 f"flush(mask) needs a bool mask of shape [{self.batch}] after the first chunk, "
                 "before a flush of all streams"
             )

@@ -27,6 +27,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from stmc.errors import InputError
 from stmc.model.layers import FrozenLayer, OverlapAddLayer
 from stmc.model.unet import UNet
 from stmc.stream.driver import TIME, Clock, Engine, Stream
@@ -261,11 +262,11 @@ METHODS = tuple(ENGINES)
 def engine_for(model: UNet, method: str = "stmc", compile: bool = False, native: bool | None = None) -> Engine:
     """The engine of ``method`` over ``model``; see :func:`streaming` for ``compile`` and ``native``."""
     if method not in ENGINES:
-        raise ValueError(f"unknown streaming method {method!r}; choose one of {', '.join(METHODS)}")
+        raise InputError(f"unknown streaming method {method!r}; choose one of {', '.join(METHODS)}")
     if not isinstance(model, UNet):
-        raise ValueError(f"streaming() needs a stmc.UNet, got {type(model).__name__}")
+        raise InputError(f"streaming() needs a stmc.UNet, got {type(model).__name__}")
     if native and method != "stmc":
-        raise ValueError(f"native=True is for the stmc method only, got {method!r}")
+        raise InputError(f"native=True is for the stmc method only, got {method!r}")
     if method == "stmc" and native is not False and not (native is None and compile):
         weight = model.layers[0].conv.weight
         unsupported = weight.dtype != torch.float32 or not weight.is_cpu
@@ -280,7 +281,7 @@ def engine_for(model: UNet, method: str = "stmc", compile: bool = False, native:
         if reason is None:
             return NativeSTMCEngine(model)
         if native:
-            raise ValueError(f"native=True, but the native STMC step cannot run: {reason}")
+            raise InputError(f"native=True, but the native STMC step cannot run: {reason}")
         if not unsupported:  # a model it cannot run is no surprise; a missing compiler is worth a line
             warn_once(f"STMC streams use PyTorch operators (slower per hop): {reason}")
     engine = ENGINES[method](model)

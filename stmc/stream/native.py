@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from stmc.errors import InputError
 from stmc.model.layers import FREQ_KERNEL, FREQ_STRIDE, FrozenLayer
 from stmc.model.unet import BOUND_EPS, FEATURE_EPS, UNet
 
@@ -327,7 +328,7 @@ def check_buffers(tensors: list[torch.Tensor], shapes: list[tuple[int, ...]]) ->
     """Raise ``ValueError`` unless each tensor is a contiguous float32 CPU tensor of its shape: the native code
     writes through raw pointers and trusts these, so they are checked once, when it binds them."""
     if len(tensors) != len(shapes):
-        raise ValueError(f"native STMC step: expected {len(shapes)} state buffers, got {len(tensors)}")
+        raise InputError(f"native STMC step: expected {len(shapes)} state buffers, got {len(tensors)}")
     for index, (tensor, shape) in enumerate(zip(tensors, shapes, strict=True)):
         if (
             tuple(tensor.shape) != shape
@@ -335,7 +336,7 @@ def check_buffers(tensors: list[torch.Tensor], shapes: list[tuple[int, ...]]) ->
             or not tensor.is_cpu
             or not tensor.is_contiguous()
         ):
-            raise ValueError(
+            raise InputError(
                 f"native STMC step: state buffer {index} must be a contiguous float32 CPU tensor of "
                 f"shape {list(shape)}, got {tensor.dtype} {list(tensor.shape)} on {tensor.device}"
                 f"{'' if tensor.is_contiguous() else ' (not contiguous)'}"
@@ -408,7 +409,7 @@ class NativeOffline(NativeGraph):
         """``spec [1, 2, F, frames]`` -> the bounded mask, as ``model(spec)``."""
         self.model.check_input(spec, batch=1)
         if spec.dtype != torch.float32 or spec.shape[-1] != self.frames:
-            raise ValueError(
+            raise InputError(
                 f"expected float32 [1, 2, {self.model.n_freq}, {self.frames}], got {spec.dtype} {list(spec.shape)}"
             )
         out = torch.empty(spec.shape, dtype=spec.dtype)

@@ -24,6 +24,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics import MeanMetric
 
+from stmc.errors import InputError
 from stmc.evaluation.metrics import si_snr
 from stmc.evaluation.references import wiener
 from stmc.evaluation.settings import ALL
@@ -56,7 +57,7 @@ class WarmupCosine(LRScheduler):
         progress: Callable[[], float] | None = None,
     ) -> None:
         if not 0 <= warmup < 1 or not 0 <= floor <= 1:
-            raise ValueError(f"warmup must be in [0, 1) and floor in [0, 1], got {warmup}, {floor}")
+            raise InputError(f"warmup must be in [0, 1) and floor in [0, 1], got {warmup}, {floor}")
         self.warmup, self.floor = warmup, floor
         self.progress = progress if progress is not None else (lambda: 0.0)
         super().__init__(optimizer)
@@ -186,7 +187,7 @@ class EnhancementModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         if not 0 <= ema_decay < 1:
-            raise ValueError(f"ema_decay must be in [0, 1) (0 = no moving average), got {ema_decay}")
+            raise InputError(f"ema_decay must be in [0, 1) (0 = no moving average), got {ema_decay}")
         # only primitives go into the checkpoint's hyper_parameters (weights_only loading)
         self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"])
         self.model = model

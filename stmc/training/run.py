@@ -20,7 +20,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import HydraException, MissingConfigException
+from hydra.errors import HydraException, InstantiationException, MissingConfigException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
@@ -28,7 +28,7 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from stmc.apps.configs import CONFIG_DIR, group_options
-from stmc.errors import ConfigError
+from stmc.errors import ConfigError, InputError, StmcError
 from stmc.model import checkpoint
 from stmc.model.unet import IMPLIED_CONFIG, UNet
 from stmc.training.module import NonFiniteLossError
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 LAST = "last"
 
 
-class TrainingStopped(RuntimeError):
+class TrainingStopped(StmcError, RuntimeError):
     """Training could not go on (non-finite loss); the message names the last good checkpoint."""
 
 
@@ -226,12 +226,14 @@ def training_threads(setting: int | str | None) -> int:
 
 
 def build_model(cfg: DictConfig) -> UNet:
-    """The UNet of ``cfg.model``; its own argument errors become one-line :class:`ConfigError`."""
+    """The UNet of ``cfg.model``; its argument errors (the constructor's own, an unknown keyword) become one-line
+    :class:`ConfigError`; anything else is a bug and propagates."""
     try:
         return instantiate(cfg.model, _convert_="all")
-    except Exception as err:  # Hydra wraps the constructor's ValueError in InstantiationException
-        cause = err.__cause__ or err
-        raise ConfigError(f"model: {cause}".splitlines()[0]) from err
+    except InstantiationException as err:  # Hydra wraps the constructor's exception
+        if not isinstance(err.__cause__, StmcError | TypeError):
+            raise
+        raise ConfigError(f"model: {err.__cause__}".splitlines()[0]) from err
 
 
 def resolve_checkpoint(ckpt_path: str | None, output_dir: Path, search_siblings: bool) -> str | None:
@@ -266,7 +268,7 @@ def check_resumable(path: str, model: UNet) -> None:
     """Raise :class:`ConfigError` unless the checkpoint at ``path`` is readable and holds this config's model."""
     try:
         saved = checkpoint.read(path)[checkpoint.KEY]["model_config"]
-    except ValueError as err:
+    except InputError as err:
         raise ConfigError(f"ckpt_path: {err}") from None
     saved, current = {**IMPLIED_CONFIG, **saved}, {**IMPLIED_CONFIG, **model.config}
     differ = [k for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
@@ -301,7 +303,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule = instantiate(cfg.data, _convert_="all")  # plain containers: the checkpoint stays weights_only
     try:
         datamodule.setup("fit")
-    except FileNotFoundError as err:
+    except InputError as err:
         raise ConfigError(str(err).splitlines()[0]) from err
     output_dir = Path(cfg.paths.output_dir)
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
