@@ -1,7 +1,9 @@
 // Times the one-frame GEMMs of a streamed hop with two kernels libtorch_cpu carries: the BLAS sgemm_ behind
-// torch.mm (MKL in the x86 wheels) and at::native::cpublas::brgemm (oneDNN's JIT micro-kernel on AVX2 CPUs),
-// which the native STMC step uses. Driven by scripts/gemm_kernels.py (shapes from the model, compiled by
-// stmc.stream.native.build).
+// torch.mm (MKL in the x86 wheels) and the native STMC step's own gemm (at::native::cpublas::brgemm, oneDNN's
+// JIT micro-kernel on AVX2 CPUs), compiled in from its source so that there is one declaration of it. Driven by
+// scripts/gemm_kernels.py (shapes from the model, compiled by stmc.stream.native.build).
+#include "../stmc/stream/native_step.cpp"
+
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -11,11 +13,6 @@
 extern "C" void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
                        const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
                        const float* beta, float* c, const int* ldc);
-
-namespace at::native::cpublas {
-void brgemm(int64_t M, int64_t N, int64_t K, int64_t ld_a, int64_t ld_b, int64_t ld_c, bool add_C, const float* A,
-            const float* B, float* C, bool is_vnni);
-}  // namespace at::native::cpublas
 
 namespace {
 
@@ -49,7 +46,8 @@ void time_gemms(int64_t n, const int64_t* shapes, int64_t rounds, double* per_sh
   auto run = [&](int kernel, int64_t i) {
     const int64_t M = shapes[3 * i], K = shapes[3 * i + 1], N = shapes[3 * i + 2];
     if (kernel == 1) {
-      at::native::cpublas::brgemm(M, N, K, K, N, N, false, a[i].data(), b[i].data(), c[i].data(), false);
+      int64_t macs = 0;
+      gemm(M, N, K, a[i].data(), K, b[i].data(), c[i].data(), N, &macs);
       return;
     }
     const int m = static_cast<int>(N), nn = static_cast<int>(M), k = static_cast<int>(K);

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stmc.errors import InputError
-from stmc.model.layers import FREQ_KERNEL, FREQ_STRIDE, FrozenLayer
+from stmc.model.layers import FREQ_KERNEL, FREQ_STRIDE, FrozenLayer, TimeContext
 from stmc.model.stft import HOP, N_FFT, SAMPLE_RATE
 from stmc.model.unet import UNet
 from stmc.stream.driver import Clock, Engine, Stream
@@ -184,7 +184,7 @@ def offline_error(model: UNet, stream: Stream, frames: int = 64, batch: int = 2,
 # -- the modules both writers trace: one engine step, its flush, its layers as Conv nodes --
 
 
-class ExportLayer(nn.Module):
+class ExportLayer(TimeContext, nn.Module):
     """A :class:`FrozenLayer` as ``Conv``/``ConvTranspose`` nodes: same weights, same ``[B, T, F, C]`` contract."""
 
     def __init__(self, frozen: FrozenLayer) -> None:
@@ -193,10 +193,6 @@ class ExportLayer(nn.Module):
         self.register_buffer("weight", frozen.conv_weight())
         self.register_buffer("bias", frozen.bias)
         self.register_buffer("prelu", frozen.prelu)
-
-    @property
-    def taps(self) -> int:
-        return self.past + 1 + self.future
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, T, F, C]`` -> ``[B, T - past - future, F', C']``, valid in time like the frozen layer."""

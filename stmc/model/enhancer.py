@@ -107,7 +107,6 @@ class EnhancerStream:
         self.analysis = StreamingAnalysis(self.enhancer.stft)
         self.synthesis = StreamingSynthesis(self.enhancer.stft)
         self.pending: torch.Tensor | None = None  # spectrum frames waiting for their mask
-        self.flushed = False
 
     def _masked(self, spec: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         pending = spec if self.pending is None else torch.cat([self.pending, spec], -1)
@@ -117,8 +116,7 @@ class EnhancerStream:
 
     @torch.inference_mode()
     def __call__(self, chunk: torch.Tensor) -> torch.Tensor:
-        if self.flushed:
-            raise RuntimeError("this stream was flushed; call reset() before streaming again")
+        self.frames.check_open()  # the frame stream keeps whether this stream was flushed
         check_waveform(chunk, self.enhancer.dtype)
         spec = self.analysis(chunk)
         return self.synthesis(self._masked(spec, self.frames(to_channels(spec))))
@@ -126,10 +124,9 @@ class EnhancerStream:
     @torch.inference_mode()
     def flush(self) -> torch.Tensor:
         """The remaining samples: zero padding and look-ahead run out exactly as offline."""
-        if self.flushed:
-            raise RuntimeError("this stream was flushed already; call reset() before streaming again")
-        self.flushed = True
+        self.frames.check_open()
         if self.analysis.buffer is None:
+            self.frames.flush()  # nothing was streamed: only the stream's end is marked
             return torch.zeros(0, 0, dtype=self.enhancer.dtype)
         spec = self.analysis.flush()
         mask = torch.cat([self.frames(to_channels(spec)), self.frames.flush()], -1)

@@ -28,7 +28,20 @@ FREQ_KERNEL = 5
 FREQ_STRIDE = 2
 
 
-class TemporalLayer(nn.Module):
+class TimeContext:
+    """A layer's time context ``past`` / ``future`` (frames) and the one definition of its time kernel size, shared
+    by every form of a layer (trainable, frozen, overlap-add, exported)."""
+
+    past: int
+    future: int
+
+    @property
+    def taps(self) -> int:
+        """Time kernel size: ``past + 1 + future`` frames."""
+        return self.past + 1 + self.future
+
+
+class TemporalLayer(TimeContext, nn.Module):
     """Conv (encoder) or tSTMC transposed conv (decoder), then BatchNorm and PReLU unless ``final``.
 
     BatchNorm is frame-local at inference (a per-channel affine map), so it never mixes time frames and can be
@@ -64,11 +77,6 @@ class TemporalLayer(nn.Module):
             self.conv = nn.Conv2d(in_channels, out_channels, (FREQ_KERNEL, self.taps), (FREQ_STRIDE, 1), (pad, 0))
         self.norm = None if final else nn.BatchNorm2d(out_channels)
         self.act = None if final else nn.PReLU(out_channels)
-
-    @property
-    def taps(self) -> int:
-        """Time kernel size: ``past + 1 + future`` frames."""
-        return self.past + 1 + self.future
 
     def time_tap(self, offset: int) -> torch.Tensor:
         """A view of the convolution weight's taps at time ``offset`` (``-past .. future``; 0 = the output's own
@@ -162,7 +170,7 @@ class TemporalLayer(nn.Module):
 
 
 @dataclass(frozen=True)
-class FrozenLayer:
+class FrozenLayer(TimeContext):
     """A :class:`TemporalLayer` at inference, on frames laid out ``[batch, time, freq, channels]``.
 
     One im2col and one GEMM per call whatever the number of frames (rows are frequency positions, which is
@@ -176,10 +184,6 @@ class FrozenLayer:
     matrix: torch.Tensor
     bias: torch.Tensor
     prelu: torch.Tensor | None
-
-    @property
-    def taps(self) -> int:
-        return self.past + 1 + self.future
 
     @property
     def out_channels(self) -> int:
@@ -221,7 +225,7 @@ class FrozenLayer:
 
 
 @dataclass(frozen=True)
-class OverlapAddLayer:
+class OverlapAddLayer(TimeContext):
     """A ``tstmc=False`` decoder layer at inference, streamed as a standard transposed convolution in time is:
     each input frame's ``taps`` contributions are added to the output frames it overlaps, the not yet complete
     sums are the layer's state, and bias and PReLU apply to each output frame once it is complete.
@@ -245,10 +249,6 @@ class OverlapAddLayer:
         zeros = torch.zeros(taps * cout, dtype=layer.bias.dtype, device=layer.bias.device)
         spread = FrozenLayer(0, 0, True, matrix.contiguous(), zeros, None)
         return cls(layer.past, layer.future, spread if form is None else form(spread), layer.bias, layer.prelu)
-
-    @property
-    def taps(self) -> int:
-        return self.past + 1 + self.future
 
     def __call__(self, x: torch.Tensor, pending: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """New input frames ``[B, T, F, C]`` and the pending sums ``[B, taps - 1, F', C']`` -> the ``T`` completed

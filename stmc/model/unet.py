@@ -222,6 +222,7 @@ def check_spectrum(spec: torch.Tensor, n_freq: int, dtype: torch.dtype, batch: i
         raise InputError(f"this stream has batch {batch}, got a chunk of batch {spec.shape[0]}; reset() first")
 
 
-def concat_skip(k: int, h: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-    """The U-Net merge: decoder features and the encoder skip, stacked as channels."""
-    return torch.cat([h, skip], 1)
+def concat_skip(k: int, h: torch.Tensor, skip: torch.Tensor, channels: int = 1) -> torch.Tensor:
+    """The U-Net merge: decoder features, then the encoder skip, stacked along the ``channels`` axis (1 in the
+    model's ``[B, C, F, T]``, -1 in the frozen layers' ``[B, T, F, C]``)."""
+    return torch.cat([h, skip], channels)

@@ -173,11 +173,15 @@ class Stream:
         self._adopt(self.state, self.time)
 
     # -- running --
+    def check_open(self) -> None:
+        """Raise ``RuntimeError`` after a flush: the stream takes no chunk and no second flush until reset()."""
+        if self.flushed:
+            raise RuntimeError("this stream was flushed; call reset() before streaming again")
+
     @torch.inference_mode()
     def __call__(self, chunk: torch.Tensor) -> torch.Tensor:
         """Input frames ``[B, 2, F, t]`` -> mask frames ``[B, 2, F, t']``, ``D`` frames behind."""
-        if self.flushed:
-            raise RuntimeError("this stream was flushed; call reset() before streaming again")
+        self.check_open()
         engine = self.engine
         check_spectrum(chunk, engine.n_freq, engine.dtype, self.batch)
         if chunk.shape[-1] % engine.frames_per_call:
@@ -204,8 +208,7 @@ class Stream:
         """
         if mask is not None:
             return self._flush_some(mask)
-        if self.flushed:
-            raise RuntimeError("this stream was flushed already; call reset() before streaming again")
+        self.check_open()
         self.flushed = True
         engine = self.engine
         zeros = torch.zeros(

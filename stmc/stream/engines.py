@@ -29,15 +29,12 @@ import torch.nn.functional as F
 
 from stmc.errors import InputError
 from stmc.model.layers import FrozenLayer, OverlapAddLayer
-from stmc.model.unet import UNet
+from stmc.model.unet import UNet, concat_skip
 from stmc.stream.driver import TIME, Clock, Engine, Stream
 from stmc.stream.native import KernelMismatch, NativeStep
 from stmc.stream.native import unavailable as native_unavailable
 
-
-def merge(k: int, h: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-    """The U-Net skip merge in the frozen layout: decoder channels, then encoder channels."""
-    return torch.cat([h, skip], -1)
+merge = functools.partial(concat_skip, channels=-1)  # the skip merge in the frozen layout [B, T, F, C]
 
 
 def pad_time(x: torch.Tensor, before: int, after: int) -> torch.Tensor:

@@ -95,6 +95,20 @@ def cpu_signature() -> bytes:
     return "\n".join(line for line in info.splitlines() if line.startswith(("model name", "flags"))).encode()
 
 
+def sources_of(source: Path) -> list[Path]:
+    """``source`` and the files it includes by a quoted relative path (``#include "..."``), recursively."""
+    found, todo = [], [source.resolve()]
+    while todo:
+        path = todo.pop()
+        if path in found:
+            continue
+        found.append(path)
+        for line in path.read_text().splitlines():
+            if line.startswith('#include "'):
+                todo.append((path.parent / line.split('"')[1]).resolve())
+    return found
+
+
 def build(source: Path = SOURCE) -> Path:
     """The shared library of a C++ source linked against libtorch_cpu (this step by default), compiled for this
     CPU and torch version if not cached yet (into a temporary file, then renamed: never half-written)."""
@@ -102,18 +116,19 @@ def build(source: Path = SOURCE) -> Path:
     if shutil.which(compiler) is None:
         raise RuntimeError(f"no C++ compiler {compiler!r} on PATH (install g++, or set CXX)")
     torch_lib = Path(torch.__file__).parent / "lib"
-    text = source.read_bytes()
-    key = hashlib.sha1(text + torch.__version__.encode() + compiler.encode() + cpu_signature()).hexdigest()[:16]
-    target = cache_dir() / f"{source.stem}-{key}.so"
+    flags = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC"]
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
+    # everything the library depends on: its sources (local includes too), the flags, compiler, torch and CPU
+    parts = [*(f.read_bytes() for f in sources_of(source)), " ".join(flags).encode(), version.encode()]
+    key = hashlib.sha1(b"\0".join([*parts, torch.__version__.encode(), compiler.encode(), cpu_signature()]))
+    target = cache_dir() / f"{source.stem}-{key.hexdigest()[:16]}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         partial = Path(tmp) / target.name
-        command = [
-            compiler, "-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", str(source), "-o", str(partial),
-            f"-L{torch_lib}", "-ltorch_cpu", f"-Wl,-rpath,{torch_lib}",
-        ]  # fmt: skip
+        command = [compiler, *flags, str(source), "-o", str(partial),
+                   f"-L{torch_lib}", "-ltorch_cpu", f"-Wl,-rpath,{torch_lib}"]  # fmt: skip
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"compiling {source.name} failed:\n{done.stderr.strip()}")
