@@ -38,7 +38,7 @@ FIELDS = ("recipe", "weights", "seed", "step", "cpu_minutes", "si_snri")
 
 def recipe_name(overrides: str) -> str:
     """A folder name for a recipe's overrides."""
-    name = "".join(c if c.isalnum() or c in "._-" else "-" for c in overrides.replace(" ", "+"))
+    name = "".join(c if c.isalnum() or c in "._-" else "-" for c in overrides)  # no "=" or "+": Hydra parses it
     return name or "base"
 
 
@@ -65,9 +65,12 @@ def run(overrides: list[str], folder: Path, seed: int, every: int) -> int:
 
 
 def read_curves(out: Path) -> list[dict[str, object]]:
-    """Every validation of every finished run under ``out`` as rows of :data:`FIELDS`."""
+    """Every validation of every finished run under ``out`` as rows of :data:`FIELDS` (runs still going, or
+    stopped, are left out: their last point is not the end of their budget)."""
     rows: list[dict[str, object]] = []
     for metrics in sorted(out.glob("*/seed*/csv/metrics.csv")):
+        if not (metrics.parents[1] / "done").is_file():
+            continue
         recipe, seed = metrics.parents[2].name, int(metrics.parents[1].name.removeprefix("seed"))
         for line in csv.DictReader(metrics.open()):
             if not line.get("val/si_snri"):
@@ -85,6 +88,17 @@ def read_curves(out: Path) -> list[dict[str, object]]:
                         }
                     )
     return rows
+
+
+def value_at(curve: list[dict[str, object]], step: float) -> float:
+    """SI-SNRi of a curve (sorted by step) at ``step``, linearly interpolated between its validations."""
+    points = [(int(r["step"]), float(r["si_snri"])) for r in curve]
+    if step <= points[0][0]:
+        return points[0][1]
+    for (s0, v0), (s1, v1) in zip(points, points[1:], strict=False):
+        if s0 <= step <= s1:
+            return v0 + (v1 - v0) * (step - s0) / (s1 - s0)
+    return points[-1][1]
 
 
 def summarize(rows: list[dict[str, object]]) -> str:
@@ -105,9 +119,7 @@ def summarize(rows: list[dict[str, object]]) -> str:
             finals.append(float(last["si_snri"]))
             steps.append(int(last["step"]))
             minutes.append(float(last["cpu_minutes"]))
-            earlier = [r for r in curve if int(r["step"]) <= 0.8 * int(last["step"])]
-            if earlier:
-                gains.append(float(last["si_snri"]) - float(earlier[-1]["si_snri"]))
+            gains.append(float(last["si_snri"]) - value_at(curve, 0.8 * int(last["step"])))
         sd = statistics.stdev(finals) if len(finals) > 1 else float("nan")
         gain = f"{statistics.mean(gains):+.2f}" if gains else "—"
         lines.append(

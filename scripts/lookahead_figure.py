@@ -17,8 +17,13 @@ sources of spread: training (the variance of the per-seed mean SI-SNRi within ea
 s_b² / n_b) and the test set (the variance over utterances of the seed-averaged per-utterance difference / n);
 Student t with the Welch degrees of freedom of the seed part. It says whether the difference exceeds twice the
 larger seed SD of its two points (the criterion of a resolved effect).
+Every difference is also reported **paired by seed**, the analysis the sweep's design is built for: the same seed
+gives every look-ahead the same data order and the same initial values of every weight the models share (common
+random numbers, :meth:`stmc.model.layers.TemporalLayer.initialize`), so the per-seed differences cancel most of
+the seed-to-seed spread; their mean gets a Student t 95 % interval over seeds (and so does the causal loss in %,
+computed per seed).
 Writes ``lookahead.png``, ``lookahead.csv`` (one line per model), ``lookahead_summary.csv`` and
-``lookahead.json`` (summary, gains, paired differences, the paper's numbers).
+``lookahead.json`` (summary, gains, both kinds of paired differences, the paper's numbers).
 """
 
 from __future__ import annotations
@@ -155,6 +160,76 @@ def paired_differences(models: Sequence[dict[str, Any]], summary: Sequence[dict[
     return [d for d in found if d is not None]
 
 
+def t_interval(values: Sequence[float]) -> tuple[float, float, float]:
+    """Mean, and the Student t 95 % interval of the mean, of at least two values."""
+    mean = statistics.fmean(values)
+    half = float(stats.t.ppf(0.975, len(values) - 1)) * statistics.stdev(values) / math.sqrt(len(values))
+    return mean, mean - half, mean + half
+
+
+def seed_pairs(models: Sequence[dict[str, Any]], a: int, b: int) -> list[tuple[float, float]]:
+    """``(SI-SNRi at a, SI-SNRi at b)`` of every seed evaluated at both look-aheads, in seed order."""
+    at = [{str(m["seed"]): m["si_snri"] for m in models if m["lookahead"] == lookahead} for lookahead in (a, b)]
+    return [(at[0][seed], at[1][seed]) for seed in sorted(set(at[0]) & set(at[1]))]
+
+
+def seed_paired_difference(models: Sequence[dict[str, Any]], a: int, b: int) -> dict[str, Any] | None:
+    """SI-SNRi(look-ahead b) - SI-SNRi(look-ahead a) paired by seed: the mean per-seed difference and its t interval
+    over seeds (None with fewer than two seeds at both)."""
+    pairs = seed_pairs(models, a, b)
+    if len(pairs) < 2:
+        return None
+    diffs = [y - x for x, y in pairs]
+    mean, low, high = t_interval(diffs)
+    return {
+        "from": a,
+        "to": b,
+        "seeds": len(diffs),
+        "diffs_db": diffs,
+        "diff_db": mean,
+        "sd_db": statistics.stdev(diffs),
+        "ci95_db": [low, high],
+        "per_frame_db": mean / (b - a),
+        "per_frame_ci95_db": [low / (b - a), high / (b - a)],
+        "above_zero": low > 0,
+    }
+
+
+def seed_paired(models: Sequence[dict[str, Any]], summary: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Differences paired by seed (the causal model to every look-ahead, and consecutive look-aheads) and the
+    causal loss in % of the longest look-ahead, computed per seed, with its t interval."""
+    swept = [row["lookahead"] for row in summary]
+    pairs = [(swept[0], b) for b in swept[1:]] + [(a, b) for a, b in zip(swept[1:], swept[2:], strict=False)]
+    found = [seed_paired_difference(models, a, b) for a, b in pairs]
+    out: dict[str, Any] = {"differences": [d for d in found if d is not None]}
+    if len(swept) > 1 and swept[0] == 0:
+        losses = [100 * (y - x) / abs(y) for x, y in seed_pairs(models, 0, swept[-1]) if y]
+        if len(losses) > 1:
+            mean, low, high = t_interval(losses)
+            out["causal_loss_percent"] = {"to": swept[-1], "seeds": len(losses), "mean": mean, "ci95": [low, high]}
+    return out
+
+
+def describe_seed_paired(result: dict[str, Any]) -> str:
+    """One line per seed-paired difference, then the causal loss."""
+    lines = []
+    for d in result["differences"]:
+        lo, hi = d["ci95_db"]
+        verdict = "above zero" if d["above_zero"] else "includes zero" if lo <= 0 <= hi else "below zero"
+        lines.append(
+            f"look-ahead {d['from']} → {d['to']}, paired by seed: {d['diff_db']:+.2f} dB [{lo:+.2f}, {hi:+.2f}] "
+            f"over {d['seeds']} seeds (SD of the differences {d['sd_db']:.2f} dB; {verdict})"
+        )
+    loss = result.get("causal_loss_percent")
+    if loss:
+        lo, hi = loss["ci95"]
+        lines.append(
+            f"causal loss against look-ahead {loss['to']}, per seed: {loss['mean']:.1f} % [{lo:.1f}, {hi:.1f}] "
+            f"(paper: ~{PAPER['causal_loss_percent']:.0f} %)"
+        )
+    return "\n".join(lines)
+
+
 def describe_paired(paired: Sequence[dict[str, Any]]) -> str:
     """One line per paired difference: value, CI, and whether it stands out from the seed spread."""
     lines = []
@@ -285,6 +360,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     summary = summarize(models)
     g = gains(summary)
     paired = paired_differences(models, summary)
+    by_seed = seed_paired(models, summary)
     for d in paired:
         if g and [d["from"], d["to"]] == g["first_interval"]:
             g["first_frame_paired"] = d
@@ -298,7 +374,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     write_csv(args.out / "lookahead_summary.csv", summary)
     atomic_write(
         args.out / "lookahead.json",
-        json.dumps({"summary": summary, "gains": g, "paired": paired, "paper": PAPER}, indent=1) + "\n",
+        json.dumps({"summary": summary, "gains": g, "paired": paired, "seed_paired": by_seed, "paper": PAPER}, indent=1)
+        + "\n",
     )
     for row in summary:
         sd = f" ± {row['sd_db']:.2f}" if row["sd_db"] is not None else ""
@@ -309,7 +386,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(describe(g))
     if paired:
         print(describe_paired(paired))
-    return {"summary": summary, "gains": g, "paired": paired}
+    if by_seed["differences"]:
+        print(describe_seed_paired(by_seed))
+    return {"summary": summary, "gains": g, "paired": paired, "seed_paired": by_seed}
 
 
 if __name__ == "__main__":

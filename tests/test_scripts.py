@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import statistics
 from pathlib import Path
 
 import pytest
@@ -370,3 +371,35 @@ def test_throughput_table_has_each_batch_and_its_share_of_the_gemm_roof(capsys):
         batch, hop_ms, streams, roof, share = int(row[2]), *(float(c) for c in row[3:7])
         assert streams == pytest.approx(batch * 16 / hop_ms, rel=0.01)
         assert share == pytest.approx(streams / roof, rel=0.02)
+
+
+def test_seed_paired_differences_cancel_the_seed_offsets():
+    """Each seed shifts every look-ahead by the same offset (what common random numbers aim for): paired by
+    seed, the difference is exact and its interval tight and above zero, while the seed SD is large."""
+    offsets = {0: -1.0, 1: 0.0, 2: 1.0, 3: 0.4, 4: -0.6}
+    effect = {0: 0.0, 2: 0.3, 14: 0.5}
+    jitter = {0: 0.01, 1: -0.01, 2: 0.02, 3: 0.0, 4: -0.02}
+    models = [
+        {"lookahead": la, "seed": s, "si_snri": 5.0 + off + effect[la] + (jitter[s] if la else 0.0)}
+        for la in effect
+        for s, off in offsets.items()
+    ]
+    summary = lookahead_figure.summarize(models)
+    assert summary[0]["sd_db"] > 0.5  # the seed spread the unpaired comparison faces
+    result = lookahead_figure.seed_paired(models, summary)
+    d02 = next(d for d in result["differences"] if (d["from"], d["to"]) == (0, 2))
+    assert d02["seeds"] == 5
+    assert d02["diff_db"] == pytest.approx(0.3, abs=1e-9)  # the jitter sums to zero
+    assert d02["above_zero"] and d02["ci95_db"][1] - d02["ci95_db"][0] < 0.1
+    sd = statistics.stdev([-jitter[s] for s in offsets])
+    half = float(lookahead_figure.stats.t.ppf(0.975, 4)) * sd / 5**0.5
+    assert d02["ci95_db"] == pytest.approx([0.3 - half, 0.3 + half])
+    loss = result["causal_loss_percent"]
+    per_seed = [100 * (models[i + 10]["si_snri"] - models[i]["si_snri"]) / models[i + 10]["si_snri"] for i in range(5)]
+    assert loss["to"] == 14 and loss["mean"] == pytest.approx(statistics.fmean(per_seed))
+    assert "paired by seed: +0.30 dB" in lookahead_figure.describe_seed_paired(result)
+
+
+def test_seed_pairing_needs_two_shared_seeds():
+    models = [{"lookahead": 0, "seed": 0, "si_snri": 1.0}, {"lookahead": 2, "seed": 1, "si_snri": 2.0}]
+    assert lookahead_figure.seed_paired_difference(models, 0, 2) is None
