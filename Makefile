@@ -79,9 +79,9 @@ corpus: venv apt-deps
 	$(PY) -m stmc.data.demo build --root demo_corpus
 
 # The main job on a fresh machine: .venv, the demo corpus, then the quickstart U-Net trained on CPU for a fixed
-# wall-clock budget and scored on the test splits (README "Training"); then the newest quickstart checkpoint
+# wall-clock budget and scored on the test splits (docs/training.md); then the newest quickstart checkpoint
 # evaluated offline and as an STMC stream in 16 ms chunks on the real-speech test split (SI-SNRi table, an
-# enhanced example next to its input) and the speed table of its architecture (README "Evaluation").
+# enhanced example next to its input) and the speed table of its architecture (docs/reproduction.md).
 QS_EVAL := outputs/quickstart-eval
 .PHONY: quickstart
 quickstart: corpus
@@ -93,7 +93,7 @@ quickstart: corpus
 
 # The paper's chain at CPU scale (look-ahead and size sweeps, evaluation, speed table, figures) in one folder,
 # ~71 min of CPU on 2 idle cores (101 min wall measured on a busy one): outputs/mini/index.md.
-# The full-scale `paper` preset: README "Evaluation".
+# The full-scale `paper` preset: docs/reproduction.md.
 .PHONY: mini
 mini: corpus
 	$(PY) -m scripts.reproduce mini

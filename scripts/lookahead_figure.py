@@ -8,7 +8,7 @@ Reads every evaluated model from the given ``results.json`` files or folders, gr
 and draws the mean offline SI-SNRi with error bars of one standard deviation across seeds and each seed's point.
 It also reports the marginal gain per added frame at the start and at the end of the range (the paper: +0.177 dB
 for the first frame, +0.019 dB for the last) and how much the causal model loses against the longest
-look-ahead (the paper: ~6 %). Where the swept look-aheads are not consecutive (the mini preset's 0, 2, 7, 14)
+look-ahead (the paper: ~6 %). Where the swept look-aheads are not consecutive (e.g. 0, 2, 7, 14)
 the gain is the average per frame over the first and the last interval, and says so.
 
 Where the evaluation wrote ``utterances.csv`` next to ``results.json``, every difference between two look-aheads

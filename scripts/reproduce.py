@@ -31,7 +31,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from stmc.apps.configs import CONFIG_DIR
+from stmc.conf import CONFIG_DIR
 from stmc.files import atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]

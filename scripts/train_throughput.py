@@ -14,7 +14,8 @@ step and logging. MACs are counted (``torch.utils.flop_counter``: convolutions a
 backward, one step) and compared with the GEMM rate (``torch.mm`` of 1024 x 1024 matrices, fp32 and bf16,
 at the training's thread count) measured by the same process: the roof of the precision it trained in.
 With ``--against DIR`` each round also measures the same overrides with the code of the checkout ``DIR``
-(its ``stmc``, ``data`` and ``configs``), interleaved, and prints the ratio of steps per second; each ``--vary
+(its ``stmc`` package, configs included: a commit of this layout), interleaved, and prints the ratio of
+steps per second; each ``--vary
 "key=value ..."`` adds a variant with those overrides on top of the others, measured the same way.
 """
 
@@ -104,7 +105,7 @@ def timed_fit(overrides: list[str], warmup: int, steps: int, folder: Path) -> tu
     from hydra import compose, initialize_config_dir
     from omegaconf import open_dict
 
-    from stmc.apps.configs import CONFIG_DIR
+    from stmc.conf import CONFIG_DIR
     from stmc.training.run import train
 
     folder.mkdir(parents=True, exist_ok=True)

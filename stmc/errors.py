@@ -1,5 +1,6 @@
-"""The project's own error types. Every entry point turns these, and only these, into one line on stderr (exit
-status 2 for a configuration mistake, 1 for bad input); any other exception is a bug and shows its traceback.
+"""The project's own error types. Every entry point turns these, and only these, into one line on stderr and a
+non-zero exit status (2 for a mistake in what the user asked for; stream_infer.py and train.py use 1 for an input
+file or a run that failed on its way); any other exception is a bug and shows its traceback.
 
 They subclass the built-in types callers already expect (``ValueError``, ``FileNotFoundError``), so library users
 can catch either."""

@@ -22,7 +22,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from stmc.apps.configs import CONFIG_DIR
+from stmc.conf import CONFIG_DIR
 from stmc.data.synthetic import demo_like_tree
 from stmc.model import checkpoint
 from stmc.stream import native

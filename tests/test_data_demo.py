@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from stmc.apps.configs import CONFIG_DIR
+from stmc.conf import CONFIG_DIR
 from stmc.data.demo import __main__ as cli
 from stmc.data.demo import build, packages
 

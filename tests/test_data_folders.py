@@ -12,7 +12,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from stmc.apps.configs import CONFIG_DIR
+from stmc.conf import CONFIG_DIR
 from stmc.data.audio import read
 from stmc.data.datamodule import SpeechDataModule
 from stmc.data.index import pair, pair_key, resolve_folder, scan

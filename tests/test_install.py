@@ -4,6 +4,7 @@ Hydra configs, the native step's source and the console scripts, and works witho
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -36,12 +37,15 @@ def test_the_project_imports_outside_the_repository(tmp_path):
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
+    leftover = not (ROOT / "build").exists()  # setuptools builds in <checkout>/build: removed again below
     done = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(ROOT)],
         capture_output=True,
         text=True,
         timeout=300,
     )
+    if leftover:
+        shutil.rmtree(ROOT / "build", ignore_errors=True)
     assert done.returncode == 0, done.stderr[-2000:]
     (path,) = out.glob("stmc-*.whl")
     return path
@@ -86,7 +90,7 @@ def test_the_installed_wheel_runs_its_console_scripts_from_another_folder(wheel,
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     where = subprocess.run(
-        [python, "-c", "import stmc.apps.configs as c; print(c.CONFIG_DIR)"],
+        [python, "-c", "import stmc.conf as c; print(c.CONFIG_DIR)"],
         cwd=elsewhere,
         env=clean_env(),
         capture_output=True,

@@ -8,12 +8,11 @@ resolver's argument, e.g. ``hydra/launcher``), each with the options found in it
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import yaml
 from omegaconf import OmegaConf
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"  # package data: also in an installed wheel
+from stmc.conf import CONFIG_DIR
+
 RESOLVER = "stmc_help"
 HYDRA_OPTIONS = {"hydra/launcher": ["basic"]}  # Hydra's own options of the groups we extend
 

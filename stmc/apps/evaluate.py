@@ -16,7 +16,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from stmc.apps.configs import CONFIG_DIR  # importing it registers the --help resolver
+import stmc.apps.configs  # noqa: F401 (registers the --help resolver)
+from stmc.conf import CONFIG_DIR
 from stmc.data.datamodule import original_cwd
 from stmc.errors import StmcError
 from stmc.evaluation import evaluate
@@ -87,7 +88,7 @@ def main(cfg: DictConfig) -> None:
     """One evaluation run (Hydra calls this once per job of a sweep)."""
     try:
         run(cfg)
-    except StmcError as err:  # the project's own errors; any other exception is a bug: its traceback shows
+    except StmcError as err:  # a wrong setting, checkpoint or test set; any other exception is a bug: its traceback
         print(f"error: {err}".splitlines()[0], file=sys.stderr)
         sys.exit(2)
 

@@ -31,6 +31,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+import stmc.apps.configs  # noqa: F401 (registers the --help resolver)
+import stmc.export
 from stmc.apps.audio_io import (
     PcmChunks,
     PcmWriter,
@@ -41,13 +43,13 @@ from stmc.apps.audio_io import (
     microphone_chunks,
     read_audio,
 )
-from stmc.apps.configs import CONFIG_DIR
+from stmc.apps.batched import BatchStats, enhance_folder
+from stmc.conf import CONFIG_DIR
 from stmc.errors import ConfigError, InputError, StmcError
 from stmc.files import atomic_audio_file
 from stmc.model.enhancer import Enhancer, EnhancerStream
 from stmc.model.stft import HOP, SAMPLE_RATE
 from stmc.model.unet import UNet
-from stmc.stream.batched import BatchStats, enhance_folder
 from stmc.stream.chunk import parse_chunk
 
 log = logging.getLogger("stmc.apps.stream_infer")
@@ -157,12 +159,18 @@ class InferOptions:
     batch: int = 1
 
 
-def export_of(options: InferOptions) -> tuple[str, str] | None:
-    """The export the network runs from, ``(runtime, path)`` (onnxruntime or LiteRT), or None (PyTorch)."""
-    given = [(runtime, path) for runtime, path in (("onnxruntime", options.onnx), ("LiteRT", options.litert)) if path]
+def export_of(options: InferOptions) -> str | None:
+    """The exported graph the network runs from (``onnx=`` or ``litert=``), or None (PyTorch)."""
+    given = [(key, path) for key, path in (("onnx", options.onnx), ("litert", options.litert)) if path]
     if len(given) > 1 or (given and options.ckpt):
         raise InputError("give ckpt (PyTorch), onnx or litert (an export, weights included): one of them")
-    return given[0] if given else None
+    if not given:
+        return None
+    key, path = given[0]
+    suffix = {"onnx": ".onnx", "litert": ".tflite"}[key]
+    if Path(path).suffix != suffix:
+        raise InputError(f"{key}={path}: expected a {suffix} file written by python -m stmc.export")
+    return path
 
 
 def build_enhancer(options: InferOptions) -> Enhancer:
@@ -175,12 +183,7 @@ def build_enhancer(options: InferOptions) -> Enhancer:
     if options.ckpt:
         return Enhancer.from_checkpoint(options.ckpt)
     if export is not None:
-        runtime, path = export
-        if runtime == "LiteRT":
-            from stmc.export.litert import read_metadata
-        else:
-            from stmc.export.onnx import read_metadata  # onnx is imported only when used
-        config = json.loads(read_metadata(path)["model_config"])
+        config = json.loads(stmc.export.read_metadata(export)["model_config"])
     else:
         config = {key: value for key, value in (options.model or {}).items() if key != "_target_"}
     torch.manual_seed(options.seed)
@@ -192,15 +195,7 @@ def open_stream(enhancer: Enhancer, options: InferOptions) -> EnhancerStream:
     export = export_of(options)
     if export is None:
         return enhancer.stream(options.method, compile=options.compile)
-    runtime, path = export
-    threads = options.threads or 1
-    if runtime == "LiteRT":
-        from stmc.export.litert import open_litert
-
-        return EnhancerStream(enhancer, open_litert(path, threads=threads))
-    from stmc.export.onnx import open_onnx  # onnxruntime is imported only when used
-
-    return EnhancerStream(enhancer, open_onnx(path, threads=threads))
+    return EnhancerStream(enhancer, stmc.export.open(export, threads=options.threads or 1))
 
 
 def enhance_file(
@@ -331,7 +326,7 @@ def enhance_batched(
     options: InferOptions,
     size: int,
 ) -> BatchStats:
-    """A folder's files as ``options.batch`` streams advancing together (:mod:`stmc.stream.batched`), with a
+    """A folder's files as ``options.batch`` streams advancing together (:mod:`stmc.apps.batched`), with a
     progress bar and one summary line (files/s, real-time factor)."""
     frames = stream.frames
     if frames.engine.frames_per_call > 1:

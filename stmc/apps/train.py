@@ -12,7 +12,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from stmc.apps.configs import CONFIG_DIR  # importing it registers the --help resolver
+import stmc.apps.configs  # noqa: F401 (registers the --help resolver)
+from stmc.conf import CONFIG_DIR
 from stmc.errors import StmcError
 from stmc.training.run import ConfigError, check_overrides, train
 

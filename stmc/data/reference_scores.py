@@ -21,7 +21,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from stmc.apps.configs import CONFIG_DIR
+from stmc.conf import CONFIG_DIR
 from stmc.data.datamodule import SpeechDataModule
 from stmc.evaluation.metrics import si_snr
 from stmc.evaluation.references import oracle_mask, wiener

@@ -12,7 +12,8 @@ For each checkpoint and each utterance, one at a time (batch 1, so no padding to
 Results are means with 95 % confidence intervals (Student t over utterances) overall, per split, per noise type
 and per split x noise type. One module per job: :mod:`.settings` (what is computed, checkpoint discovery, test
 utterances), :mod:`.scoring` (one utterance; many in worker processes; the resume journal), :mod:`.summary`
-(statistics), :mod:`.reports` (documents and files); this one runs them in order (:func:`evaluate`).
+(statistics), :mod:`.results` (documents and files), :mod:`.listening_report` (``report.html``); this one
+runs them in order (:func:`evaluate`).
 :func:`~stmc.evaluation.results.write_results` writes ``results.json`` (machine-readable, the contract the
 figure scripts read), ``results.md`` and ``utterances.csv`` atomically. Every number depends only on the
 checkpoint, the utterances and the settings (one BLAS thread per worker), so evaluating twice gives the same

@@ -1,4 +1,4 @@
-"""Reports of an evaluation: the ``results.json`` document, ``results.md``, ``utterances.csv``, example WAVs."""
+"""Results files of an evaluation: the ``results.json`` document, ``results.md`` and ``utterances.csv``."""
 
 from __future__ import annotations
 

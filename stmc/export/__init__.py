@@ -34,22 +34,43 @@ LiteRT (STMC, INC and window steps, the three methods of the paper's Table 1): t
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
+from typing import Any
 
-from stmc.errors import InputError
-from stmc.export.litert import open_litert, to_litert
-from stmc.export.onnx import open_onnx, to_onnx
+from stmc.errors import InputError, MissingFileError
 from stmc.stream.driver import Stream
 
-__all__ = ["open", "to_litert", "to_onnx"]
+__all__ = ["FORMATS", "open", "read_metadata", "to_litert", "to_onnx"]
 
-OPENERS = {".onnx": open_onnx, ".tflite": open_litert}
+FORMATS = {".onnx": "stmc.export.onnx", ".tflite": "stmc.export.litert"}  # suffix -> the format's module
+WRITERS = {"to_onnx": "stmc.export.onnx", "to_litert": "stmc.export.litert"}  # imported on first use
+
+
+def format_of(path: str | Path) -> Any:
+    """The module (writer and reader) of the exported file at ``path``, by its suffix; one-line errors for a
+    missing file or another kind of file."""
+    module = FORMATS.get(Path(path).suffix)
+    if module is None:
+        raise InputError(f"{path}: not an exported step graph; give a .onnx or .tflite file from python -m stmc.export")
+    if not Path(path).is_file():
+        raise MissingFileError(f"{path}: no such file (export one with python -m stmc.export)")
+    return importlib.import_module(module)
 
 
 def open(path: str | Path, threads: int = 1) -> Stream:  # noqa: A001 (stmc.export.open, the one opener)
-    """Any exported step graph (``.onnx`` or ``.tflite``, by its suffix) behind the stream driver, run by its runtime
-    with ``threads`` threads: ``s(frames)``, ``s.flush()``, ``s.reset(mask)`` as every stream."""
-    opener = OPENERS.get(Path(path).suffix)
-    if opener is None:
-        raise InputError(f"{path}: not an exported step graph; give a .onnx or .tflite file from python -m stmc.export")
-    return opener(path, threads)
+    """Any exported step graph (``.onnx`` or ``.tflite``) behind the stream driver, run by its runtime with
+    ``threads`` threads: ``s(frames)``, ``s.flush()``, ``s.reset(mask)`` as every stream."""
+    module = format_of(path)
+    return module.open_onnx(path, threads) if module.__name__.endswith("onnx") else module.open_litert(path, threads)
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The step-graph metadata (:mod:`stmc.export.graph`) of any exported file, without running it."""
+    return format_of(path).read_metadata(path)
+
+
+def __getattr__(name: str) -> Any:
+    if name in WRITERS:
+        return getattr(importlib.import_module(WRITERS[name]), name)
+    raise AttributeError(f"module 'stmc.export' has no attribute {name!r}")

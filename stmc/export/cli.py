@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 
 from stmc.errors import StmcError
-from stmc.export import litert, onnx
+from stmc.export import litert, onnx, read_metadata
+from stmc.export import open as open_graph
 from stmc.export.graph import offline_error
 from stmc.model.unet import UNet
 from stmc.stream.engines import ENGINES
@@ -61,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             path = onnx.to_onnx(model, args.out, args.frames_per_call)
     except StmcError as err:
         parser.exit(1, f"error: {err}\n")
-    meta = litert.read_metadata(path) if is_litert else onnx.read_metadata(path)
+    meta = read_metadata(path)
     flush = "a flush signature" if is_litert else onnx.flush_path(path)
     print(f"wrote {path}" + (f" and {flush}" if meta["flush"] else ""))
     print(
@@ -72,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  LiteRT operators: {', '.join(litert.operator_names(path))}")
     if not args.no_check:
         frames = args.frames_per_call * max(1, 64 // args.frames_per_call)
-        stream = litert.open_litert(path) if is_litert else onnx.open_onnx(path)
+        stream = open_graph(path)
         batch = args.batch if is_litert else 2
         error = offline_error(model, stream, frames=frames, batch=batch)
         runtime = "LiteRT" if is_litert else "onnxruntime"

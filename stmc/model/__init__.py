@@ -1,0 +1,1 @@
+"""The model: temporal layers, the U-Net, the STFT, the waveform enhancer and the checkpoint format."""

@@ -1,6 +1,6 @@
 """The depth-7 U-Net of the paper on STFT real/imag channels, producing a bounded complex mask.
 
-Our choices where the paper is silent (documented in the README):
+Our choices where the paper is silent (documented in docs/architecture.md):
 - channels ``DEFAULT_CHANNELS`` per encoder level (x ``width``); the causal model has ~1.1 M parameters;
 - input compression: the spectrum enters as ``X * |X|^(compress - 1)`` (frame-local, keeps the phase);
 - mask bound: ``M = z * tanh(|z|) / |z|``, so ``|M| < 1`` and the phase is free;

@@ -27,7 +27,8 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from stmc.apps.configs import CONFIG_DIR, group_options
+from stmc.apps.configs import group_options
+from stmc.conf import CONFIG_DIR
 from stmc.errors import ConfigError, InputError, StmcError
 from stmc.model import checkpoint
 from stmc.model.unet import IMPLIED_CONFIG, UNet
