@@ -91,8 +91,8 @@ quickstart: corpus
 	$(PY) -m scripts.speed_table --results $(QS_EVAL) --out $(QS_EVAL) --rounds 3 --hops 10 --onnx
 	$(PY) -m stmc.evaluation.listening_report $(QS_EVAL) --speed-table $(QS_EVAL)/speed_table.md
 
-# The paper's chain at CPU scale (look-ahead and size sweeps, evaluation, speed table, figures) in one folder,
-# ~71 min of CPU on 2 idle cores (101 min wall measured on a busy one): outputs/mini/index.md.
+# The paper's chain at CPU scale (look-ahead and size sweeps, evaluation, speed table, figures) in one folder:
+# outputs/mini/index.md. 33 trainings of 800 steps, two at a time (docs/reproduction.md has its measured time).
 # The full-scale `paper` preset: docs/reproduction.md.
 .PHONY: mini
 mini: corpus

@@ -146,3 +146,137 @@ def test_model_argument_errors_are_config_errors_and_other_failures_propagate(co
     with pytest.raises(Exception, match="a bug in the constructor") as caught:
         build_model(compose_train([]))
     assert not isinstance(caught.value, ConfigError)
+
+
+# -- nonsense refused, work protected (issue 23) --
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"width": 0}, "width must be a positive number"),
+        ({"width": -0.5}, "width must be a positive number"),
+        ({"width": float("nan")}, "width must be a positive number"),
+        ({"channels": [4, 0]}, "channels must be positive integers"),
+        ({"n_freq": 0}, "n_freq must be an integer"),
+        ({"depth": True}, "depth must be a positive integer"),
+        ({"tstmc": "yes"}, "tstmc must be true or false"),
+        ({"compress": 0}, r"compress must be in \(0, 1\]"),
+    ],
+)
+def test_every_architecture_argument_is_validated(kwargs, needle):
+    from stmc.errors import InputError
+
+    with pytest.raises(InputError, match=needle):
+        stmc.UNet(**{"depth": 2, "n_freq": 65, **kwargs})
+
+
+def test_streaming_a_model_in_training_mode_warns(model):
+    model.train()
+    try:
+        with pytest.warns(UserWarning, match="training mode"):
+            stmc.streaming(model)
+    finally:
+        model.eval()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_cuda_map_location_without_cuda_names_the_device_not_the_file(tmp_path, model):
+    path = checkpoint.save(model, tmp_path / "healthy.ckpt")
+    with pytest.raises(ValueError, match="no CUDA device; use 'cpu'"):
+        stmc.Enhancer.from_checkpoint(path, map_location="cuda")
+
+
+def test_compiled_engine_follows_the_model_after_to_and_reset():
+    from stmc.stream.engines import CompiledEngine, STMCEngine
+
+    net = stmc.UNet(depth=2, n_freq=65, width=0.25).eval()
+    engine = CompiledEngine(STMCEngine(net))  # torch.compile is lazy: nothing compiles here
+    net.double()
+    engine.load()
+    assert engine.dtype == torch.float64
+
+
+def test_a_failed_onnx_export_leaves_no_file_and_the_models_mode(tmp_path, monkeypatch):
+    from stmc.export import to_onnx
+
+    net = stmc.UNet(depth=2, n_freq=65, width=0.25).train()
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("the exporter failed")
+
+    monkeypatch.setattr(torch.onnx, "export", failing)
+    with pytest.raises(RuntimeError, match="the exporter failed"):
+        to_onnx(net, tmp_path / "m.onnx")
+    assert net.training and list(tmp_path.iterdir()) == []
+
+
+def stream_infer(*args: str, cwd, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    return subprocess.run(
+        [sys.executable, str(root / "stream_infer.py"), *args], cwd=cwd, input=stdin, capture_output=True, timeout=180
+    )
+
+
+@pytest.fixture
+def noisy_wav(tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    path = tmp_path / "in" / "noisy.wav"
+    path.parent.mkdir()
+    sf.write(path, (0.1 * np.random.default_rng(0).standard_normal(4000)).astype("float32"), 16000)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("args", "status", "needle"),
+    [
+        (["output={wav}"], 2, "is the input itself"),
+        (["input={folder}", "output={folder}"], 2, "is the input itself"),
+        (["threads=0"], 2, "threads=0 must be a positive integer"),
+        (["model.width=0.5", "ckpt={wav}"], 2, "model.width=0.5 does not apply with ckpt="),
+        (["outptu=x.wav"], 2, "outptu is not a key of this config; did you mean output"),
+        (["onnx={wav}"], 1, "expected a .onnx file"),
+        (["onnx={folder}/missing.onnx"], 1, "no such file"),
+    ],
+)
+def test_stream_infer_refuses_in_one_line_and_keeps_the_input(args, status, needle, noisy_wav, tmp_path):
+    before = noisy_wav.read_bytes()
+    values = {"wav": noisy_wav, "folder": noisy_wav.parent}
+    argv = [a.format(**values) for a in args]
+    if not any(a.startswith("input=") for a in argv):
+        argv.insert(0, f"input={noisy_wav}")
+    if not any(a.startswith(("ckpt=", "onnx=")) for a in argv):
+        argv.append("model.depth=2")  # a small dry-run model
+    done = stream_infer(*argv, cwd=tmp_path)
+    stderr = done.stderr.decode()
+    assert done.returncode == status, stderr
+    assert "Traceback" not in stderr
+    assert needle in stderr.strip().splitlines()[-1]
+    assert noisy_wav.read_bytes() == before and sorted(p.name for p in noisy_wav.parent.iterdir()) == ["noisy.wav"]
+
+
+def test_stream_infer_without_input_says_what_to_give(tmp_path):
+    done = stream_infer(cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.decode().strip().splitlines()[-1].startswith("error: input is required: input=<audio file")
+
+
+def test_a_wav_file_piped_as_raw_pcm_is_refused(noisy_wav, tmp_path):
+    done = stream_infer("input=-", "model.depth=2", cwd=tmp_path, stdin=noisy_wav.read_bytes())
+    assert done.returncode == 1 and done.stdout == b""
+    assert "stdin holds a WAV file, not raw 16-bit PCM" in done.stderr.decode()
+
+
+def test_evaluate_typo_gets_the_same_advice_as_train(tmp_path):
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, str(root / "evaluate.py"), "checkpoints=[x]", "chunck=1"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == ["error: chunck is not a key of this config; did you mean chunk?"]

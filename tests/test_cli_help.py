@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from stmc.apps.configs import group_options
-from stmc.conf import CONFIG_DIR
+from stmc.conf import CONFIG_DIR, group_options
 
 ROOT = Path(__file__).resolve().parents[1]
 ALL_GROUPS = sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and p.name not in ("hydra", "paths"))

@@ -226,16 +226,17 @@ def parse(argv: list[str]) -> dict[str, object]:
     return {o.key_or_group: (list(o.sweep_iterator()) if o.is_sweep_override() else o.value()) for o in parsed}
 
 
-def test_mini_preset_runs_21_trainings_in_distinct_folders_then_the_scripts(tmp_path):
+def test_mini_preset_runs_33_trainings_in_distinct_folders_then_the_scripts(tmp_path):
     cfg = reproduce.load_preset("mini", [f"out={tmp_path}", "steps=7"])
     training = reproduce.train_commands(cfg, tmp_path)
-    assert len(training) == 6 * 3 + 2 + 1  # look-ahead x seeds, widths, the causal model without tSTMC
+    assert len(training) == 6 * 5 + 2 + 1  # look-ahead x seeds, widths, the causal model without tSTMC
     folders = [parse(c.argv)["hydra.run.dir"] for c in training]
-    assert len(set(folders)) == 21 and str(tmp_path / "train/lookahead/lookahead=14/seed=2") in folders
+    assert len(set(folders)) == 33 and str(tmp_path / "train/lookahead/lookahead=14/seed=4") in folders
     ablation = parse(training[-1].argv)
     assert ablation["model.tstmc"] is False and ablation["model.width"] == 0.5
     first = parse(training[0].argv)
     assert first["trainer.max_steps"] == 7 and first["model.lookahead"] == 0 and first["data"] == "demo"
+    assert first["data.batch_size"] == 8 and first["module.optimizer.lr"] == 6e-3  # the recipe study's
     assert [c.done for c in training] == [Path(f) for f in folders]
     later = reproduce.later_commands(cfg, tmp_path)
     assert [c.name for c in later] == ["evaluate", "speed_table", "lookahead_figure", "size_figure"]

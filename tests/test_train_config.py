@@ -17,9 +17,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import stmc
-from stmc.apps.configs import group_options
-from stmc.conf import CONFIG_DIR
-from stmc.training.run import ConfigError, check_config, check_overrides, train
+from stmc.apps.configs import check_overrides
+from stmc.conf import CONFIG_DIR, group_options
+from stmc.training.run import ConfigError, check_config, train
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = group_options("experiment")

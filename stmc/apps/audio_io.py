@@ -81,6 +81,19 @@ def array_chunks(audio: np.ndarray, size: int) -> Iterator[torch.Tensor]:
         yield tensor[:, start : start + size]
 
 
+CONTAINERS = {b"RIFF": "a WAV file", b"fLaC": "a FLAC file", b"OggS": "an Ogg file", b"ID3": "an MP3 file"}
+
+
+def check_raw(head: bytes) -> None:
+    """Raise :class:`InputError` if ``head`` (the first bytes on stdin) starts an audio file, not raw PCM."""
+    for magic, what in CONTAINERS.items():
+        if head.startswith(magic):
+            raise InputError(
+                f"stdin holds {what}, not raw 16-bit PCM: give the file as input=<path>, or pipe raw samples "
+                "(e.g. sox in.wav -t raw -r 16000 -e signed -b 16 -c 1 -)"
+            )
+
+
 class PcmChunks:
     """Raw 16-bit little-endian interleaved PCM at 16 kHz from ``stream``, as float32 ``[channels, size]`` chunks.
 
@@ -96,6 +109,7 @@ class PcmChunks:
     def __iter__(self) -> Iterator[torch.Tensor]:
         frame_bytes = 2 * self.channels
         want = self.size * frame_bytes
+        first = True
         while True:
             data = bytearray()
             while len(data) < want:
@@ -103,6 +117,9 @@ class PcmChunks:
                 if not more:
                     break
                 data += more
+            if first:  # a file's header, where the first chunk is long enough to hold its magic bytes
+                check_raw(bytes(data[:4]))
+                first = False
             self.stray = len(data) % frame_bytes
             whole = len(data) - self.stray
             if whole:

@@ -8,18 +8,19 @@ resolver's argument, e.g. ``hydra/launcher``), each with the options found in it
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException, MissingConfigException
 from omegaconf import OmegaConf
 
-from stmc.conf import CONFIG_DIR
+from stmc.conf import CONFIG_DIR, group_options
+from stmc.errors import ConfigError
 
 RESOLVER = "stmc_help"
 HYDRA_OPTIONS = {"hydra/launcher": ["basic"]}  # Hydra's own options of the groups we extend
-
-
-def group_options(group: str) -> list[str]:
-    """Names of the configs in ``stmc/conf/<group>/``."""
-    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
 
 
 def entry_groups(config_name: str) -> list[str]:
@@ -66,3 +67,53 @@ def register_help() -> None:
 
 
 register_help()
+
+
+def check_overrides(overrides: Sequence[str], config_name: str = "train") -> None:
+    """Raise :class:`ConfigError` if a command-line override selects a config that does not exist.
+
+    Hydra reports such mistakes over several lines; this composes the config once beforehand to say it in one.
+    Sweep overrides (``a=1,2``) are left to Hydra, as is every other kind of error.
+    """
+    try:
+        parsed = OverridesParser.create().parse_overrides([o for o in overrides if not o.startswith("-")])
+    except HydraException:
+        return
+    plain = [o.input_line for o in parsed if not o.is_sweep_override()]
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        try:
+            compose(config_name, overrides=plain)
+        except MissingConfigException as err:
+            if err.missing_cfg_file and err.options is not None:
+                group, _, name = err.missing_cfg_file.rpartition("/")
+                raise ConfigError(
+                    f"{group}={name} does not exist; allowed values: {', '.join(sorted(err.options))}"
+                ) from None
+        except HydraException as err:
+            groups = [o for o in plain if (CONFIG_DIR / o.split("=", 1)[0].lstrip("+~")).is_dir()]  # group choices
+            unknown = unknown_key(err, config_name, groups)
+            if unknown:
+                raise ConfigError(unknown) from None
+
+
+def unknown_key(err: HydraException, config_name: str, groups: Sequence[str]) -> str | None:
+    """For Hydra's "Key 'x' is not in struct" (a mistyped override), one line naming the key and its closest
+    neighbours in the config composed with the ``groups`` choices (Hydra initialised); None for any other error.
+    Hydra's own hint (append with ``+``) would only move the typo on, into a TypeError deep in the library."""
+    import difflib
+
+    cause = err.__cause__
+    full_key = getattr(cause, "full_key", None)
+    if not full_key or "not in struct" not in str(cause):
+        return None
+    parent, _, key = str(full_key).rpartition(".")
+    try:
+        node = compose(config_name, overrides=list(groups))
+        for part in parent.split(".") if parent else []:
+            node = node[part]
+        known = [str(k) for k in node.keys()]
+    except Exception:  # the parent itself may not exist, or not be a mapping
+        known = []
+    close = difflib.get_close_matches(key, known, n=3)
+    hint = f"; did you mean {', '.join(f'{parent}.{c}' if parent else c for c in close)}?" if close else ""
+    return f"{full_key} is not a key of this config{hint}"

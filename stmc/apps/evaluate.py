@@ -16,10 +16,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-import stmc.apps.configs  # noqa: F401 (registers the --help resolver)
+from stmc.apps.configs import check_overrides  # importing it registers the --help resolver
 from stmc.conf import CONFIG_DIR
 from stmc.data.datamodule import original_cwd
-from stmc.errors import StmcError
+from stmc.errors import ConfigError, StmcError
 from stmc.evaluation import evaluate
 from stmc.evaluation.listening_report import write_report
 from stmc.evaluation.results import headline_table
@@ -94,7 +94,13 @@ def main(cfg: DictConfig) -> None:
 
 
 def cli() -> None:
-    """The command line: the Hydra run, Ctrl-C as one line and status 130."""
+    """The command line: overrides checked first (one line for a typo), the Hydra run, Ctrl-C as one line and
+    status 130."""
+    try:
+        check_overrides(sys.argv[1:], "evaluate")
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     try:
         main()
     except KeyboardInterrupt:  # the evaluation's workers are stopped already (stmc.evaluation.scoring.run_all)

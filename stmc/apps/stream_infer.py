@@ -29,9 +29,9 @@ from pathlib import Path
 import hydra
 import numpy as np
 import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-import stmc.apps.configs  # noqa: F401 (registers the --help resolver)
 import stmc.export
 from stmc.apps.audio_io import (
     PcmChunks,
@@ -44,9 +44,10 @@ from stmc.apps.audio_io import (
     read_audio,
 )
 from stmc.apps.batched import BatchStats, enhance_folder
+from stmc.apps.configs import check_overrides  # importing it registers the --help resolver
 from stmc.conf import CONFIG_DIR
 from stmc.errors import ConfigError, InputError, StmcError
-from stmc.files import atomic_audio_file
+from stmc.files import atomic_audio_file, atomic_write
 from stmc.model.enhancer import Enhancer, EnhancerStream
 from stmc.model.stft import HOP, SAMPLE_RATE
 from stmc.model.unet import UNet
@@ -220,8 +221,11 @@ def infer(options: InferOptions) -> int:
     Bad inputs (missing, unreadable, NaN/Inf, wrong rate with ``resample=false``) are reported on one line
     each; a folder run carries on with the other files and returns 1 at the end.
     """
-    if options.threads:
-        torch.set_num_threads(options.threads)
+    threads = options.threads
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"threads={threads!r} must be a positive integer (or null: torch's default)")
+    if threads:
+        torch.set_num_threads(threads)
     size = parse_chunk(options.chunk)
     check_batch(options)
     if options.input not in ("-", "mic") and not Path(options.input).exists():
@@ -234,7 +238,7 @@ def infer(options: InferOptions) -> int:
         "checkpoint" if options.ckpt else "exported" if export else "untrained (dry run)",
         ", ".join(f"{k}={v}" for k, v in enhancer.model.config.items() if k in ("depth", "lookahead", "width")),
         options.method,
-        f" via {export[0]}" if export else "",
+        f" via {'LiteRT' if Path(export).suffix == '.tflite' else 'onnxruntime'}" if export else "",
         size,
         1e3 * size / SAMPLE_RATE,
         1e3 * stream.latency_samples / SAMPLE_RATE,
@@ -267,6 +271,7 @@ def infer(options: InferOptions) -> int:
             if options.output == "-":
                 raise InputError(f"{source}: a folder cannot go to stdout; give output=<folder>")
             target = Path(options.output) if options.output else default_output(source)
+            check_not_input(source, target)
             files = list_audio(source)
             if not files:
                 raise InputError(f"{source}: no audio files in this folder")
@@ -288,6 +293,8 @@ def infer(options: InferOptions) -> int:
                     log_summary(str(path), stats)
         else:
             target = options.output or default_output(source)
+            if target != "-":
+                check_not_input(source, Path(target))
             total.extend(enhance_file(stream, source, target, options, size))
         if options.output != "-":
             log.info("wrote %s", target)
@@ -302,8 +309,17 @@ def infer(options: InferOptions) -> int:
             "failures": failures,
             "options": asdict(options),
         }
-        Path(options.stats).write_text(json.dumps(summary, indent=2))
+        atomic_write(Path(options.stats), json.dumps(summary, indent=2))
     return 1 if failures else 0
+
+
+def check_not_input(source: Path, target: Path) -> None:
+    """Raise :class:`ConfigError` if the output would overwrite the input (the same file, or the same folder)."""
+    if target.resolve() == source.resolve():
+        raise ConfigError(
+            f"output={target} is the input itself: the noisy originals would be overwritten; give "
+            "another output (or leave output unset for <name>.enhanced.wav / <folder>_enhanced/)"
+        )
 
 
 def check_batch(options: InferOptions) -> None:
@@ -401,6 +417,20 @@ def _progress(files: list[Path], show: bool) -> Iterable[Path]:
             advance(path.name)
 
 
+def check_settings(cfg: DictConfig, overrides: list[str]) -> None:
+    """Raise :class:`ConfigError` for a missing ``input``, or ``model`` settings beside a checkpoint or an export
+    (whose own model config is what runs: the settings would be silently ignored)."""
+    if OmegaConf.is_missing(cfg, "input"):
+        raise ConfigError("input is required: input=<audio file | folder | - (raw PCM on stdin) | mic>")
+    model = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") == "model" or o.startswith("model.")]
+    given = [key for key in ("ckpt", "onnx", "litert") if cfg.get(key)]
+    if model and given:
+        raise ConfigError(
+            f"{model[0]} does not apply with {given[0]}=: the model's settings come from the "
+            f"{'checkpoint' if given[0] == 'ckpt' else 'export'}; drop the model settings"
+        )
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="stream_infer")
 def main(cfg: DictConfig) -> None:
     """Enhance the configured input (Hydra calls this once). Logs go to stderr, so that ``output=-`` leaves stdout
@@ -409,9 +439,9 @@ def main(cfg: DictConfig) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr
     )
-    options = InferOptions(**OmegaConf.to_container(cfg, resolve=True))
     try:
-        status = infer(options)
+        check_settings(cfg, HydraConfig.get().overrides.task)
+        status = infer(InferOptions(**OmegaConf.to_container(cfg, resolve=True)))
     except ConfigError as err:  # a mistake in the settings: status 2, as in train.py and evaluate.py
         print(f"error: {err}", file=sys.stderr)
         status = 2
@@ -422,7 +452,13 @@ def main(cfg: DictConfig) -> None:
 
 
 def cli() -> None:
-    """``stmc-stream`` / ``python stream_infer.py``: the Hydra run, Ctrl-C as one line and status 130."""
+    """``stmc-stream`` / ``python stream_infer.py``: overrides checked first (one line for a typo), the Hydra run,
+    Ctrl-C as one line and status 130."""
+    try:
+        check_overrides(sys.argv[1:], "stream_infer")
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     try:
         main()
     except KeyboardInterrupt:

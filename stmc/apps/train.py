@@ -13,9 +13,10 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 import stmc.apps.configs  # noqa: F401 (registers the --help resolver)
+from stmc.apps.configs import check_overrides
 from stmc.conf import CONFIG_DIR
 from stmc.errors import StmcError
-from stmc.training.run import ConfigError, check_overrides, train
+from stmc.training.run import ConfigError, train
 
 
 def fail(err: Exception, status: int) -> None:

@@ -144,24 +144,33 @@ def to_litert(model: UNet, path: str | Path, method: str = "stmc", frames_per_ca
     except ImportError:
         raise InputError(LITERT_MISSING) from None
     path, training = Path(path), model.training
-    engine = ENGINES[method](model.eval(), layer_form=ExportLayer)
-    frames, *state = trace_inputs(model, engine, batch, frames_per_call)
-    names = state_names(len(state))
-    inputs = dict(zip([INPUT, *names], [frames, *state], strict=True))
-    step = Signature(StepGraph(engine), [*inputs], [OUTPUT, *state_names(len(state), "next_")])
-    converter = litert_torch.signature(STEP, step, sample_kwargs=inputs)
-    if engine.delay:
-        flush = Signature(FlushGraph(engine), names, [OUTPUT])
-        converter = converter.signature(FLUSH, flush, sample_kwargs={name: inputs[name] for name in names})
-    with torch.no_grad(), tempfile.TemporaryDirectory() as folder:
-        converted = Path(folder) / "model.tflite"
-        converter.convert(enable_x64=True).export(str(converted))
-        meta = metadata(
-            model, method, engine.state_shapes(), engine.delay, frames_per_call, FLUSH if engine.delay else "", batch
-        )
-        data = with_litert_metadata(converted.read_bytes(), meta)
-    atomic_write(path, writer=lambda tmp: Path(tmp).write_bytes(data))
-    model.train(training)
+    model.eval()
+    try:
+        engine = ENGINES[method](model, layer_form=ExportLayer)
+        frames, *state = trace_inputs(model, engine, batch, frames_per_call)
+        names = state_names(len(state))
+        inputs = dict(zip([INPUT, *names], [frames, *state], strict=True))
+        step = Signature(StepGraph(engine), [*inputs], [OUTPUT, *state_names(len(state), "next_")])
+        converter = litert_torch.signature(STEP, step, sample_kwargs=inputs)
+        if engine.delay:
+            flush = Signature(FlushGraph(engine), names, [OUTPUT])
+            converter = converter.signature(FLUSH, flush, sample_kwargs={name: inputs[name] for name in names})
+        with torch.no_grad(), tempfile.TemporaryDirectory() as folder:
+            converted = Path(folder) / "model.tflite"
+            converter.convert(enable_x64=True).export(str(converted))
+            meta = metadata(
+                model,
+                method,
+                engine.state_shapes(),
+                engine.delay,
+                frames_per_call,
+                FLUSH if engine.delay else "",
+                batch,
+            )
+            data = with_litert_metadata(converted.read_bytes(), meta)
+        atomic_write(path, writer=lambda tmp: Path(tmp).write_bytes(data))
+    finally:  # the model's mode as it was, also when the converter fails
+        model.train(training)
     return path
 
 

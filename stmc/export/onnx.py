@@ -9,6 +9,7 @@ output names, the metadata) is :mod:`stmc.export.graph`'s; ONNX keeps the metada
 
 from __future__ import annotations
 
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from stmc.export.graph import (
     state_names,
     trace_inputs,
 )
+from stmc.files import atomic_write
 from stmc.model.unet import UNet
 from stmc.stream.driver import Stream
 from stmc.stream.engines import STMCEngine
@@ -109,10 +111,12 @@ def _save(
     with torch.no_grad(), warnings.catch_warnings():
         # deliberate: the dynamo exporter needs onnxscript (see the module docstring)
         warnings.filterwarnings("ignore", "You are using the legacy TorchScript", DeprecationWarning)
-        torch.onnx.export(
-            module, args, str(path), input_names=inputs, output_names=outputs, opset_version=opset, dynamo=False
-        )
-    graph = onnx.load(str(path))
+        with tempfile.TemporaryDirectory(dir=path.parent) as folder:  # never a half-written file at `path`
+            traced = Path(folder) / path.name
+            torch.onnx.export(
+                module, args, str(traced), input_names=inputs, output_names=outputs, opset_version=opset, dynamo=False
+            )
+            graph = onnx.load(str(traced))
     del graph.graph.value_info[:]
     for value in [*graph.graph.input, *graph.graph.output]:
         value.type.tensor_type.shape.dim[0].dim_param = "batch"
@@ -120,7 +124,7 @@ def _save(
         entry = graph.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.checker.check_model(graph)
-    onnx.save(graph, str(path))
+    atomic_write(path, writer=lambda tmp: onnx.save(graph, tmp))
 
 
 def to_onnx(model: UNet, path: str | Path, frames_per_call: int = 1, opset: int = OPSET) -> Path:
@@ -133,6 +137,14 @@ def to_onnx(model: UNet, path: str | Path, frames_per_call: int = 1, opset: int 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     training = model.training
+    try:
+        return _export_stmc(model, path, frames_per_call, opset)
+    finally:  # the tracer leaves the model in eval mode, also when it fails
+        model.train(training)
+
+
+def _export_stmc(model: UNet, path: Path, frames_per_call: int, opset: int) -> Path:
+    """:func:`to_onnx`'s work: the step graph and, with look-ahead, the flush graph, each written atomically."""
     # traced: the PyTorch operators, every time mask as tensor ops (Clock without `settled`), Conv nodes
     engine = STMCEngine(model, layer_form=ExportLayer)
     frames, *state = trace_inputs(model, engine, 2, frames_per_call)  # 2: no size-1 broadcast is baked in
@@ -151,5 +163,4 @@ def to_onnx(model: UNet, path: str | Path, frames_per_call: int = 1, opset: int 
     )
     if engine.delay:
         _save(FlushGraph(engine), tuple(state), flush_path(path), state_names(n), [OUTPUT], meta, opset)
-    model.train(training)
     return path

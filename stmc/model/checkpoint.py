@@ -79,6 +79,12 @@ def read(path: str | Path, map_location: str = "cpu") -> dict[str, Any]:
     if not path.is_file():
         raise InputError(f"checkpoint {path} does not exist")
     try:
+        device = torch.device(map_location)
+    except (RuntimeError, TypeError):
+        raise InputError(f"map_location={map_location!r} is not a device; use 'cpu' or e.g. 'cuda:0'") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"map_location={map_location!r}: this machine has no CUDA device; use 'cpu'")
+    try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception:  # torch raises many types for corrupt, foreign or unsafe files; its advice to unpickle is wrong
         raise InputError(

@@ -69,14 +69,22 @@ class UNet(nn.Module):
         tstmc: bool = True,
     ) -> None:
         super().__init__()
-        if not isinstance(depth, int) or depth < 1:
+        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
             raise InputError(f"depth must be a positive integer, got {depth!r}")
         if not isinstance(lookahead, int) or not 0 <= lookahead <= 2 * depth:
             raise InputError(f"lookahead must be an integer in 0..{2 * depth} (2*depth), got {lookahead!r}")
+        if isinstance(n_freq, bool) or not isinstance(n_freq, int) or n_freq < 2:
+            raise InputError(f"n_freq must be an integer of at least 2 frequency bins, got {n_freq!r}")
         if (n_freq - 1) % FREQ_STRIDE**depth:
             raise InputError(f"n_freq - 1 must be divisible by 2**depth={2**depth}, got n_freq={n_freq}")
-        if not 0 < compress <= 1:
-            raise InputError(f"compress must be in (0, 1], got {compress}")
+        if not isinstance(compress, int | float) or not 0 < compress <= 1:
+            raise InputError(f"compress must be in (0, 1], got {compress!r}")
+        if isinstance(width, bool) or not isinstance(width, int | float) or not 0 < width < float("inf"):
+            raise InputError(f"width must be a positive number (channel multiplier), got {width!r}")
+        if channels is not None and any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in channels):
+            raise InputError(f"channels must be positive integers, one per level, got {list(channels)}")
+        if not isinstance(tstmc, bool):
+            raise InputError(f"tstmc must be true or false, got {tstmc!r}")
         base = tuple(channels) if channels is not None else DEFAULT_CHANNELS[:depth]
         if len(base) != depth:
             raise InputError(f"channels needs {depth} entries (one per level), got {len(base)}")

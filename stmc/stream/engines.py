@@ -227,8 +227,17 @@ class CompiledEngine(Engine):
 
     def __init__(self, engine: ModelEngine) -> None:
         self.engine = engine
-        self.delay, self.n_freq, self.dtype, self.device = engine.delay, engine.n_freq, engine.dtype, engine.device
+        self.delay, self.n_freq = engine.delay, engine.n_freq
         self.compiled = torch.compile(engine.pure_step, dynamic=False)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The wrapped engine's, read when asked: it follows the model after ``model.to()`` and a reset."""
+        return self.engine.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.engine.device
 
     def state_shapes(self) -> list[tuple[int, ...]]:
         return self.engine.state_shapes()
@@ -294,5 +303,14 @@ def streaming(model: UNet, method: str = "stmc", compile: bool = False, native: 
     ``compile=True`` runs each step through ``torch.compile`` (inductor): the first chunk of each new size
     compiles for tens of seconds, then per-step Python and dispatch overhead all but vanishes. Use it with a
     fixed chunk size.
+
+    A stream always runs the model's inference form (BatchNorm with its running statistics, as ``model.eval()``);
+    a model still in training mode gets a warning saying so, since its own ``model(spec)`` would differ.
     """
+    if model.training:
+        warnings.warn(
+            "stmc.streaming: the model is in training mode; the stream runs its inference form (BatchNorm running "
+            "statistics), which model(spec) gives only after model.eval()",
+            stacklevel=2,
+        )
     return Stream(engine_for(model, method, compile, native))

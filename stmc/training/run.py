@@ -10,25 +10,22 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import HydraException, InstantiationException, MissingConfigException
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from stmc.apps.configs import group_options
-from stmc.conf import CONFIG_DIR
+from stmc.conf import group_options
 from stmc.errors import ConfigError, InputError, StmcError
 from stmc.model import checkpoint
 from stmc.model.unet import IMPLIED_CONFIG, UNet
@@ -41,55 +38,6 @@ LAST = "last"
 
 class TrainingStopped(StmcError, RuntimeError):
     """Training could not go on (non-finite loss); the message names the last good checkpoint."""
-
-
-def check_overrides(overrides: Sequence[str], config_name: str = "train") -> None:
-    """Raise :class:`ConfigError` if a command-line override selects a config that does not exist.
-
-    Hydra reports such mistakes over several lines; this composes the config once beforehand to say it in one.
-    Sweep overrides (``a=1,2``) are left to Hydra, as is every other kind of error.
-    """
-    try:
-        parsed = OverridesParser.create().parse_overrides([o for o in overrides if not o.startswith("-")])
-    except HydraException:
-        return
-    plain = [o.input_line for o in parsed if not o.is_sweep_override()]
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        try:
-            compose(config_name, overrides=plain)
-        except MissingConfigException as err:
-            if err.missing_cfg_file and err.options is not None:
-                group, _, name = err.missing_cfg_file.rpartition("/")
-                raise ConfigError(
-                    f"{group}={name} does not exist; allowed values: {', '.join(sorted(err.options))}"
-                ) from None
-        except HydraException as err:
-            unknown = unknown_key(err, config_name, [o for o in plain if "." not in o.split("=", 1)[0]])
-            if unknown:
-                raise ConfigError(unknown) from None
-
-
-def unknown_key(err: HydraException, config_name: str, groups: Sequence[str]) -> str | None:
-    """For Hydra's "Key 'x' is not in struct" (a mistyped override), one line naming the key and its closest
-    neighbours in the config composed with the ``groups`` choices (Hydra initialised); None for any other error.
-    Hydra's own hint (append with ``+``) would only move the typo on, into a TypeError deep in the library."""
-    import difflib
-
-    cause = err.__cause__
-    full_key = getattr(cause, "full_key", None)
-    if not full_key or "not in struct" not in str(cause):
-        return None
-    parent, _, key = str(full_key).rpartition(".")
-    try:
-        node = compose(config_name, overrides=list(groups))
-        for part in parent.split(".") if parent else []:
-            node = node[part]
-        known = [str(k) for k in node.keys()]
-    except Exception:  # the parent itself may not exist, or not be a mapping
-        known = []
-    close = difflib.get_close_matches(key, known, n=3)
-    hint = f"; did you mean {', '.join(f'{parent}.{c}' if parent else c for c in close)}?" if close else ""
-    return f"{full_key} is not a key of this config{hint}"
 
 
 def check_config(cfg: DictConfig) -> None:
