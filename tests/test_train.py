@@ -374,3 +374,36 @@ def test_moving_average_update_follows_its_formula():
     assert torch.allclose(module.ema_model.layers[0].conv.weight, expected, atol=1e-6)
     assert int(module.ema_model.layers[0].norm.num_batches_tracked) == 7
     assert all(not p.requires_grad for p in module.ema_model.parameters())
+
+
+class InterruptAtStep(pl.Callback):
+    """Raise KeyboardInterrupt (what Ctrl-C does) once ``step`` optimizer steps are done."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: object) -> None:
+        if trainer.global_step == self.step:
+            raise KeyboardInterrupt
+
+
+def test_ctrl_c_before_the_first_checkpoint_saves_last_and_says_how_to_resume(corpus, tmp_path, compose_train, capsys):
+    cfg = compose_train(
+        tiny_run(
+            corpus,
+            tmp_path,
+            "model.width=0.25",
+            "trainer.max_steps=6",
+            "trainer.val_check_interval=100",
+            "callbacks.last_checkpoint.every_n_train_steps=100",
+        )
+    )
+    from omegaconf import open_dict
+
+    with open_dict(cfg):
+        cfg.callbacks["interrupt_at"] = {"_target_": f"{__name__}.InterruptAtStep", "step": 2}
+    with pytest.raises(SystemExit):  # Lightning's graceful shutdown after Ctrl-C
+        train(cfg)
+    saved = torch.load(checkpoint(tmp_path, "last"), weights_only=True)
+    assert saved["global_step"] == 2
+    assert "resume with ckpt_path=last" in capsys.readouterr().err

@@ -11,8 +11,10 @@ import copy
 import inspect
 import math
 import random
+import sys
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -158,6 +160,27 @@ class TrainingClock(pl.Callback):
 
     def load_state_dict(self, state_dict: dict[str, float]) -> None:
         self.spent = float(state_dict["spent"])
+
+
+class SaveOnInterrupt(pl.Callback):
+    """On Ctrl-C (KeyboardInterrupt) during the fit, save ``last.ckpt`` where the last checkpoint goes and say how
+    to resume, so that an interrupted run loses nothing, also before its first periodic checkpoint."""
+
+    def on_exception(self, trainer: pl.Trainer, module: pl.LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, KeyboardInterrupt) or trainer.state.fn != "fit":
+            return
+        folders = [c.dirpath for c in trainer.checkpoint_callbacks if getattr(c, "save_last", False) and c.dirpath]
+        if not folders:
+            return
+        path = Path(folders[0]) / "last.ckpt"
+        trainer.save_checkpoint(path)
+        if trainer.is_global_zero:
+            print(
+                f"interrupted at step {trainer.global_step}: saved {path}; resume with ckpt_path=last "
+                f"(or ckpt_path={path})",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 class EnhancementModule(pl.LightningModule):
