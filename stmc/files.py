@@ -73,3 +73,30 @@ def atomic_audio_file(path: str | Path, channels: int, subtype: str = "FLOAT") -
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def exclusive(folder: Path, what: str) -> Iterator[None]:
+    """Hold ``folder``'s lock (``.lock``, ``flock``: released when the process ends, however it ends) while ``what``
+    writes there; a second writer gets :class:`InputError` at once instead of mixing its files with the first's."""
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "another process"
+            raise InputError(
+                f"{folder} is in use by {owner}; wait for it to end or write elsewhere (e.g. hydra.run.dir=...)"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{what} (pid {os.getpid()})")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.truncate(0)
+            fcntl.flock(handle, fcntl.LOCK_UN)

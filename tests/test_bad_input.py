@@ -280,3 +280,52 @@ def test_evaluate_typo_gets_the_same_advice_as_train(tmp_path):
     )
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == ["error: chunck is not a key of this config; did you mean chunk?"]
+
+
+def test_a_second_evaluation_into_a_busy_folder_stops_before_writing(tmp_path):
+    """Two evaluate.py runs into one folder would mix results.json and report.html: the second is refused."""
+    from stmc.files import exclusive
+
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    out = tmp_path / "eval"
+    with exclusive(out, "evaluate.py (the first run)"):
+        done = subprocess.run(
+            [sys.executable, str(root / "evaluate.py"), "checkpoints=[x.ckpt]", f"hydra.run.dir={out}"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith(f"error: {out} is in use by evaluate.py (the first run)")
+    assert sorted(p.name for p in out.iterdir() if p.name != ".hydra") in ([".lock"], [".lock", "evaluate.log"])
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "needle"),
+    [
+        ("evaluate.py", ["checkpoints=[x.ckpt]", "max_items=abc"], "max_items='abc' must be a positive integer"),
+        ("evaluate.py", ["checkpoints=[x.ckpt]", "workers=0"], "workers=0 must be a positive integer"),
+        ("stream_infer.py", ["input=x.wav", "seed=abc"], "seed='abc' must be a non-negative integer"),
+        ("stream_infer.py", ["input=x.wav", "stdin_channels=0"], "stdin_channels=0 must be a positive integer"),
+    ],
+)
+def test_non_numeric_counts_are_one_line(script, args, needle, tmp_path):
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, str(root / script), *args, f"hydra.run.dir={tmp_path / 'out'}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == f"error: {needle}"
+
+
+def test_pure_bf16_training_is_refused_before_the_fit(compose_train):
+    from stmc.errors import ConfigError
+    from stmc.training.run import resolve_precision
+
+    with pytest.raises(ConfigError, match="use trainer.precision=bf16-mixed"):
+        resolve_precision(compose_train(["trainer=cpu", "trainer.precision=bf16-true"]))

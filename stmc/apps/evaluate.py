@@ -24,7 +24,7 @@ from stmc.evaluation import evaluate
 from stmc.evaluation.listening_report import write_report
 from stmc.evaluation.results import headline_table
 from stmc.evaluation.settings import Settings, find_checkpoints, load_items
-from stmc.files import atomic_write
+from stmc.files import atomic_write, exclusive
 from stmc.model.enhancer import Enhancer
 from stmc.stream.chunk import parse_chunk
 
@@ -40,10 +40,30 @@ def as_list(value: object) -> list:
     return list(value) if isinstance(value, list | tuple) else [value]
 
 
+INTEGER_KEYS = ("threads", "workers", "examples_per_noise")  # positive integers; max_items may also be null
+
+
+def check_numbers(cfg: DictConfig) -> None:
+    """Raise :class:`ConfigError` naming the first count that is not a positive integer."""
+    for key in (*INTEGER_KEYS, "max_items"):
+        value = cfg.get(key)
+        if key == "max_items" and value is None or key == "examples_per_noise" and value == 0:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{key}={value!r} must be a positive integer")
+
+
 def run(cfg: DictConfig) -> Path:
     """Evaluate as ``cfg`` says; returns the run folder holding results.json."""
-    torch.set_num_threads(int(cfg.threads))
+    check_numbers(cfg)
     out = Path(HydraConfig.get().runtime.output_dir)
+    with exclusive(out, "evaluate.py"):
+        return evaluate_into(cfg, out)
+
+
+def evaluate_into(cfg: DictConfig, out: Path) -> Path:
+    """:func:`run`'s work, with the run folder ``out`` locked."""
+    torch.set_num_threads(int(cfg.threads))
     paths = [p if Path(p).is_absolute() else original_cwd() / p for p in as_list(cfg.checkpoints)]
     settings = Settings(tuple(as_list(cfg.methods)), tuple(as_list(cfg.metrics)), parse_chunk(cfg.chunk))
     checkpoints = find_checkpoints(paths, cfg.select, cfg.newest)

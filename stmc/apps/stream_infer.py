@@ -224,6 +224,11 @@ def infer(options: InferOptions) -> int:
     threads = options.threads
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ConfigError(f"threads={threads!r} must be a positive integer (or null: torch's default)")
+    for key in ("seed", "stdin_channels"):
+        value = getattr(options, key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < (1 if key == "stdin_channels" else 0):
+            kind = "positive" if key == "stdin_channels" else "non-negative"
+            raise ConfigError(f"{key}={value!r} must be a {kind} integer")
     if threads:
         torch.set_num_threads(threads)
     size = parse_chunk(options.chunk)

@@ -136,6 +136,11 @@ def resolve_precision(cfg: DictConfig, probe: Callable[[str], float] | None = No
             chosen = "32-true"
             log.info("trainer.precision=auto: this CPU has no bf16 kernels (no AVX-512 BF16/AMX); training in fp32")
         trainer_cfg.precision = chosen
+    elif precision in ("bf16-true", "bf16"):
+        raise ConfigError(
+            f"trainer.precision={precision}: the STFT (torch.fft) has no bf16 kernels, so pure bf16 fails in the "
+            "first step; use trainer.precision=bf16-mixed (bf16 autocast) or auto"
+        )
     elif on_cpu and precision.startswith("bf16") and not cpu_supports_bf16():
         raise ConfigError(
             f"trainer.precision={precision}: this CPU has no bf16 kernels (no AVX-512 BF16/AMX), so bf16 runs "
