@@ -149,3 +149,23 @@ def test_a_native_gemm_that_disagrees_with_torch_means_the_operator_engine(monke
     monkeypatch.setattr(native, "_CHECKED", {})
     monkeypatch.setattr(native, "reference_gemm", torch.mm)
     assert native.gemm_mismatch([(7, 5, 11), (1, 3, 40)]) is None  # the real kernel agrees
+
+
+@pytest.mark.compiler
+def test_the_ctypes_mirrors_match_the_native_structures_and_a_reordered_field_is_refused(monkeypatch):
+    """The C++ step reports its structures' sizes and field offsets; a mirror that disagrees (a field added,
+    removed or reordered on one side) keeps the native step from running instead of corrupting memory."""
+    import ctypes
+
+    library = native._load()
+    assert not isinstance(library, str), library
+    layout = library.stmc_layout().decode()
+    assert native.layout_mismatch(layout) is None
+    fields = list(native.LayerSpec._fields_)
+    fields[0], fields[1] = fields[1], ("transposed", ctypes.c_int32)  # a narrower first field shifts the rest
+
+    class Reordered(ctypes.Structure):
+        _fields_ = fields
+
+    monkeypatch.setattr(native, "LayerSpec", Reordered)
+    assert "LayerSpec.hist, LayerSpec.transposed differ" in native.layout_mismatch(layout)

@@ -255,10 +255,14 @@ class CompiledEngine(Engine):
         return out, state
 
 
+class NativeFallback(UserWarning):
+    """STMC streams run on PyTorch operators because the native step cannot (no compiler, a GEMM mismatch, ...)."""
+
+
 @functools.cache
 def warn_once(message: str) -> None:
-    """A warning given once per process (streams are built in loops: one line is enough)."""
-    warnings.warn(message, stacklevel=5)
+    """A :class:`NativeFallback` warning given once per process (streams are built in loops: one line is enough)."""
+    warnings.warn(message, NativeFallback, stacklevel=5)
 
 
 ENGINES: dict[str, type[ModelEngine]] = {"stmc": STMCEngine, "inc": IncEngine, "window": WindowEngine}

@@ -148,7 +148,44 @@ def _load() -> ctypes.CDLL | str:
     library.stmc_step.argtypes += [pointer, pointer]
     library.stmc_gemm.restype = ctypes.c_char_p
     library.stmc_gemm.argtypes = [ctypes.c_int64] * 3 + [pointer] * 3
-    return library
+    library.stmc_layout.restype = ctypes.c_char_p
+    library.stmc_layout.argtypes = []
+    mismatch = layout_mismatch(library.stmc_layout().decode())
+    return mismatch if mismatch else library
+
+
+def ctypes_layout() -> str:
+    """The ctypes mirrors' layout in the text form ``stmc_layout`` of native_step.cpp gives for its structures."""
+    parts = []
+    for struct, spec in (("LayerSpec", LayerSpec), ("StepSpec", StepSpec)):
+        fields = " ".join(f"{name}={getattr(spec, name).offset}" for name, _ in spec._fields_)
+        parts.append(f"{struct} size={ctypes.sizeof(spec)} {fields}")
+    return ";".join(parts)
+
+
+def layout_mismatch(native: str) -> str | None:
+    """Why the ctypes mirrors differ from the native structures (``native``: their layout as ``stmc_layout`` gives
+    it; sizes and every field's offset, by name), or None."""
+
+    def parse(text: str) -> dict[str, dict[str, str]]:
+        return {
+            name: dict(item.split("=") for item in rest.split())
+            for name, _, rest in (part.partition(" ") for part in text.split(";"))
+        }
+
+    theirs, ours = parse(native), parse(ctypes_layout())
+    if theirs != ours:
+        differ = sorted(
+            f"{s}.{f}"
+            for s in set(theirs) | set(ours)
+            for f in set(theirs.get(s, {})) | set(ours.get(s, {}))
+            if theirs.get(s, {}).get(f) != ours.get(s, {}).get(f)
+        )
+        return (
+            f"the native step's structures do not match stmc.stream.native's ctypes mirrors ({', '.join(differ)} "
+            "differ in offset or size); the native step is not used"
+        )
+    return None
 
 
 class KernelMismatch(RuntimeError):

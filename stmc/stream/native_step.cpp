@@ -12,8 +12,10 @@
 // step 1) and there is nothing to shift.
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <string>
 #include <exception>
 
 // libtorch_cpu's small-GEMM entry: oneDNN's JIT batch-reduce GEMM micro-kernel where the CPU has AVX2 (cached
@@ -266,6 +268,29 @@ const char* stmc_step(StepSpec* S, const float* spec, const int64_t* ss, float* 
 const char* stmc_gemm(int64_t rows, int64_t cols, int64_t inner, const float* x, const float* w, float* y) {
   int64_t macs = 0;
   return guarded([&] { gemm(rows, cols, inner, x, inner, w, y, cols, &macs); });
+}
+
+// The layout of the structures Python fills, as text: "LayerSpec size=N transposed=0 hist=8 ...;StepSpec ...".
+// stmc.stream.native checks its ctypes mirrors against it by field name at load, so that a field added, removed,
+// retyped or reordered on one side is an error, not memory corruption.
+const char* stmc_layout() {
+#define STMC_FIELD(S, f) + " " #f "=" + std::to_string(offsetof(S, f))
+  static const std::string text =
+      std::string("LayerSpec size=") + std::to_string(sizeof(LayerSpec)) STMC_FIELD(LayerSpec, transposed)
+      STMC_FIELD(LayerSpec, hist) STMC_FIELD(LayerSpec, step) STMC_FIELD(LayerSpec, delay)
+      STMC_FIELD(LayerSpec, kernel) STMC_FIELD(LayerSpec, stride) STMC_FIELD(LayerSpec, in_bins)
+      STMC_FIELD(LayerSpec, in_ch) STMC_FIELD(LayerSpec, out_bins) STMC_FIELD(LayerSpec, out_ch)
+      STMC_FIELD(LayerSpec, matrix) STMC_FIELD(LayerSpec, bias) STMC_FIELD(LayerSpec, prelu)
+      STMC_FIELD(LayerSpec, reg) STMC_FIELD(LayerSpec, cur) STMC_FIELD(LayerSpec, dst)
+      STMC_FIELD(LayerSpec, dst_ch) STMC_FIELD(LayerSpec, line) STMC_FIELD(LayerSpec, line_len)
+      STMC_FIELD(LayerSpec, skip) STMC_FIELD(LayerSpec, skip_ch) + ";StepSpec size=" +
+      std::to_string(sizeof(StepSpec)) STMC_FIELD(StepSpec, n_layers) STMC_FIELD(StepSpec, batch)
+      STMC_FIELD(StepSpec, n_freq) STMC_FIELD(StepSpec, compress) STMC_FIELD(StepSpec, exponent)
+      STMC_FIELD(StepSpec, feature_eps) STMC_FIELD(StepSpec, bound_eps) STMC_FIELD(StepSpec, input)
+      STMC_FIELD(StepSpec, layers) STMC_FIELD(StepSpec, cols) STMC_FIELD(StepSpec, spread)
+      STMC_FIELD(StepSpec, mask) STMC_FIELD(StepSpec, macs);
+#undef STMC_FIELD
+  return text.c_str();
 }
 
 }  // extern "C"
