@@ -262,13 +262,18 @@ class EnhancementModule(pl.LightningModule):
         return (est_c - ref_c).abs().square().mean() + (est_mag - ref_mag).square().mean()
 
     # -- training --
-    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+    def loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training loss of a batch and its mean SI-SNR (dB): ``-SI-SNR + spectral_weight x spectral MSE``."""
         noisy, clean, length = batch["noisy"], batch["clean"], batch["length"]
         estimate = self(noisy, self.model)
         score = si_snr(estimate.float(), clean, length).mean()
         loss = -score
         if self.hparams.spectral_weight:
             loss = loss + self.hparams.spectral_weight * self.spectral_loss(estimate.float(), clean)
+        return loss, score
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        loss, score = self.loss(batch)
         self.stop_unless_finite(loss, "loss")
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/si_snr", score)
