@@ -8,7 +8,8 @@ resolver's argument, e.g. ``hydra/launcher``), each with the options found in it
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 
 import yaml
 from hydra import compose, initialize_config_dir
@@ -117,3 +118,22 @@ def unknown_key(err: HydraException, config_name: str, groups: Sequence[str]) ->
     close = difflib.get_close_matches(key, known, n=3)
     hint = f"; did you mean {', '.join(f'{parent}.{c}' if parent else c for c in close)}?" if close else ""
     return f"{full_key} is not a key of this config{hint}"
+
+
+def run_command_line(main: Callable[[], None], config_name: str, interrupted: str | None = None) -> None:
+    """An entry point's command line: its overrides checked first (a typo or a missing option: one line, status
+    2), then its Hydra ``main``; with ``interrupted``, Ctrl-C prints ``interrupted (Ctrl-C): <interrupted>`` and exits
+    with status 130 (without, the entry point handles Ctrl-C itself)."""
+    try:
+        check_overrides(sys.argv[1:], config_name)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    if interrupted is None:
+        main()
+        return
+    try:
+        main()
+    except KeyboardInterrupt:
+        print(f"interrupted (Ctrl-C): {interrupted}", file=sys.stderr)
+        sys.exit(130)

@@ -16,7 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from stmc.apps.configs import check_overrides  # importing it registers the --help resolver
+from stmc.apps.configs import run_command_line  # importing it registers the --help resolver
 from stmc.conf import CONFIG_DIR
 from stmc.data.datamodule import original_cwd
 from stmc.errors import ConfigError, StmcError
@@ -114,18 +114,9 @@ def main(cfg: DictConfig) -> None:
 
 
 def cli() -> None:
-    """The command line: overrides checked first (one line for a typo), the Hydra run, Ctrl-C as one line and
-    status 130."""
-    try:
-        check_overrides(sys.argv[1:], "evaluate")
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    try:
-        main()
-    except KeyboardInterrupt:  # the evaluation's workers are stopped already (stmc.evaluation.scoring.run_all)
-        print("interrupted (Ctrl-C): the evaluation stopped; files written before are complete", file=sys.stderr)
-        sys.exit(130)
+    """``stmc-evaluate`` / ``python evaluate.py``: the command line (the evaluation's workers are stopped already
+    when Ctrl-C reaches here: stmc.evaluation.scoring.run_all)."""
+    run_command_line(main, "evaluate", "the evaluation stopped; files written before are complete")
 
 
 if __name__ == "__main__":

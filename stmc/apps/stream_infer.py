@@ -44,7 +44,7 @@ from stmc.apps.audio_io import (
     read_audio,
 )
 from stmc.apps.batched import BatchStats, enhance_folder
-from stmc.apps.configs import check_overrides  # importing it registers the --help resolver
+from stmc.apps.configs import run_command_line  # importing it registers the --help resolver
 from stmc.conf import CONFIG_DIR
 from stmc.errors import ConfigError, InputError, StmcError
 from stmc.files import atomic_audio_file, atomic_write
@@ -457,18 +457,8 @@ def main(cfg: DictConfig) -> None:
 
 
 def cli() -> None:
-    """``stmc-stream`` / ``python stream_infer.py``: overrides checked first (one line for a typo), the Hydra run,
-    Ctrl-C as one line and status 130."""
-    try:
-        check_overrides(sys.argv[1:], "stream_infer")
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    try:
-        main()
-    except KeyboardInterrupt:
-        print("interrupted (Ctrl-C): the stream stopped; files written before are complete", file=sys.stderr)
-        sys.exit(130)
+    """``stmc-stream`` / ``python stream_infer.py``: the command line."""
+    run_command_line(main, "stream_infer", "the stream stopped; files written before are complete")
 
 
 if __name__ == "__main__":

@@ -12,8 +12,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-import stmc.apps.configs  # noqa: F401 (registers the --help resolver)
-from stmc.apps.configs import check_overrides
+from stmc.apps.configs import run_command_line  # importing it registers the --help resolver
 from stmc.conf import CONFIG_DIR
 from stmc.errors import StmcError
 from stmc.training.run import ConfigError, train
@@ -45,12 +44,9 @@ def main(cfg: DictConfig) -> None:
 
 
 def cli() -> None:
-    """The command line: overrides checked for unknown groups first (one line), then the Hydra run."""
-    try:
-        check_overrides(sys.argv[1:])
-    except ConfigError as err:
-        fail(err, 2)
-    main()
+    """``stmc-train`` / ``python train.py``: the command line (Ctrl-C: the fit saves last.ckpt and says how to
+    resume, stmc.training.module.SaveOnInterrupt)."""
+    run_command_line(main, "train")
 
 
 if __name__ == "__main__":
