@@ -130,34 +130,32 @@ def summarize(rows: list[dict[str, object]]) -> str:
 
 
 def plot(rows: list[dict[str, object]], path: Path) -> None:
-    """Mean ± SD over seeds per recipe and weights, against steps and against CPU-minutes."""
+    """Mean ± SD over seeds per recipe and weights, against steps and against CPU-minutes. Seeds are aligned by
+    validation (the k-th of each run): a time-budgeted run ends at its own step, and its last point is its end."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    curves: dict[tuple[str, str], dict[int, list[dict[str, object]]]] = defaultdict(lambda: defaultdict(list))
+    runs: dict[tuple[str, str], dict[int, list[dict[str, object]]]] = defaultdict(lambda: defaultdict(list))
     for row in rows:
-        curves[(str(row["recipe"]), str(row["weights"]))][int(row["step"])].append(row)
+        runs[(str(row["recipe"]), str(row["weights"]))][int(row["seed"])].append(row)
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), sharey=True)
-    for (recipe, weights), by_step in sorted(curves.items()):
-        steps = sorted(by_step)
-        mean = [statistics.mean(float(r["si_snri"]) for r in by_step[s]) for s in steps]
-        sd = [
-            statistics.stdev([float(r["si_snri"]) for r in by_step[s]]) if len(by_step[s]) > 1 else 0.0 for s in steps
-        ]
-        minutes = [statistics.mean(float(r["cpu_minutes"]) for r in by_step[s]) for s in steps]
+    for (recipe, weights), seeds in sorted(runs.items()):
+        curves = [sorted(curve, key=lambda r: int(r["step"])) for curve in seeds.values()]
+        points = min(len(curve) for curve in curves)
+        at = [[curve[k] for curve in curves] for k in range(points)]
+        mean = [statistics.mean(float(r["si_snri"]) for r in rs) for rs in at]
+        sd = [statistics.stdev([float(r["si_snri"]) for r in rs]) if len(rs) > 1 else 0.0 for rs in at]
+        steps = [statistics.mean(int(r["step"]) for r in rs) for rs in at]
+        minutes = [statistics.mean(float(r["cpu_minutes"]) for r in rs) for rs in at]
         style = "-" if weights == "inference" else ":"
         for ax, x in zip(axes, (steps, minutes), strict=True):
-            (line,) = ax.plot(x, mean, style, marker=".", label=f"{recipe} ({weights})")
-            ax.fill_between(
-                x,
-                [m - d for m, d in zip(mean, sd, strict=True)],
-                [m + d for m, d in zip(mean, sd, strict=True)],
-                color=line.get_color(),
-                alpha=0.15,
-            )
-    axes[0].set_xlabel("optimizer steps")
+            (line,) = ax.plot(x, mean, style, marker=".", label=f"{recipe} ({weights}, {len(curves)} seeds)")
+            low = [m - d for m, d in zip(mean, sd, strict=True)]
+            high = [m + d for m, d in zip(mean, sd, strict=True)]
+            ax.fill_between(x, low, high, color=line.get_color(), alpha=0.15)
+    axes[0].set_xlabel("optimizer steps (mean over seeds at each validation)")
     axes[1].set_xlabel("training CPU-minutes (all threads, validation excluded)")
     axes[0].set_ylabel("validation SI-SNRi (dB), mean ± SD over seeds")
     for ax in axes:
