@@ -92,7 +92,7 @@ quickstart: corpus
 	$(PY) -m stmc.evaluation.listening_report $(QS_EVAL) --speed-table $(QS_EVAL)/speed_table.md
 
 # The paper's chain at CPU scale (look-ahead and size sweeps, evaluation, speed table, figures) in one folder:
-# outputs/mini/index.md. 33 trainings of 800 steps, two at a time (docs/reproduction.md has its measured time).
+# outputs/mini/index.md. 33 trainings of 1000 steps, two at a time (docs/reproduction.md has its measured time).
 # The full-scale `paper` preset: docs/reproduction.md.
 .PHONY: mini
 mini: corpus

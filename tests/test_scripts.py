@@ -233,7 +233,7 @@ def test_mini_preset_runs_33_trainings_in_distinct_folders_then_the_scripts(tmp_
     folders = [parse(c.argv)["hydra.run.dir"] for c in training]
     assert len(set(folders)) == 33 and str(tmp_path / "train/lookahead/lookahead=14/seed=4") in folders
     ablation = parse(training[-1].argv)
-    assert ablation["model.tstmc"] is False and ablation["model.width"] == 0.5
+    assert ablation["model.tstmc"] is False and ablation["model.width"] == 0.25
     first = parse(training[0].argv)
     assert first["trainer.max_steps"] == 7 and first["model.lookahead"] == 0 and first["data"] == "demo"
     assert first["data.batch_size"] == 8 and first["module.optimizer.lr"] == 6e-3  # the recipe study's
