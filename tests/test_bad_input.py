@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 import stmc
 from stmc.model import checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -212,9 +215,8 @@ def test_a_failed_onnx_export_leaves_no_file_and_the_models_mode(tmp_path, monke
 
 
 def stream_infer(*args: str, cwd, stdin: bytes | None = None) -> subprocess.CompletedProcess:
-    root = __import__("pathlib").Path(__file__).resolve().parents[1]
     return subprocess.run(
-        [sys.executable, str(root / "stream_infer.py"), *args], cwd=cwd, input=stdin, capture_output=True, timeout=180
+        [sys.executable, str(ROOT / "stream_infer.py"), *args], cwd=cwd, input=stdin, capture_output=True, timeout=180
     )
 
 
@@ -270,9 +272,8 @@ def test_a_wav_file_piped_as_raw_pcm_is_refused(noisy_wav, tmp_path):
 
 
 def test_evaluate_typo_gets_the_same_advice_as_train(tmp_path):
-    root = __import__("pathlib").Path(__file__).resolve().parents[1]
     done = subprocess.run(
-        [sys.executable, str(root / "evaluate.py"), "checkpoints=[x]", "chunck=1"],
+        [sys.executable, str(ROOT / "evaluate.py"), "checkpoints=[x]", "chunck=1"],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -286,11 +287,10 @@ def test_a_second_evaluation_into_a_busy_folder_stops_before_writing(tmp_path):
     """Two evaluate.py runs into one folder would mix results.json and report.html: the second is refused."""
     from stmc.files import exclusive
 
-    root = __import__("pathlib").Path(__file__).resolve().parents[1]
     out = tmp_path / "eval"
     with exclusive(out, "evaluate.py (the first run)"):
         done = subprocess.run(
-            [sys.executable, str(root / "evaluate.py"), "checkpoints=[x.ckpt]", f"hydra.run.dir={out}"],
+            [sys.executable, str(ROOT / "evaluate.py"), "checkpoints=[x.ckpt]", f"hydra.run.dir={out}"],
             cwd=tmp_path,
             capture_output=True,
             text=True,
@@ -311,9 +311,8 @@ def test_a_second_evaluation_into_a_busy_folder_stops_before_writing(tmp_path):
     ],
 )
 def test_non_numeric_counts_are_one_line(script, args, needle, tmp_path):
-    root = __import__("pathlib").Path(__file__).resolve().parents[1]
     done = subprocess.run(
-        [sys.executable, str(root / script), *args, f"hydra.run.dir={tmp_path / 'out'}"],
+        [sys.executable, str(ROOT / script), *args, f"hydra.run.dir={tmp_path / 'out'}"],
         cwd=tmp_path,
         capture_output=True,
         text=True,
