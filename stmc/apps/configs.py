@@ -137,3 +137,11 @@ def run_command_line(main: Callable[[], None], config_name: str, interrupted: st
     except KeyboardInterrupt:
         print(f"interrupted (Ctrl-C): {interrupted}", file=sys.stderr)
         sys.exit(130)
+
+
+def check_count(key: str, value: object, minimum: int = 1, hint: str = "") -> None:
+    """Raise :class:`ConfigError` unless the setting ``key`` is an integer of at least ``minimum`` (1: positive, 0:
+    non-negative), naming the key and its value, then ``hint``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        kind = "positive" if minimum == 1 else "non-negative" if minimum == 0 else f">= {minimum}"
+        raise ConfigError(f"{key}={value!r} must be a {kind} integer{hint}")

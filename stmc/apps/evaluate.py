@@ -16,10 +16,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from stmc.apps.configs import run_command_line  # importing it registers the --help resolver
+from stmc.apps.configs import check_count, run_command_line  # importing it registers the --help resolver
 from stmc.conf import CONFIG_DIR
 from stmc.data.datamodule import original_cwd
-from stmc.errors import ConfigError, StmcError
+from stmc.errors import StmcError
 from stmc.evaluation import evaluate
 from stmc.evaluation.listening_report import write_report
 from stmc.evaluation.results import headline_table
@@ -47,10 +47,8 @@ def check_numbers(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` naming the first count that is not a positive integer."""
     for key in (*INTEGER_KEYS, "max_items"):
         value = cfg.get(key)
-        if key == "max_items" and value is None or key == "examples_per_noise" and value == 0:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{key}={value!r} must be a positive integer")
+        if not (key == "max_items" and value is None or key == "examples_per_noise" and value == 0):
+            check_count(key, value)
 
 
 def run(cfg: DictConfig) -> Path:

@@ -44,7 +44,7 @@ from stmc.apps.audio_io import (
     read_audio,
 )
 from stmc.apps.batched import BatchStats, enhance_folder
-from stmc.apps.configs import run_command_line  # importing it registers the --help resolver
+from stmc.apps.configs import check_count, run_command_line  # importing it registers the --help resolver
 from stmc.conf import CONFIG_DIR
 from stmc.errors import ConfigError, InputError, StmcError
 from stmc.files import atomic_audio_file, atomic_write
@@ -168,7 +168,7 @@ def export_of(options: InferOptions) -> str | None:
     if not given:
         return None
     key, path = given[0]
-    suffix = {"onnx": ".onnx", "litert": ".tflite"}[key]
+    suffix = stmc.export.SUFFIXES[key]
     if Path(path).suffix != suffix:
         raise InputError(f"{key}={path}: expected a {suffix} file written by python -m stmc.export")
     return path
@@ -222,13 +222,10 @@ def infer(options: InferOptions) -> int:
     each; a folder run carries on with the other files and returns 1 at the end.
     """
     threads = options.threads
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise ConfigError(f"threads={threads!r} must be a positive integer (or null: torch's default)")
-    for key in ("seed", "stdin_channels"):
-        value = getattr(options, key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < (1 if key == "stdin_channels" else 0):
-            kind = "positive" if key == "stdin_channels" else "non-negative"
-            raise ConfigError(f"{key}={value!r} must be a {kind} integer")
+    if threads is not None:
+        check_count("threads", threads, hint=" (or null: torch's default)")
+    check_count("seed", options.seed, minimum=0)
+    check_count("stdin_channels", options.stdin_channels)
     if threads:
         torch.set_num_threads(threads)
     size = parse_chunk(options.chunk)
@@ -243,7 +240,7 @@ def infer(options: InferOptions) -> int:
         "checkpoint" if options.ckpt else "exported" if export else "untrained (dry run)",
         ", ".join(f"{k}={v}" for k, v in enhancer.model.config.items() if k in ("depth", "lookahead", "width")),
         options.method,
-        f" via {'LiteRT' if Path(export).suffix == '.tflite' else 'onnxruntime'}" if export else "",
+        f" via {stmc.export.format_of(export).runtime}" if export else "",
         size,
         1e3 * size / SAMPLE_RATE,
         1e3 * stream.latency_samples / SAMPLE_RATE,
@@ -330,8 +327,7 @@ def check_not_input(source: Path, target: Path) -> None:
 def check_batch(options: InferOptions) -> None:
     """Raise :class:`ConfigError` unless ``batch`` is a positive integer usable with the other options."""
     batch = options.batch
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise ConfigError(f"batch={batch!r} must be a positive integer (the number of files streamed together)")
+    check_count("batch", batch, hint=" (the number of files streamed together)")
     if batch > 1 and options.realtime:
         raise ConfigError("batch > 1 enhances a folder for throughput; realtime=true paces one stream (use batch=1)")
     if batch > 1 and options.channels != "mix":

@@ -35,39 +35,56 @@ LiteRT (STMC, INC and window steps, the three methods of the paper's Table 1): t
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from stmc.errors import InputError, MissingFileError
 from stmc.stream.driver import Stream
 
-__all__ = ["FORMATS", "open", "read_metadata", "to_litert", "to_onnx"]
+__all__ = ["FORMATS", "Format", "open", "read_metadata", "to_litert", "to_onnx"]
 
-FORMATS = {".onnx": "stmc.export.onnx", ".tflite": "stmc.export.litert"}  # suffix -> the format's module
+
+@dataclass(frozen=True)
+class Format:
+    """An export format: its name (``python -m stmc.export``'s and ``stream_infer.py``'s key), the module holding
+    its writer and reader, the reader's opener and the runtime that runs it."""
+
+    name: str
+    module: str
+    opener: str
+    runtime: str
+
+
+FORMATS = {  # by file suffix: the one place that knows which file is which format
+    ".onnx": Format("onnx", "stmc.export.onnx", "open_onnx", "onnxruntime"),
+    ".tflite": Format("litert", "stmc.export.litert", "open_litert", "LiteRT"),
+}
+SUFFIXES = {fmt.name: suffix for suffix, fmt in FORMATS.items()}
 WRITERS = {"to_onnx": "stmc.export.onnx", "to_litert": "stmc.export.litert"}  # imported on first use
 
 
-def format_of(path: str | Path) -> Any:
-    """The module (writer and reader) of the exported file at ``path``, by its suffix; one-line errors for a
-    missing file or another kind of file."""
-    module = FORMATS.get(Path(path).suffix)
-    if module is None:
+def format_of(path: str | Path) -> Format:
+    """The format of the exported file at ``path``, by its suffix; one-line errors for a missing file or another
+    kind of file."""
+    fmt = FORMATS.get(Path(path).suffix)
+    if fmt is None:
         raise InputError(f"{path}: not an exported step graph; give a .onnx or .tflite file from python -m stmc.export")
     if not Path(path).is_file():
         raise MissingFileError(f"{path}: no such file (export one with python -m stmc.export)")
-    return importlib.import_module(module)
+    return fmt
 
 
 def open(path: str | Path, threads: int = 1) -> Stream:  # noqa: A001 (stmc.export.open, the one opener)
     """Any exported step graph (``.onnx`` or ``.tflite``) behind the stream driver, run by its runtime with
     ``threads`` threads: ``s(frames)``, ``s.flush()``, ``s.reset(mask)`` as every stream."""
-    module = format_of(path)
-    return module.open_onnx(path, threads) if module.__name__.endswith("onnx") else module.open_litert(path, threads)
+    fmt = format_of(path)
+    return getattr(importlib.import_module(fmt.module), fmt.opener)(path, threads)
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
     """The step-graph metadata (:mod:`stmc.export.graph`) of any exported file, without running it."""
-    return format_of(path).read_metadata(path)
+    return importlib.import_module(format_of(path).module).read_metadata(path)
 
 
 def __getattr__(name: str) -> Any:
