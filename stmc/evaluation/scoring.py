@@ -9,10 +9,9 @@ import math
 import os
 import signal as signals_os
 import sys
-import threading
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import InvalidStateError, ProcessPoolExecutor
-from multiprocessing import get_context
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import active_children, get_context
 from pathlib import Path
 from typing import Any
 
@@ -205,21 +204,17 @@ def run_all(
             _WORKER.clear()
             torch.set_num_threads(previous)
     else:
+        others = set(active_children())  # the caller's own child processes, never stopped here
         pool = ProcessPoolExecutor(
             workers, mp_context=get_context("spawn"), initializer=_init_pool_worker, initargs=args
         )
+        futures = [pool.submit(_task, task) for task in ordered]
         try:
-            collect(pool.map(_task, ordered, chunksize=1))
+            collect(future.result() for future in futures)
         except BaseException:  # Ctrl-C or a failed task: stop the workers now rather than after their tasks
-            processes = list((pool._processes or {}).values())
-            pool.shutdown(wait=False, cancel_futures=True)
-            previous = threading.excepthook
-            # Python 3.11's pool thread then fails to mark the cancelled futures broken (InvalidStateError)
-            threading.excepthook = lambda hook: (
-                None if isinstance(hook.exc_value, InvalidStateError) else previous(hook)
-            )
-            for process in processes:
+            for process in set(active_children()) - others:
                 process.terminate()
+            pool.shutdown(wait=True)  # the pool sees its workers gone and fails the unfinished tasks
             raise
         pool.shutdown()
     n = len(items)
