@@ -271,6 +271,31 @@ def test_a_wav_file_piped_as_raw_pcm_is_refused(noisy_wav, tmp_path):
     assert "stdin holds a WAV file, not raw 16-bit PCM" in done.stderr.decode()
 
 
+def test_non_ascii_and_spaced_paths_are_read_as_the_strings_they_are(noisy_wav, tmp_path):
+    folder = tmp_path / "grüße und mehr"
+    folder.mkdir()
+    source = folder / "ü.wav"
+    source.write_bytes(noisy_wav.read_bytes())
+    done = stream_infer(f"input={source}", f"output={folder / 'sauber ü.wav'}", "model.depth=2", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr.decode()
+    assert (folder / "sauber ü.wav").is_file()
+
+
+def test_quoting_touches_only_plain_values_that_hydra_rejects():
+    from stmc.apps.configs import quote_plain_values
+
+    given = ["input=/d/ü.wav", "output=/d/a b.wav", "seed=3", "x=[ü]", "-m", "chunk=1,2", "input='/d/é.wav'"]
+    assert quote_plain_values(given) == [
+        "input='/d/ü.wav'",
+        "output=/d/a b.wav",  # Hydra reads spaces in a plain value
+        "seed=3",
+        "x=[ü]",
+        "-m",
+        "chunk=1,2",
+        "input='/d/é.wav'",
+    ]
+
+
 def test_evaluate_typo_gets_the_same_advice_as_train(tmp_path):
     done = subprocess.run(
         [sys.executable, str(ROOT / "evaluate.py"), "checkpoints=[x]", "chunck=1"],

@@ -120,10 +120,30 @@ def unknown_key(err: HydraException, config_name: str, groups: Sequence[str]) ->
     return f"{full_key} is not a key of this config{hint}"
 
 
+def quote_plain_values(overrides: Sequence[str]) -> list[str]:
+    """``overrides`` with each value that Hydra's grammar rejects only for its non-ASCII characters (as in
+    ``input=/data/ü.wav``) quoted, so that it reads as the string it is; structured values (lists, dicts,
+    interpolations, sweeps) and values that already parse are left as they are."""
+    parser = OverridesParser.create()
+    quoted = []
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        plain = sep and not override.startswith("-") and not any(c in value for c in "[]{},$'\"")
+        if plain and not value.isascii():
+            try:
+                parser.parse_override(override)
+            except HydraException:
+                override = f"{key}='{value}'"
+        quoted.append(override)
+    return quoted
+
+
 def run_command_line(main: Callable[[], None], config_name: str, interrupted: str | None = None) -> None:
-    """An entry point's command line: its overrides checked first (a typo or a missing option: one line, status
-    2), then its Hydra ``main``; with ``interrupted``, Ctrl-C prints ``interrupted (Ctrl-C): <interrupted>`` and exits
-    with status 130 (without, the entry point handles Ctrl-C itself)."""
+    """An entry point's command line: plain values that Hydra's grammar rejects for their characters quoted, the
+    overrides checked (a typo or a missing option: one line, status 2), then its Hydra ``main``; with
+    ``interrupted``, Ctrl-C prints ``interrupted (Ctrl-C): <interrupted>`` and exits with status 130 (without, the
+    entry point handles Ctrl-C itself)."""
+    sys.argv[1:] = quote_plain_values(sys.argv[1:])
     try:
         check_overrides(sys.argv[1:], config_name)
     except ConfigError as err:
