@@ -353,3 +353,18 @@ def test_pure_bf16_training_is_refused_before_the_fit(compose_train):
 
     with pytest.raises(ConfigError, match="use trainer.precision=bf16-mixed"):
         resolve_precision(compose_train(["trainer=cpu", "trainer.precision=bf16-true"]))
+
+
+def test_live_wandb_without_an_account_is_one_line_naming_the_offline_default(tmp_path, monkeypatch):
+    from lightning.pytorch.loggers import WandbLogger
+
+    from stmc.errors import ConfigError
+    from stmc.training.run import start_logging
+
+    for key in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_DISABLED"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc: no account
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    logger = WandbLogger(project="stmc", save_dir=str(tmp_path), offline=False)
+    with pytest.raises(ConfigError, match=r"No API key configured.*keep logger\.offline=true"):
+        start_logging(logger, {"seed": 0})

@@ -22,7 +22,7 @@ from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from stmc.conf import group_options
@@ -244,6 +244,22 @@ def _checkpoint(trainer: pl.Trainer, kind: str) -> str:
     return ""
 
 
+def start_logging(logger: Logger, run_config: dict[str, Any]) -> None:
+    """Log the run's config, which starts the logger's run; a wandb run that cannot start for want of an account
+    is a :class:`ConfigError` naming the ways out."""
+    if not isinstance(logger, WandbLogger):
+        logger.log_hyperparams(run_config)
+        return
+    import wandb
+
+    try:
+        logger.log_hyperparams(run_config)
+    except wandb.errors.UsageError as err:
+        raise ConfigError(
+            f"logger: {str(err).splitlines()[0]} Or keep logger.offline=true (the default; no account needed)"
+        ) from None
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit ``cfg.module`` (holding ``cfg.model``) on ``cfg.data``; then, if ``cfg.test``, test the best checkpoint.
 
@@ -281,7 +297,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
     if logger:
-        logger.log_hyperparams(run_config)
+        start_logging(logger, run_config)
     log.info("output folder: %s", output_dir)
     if ckpt_path:
         log.info("resuming from %s", ckpt_path)
