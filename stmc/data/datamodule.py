@@ -22,6 +22,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import torch
 from lightning.pytorch import LightningDataModule
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
@@ -223,12 +224,24 @@ class SpeechDataModule(LightningDataModule):
         return DataLoader(
             self.train_set,
             batch_size=self.batch_size,
-            sampler=EpochSampler(len(self.train_set)),
+            sampler=EpochSampler(len(self.train_set), self._training_position),
+            generator=torch.Generator(),  # see _eval_loader
             collate_fn=collate,
             num_workers=self.num_workers,
             drop_last=True,
             persistent_workers=self.num_workers > 0,
         )
+
+    def _training_position(self) -> tuple[int, int] | None:
+        """``(epoch, training items already used in it)`` from the attached trainer's restored progress (see
+        :class:`EpochSampler`), None without a trainer; a distributed run, whose sampler Lightning wraps and pads,
+        restarts an interrupted epoch."""
+        trainer = self.trainer
+        if trainer is None:
+            return None
+        fit = trainer.fit_loop
+        done = fit.epoch_loop.batch_progress.current.processed if trainer.world_size == 1 else 0
+        return fit.epoch_progress.current.processed, done * self.batch_size
 
     def val_dataloader(self) -> DataLoader:
         self._require(self.val_sets, "fit")
@@ -249,6 +262,9 @@ class SpeechDataModule(LightningDataModule):
             ConcatDataset(sets),
             batch_size=self.eval_batch_size,
             shuffle=False,
+            # Each pass over a loader draws its workers' base seed from this generator: from the global one, a
+            # resumed run (which iterates its loaders more often) would leave training with another RNG state.
+            generator=torch.Generator(),
             collate_fn=collate,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,

@@ -35,13 +35,16 @@ Item = dict[str, object]
 class EpochSampler(Sampler[int]):
     """Yields ``epoch * size + i`` for ``i < size``; the epoch advances on each pass.
 
-    Lightning calls ``set_epoch`` before every training epoch (which keeps resumed runs exact); without
-    Lightning the epoch simply counts passes.
+    ``position``, when given, is asked at the start of each pass for ``(epoch, items already trained on in that
+    epoch)``, or None: the trainer's own progress, so that a run resumed mid-epoch continues with the very items
+    an uninterrupted run would have drawn. Lightning's ``set_epoch`` sets the epoch otherwise; without either the
+    epoch simply counts passes.
     """
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, position: Callable[[], tuple[int, int] | None] | None = None) -> None:
         self.size = size
         self.epoch = 0
+        self.position = position
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -50,9 +53,14 @@ class EpochSampler(Sampler[int]):
         return self.size
 
     def __iter__(self) -> Iterator[int]:
+        where = self.position() if self.position is not None else None
+        if where is not None:
+            self.epoch, done = where
+        else:
+            done = 0
         base = self.epoch * self.size
         self.epoch += 1
-        return iter(range(base, base + self.size))
+        return iter(range(base + min(done, self.size), base + self.size))
 
 
 class _Picker:

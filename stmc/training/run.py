@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from stmc.conf import group_options
+from stmc.data.datamodule import SpeechDataModule
 from stmc.errors import ConfigError, InputError, StmcError
 from stmc.model import checkpoint
 from stmc.model.unet import IMPLIED_CONFIG, UNet
@@ -88,6 +90,7 @@ def cpu_supports_bf16() -> bool:
 
 AUTO = "auto"
 PRECISIONS_TRIED = ("32-true", "bf16-mixed")
+BF16_GAIN = 0.9  # bf16 autocast must time at most this fraction of fp32: a tie within the probe's noise stays fp32
 
 
 def step_seconds(cfg: DictConfig, precision: str, steps: int = 3, warmup: int = 2) -> float:
@@ -114,9 +117,10 @@ def step_seconds(cfg: DictConfig, precision: str, steps: int = 3, warmup: int = 
 def resolve_precision(cfg: DictConfig, probe: Callable[[str], float] | None = None) -> None:
     """Replace ``trainer.precision=auto`` by what trains fastest here, in place. On the CPU that is measured, not
     read from its flags: where the CPU has bf16 kernels, ``probe(precision)`` (default :func:`step_seconds`)
-    times a training step in fp32 and in bf16 autocast and the faster one is taken (logged with both times);
-    without bf16 kernels, fp32. On a GPU, bf16 autocast. An explicit ``bf16-mixed`` / ``bf16-true`` on a CPU
-    without them is a :class:`ConfigError` (it would run, but far slower); any explicit setting otherwise wins."""
+    times a training step in fp32 and in bf16 autocast, and bf16 is taken only when clearly faster (``BF16_GAIN``;
+    it rounds, fp32 does not), logged with both times; without bf16 kernels, fp32. On a GPU, bf16 autocast. An
+    explicit ``bf16-mixed`` / ``bf16-true`` on a CPU without them is a :class:`ConfigError` (it would run, but far
+    slower); any explicit setting otherwise wins."""
     trainer_cfg = cfg.trainer
     precision = str(trainer_cfg.get("precision", "32-true"))
     on_cpu = trainer_cfg.get("accelerator") == "cpu"
@@ -126,7 +130,7 @@ def resolve_precision(cfg: DictConfig, probe: Callable[[str], float] | None = No
         elif cpu_supports_bf16():
             probe = probe if probe is not None else (lambda p: step_seconds(cfg, p))
             seconds = {p: probe(p) for p in PRECISIONS_TRIED}
-            chosen = min(seconds, key=seconds.__getitem__)
+            chosen = "bf16-mixed" if seconds["bf16-mixed"] <= BF16_GAIN * seconds["32-true"] else "32-true"
             log.info(
                 "trainer.precision=auto: a training step takes %s on this CPU (it has bf16 kernels); training in %s",
                 ", ".join(f"{1000 * t:.0f} ms in {p}" for p, t in seconds.items()),
@@ -303,7 +307,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         log.info("resuming from %s", ckpt_path)
     try:
         started = time.monotonic()
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        with warnings.catch_warnings():
+            if isinstance(datamodule, SpeechDataModule) and trainer.world_size == 1:  # its sampler resumes mid-epoch
+                warnings.filterwarnings("ignore", "You're resuming from a checkpoint that ended before the epoch")
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         minutes = (time.monotonic() - started) / 60
         rate = f" ({trainer.global_step / minutes:.0f} steps/min)" if not ckpt_path and minutes > 0 else ""
         log.info("step %d after %.1f min of fitting%s", trainer.global_step, minutes, rate)
