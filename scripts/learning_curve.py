@@ -5,10 +5,12 @@ recipe, one CSV, one plot and one summary table; the tool behind the recipe stud
     python -m scripts.learning_curve experiment=quickstart threads=1 trainer.max_time=00:00:07:00 \\
         --vary "module.optimizer.lr=6e-3" --vary "data.batch_size=8 data.segment_seconds=1.0" --out outputs/curves/x
     python -m scripts.learning_curve --collect outputs/curves/x      # tables and plot again from finished runs
+    python -m scripts.learning_curve --collect outputs/mini/train/lookahead --out outputs/mini/curves
 
 Each (recipe, seed) is one ``train.py`` run (a fresh process, ``logger=csv``, no test) in
-``<out>/<recipe>/seed<N>/``; recipes are the given overrides (``base``) and each ``--vary`` on top of them, run
-interleaved by seed so that machine drift hits every recipe alike. The runs validate every ``--every`` steps
+``<out>/<recipe>/seed=<N>/`` (the layout of ``scripts.reproduce``'s sweeps, so ``--collect`` reads those too, each
+look-ahead a recipe); recipes are the given overrides (``base``) and each ``--vary`` on top of them, run interleaved
+by seed so that machine drift hits every recipe alike. The runs validate every ``--every`` steps
 (``trainer.val_check_interval``); :class:`stmc.training.module.TrainingClock` logs the CPU time spent training (not
 validating) at each validation. With ``module.ema_decay`` > 0 a run gives two curves: the moving average
 (``val/si_snri``, the inference weights) and the trained weights (``val/si_snri_raw``), on the same steps.
@@ -30,6 +32,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from scripts.reproduce import DONE
 from stmc.files import atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +47,7 @@ def recipe_name(overrides: str) -> str:
 
 def run(overrides: list[str], folder: Path, seed: int, every: int) -> int:
     """One training run into ``folder`` (skipped when its curve is already there); the exit status."""
-    if (folder / "csv" / "metrics.csv").is_file() and (folder / "done").is_file():
+    if (folder / "csv" / "metrics.csv").is_file() and (folder / DONE).is_file():
         return 0
     argv = [
         sys.executable,
@@ -60,7 +63,7 @@ def run(overrides: list[str], folder: Path, seed: int, every: int) -> int:
     with open(folder / "run.log", "w") as log:
         status = subprocess.run(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
     if status == 0:
-        (folder / "done").touch()
+        (folder / DONE).touch()
     return status
 
 
@@ -68,10 +71,10 @@ def read_curves(out: Path) -> list[dict[str, object]]:
     """Every validation of every finished run under ``out`` as rows of :data:`FIELDS` (runs still going, or
     stopped, are left out: their last point is not the end of their budget)."""
     rows: list[dict[str, object]] = []
-    for metrics in sorted(out.glob("*/seed*/csv/metrics.csv")):
-        if not (metrics.parents[1] / "done").is_file():
+    for metrics in sorted(out.glob("*/seed=*/csv/metrics.csv")):
+        if not (metrics.parents[1] / DONE).is_file():
             continue
-        recipe, seed = metrics.parents[2].name, int(metrics.parents[1].name.removeprefix("seed"))
+        recipe, seed = metrics.parents[2].name, int(metrics.parents[1].name.removeprefix("seed="))
         for line in csv.DictReader(metrics.open()):
             if not line.get("val/si_snri"):
                 continue
@@ -166,12 +169,15 @@ def plot(rows: list[dict[str, object]], path: Path) -> None:
     plt.close(fig)
 
 
-def collect(out: Path) -> int:
-    """Write ``curves.csv``, ``curves.png`` and ``summary.md`` from the runs under ``out``; print the summary."""
-    rows = read_curves(out)
+def collect(runs: Path, out: Path | None = None) -> int:
+    """Write ``curves.csv``, ``curves.png`` and ``summary.md`` of the runs under ``runs`` into ``out`` (default:
+    ``runs``); print the summary."""
+    rows = read_curves(runs)
     if not rows:
-        print(f"error: no validated runs under {out} (expected <recipe>/seed<N>/csv/metrics.csv)", file=sys.stderr)
+        print(f"error: no finished runs under {runs} (expected <recipe>/seed=<N>/csv/metrics.csv)", file=sys.stderr)
         return 1
+    out = runs if out is None else out
+    out.mkdir(parents=True, exist_ok=True)
     table = io.StringIO()
     writer = csv.DictWriter(table, fieldnames=FIELDS)
     writer.writeheader()
@@ -201,11 +207,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-base", action="store_true", help="run only the --vary recipes")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--every", type=int, default=250, help="validate every N optimizer steps (default 250)")
-    parser.add_argument("--out", type=Path, default=Path("outputs/curves"))
-    parser.add_argument("--collect", type=Path, metavar="OUT", help="only collect the finished runs under OUT")
+    parser.add_argument("--out", type=Path, help="runs and results (default outputs/curves; with --collect: RUNS)")
+    parser.add_argument("--collect", type=Path, metavar="RUNS", help="only collect the finished runs under RUNS")
     args = parser.parse_args(argv)
     if args.collect is not None:
-        return collect(args.collect)
+        return collect(args.collect, args.out)
+    args.out = args.out or Path("outputs/curves")
     if args.every < 1:
         print("error: --every must be a positive number of steps", file=sys.stderr)
         return 2
@@ -217,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("STMC_DEMO_ROOT", str(ROOT / "demo_corpus"))
     for seed in args.seeds:
         for name, overrides in recipes.items():
-            folder = args.out.resolve() / name / f"seed{seed}"
+            folder = args.out.resolve() / name / f"seed={seed}"
             print(f"seed {seed}: {name} -> {folder}", file=sys.stderr, flush=True)
             status = run(overrides, folder, seed, args.every)
             if status != 0:

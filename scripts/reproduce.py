@@ -8,6 +8,7 @@ streamed, then the speed table (Table 1), the look-ahead figure (Figure 5) and t
 Arguments ``key=value`` override the preset file (OmegaConf dot-list, e.g. ``steps=100 train.jobs=1``).
 Layout of ``out``: ``train/<sweep>/<param>=<value>/...`` (one training run each), ``evaluate/`` (results.json,
 results.md, utterances.csv), ``speed_table.{md,csv,json}``, ``lookahead.{png,csv,json}``, ``size.{png,csv,json}``,
+``curves/`` (validation curves of the sweeps named in ``learning_curves``: ``scripts/learning_curve.py``),
 ``logs/`` (one log per command), ``index.md`` and ``index.html`` (what ran, how long, the tables, a link to the
 evaluation's listening report ``evaluate/report.html``). A training run that
 finished before (``.done`` in its folder) is not run again, so an interrupted preset resumes where it stopped.
@@ -37,6 +38,7 @@ from stmc.files import atomic_write
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = CONFIG_DIR / "preset"
 DONE = ".done"
+FIGURES = ("lookahead.png", "size.png", "curves/curves.png")  # what the preset draws, where it exists
 
 
 @dataclass
@@ -149,8 +151,16 @@ def later_commands(cfg: DictConfig, out: Path) -> list[Command]:
     evaluate += [*cfg.data, *cfg.evaluate.overrides]
     module = [sys.executable, "-m"]
     results = str(out / "evaluate")
+    curves = [
+        Command(
+            f"curves_{sweep}",
+            [*module, "scripts.learning_curve", "--collect", str(out / "train" / sweep), "--out", str(out / "curves")],
+        )
+        for sweep in cfg.get("learning_curves", [])
+    ]
     return [
         Command("evaluate", evaluate),
+        *curves,
         Command(
             "speed_table", [*module, "scripts.speed_table", "--results", results, "--out", str(out), *cfg.speed_table]
         ),
@@ -220,20 +230,24 @@ def index(cfg: DictConfig, out: Path, commands: Sequence[Command], wall: float, 
     for title, file in (
         ("Evaluation (SI-SNRi)", out / "evaluate" / "results.md"),
         ("Speed table", out / "speed_table.md"),
+        ("Validation curves (the last 20 % of the steps gain under 0.1 dB: flattened)", out / "curves" / "summary.md"),
     ):
         if file.is_file():
             text = file.read_text()
             if file.name == "results.md":  # the overview only: one line per model
                 text = text.split("\n## ", 1)[0]
             lines += ["", f"## {title}", "", text.strip()]
-    for figure in ("lookahead.png", "size.png"):
+    for figure in FIGURES:
         if (out / figure).is_file():
             lines += ["", f"![{figure}]({figure})"]
     lookahead = out / "lookahead.json"
     if lookahead.is_file():
-        from scripts.lookahead_figure import describe
+        from scripts.lookahead_figure import describe, describe_seed_paired
 
-        lines += ["", "Look-ahead: " + describe(json.loads(lookahead.read_text())["gains"]) + "."]
+        found = json.loads(lookahead.read_text())
+        lines += ["", "Look-ahead: " + describe(found["gains"]) + "."]
+        if found.get("seed_paired"):
+            lines += ["", "```", describe_seed_paired(found["seed_paired"]), "```"]
     lines += ["", "Preset:", "", "```yaml", OmegaConf.to_yaml(cfg).strip(), "```"]
     return "\n".join(lines) + "\n"
 
@@ -259,7 +273,7 @@ def index_html(cfg: DictConfig, out: Path, commands: Sequence[Command], wall: fl
         if report.is_file()
         else "<p class=missing>no evaluation report (the evaluate step did not run to the end)</p>"
     )
-    for figure in ("lookahead.png", "size.png"):
+    for figure in FIGURES:
         if (out / figure).is_file():
             parts.append(f'<img style="width:auto;height:auto;max-width:100%" alt="{figure}" src="{href(figure)}">')
     lookahead = out / "lookahead.json"
@@ -280,7 +294,7 @@ def finish(cfg: DictConfig, out: Path, commands: Sequence[Command], wall: float,
 
     evaluation = out / "evaluate"
     if (evaluation / "results.json").is_file():
-        figures = [out / name for name in ("lookahead.png", "size.png") if (out / name).is_file()]
+        figures = [out / name for name in FIGURES if (out / name).is_file()]
         speed = out / "speed_table.md"
         write_page(evaluation, figures, speed if speed.is_file() else None)
     atomic_write(out / "index.md", index(cfg, out, commands, wall, cpu))

@@ -8,10 +8,11 @@ import csv
 import pytest
 
 from scripts import learning_curve
+from scripts.reproduce import DONE
 
 
 def write_run(out, recipe, seed, points, done=True):
-    folder = out / recipe / f"seed{seed}"
+    folder = out / recipe / f"seed={seed}"
     (folder / "csv").mkdir(parents=True)
     with open(folder / "csv" / "metrics.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, ["step", "time/train_cpu_minutes", "val/si_snri", "val/si_snri_raw"])
@@ -27,7 +28,7 @@ def write_run(out, recipe, seed, points, done=True):
             )
             writer.writerow({"step": step + 1})  # a training-only row, as Lightning's CSV logger writes
     if done:
-        (folder / "done").touch()
+        (folder / DONE).touch()
 
 
 def test_value_at_interpolates_between_validations():
@@ -48,6 +49,8 @@ def test_summary_of_finished_runs(tmp_path):
     assert "| base | raw | 2 | 500 | 5.0 | 4.50 ± 0.71 | +0.50 |" in table
     assert learning_curve.collect(tmp_path) == 0
     assert (tmp_path / "curves.png").stat().st_size > 0 and (tmp_path / "summary.md").is_file()
+    assert learning_curve.collect(tmp_path, tmp_path / "elsewhere") == 0
+    assert (tmp_path / "elsewhere" / "curves.csv").read_text() == (tmp_path / "curves.csv").read_text()
 
 
 def test_recipe_names_are_folder_and_hydra_safe():
