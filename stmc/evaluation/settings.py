@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import re
@@ -13,6 +14,7 @@ from typing import Any
 import torch
 
 from stmc.errors import InputError, MissingFileError
+from stmc.evaluation.references import REFERENCE_SYSTEMS
 from stmc.model import checkpoint
 from stmc.model.stft import HOP
 from stmc.stream.engines import METHODS
@@ -22,7 +24,7 @@ log = logging.getLogger("stmc.evaluation")
 
 OFFLINE = "offline"
 BASELINES = ("mixture", "wiener")
-METRICS = ("si_snri", "sdri", "pesq", "stoi")  # what a user may ask for; si_snr/sdr come with si_snri/sdri
+METRICS = ("si_snri", "sdri", "pesq", "stoi", "dnsmos")  # what a user may ask for (si_snr/sdr come with si_snri/sdri)
 LABELS = {
     "si_snr": "SI-SNR (dB)",
     "si_snri": "SI-SNRi (dB)",
@@ -30,7 +32,16 @@ LABELS = {
     "sdri": "SDRi (dB)",
     "pesq": "PESQ (wb)",
     "stoi": "STOI",
+    "dnsmos_ovrl": "DNSMOS OVRL",
+    "dnsmos_sig": "DNSMOS SIG",
+    "dnsmos_bak": "DNSMOS BAK",
+    "dnsmos_p808": "DNSMOS P.808",
+    "rtf": "real-time factor",
 }
+# the scores tables show, in this order (si_snr and sdr, the absolute values, come after where shown)
+SCORES = ("si_snri", "sdri", "pesq", "stoi", "dnsmos_ovrl", "dnsmos_sig", "dnsmos_bak", "dnsmos_p808", "rtf")
+IMPROVEMENTS = ("si_snri", "sdri")  # relative to the mixture: none for the mixture itself
+DIGITS = {"stoi": 3, "rtf": 3}  # decimals shown, 2 otherwise
 ALL = "all"
 
 Item = Mapping[str, Any]  # one utterance: noisy, clean (1-D float32), name, split, noise_type, snr
@@ -46,21 +57,31 @@ class Settings:
     chunk: int = HOP  # samples per streamed chunk
 
     def __post_init__(self) -> None:
-        unknown = [m for m in self.methods if m != OFFLINE and m not in METHODS]
+        unknown = [m for m in self.methods if m != OFFLINE and m not in METHODS and m not in REFERENCE_SYSTEMS]
         if unknown or OFFLINE not in self.methods:
             raise InputError(
                 f"methods={list(self.methods)}: {OFFLINE} (the reference of every stream) and any of "
-                f"{', '.join(METHODS)}"
+                f"{', '.join(METHODS)}, and reference systems: {', '.join(REFERENCE_SYSTEMS)}"
             )
+        for name in self.references:
+            REFERENCE_SYSTEMS[name].check_available(name)
         bad = [m for m in self.metrics if m not in METRICS]
         if bad or "si_snri" not in self.metrics:
             raise InputError(f"metrics={list(self.metrics)}: choose from {', '.join(METRICS)} (si_snri always)")
+        if "dnsmos" in self.metrics and importlib.util.find_spec("speechmos") is None:
+            raise InputError("metrics: dnsmos needs the speechmos package (its DNSMOS models): make venv")
         if self.chunk < 1:
             raise InputError(f"chunk must be at least one sample, got {self.chunk}")
 
     @property
     def streams(self) -> tuple[str, ...]:
-        return tuple(m for m in self.methods if m != OFFLINE)
+        """Our model streamed by each engine (compared with offline)."""
+        return tuple(m for m in self.methods if m in METHODS)
+
+    @property
+    def references(self) -> tuple[str, ...]:
+        """Reference systems run once per utterance, like the baselines."""
+        return tuple(m for m in self.methods if m in REFERENCE_SYSTEMS)
 
 
 def find_checkpoints(paths: Iterable[str | Path], select: str = "best", newest: bool = False) -> list[Path]:
