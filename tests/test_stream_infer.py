@@ -158,6 +158,20 @@ def test_failed_write_leaves_no_file_and_keeps_the_old_one(tmp_path):
     assert list(tmp_path.iterdir()) == [target] and target.read_bytes() == b"previous"
 
 
+def test_latency_stats_count_a_chunk_late_when_its_output_comes_after_its_own_duration():
+    from stmc.apps.stream_infer import LatencyStats
+
+    stats = LatencyStats()
+    stats.add(compute=0.010, response=0.010, samples=320)  # 20 ms chunk, ready after 10 ms: on time
+    stats.add(compute=0.030, response=0.030, samples=320)  # computed too slowly: late
+    stats.add(compute=0.005, response=0.025, samples=320)  # quick, but waited for the late one: late
+    stats.flush_seconds = 0.015
+    summary = stats.summary()
+    assert summary["chunks"] == 3 and summary["misses"] == 2
+    assert summary["p50_ms"] == pytest.approx(10.0) and summary["max_ms"] == pytest.approx(30.0)
+    assert summary["rtf"] == pytest.approx((0.010 + 0.030 + 0.005 + 0.015) / 0.060)
+
+
 def test_realtime_paces_input_and_reports_latency(tmp_path):
     sf.write(tmp_path / "in.wav", noisy(0.6), 16000, subtype="FLOAT")
     start = time.perf_counter()

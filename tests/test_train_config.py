@@ -185,10 +185,17 @@ def test_threads_auto_leaves_the_busy_cores_alone(monkeypatch, compose_train):
     assert compose_train([]).threads == "auto"
 
 
-def test_busy_cores_reads_the_runnable_tasks():
+def test_busy_cores_reads_the_runnable_tasks_less_this_process(tmp_path, monkeypatch):
     from stmc.training import run as training
 
-    assert training.busy_cores(samples=2, interval=0.01) >= 0
+    loadavg = tmp_path / "loadavg"
+    monkeypatch.setattr(training, "LOADAVG", loadavg)
+    loadavg.write_text("1.93 1.71 1.20 3/412 31337\n")  # 3 runnable: this process and 2 others
+    assert training.busy_cores(samples=1) == 2
+    loadavg.write_text("0.01 0.02 0.00 1/412 31337\n")
+    assert training.busy_cores(samples=1) == 0
+    loadavg.unlink()  # no /proc (not Linux): nothing known to be busy
+    assert training.busy_cores(samples=1) == 0
 
 
 def test_a_config_mistake_leaves_no_empty_run_folder(tmp_path):

@@ -152,13 +152,16 @@ def resolve_precision(cfg: DictConfig, probe: Callable[[str], float] | None = No
         )
 
 
+LOADAVG = Path("/proc/loadavg")  # its 4th field: runnable tasks / all tasks
+
+
 def busy_cores(samples: int = 5, interval: float = 0.1) -> int:
     """Cores kept busy by other processes right now: the most runnable tasks seen in ``samples`` reads of
     ``/proc/loadavg``, less this process (0 where that file does not exist)."""
     seen = 0
     for i in range(samples):
         try:
-            running = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
+            running = int(LOADAVG.read_text().split()[3].split("/")[0])
         except (OSError, IndexError, ValueError):
             return 0
         seen = max(seen, running - 1)
