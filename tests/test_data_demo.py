@@ -30,9 +30,8 @@ def test_refuses_to_overwrite_a_foreign_folder(tmp_path, monkeypatch):
         build.build_corpus(tmp_path, scale=SCALE)
 
 
+@pytest.mark.corpus  # planning lists the packages' files
 def test_plan_keeps_splits_disjoint():
-    if packages.missing():
-        pytest.skip("planning lists the packages' files; " + packages.install_command(packages.missing()))
     plan = build.plan(0, build.Sizes().scaled(SCALE))
     speakers = {split: set(names) for split, names in plan.speakers.items()}
     assert speakers["test_real"] == {"June"}
@@ -52,8 +51,6 @@ def test_plan_keeps_splits_disjoint():
 @pytest.mark.slow
 @pytest.mark.corpus
 def test_small_corpus_builds_reproducibly_and_loads(tmp_path):
-    if packages.missing():
-        pytest.skip("needs the Debian packages: " + packages.install_command(packages.missing()))
     first, second = tmp_path / "a", tmp_path / "b"
     assert build.build_corpus(first, seed=3, scale=SCALE, workers=2)
     assert not build.build_corpus(first, seed=3, scale=SCALE)  # already built: nothing to do

@@ -69,11 +69,9 @@ def test_dnsmos_ranks_clean_speech_above_the_same_speech_in_noise():
 @pytest.mark.references
 @pytest.mark.corpus
 def test_deepfilternet3_output_is_aligned_with_its_input_and_enhances():
-    from stmc.data.demo import packages, sources
+    from stmc.data.demo import sources
     from stmc.evaluation.references import deepfilternet3
 
-    if packages.missing():
-        pytest.skip("needs real speech, the Debian packages: " + packages.install_command(packages.missing()))
     clean = sources.decode_g722(sources.prompts(sources.TEST_LANGUAGE)[0], seconds=3.0)  # a recorded voice
     noisy = clean + 0.3 * np.std(clean) * np.random.default_rng(5).standard_normal(clean.shape[0]).astype(np.float32)
     out = deepfilternet3(torch.from_numpy(noisy))
