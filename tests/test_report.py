@@ -253,3 +253,33 @@ def test_report_in_headless_chromium_loads_every_file_from_a_copied_folder(repor
 
     pixels = matplotlib.image.imread(shot)
     assert pixels.shape[0] >= 1000 and pixels[..., :3].std() > 0.05  # text, tables and spectrograms: not blank
+
+
+def test_examples_are_each_noise_types_median_then_worst_utterance():
+    from stmc.evaluation.listening_report import select_examples
+
+    noise = ["hum", "hum", "hum", "hum", "hum", "pink", "pink"]
+    gains = [5.0, -1.0, 9.0, 3.0, float("nan"), 2.0, 7.0]
+    items = [{"noise_type": n} for n in noise]
+    rows = [{"stmc": {"si_snri": g}} for g in gains]
+    # hum: finite scores -1, 3, 5, 9 -> median (index 2 of 4) is 5.0 (item 0), worst -1.0 (item 1)
+    assert select_examples(items, rows, "stmc", 2) == [(0, "median"), (1, "worst"), (6, "median"), (5, "worst")]
+    assert select_examples(items, rows, "stmc", 1) == [(0, "median"), (6, "median")]
+
+
+def test_the_reports_enhanced_audio_is_the_scored_stream(report):
+    """The WAV a listener hears is the stream whose numbers the page shows: its SI-SNRi, recomputed from the file,
+    equals the scored one."""
+    from stmc.evaluation.metrics import si_snri
+
+    folder, _ = report
+    manifest = json.loads((folder / "report.json").read_text())
+    assert manifest["examples"]
+    for example in manifest["examples"]:
+        assert example["method"] == "stmc"
+        read = {
+            s: torch.from_numpy(sf.read(folder / example["dir"] / f"{s}.wav", dtype="float32")[0])
+            for s in ("noisy", "enhanced", "clean")
+        }
+        heard = float(si_snri(read["enhanced"][None], read["noisy"][None], read["clean"][None]))
+        assert heard == pytest.approx(example["scores"]["enhanced"]["si_snri"], abs=0.05)  # 16-bit PCM files
