@@ -229,3 +229,19 @@ def test_every_config_instantiates(name, tmp_path):
     assert isinstance(module, SpeechDataModule)
     with pytest.raises(FileNotFoundError, match="data.root"):
         module.setup("fit")
+
+
+def test_recordings_alone_are_test_items_without_clean_and_cannot_train(tmp_path):
+    from stmc.errors import InputError
+
+    write(tmp_path / "a.wav", speechlike(0.5, 1))
+    write(tmp_path / "sub" / "b.wav", speechlike(0.7, 2))
+    data = SpeechDataModule(root=str(tmp_path), train=None, val=[], test=[{"split": "calls", "noisy": "."}])
+    data.setup("test")
+    items = [data.test_sets[0][i] for i in range(len(data.test_sets[0]))]
+    assert [item["name"] for item in items] == ["a", "b"] and all("clean" not in item for item in items)
+    assert items[0]["split"] == "calls" and items[0]["length"] == 8000
+    with pytest.raises(InputError, match="data.train is null: this data config is for evaluation only"):
+        data.setup("fit")
+    with pytest.raises(InputError, match=r"data.val\[0\]: expected keys clean"):  # validation needs references
+        SpeechDataModule(root=str(tmp_path), train=None, val=[{"split": "v", "noisy": "."}])

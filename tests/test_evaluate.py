@@ -317,3 +317,38 @@ def test_an_interrupted_evaluation_resumes_from_what_it_finished(tmp_path, tiny_
     other = Journal(tmp_path / "journal.jsonl", fingerprint(items[:3], [ckpt], settings, 1))
     assert other.done == {}
     other.close()
+
+
+@pytest.mark.slow
+def test_recordings_without_clean_references_are_scored_by_dnsmos_and_heard_in_the_report(tmp_path, tiny_checkpoint):
+    """data=recordings: every file of a folder (one at 8 kHz, resampled), no clean reference: DNSMOS is added and
+    is the headline, the intrusive metrics are skipped with one logged line, and the report has noisy and
+    enhanced players but no clean one."""
+    import soundfile as sf
+
+    from stmc.data.synthetic import speechlike
+
+    folder = tmp_path / "recordings"
+    folder.mkdir()
+    for i, rate in enumerate((16000, 16000, 8000)):
+        x = speechlike(1.0 + 0.5 * i, 70 + i, rate=rate)
+        x = x + 0.05 * torch.randn(x.shape[0], generator=torch.Generator().manual_seed(i)).numpy()
+        sf.write(folder / f"call {i}.wav", x.astype("float32"), rate)
+    tiny_checkpoint(tmp_path / "train/run/checkpoints/last.ckpt")
+    done = run_evaluate(
+        "data=recordings",
+        f"data.root={folder}",
+        f"checkpoints=[{tmp_path / 'train'}]",
+        "examples_per_noise=2",
+        f"hydra.run.dir={tmp_path / 'eval'}",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "3 of 3 utterances have no clean reference: SI-SNRi, SDRi, PESQ, STOI skipped for them" in done.stdout
+    results = json.loads((tmp_path / "eval/results.json").read_text())
+    assert results["headline"] == "dnsmos_ovrl" and set(results["dnsmos_ovrl"]) == {"wiener", "offline", "stmc"}
+    overall = results["models"][0]["groups"]["all"]
+    assert "si_snri" not in overall["offline"] and 1 <= overall["offline"]["dnsmos_ovrl"]["mean"] <= 5
+    assert overall["mixture"]["dnsmos_ovrl"]["n"] == 3
+    assert "DNSMOS OVRL" in done.stdout and "DNSMOS OVRL" in (tmp_path / "eval/results.md").read_text()
+    players = {p.stem for p in (tmp_path / "eval/examples").glob("*/*/*.wav")}
+    assert players == {"noisy", "enhanced", "wiener"}

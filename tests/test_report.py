@@ -185,7 +185,7 @@ def test_page_renders_without_examples_and_with_nan_scores(tmp_path):
     }
     page = render(tmp_path, document, {"examples": [example]}, figures=["figures/lookahead.png"])
     assert "missing: examples/hum/s-x/noisy.wav" in page and "missing figure: figures/lookahead.png" in page
-    assert "input SI-SNR — dB" in page
+    assert "input SI-SNR (dB): —" in page
 
 
 CHECK = """<script>

@@ -5,9 +5,11 @@ The work happens in :mod:`stmc.evaluation`; this module reads the Hydra config (
 the results into the run folder and prints the SI-SNRi table. A config mistake exits with status 2 and one line.
 """
 
+import dataclasses
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import hydra
@@ -23,7 +25,7 @@ from stmc.errors import StmcError
 from stmc.evaluation import evaluate
 from stmc.evaluation.listening_report import write_report
 from stmc.evaluation.results import headline_table
-from stmc.evaluation.settings import Settings, find_checkpoints, load_items
+from stmc.evaluation.settings import LABELS, Item, Settings, find_checkpoints, load_items
 from stmc.files import atomic_write, exclusive
 from stmc.model.enhancer import Enhancer
 from stmc.stream.chunk import parse_chunk
@@ -51,6 +53,24 @@ def check_numbers(cfg: DictConfig) -> None:
             check_count(key, value)
 
 
+def with_non_intrusive_metrics(settings: Settings, items: Sequence[Item]) -> Settings:
+    """``settings``, with DNSMOS added where some utterances are recordings without a clean reference (the
+    intrusive metrics are skipped for those: said in one logged line)."""
+    without = sum(1 for item in items if item.get("clean") is None)
+    if not without:
+        return settings
+    intrusive = ", ".join(LABELS[m].split(" (")[0] for m in settings.metrics if m != "dnsmos")
+    log.info(
+        "%d of %d utterances have no clean reference: %s skipped for them; DNSMOS scored",
+        without,
+        len(items),
+        intrusive,
+    )
+    if "dnsmos" in settings.metrics:
+        return settings
+    return dataclasses.replace(settings, metrics=(*settings.metrics, "dnsmos"))
+
+
 def run(cfg: DictConfig) -> Path:
     """Evaluate as ``cfg`` says; returns the run folder holding results.json."""
     check_numbers(cfg)
@@ -67,6 +87,7 @@ def evaluate_into(cfg: DictConfig, out: Path) -> Path:
     checkpoints = find_checkpoints(paths, cfg.select, cfg.newest)
     datamodule = instantiate(cfg.data, _convert_="all")
     items = load_items(datamodule, cfg.stage, as_list(cfg.splits) or None, cfg.max_items)
+    settings = with_non_intrusive_metrics(settings, items)
     log.info("%d checkpoint(s) x %d utterances -> %s", len(checkpoints), len(items), out)
     start, step = time.perf_counter(), max(1, (len(checkpoints) + 1) * len(items) // 10)
 
@@ -94,7 +115,8 @@ def evaluate_into(cfg: DictConfig, out: Path) -> Path:
         [original_cwd() / f for f in as_list(cfg.report.figures)],
         original_cwd() / cfg.report.speed_table if cfg.report.speed_table else None,
     )
-    print(f"\nSI-SNRi (dB, mean over utterances; {len(checkpoints)} model(s)) — full tables in {out}/results.md")
+    metric = LABELS[evaluation.document["headline"]]
+    print(f"\n{metric} (mean over utterances; {len(checkpoints)} model(s)) — full tables in {out}/results.md")
     print(headline_table(evaluation.document))
     print(f"listening report (open it in a browser): {report}")
     print(f"wrote {out / 'results.json'} ({time.perf_counter() - start:.0f} s)")

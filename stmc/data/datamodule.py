@@ -27,7 +27,7 @@ from lightning.pytorch import LightningDataModule
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
-from stmc.data.datasets import EpochSampler, MixingDataset, PairedDataset, collate
+from stmc.data.datasets import EpochSampler, MixingDataset, PairedDataset, RecordingsDataset, collate
 from stmc.data.index import Entry, hold_out, pair, resolve_folder, scan, speaker_of
 from stmc.errors import InputError, MissingFileError
 from stmc.model.stft import SAMPLE_RATE
@@ -52,13 +52,17 @@ def _plain(value: object) -> object:
     return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig | ListConfig) else value
 
 
-def _check_spec(spec: Mapping[str, str], key: str, named: bool = False) -> None:
-    """A folder spec needs ``clean`` and exactly one of ``noise``/``noisy`` (and ``split`` if ``named``)."""
+def _check_spec(spec: Mapping[str, str], key: str, named: bool = False, recordings: bool = False) -> None:
+    """A folder spec needs ``clean`` and exactly one of ``noise``/``noisy`` (and ``split`` if ``named``); with
+    ``recordings`` (test splits), ``noisy`` alone is noisy recordings without a clean reference."""
+    if recordings and set(spec) == {"split", "noisy"}:
+        return
     needed = ["clean"] + (["split"] if named else [])
     missing = [k for k in needed if k not in spec]
     if missing or ("noise" in spec) == ("noisy" in spec):
+        alone = " (or noisy alone: recordings without a clean reference)" if recordings else ""
         raise InputError(
-            f"{key}: expected keys clean, one of noise (mix on the fly) or noisy (paired)"
+            f"{key}: expected keys clean, one of noise (mix on the fly) or noisy (paired){alone}"
             f"{', split' if named else ''}; got {sorted(spec)}"
         )
 
@@ -69,7 +73,7 @@ class SpeechDataModule(LightningDataModule):
     def __init__(
         self,
         root: str,
-        train: Mapping[str, str],
+        train: Mapping[str, str] | None,
         val: Sequence[Mapping[str, str]] | None = None,
         test: Sequence[Mapping[str, str]] = (),
         metadata: str | None = None,
@@ -90,12 +94,14 @@ class SpeechDataModule(LightningDataModule):
         train, val, test = _plain(train), _plain(val), _plain(test)
         snr_range, level_range_db = _plain(snr_range), _plain(level_range_db)
         self.save_hyperparameters()  # plain containers only, so checkpoints load with weights_only=True
-        _check_spec(train, "data.train")
-        for key, specs in (("data.val", val or ()), ("data.test", test)):
-            for i, spec in enumerate(specs):
-                _check_spec(spec, f"{key}[{i}]", named=True)
+        if train is not None:
+            _check_spec(train, "data.train")
+        for i, spec in enumerate(val or ()):
+            _check_spec(spec, f"data.val[{i}]", named=True)
+        for i, spec in enumerate(test):
+            _check_spec(spec, f"data.test[{i}]", named=True, recordings=True)
         self.root_setting = str(root)
-        self.train_spec, self.val_specs, self.test_specs = dict(train), val, list(test)
+        self.train_spec, self.val_specs, self.test_specs = dict(train) if train is not None else None, val, list(test)
         self.metadata_file, self.source_hint = metadata, source_hint
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.segment = round(segment_seconds * SAMPLE_RATE)
@@ -143,7 +149,12 @@ class SpeechDataModule(LightningDataModule):
 
     # -- datasets --
     def _dataset(self, spec: Mapping[str, str], key: str, split: str, training: bool) -> Dataset:
-        """One dataset from ``{clean, noise}`` or ``{clean, noisy}`` folders; ``key`` names it in errors."""
+        """One dataset from ``{clean, noise}``, ``{clean, noisy}`` or (evaluation) ``{noisy}`` folders; ``key``
+        names it in errors."""
+        if "clean" not in spec:
+            return RecordingsDataset(
+                self._entries(spec["noisy"], f"{key}.noisy"), split=split, noise_types=self.noise_types
+            )
         clean = self._entries(spec["clean"], f"{key}.clean")
         segment = self.segment if training else None
         items = self.epoch_items if training else None
@@ -173,6 +184,8 @@ class SpeechDataModule(LightningDataModule):
     def _train_and_held_out(self) -> tuple[Dataset, list[Dataset]]:
         """Training set, plus a validation set held out from it by speaker when ``val`` is null."""
         spec, key = self.train_spec, "data.train"
+        if spec is None:
+            raise InputError("data.train is null: this data config is for evaluation only (evaluate.py)")
         if self.val_specs is not None:
             return self._dataset(spec, key, "train", training=True), [
                 self._dataset(v, f"data.val[{i}]", v["split"], training=False) for i, v in enumerate(self.val_specs)

@@ -227,6 +227,32 @@ class PairedDataset(Dataset):
         )
 
 
+class RecordingsDataset(Dataset):
+    """Noisy recordings without a clean reference, for evaluation only: whole files, ordered by length; items
+    carry no ``clean`` (metrics that need one are skipped for them)."""
+
+    def __init__(self, entries: Sequence[Entry], *, split: str, noise_types: Mapping[str, str] | None = None) -> None:
+        if not entries:
+            raise InputError(f"{split}: no usable recordings")
+        self.split = split
+        self.noise_types = dict(noise_types or {})
+        self.entries = sorted(entries, key=lambda e: (e.length, e.rel))
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, key: int) -> Item:
+        entry = self.entries[key]
+        noisy = read(entry.path, entry.info)
+        return {
+            "noisy": torch.from_numpy(noisy),
+            "length": int(noisy.shape[0]),
+            "name": entry.stem,
+            "split": self.split,
+            "noise_type": self.noise_types.get(entry.rel, UNKNOWN),
+        }
+
+
 def collate(items: Sequence[Item]) -> dict[str, object]:
     """Stack items into a batch, zero-padding to the longest; ``length`` holds the valid samples."""
     lengths = torch.tensor([item["length"] for item in items], dtype=torch.int64)

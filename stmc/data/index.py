@@ -59,8 +59,10 @@ def cache_dir() -> Path:
 def resolve_folder(root: Path, pattern: str, key: str) -> Path:
     """``root / pattern`` where ``pattern`` may be a glob that must match exactly one folder.
 
-    Errors name the config ``key`` so the user knows what to change.
+    Errors name the config ``key`` so the user knows what to change. ``.`` is ``root`` itself.
     """
+    if pattern in ("", "."):
+        return root
     matches = sorted(p for p in root.glob(pattern) if p.is_dir())
     if len(matches) == 1:
         return matches[0]

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from stmc.evaluation.references import REFERENCE_SYSTEMS, wiener
-from stmc.evaluation.results import jsonable
+from stmc.evaluation.results import HEADLINES, headline_metric, jsonable, utterances
 from stmc.evaluation.scoring import enhance
 from stmc.evaluation.settings import ALL, DIGITS, IMPROVEMENTS, LABELS, OFFLINE, SCORES, Item, Row, Settings
 from stmc.evaluation.summary import cell
@@ -45,10 +45,10 @@ MANIFEST = "report.json"
 
 # -- examples --
 def select_examples(
-    items: Sequence[Item], rows: Sequence[Mapping[str, Row]], signal: str, per_noise: int
+    items: Sequence[Item], rows: Sequence[Mapping[str, Row]], signal: str, per_noise: int, metric: str = "si_snri"
 ) -> list[tuple[int, str]]:
-    """``(item index, why)`` per noise type: the median utterance by ``signal``'s SI-SNRi, the worst, then others
-    spread over the rest; utterances whose score is NaN count last."""
+    """``(item index, why)`` per noise type: the median utterance by ``signal``'s ``metric``, the worst, then
+    others spread over the rest; utterances whose score is NaN count last."""
     by_noise: dict[str, list[int]] = {}
     for index, item in enumerate(items):
         by_noise.setdefault(str(item.get("noise_type", "unknown")), []).append(index)
@@ -56,7 +56,7 @@ def select_examples(
     for noise in sorted(by_noise):
 
         def score(i: int) -> float:
-            value = rows[i].get(signal, {}).get("si_snri", math.nan)
+            value = rows[i].get(signal, {}).get(metric, math.nan)
             return math.inf if value is None or math.isnan(value) else value
 
         ranked = sorted(by_noise[noise], key=score)
@@ -106,16 +106,17 @@ def write_examples(
     The enhanced signal is the first stream's output (``offline`` when no stream was evaluated).
     """
     method = settings.streams[0] if settings.streams else OFFLINE
+    metric = "si_snri" if any("si_snri" in row.get(method, {}) for row in rows) else "dnsmos_ovrl"
     stft, examples = enhancer.stft, []
-    for index, why in select_examples(items, rows, method, per_noise):
+    for index, why in select_examples(items, rows, method, per_noise, metric):
         item = items[index]
-        noisy, clean = item["noisy"], item["clean"]
+        noisy, clean = item["noisy"], item.get("clean")
         audio = {
             "noisy": noisy,
             "enhanced": enhance(enhancer, noisy, method, settings.chunk),
             "wiener": wiener(noisy.reshape(1, -1))[0],
             **{name: REFERENCE_SYSTEMS[name].enhance(noisy) for name in settings.references},
-            "clean": clean,
+            **({"clean": clean} if clean is not None else {}),  # recordings have none
         }
         where = (
             Path("examples")
@@ -131,6 +132,7 @@ def write_examples(
                 "name": str(item.get("name", index)),
                 "why": why,
                 "method": method,
+                "metric": metric,
                 "seconds": len(noisy) / SAMPLE_RATE,
                 "dir": where.as_posix(),
                 "signals": list(audio),
@@ -191,7 +193,9 @@ def table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 def model_tables(model: Mapping[str, Any]) -> str:
     """Every metric per group (all, splits, noise types) for each signal, and max |streamed − offline|."""
     groups = model["groups"]
-    metrics = [m for m in SCORES if m in groups[ALL].get("mixture", {})]
+    given = HEADLINES[headline_metric(groups)]  # the input's own score: SI-SNR, or DNSMOS OVRL for recordings
+    scored = set().union(*groups[ALL].values())
+    metrics = [m for m in SCORES if m in scored]
     signals = list(groups[ALL])
     out = []
     for group, by_signal in groups.items():
@@ -208,16 +212,18 @@ def model_tables(model: Mapping[str, Any]) -> str:
             rows.append(
                 [
                     signal,
-                    cell(by_signal.get("mixture", {}).get("si_snr")),
+                    cell(by_signal.get("mixture", {}).get(given)),
                     *values,
                     "" if diff is None else f"{diff:.1e}",
                 ]
             )
-        n = by_signal.get("mixture", {}).get("si_snr", {}).get("n", "?")
+        n = utterances(by_signal)
         title = "all utterances" if group == ALL else group.replace(":", ": ")
         out.append(
             f"<h4>{esc(title)} (n = {esc(n)})</h4>"
-            + table(["signal", "input SI-SNR (dB)", *[LABELS[m] for m in metrics], "max |streamed − offline|"], rows)
+            + table(
+                ["signal", f"input {LABELS[given]}", *[LABELS[m] for m in metrics], "max |streamed − offline|"], rows
+            )
         )
     return "\n".join(out)
 
@@ -225,11 +231,13 @@ def model_tables(model: Mapping[str, Any]) -> str:
 def example_block(folder: Path, example: Mapping[str, Any]) -> str:
     """One utterance: scores, then per signal its player and spectrogram (or what is missing)."""
     scores = example["scores"]
-    line = ", ".join(f"{k} SI-SNRi {number(v.get('si_snri'))} dB" for k, v in scores.items() if k != "mixture")
+    metric = example.get("metric", "si_snri")
+    given = HEADLINES[metric]
+    line = ", ".join(f"{k} {LABELS[metric]}: {number(v.get(metric))}" for k, v in scores.items() if k != "mixture")
     parts = [
         f"<h4>{esc(example['split'])} / {esc(example['name'])} — {esc(example['why'])} "
         f"({example['seconds']:.1f} s)</h4>",
-        f"<p>input SI-SNR {number(scores['mixture'].get('si_snr'))} dB; {esc(line)}; enhanced = "
+        f"<p>input {LABELS[given]}: {number(scores['mixture'].get(given))}; {esc(line)}; enhanced = "
         f"{esc(example['method'])}</p>",
         '<div class="signals">',
     ]

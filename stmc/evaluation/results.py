@@ -18,32 +18,50 @@ from stmc.files import atomic_write
 from stmc.model.stft import SAMPLE_RATE
 from stmc.stream.engines import METHODS
 
+# The headline metric of a document (SI-SNRi where there are clean references, else DNSMOS OVRL) and the mixture's
+# score that is its input: the unprocessed recording's own value.
+HEADLINES = {"si_snri": "si_snr", "dnsmos_ovrl": "dnsmos_ovrl"}
+
+
+def headline_metric(groups: Mapping[str, Any]) -> str:
+    """``si_snri`` where the utterances have clean references, else ``dnsmos_ovrl`` (recordings alone)."""
+    mixture = groups[ALL].get("mixture", {})
+    return next((m for m, given in HEADLINES.items() if (mixture.get(given) or {}).get("mean") is not None), "si_snri")
+
 
 def results_document(models: Sequence[dict[str, Any]], settings: Mapping[str, Any]) -> dict[str, Any]:
     """``results.json``: headline numbers (means over the models when there are several), then everything.
 
-    ``si_snri``: ``{signal: mean dB}`` over all utterances (signals: ``wiener``, the reference systems, ``offline``,
-    the streams);
+    ``headline``: the metric of the headline numbers, ``si_snri`` (or ``dnsmos_ovrl`` for recordings without clean
+    references); under its name, ``{signal: mean}`` over all utterances (signals: ``wiener``, the reference
+    systems, ``offline``, the streams);
     ``max_abs_diff``: the largest |streamed - offline| of any stream, model and utterance (linear, full scale 1);
-    ``per_noise`` and ``per_split``: ``{name: {signal: mean SI-SNRi dB, "input_si_snr": dB, "n": utterances}}``;
+    ``per_noise`` and ``per_split``: ``{name: {signal: mean, "input_<metric>": the mixture's, "n": utterances}}``
+    (``input_si_snr`` for SI-SNRi);
     ``models``: one entry per checkpoint with every metric as ``{mean, ci95, n}`` per group.
     """
+    metric = headline_metric(models[0]["groups"])
+    given = HEADLINES[metric]
 
     def headline(group: str) -> dict[str, Any]:
         present = [m["groups"][group] for m in models]
         signals = sorted({s for g in present for s in g if s != "mixture"}, key=_signal_order)
-        out: dict[str, Any] = {s: statistics.fmean(g[s]["si_snri"]["mean"] for g in present) for s in signals}
-        out["input_si_snr"] = present[0]["mixture"]["si_snr"]["mean"]
-        out["n"] = present[0]["mixture"]["si_snr"]["n"]
+        out: dict[str, Any] = {}
+        for s in signals:
+            means = [g[s][metric]["mean"] for g in present if (g[s].get(metric) or {}).get("mean") is not None]
+            out[s] = statistics.fmean(means) if means else None
+        stat = present[0]["mixture"].get(given) or {"mean": None, "n": 0}
+        out[f"input_{given}"], out["n"] = stat["mean"], stat["n"]
         return out
 
     first = models[0]["groups"]
     diffs = [d for m in models for d in m["max_abs_diff"].values()]
     rels = [d for m in models for d in m["max_rel_diff"].values()]
     overall = headline(ALL)
-    del overall["n"], overall["input_si_snr"]
+    del overall["n"], overall[f"input_{given}"]
     return {
-        "si_snri": overall,
+        "headline": metric,
+        metric: overall,
         "max_abs_diff": max(diffs) if diffs else None,
         "max_rel_diff": max(rels) if rels else None,
         "per_noise": {g.removeprefix("noise:"): headline(g) for g in first if g.startswith("noise:")},
@@ -124,23 +142,32 @@ def _label(group: str) -> str:
     return group.split(":", 1)[1] if ":" in group else group
 
 
+def utterances(by_signal: Mapping[str, Any]) -> int:
+    """How many utterances a group's statistics are over (the mixture's counts, its largest)."""
+    return max((stat["n"] for stat in by_signal.get("mixture", {}).values()), default=0)
+
+
 def model_markdown(model: Mapping[str, Any]) -> str:
-    """SI-SNRi per group for every signal, then every metric overall and per split, for one checkpoint."""
+    """The headline metric (SI-SNRi, or DNSMOS OVRL without clean references) per group for every signal, then
+    every metric overall and per split, for one checkpoint."""
     groups = model["groups"]
+    metric = headline_metric(groups)
+    given = HEADLINES[metric]
     signals = sorted(groups[ALL], key=_signal_order)
     streams = [s for s in signals if "max_abs_diff" in groups[ALL][s]]
-    head = ["group", "n", "mixture SI-SNR (dB)", *[f"{s} SI-SNRi (dB)" for s in signals if s != "mixture"]]
+    head = ["group", "n", f"mixture {LABELS[given]}", *[f"{s} {LABELS[metric]}" for s in signals if s != "mixture"]]
     head += [f"max \\|{s} − offline\\|" for s in streams]
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for group, by_signal in groups.items():
         if "/" in group and group != ALL:
             continue
-        n = by_signal["mixture"]["si_snr"]["n"]
-        cells = [_label(group), str(n), cell(by_signal["mixture"]["si_snr"])]
-        cells += [cell(by_signal[s]["si_snri"]) for s in signals if s != "mixture"]
+        n = utterances(by_signal)
+        cells = [_label(group), str(n), cell(by_signal["mixture"].get(given))]
+        cells += [cell(by_signal[s].get(metric)) for s in signals if s != "mixture"]
         cells += [f"{by_signal[s]['max_abs_diff']['max']:.1e}" for s in streams]
         lines.append("| " + " | ".join(cells) + " |")
-    metrics = [m for m in (*SCORES, "si_snr", "sdr") if m in groups[ALL]["mixture"]]
+    scored = set().union(*groups[ALL].values())
+    metrics = [m for m in (*SCORES, "si_snr", "sdr") if m in scored]
     quality = [
         "",
         "| group | signal | " + " | ".join(LABELS[m] for m in metrics) + " |",
@@ -171,19 +198,20 @@ def markdown(document: Mapping[str, Any]) -> str:
         "",
     ]
     if len(models) > 1:
+        metric = document.get("headline", "si_snri")
         lines += [
-            "| model | look-ahead | width | seed | params (M) | offline SI-SNRi (dB) | streamed SI-SNRi (dB) "
+            f"| model | look-ahead | width | seed | params (M) | offline {LABELS[metric]} | streamed {LABELS[metric]} "
             "| max \\|streamed − offline\\| |",
             "|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for model in models:
             overall = model["groups"][ALL]
             streams = list(model["max_abs_diff"])
-            streamed = cell(overall[streams[0]]["si_snri"]) if streams else "—"
+            streamed = cell(overall[streams[0]].get(metric)) if streams else "—"
             diff = f"{max(model['max_abs_diff'].values()):.1e}" if streams else "—"
             lines.append(
                 f"| {model['name']} | {model['lookahead']} | {model['width']} | {model['seed']} "
-                f"| {model['params'] / 1e6:.2f} | {cell(overall.get(OFFLINE, {}).get('si_snri'))} "
+                f"| {model['params'] / 1e6:.2f} | {cell(overall.get(OFFLINE, {}).get(metric))} "
                 f"| {streamed} | {diff} |"
             )
         lines.append("")
@@ -202,22 +230,22 @@ def markdown(document: Mapping[str, Any]) -> str:
 
 
 def headline_table(document: Mapping[str, Any]) -> str:
-    """The SI-SNRi table printed at the end of a run: per noise type and split, every signal, plus max diff."""
-    overall = document["si_snri"]
+    """The headline table printed at the end of a run (SI-SNRi, or DNSMOS OVRL for recordings without clean
+    references): per noise type and split, every signal, plus max diff."""
+    metric = document.get("headline", "si_snri")
+    given = HEADLINES[metric]
+    overall = document[metric]
     signals = list(overall)
     lines = [
-        "| test set | n | input SI-SNR (dB) | " + " | ".join(f"{s} SI-SNRi (dB)" for s in signals) + " |",
+        f"| test set | n | input {LABELS[given]} | " + " | ".join(f"{s} {LABELS[metric]}" for s in signals) + " |",
         "|---|---:|---:|" + "---:|" * len(signals),
     ]
-    summary = document["models"][0]["groups"][ALL]["mixture"]["si_snr"]
-    rows = [("**all**", {**overall, "n": summary["n"], "input_si_snr": summary["mean"]})]
+    summary = document["models"][0]["groups"][ALL]["mixture"][given]
+    rows = [("**all**", {**overall, "n": summary["n"], f"input_{given}": summary["mean"]})]
     rows += [*document["per_split"].items(), *document["per_noise"].items()]
     for name, row in rows:
-        lines.append(
-            f"| {name} | {row['n']} | {row['input_si_snr']:.2f} | "
-            + " | ".join(f"{row[s]:.2f}" for s in signals)
-            + " |"
-        )
+        values = [row[f"input_{given}"], *(row.get(s) for s in signals)]
+        lines.append(f"| {name} | {row['n']} | " + " | ".join("—" if v is None else f"{v:.2f}" for v in values) + " |")
     diff = document.get("max_abs_diff")
     if diff is not None:
         lines.append(

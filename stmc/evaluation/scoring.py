@@ -50,10 +50,13 @@ def _pesq(estimate: torch.Tensor, clean: torch.Tensor) -> float:
         return math.nan
 
 
-def score(estimate: torch.Tensor, noisy: torch.Tensor, clean: torch.Tensor, metrics: Sequence[str]) -> Row:
-    """Scores of one enhanced utterance ``[N]`` (improvements relative to the mixture ``noisy``)."""
+def score(estimate: torch.Tensor, noisy: torch.Tensor, clean: torch.Tensor | None, metrics: Sequence[str]) -> Row:
+    """Scores of one enhanced utterance ``[N]`` (improvements relative to the mixture ``noisy``); without a
+    ``clean`` reference, only the non-intrusive ones (DNSMOS)."""
     from torchmetrics.functional.audio import short_time_objective_intelligibility, signal_distortion_ratio
 
+    if clean is None:
+        return dnsmos.scores(estimate) if "dnsmos" in metrics else {}
     est, mix, ref = estimate.reshape(1, -1).float(), noisy.reshape(1, -1), clean.reshape(1, -1)
     row: Row = {"si_snr": float(si_snr(est, ref)), "si_snri": float(si_snri(est, mix, ref))}
     if "sdri" in metrics:
@@ -79,7 +82,7 @@ def timed(enhance_fn: Callable[[], torch.Tensor], samples: int) -> tuple[torch.T
 def evaluate_baselines(item: Item, settings: Settings) -> dict[str, Row]:
     """Scores of the mixture itself, the untrained Wiener filter and the reference systems on one utterance; each
     enhancer's row carries its real-time factor ``rtf``."""
-    noisy, clean = item["noisy"], item["clean"]
+    noisy, clean = item["noisy"], item.get("clean")
     rows = {"mixture": score(noisy, noisy, clean, settings.metrics)}
     enhancers = {"wiener": lambda x: wiener(x.reshape(1, -1))[0]}
     enhancers.update({name: REFERENCE_SYSTEMS[name].enhance for name in settings.references})
@@ -92,7 +95,7 @@ def evaluate_baselines(item: Item, settings: Settings) -> dict[str, Row]:
 def evaluate_utterance(enhancer: Enhancer, item: Item, settings: Settings) -> dict[str, Row]:
     """Scores of every method on one utterance, with its real-time factor ``rtf``; streamed rows also carry
     ``max_abs_diff`` to offline."""
-    noisy, clean = item["noisy"], item["clean"]
+    noisy, clean = item["noisy"], item.get("clean")
     outputs, rtfs = {}, {}
     for method in (OFFLINE, *settings.streams):
         outputs[method], rtfs[method] = timed(

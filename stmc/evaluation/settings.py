@@ -191,7 +191,9 @@ def load_items(
         for index in spread(len(dataset), max_items):
             item = dict(dataset[index])
             length = int(item.get("length", len(item["noisy"])))
-            item["noisy"], item["clean"] = item["noisy"][:length].float(), item["clean"][:length].float()
+            item["noisy"] = item["noisy"][:length].float()
+            if "clean" in item:  # recordings without a clean reference have none
+                item["clean"] = item["clean"][:length].float()
             items.append(item)
     if not items:
         raise InputError(f"no {stage} utterances in the selected splits {list(splits or names)}")
