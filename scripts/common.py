@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,11 +34,15 @@ def evaluated_models(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
     """One record per evaluated checkpoint in the results files: look-ahead, width, seed, size, SI-SNRi.
 
     ``si_snri`` is the offline mean over all utterances (streams equal offline; their own means are in the file).
-    A checkpoint evaluated in several files counts once (the last file read wins).
+    A checkpoint evaluated in several files counts once (the last file read wins); evaluations of recordings
+    without clean references have no SI-SNRi and are left out.
     """
     records: dict[str, dict[str, Any]] = {}
     for file in results_files(paths):
         document = json.loads(file.read_text())
+        if document.get("headline", "si_snri") != "si_snri":
+            print(f"note: {file} scores recordings without clean references (no SI-SNRi): left out", file=sys.stderr)
+            continue
         for model in document.get("models", []):
             overall = model["groups"][ALL]
             records[model["checkpoint"]] = {

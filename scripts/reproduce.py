@@ -8,7 +8,7 @@ streamed, then the speed table (Table 1), the look-ahead figure (Figure 5) and t
 Arguments ``key=value`` override the preset file (OmegaConf dot-list, e.g. ``steps=100 train.jobs=1``).
 Layout of ``out``: ``train/<sweep>/<param>=<value>/...`` (one training run each), ``evaluate/`` (results.json,
 results.md, utterances.csv), ``speed_table.{md,csv,json}``, ``lookahead.{png,csv,json}``, ``size.{png,csv,json}``,
-``curves/`` (validation curves of the sweeps named in ``learning_curves``: ``scripts/learning_curve.py``),
+``curves/<sweep>/`` (validation curves of the sweeps named in ``learning_curves``: ``scripts/learning_curve.py``),
 ``logs/`` (one log per command), ``index.md`` and ``index.html`` (what ran, how long, the tables, a link to the
 evaluation's listening report ``evaluate/report.html``). A training run that
 finished before (``.done`` in its folder) is not run again, so an interrupted preset resumes where it stopped.
@@ -38,7 +38,6 @@ from stmc.files import atomic_write
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = CONFIG_DIR / "preset"
 DONE = ".done"
-FIGURES = ("lookahead.png", "size.png", "curves/curves.png")  # what the preset draws, where it exists
 
 
 @dataclass
@@ -134,6 +133,19 @@ def train_commands(cfg: DictConfig, out: Path) -> list[Command]:
     return commands
 
 
+def curve_sweeps(cfg: DictConfig) -> list[str]:
+    """The sweeps whose learning curves the preset draws (``learning_curves``): none when its runs end before
+    their first validation (``steps`` < ``val_every``)."""
+    if "val_every" in cfg and "steps" in cfg and int(cfg.val_every) > int(cfg.steps):
+        return []
+    return list(cfg.get("learning_curves", []))
+
+
+def figures(cfg: DictConfig) -> list[str]:
+    """The figures a preset draws, relative to its folder (each shown where it exists)."""
+    return ["lookahead.png", "size.png", *(f"curves/{sweep}/curves.png" for sweep in curve_sweeps(cfg))]
+
+
 def later_commands(cfg: DictConfig, out: Path) -> list[Command]:
     """Evaluation of every training run, the speed table and the two figures."""
     evaluate = [sys.executable, str(ROOT / "evaluate.py")]
@@ -154,9 +166,16 @@ def later_commands(cfg: DictConfig, out: Path) -> list[Command]:
     curves = [
         Command(
             f"curves_{sweep}",
-            [*module, "scripts.learning_curve", "--collect", str(out / "train" / sweep), "--out", str(out / "curves")],
+            [
+                *module,
+                "scripts.learning_curve",
+                "--collect",
+                str(out / "train" / sweep),
+                "--out",
+                str(out / "curves" / sweep),
+            ],
         )
-        for sweep in cfg.get("learning_curves", [])
+        for sweep in curve_sweeps(cfg)
     ]
     return [
         Command("evaluate", evaluate),
@@ -230,14 +249,20 @@ def index(cfg: DictConfig, out: Path, commands: Sequence[Command], wall: float, 
     for title, file in (
         ("Evaluation (SI-SNRi)", out / "evaluate" / "results.md"),
         ("Speed table", out / "speed_table.md"),
-        ("Validation curves (the last 20 % of the steps gain under 0.1 dB: flattened)", out / "curves" / "summary.md"),
+        *(
+            (
+                f"Validation curves of the {sweep} sweep (gain in the last 20 % of the steps)",
+                out / "curves" / sweep / "summary.md",
+            )
+            for sweep in curve_sweeps(cfg)
+        ),
     ):
         if file.is_file():
             text = file.read_text()
             if file.name == "results.md":  # the overview only: one line per model
                 text = text.split("\n## ", 1)[0]
             lines += ["", f"## {title}", "", text.strip()]
-    for figure in FIGURES:
+    for figure in figures(cfg):
         if (out / figure).is_file():
             lines += ["", f"![{figure}]({figure})"]
     lookahead = out / "lookahead.json"
@@ -273,7 +298,7 @@ def index_html(cfg: DictConfig, out: Path, commands: Sequence[Command], wall: fl
         if report.is_file()
         else "<p class=missing>no evaluation report (the evaluate step did not run to the end)</p>"
     )
-    for figure in FIGURES:
+    for figure in figures(cfg):
         if (out / figure).is_file():
             parts.append(f'<img style="width:auto;height:auto;max-width:100%" alt="{figure}" src="{href(figure)}">')
     lookahead = out / "lookahead.json"
@@ -294,9 +319,9 @@ def finish(cfg: DictConfig, out: Path, commands: Sequence[Command], wall: float,
 
     evaluation = out / "evaluate"
     if (evaluation / "results.json").is_file():
-        figures = [out / name for name in FIGURES if (out / name).is_file()]
+        drawn = [out / name for name in figures(cfg) if (out / name).is_file()]
         speed = out / "speed_table.md"
-        write_page(evaluation, figures, speed if speed.is_file() else None)
+        write_page(evaluation, drawn, speed if speed.is_file() else None)
     atomic_write(out / "index.md", index(cfg, out, commands, wall, cpu))
     atomic_write(out / "index.html", index_html(cfg, out, commands, wall, cpu))
     atomic_write(

@@ -40,7 +40,14 @@ def test_mini_preset_chain_at_toy_scale(tmp_path, monkeypatch):
     assert {r["model"] for r in speed["rows"] if r["si_snri_db"] is not None} == {"causal", "non-causal"}
     ablation = next(r for r in speed["rows"] if r["method"] == "stmc (without tSTMC)")
     assert ablation["si_snri_db"] is not None and ablation["si_snri_models"] == 1  # from its own checkpoint
-    for artifact in ("lookahead.png", "size.png", "curves/curves.png", "speed_table.md", "index.md", "timings.json"):
+    for artifact in (
+        "lookahead.png",
+        "size.png",
+        "curves/lookahead/curves.png",
+        "speed_table.md",
+        "index.md",
+        "timings.json",
+    ):
         assert (out / artifact).is_file(), artifact
     index = (out / "index.md").read_text()
     assert "![lookahead.png](lookahead.png)" in index and "| evaluate | ok |" in index

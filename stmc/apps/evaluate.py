@@ -2,14 +2,13 @@
 streamed on a test set.
 
 The work happens in :mod:`stmc.evaluation`; this module reads the Hydra config (``stmc/conf/evaluate.yaml``), writes
-the results into the run folder and prints the SI-SNRi table. A config mistake exits with status 2 and one line.
+the results into the run folder and prints the headline table (SI-SNRi; DNSMOS OVRL for recordings alone). A config
+mistake exits with status 2 and one line.
 """
 
-import dataclasses
 import logging
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import hydra
@@ -19,13 +18,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from stmc.apps.configs import check_count, run_command_line  # importing it registers the --help resolver
-from stmc.conf import CONFIG_DIR
+from stmc.conf import CONFIG_DIR, missing_keys
 from stmc.data.datamodule import original_cwd
-from stmc.errors import StmcError
+from stmc.errors import ConfigError, StmcError
 from stmc.evaluation import evaluate
 from stmc.evaluation.listening_report import write_report
 from stmc.evaluation.results import headline_table
-from stmc.evaluation.settings import LABELS, Item, Settings, find_checkpoints, load_items
+from stmc.evaluation.settings import LABELS, Settings, find_checkpoints, load_items
 from stmc.files import atomic_write, exclusive
 from stmc.model.enhancer import Enhancer
 from stmc.stream.chunk import parse_chunk
@@ -53,24 +52,6 @@ def check_numbers(cfg: DictConfig) -> None:
             check_count(key, value)
 
 
-def with_non_intrusive_metrics(settings: Settings, items: Sequence[Item]) -> Settings:
-    """``settings``, with DNSMOS added where some utterances are recordings without a clean reference (the
-    intrusive metrics are skipped for those: said in one logged line)."""
-    without = sum(1 for item in items if item.get("clean") is None)
-    if not without:
-        return settings
-    intrusive = ", ".join(LABELS[m].split(" (")[0] for m in settings.metrics if m != "dnsmos")
-    log.info(
-        "%d of %d utterances have no clean reference: %s skipped for them; DNSMOS scored",
-        without,
-        len(items),
-        intrusive,
-    )
-    if "dnsmos" in settings.metrics:
-        return settings
-    return dataclasses.replace(settings, metrics=(*settings.metrics, "dnsmos"))
-
-
 def run(cfg: DictConfig) -> Path:
     """Evaluate as ``cfg`` says; returns the run folder holding results.json."""
     check_numbers(cfg)
@@ -81,13 +62,15 @@ def run(cfg: DictConfig) -> Path:
 
 def evaluate_into(cfg: DictConfig, out: Path) -> Path:
     """:func:`run`'s work, with the run folder ``out`` locked."""
+    missing = missing_keys(OmegaConf.to_container(cfg, resolve=False))
+    if missing:
+        raise ConfigError(f"{missing[0]} is required (set {missing[0]}=...)")
     torch.set_num_threads(int(cfg.threads))
     paths = [p if Path(p).is_absolute() else original_cwd() / p for p in as_list(cfg.checkpoints)]
     settings = Settings(tuple(as_list(cfg.methods)), tuple(as_list(cfg.metrics)), parse_chunk(cfg.chunk))
     checkpoints = find_checkpoints(paths, cfg.select, cfg.newest)
     datamodule = instantiate(cfg.data, _convert_="all")
     items = load_items(datamodule, cfg.stage, as_list(cfg.splits) or None, cfg.max_items)
-    settings = with_non_intrusive_metrics(settings, items)
     log.info("%d checkpoint(s) x %d utterances -> %s", len(checkpoints), len(items), out)
     start, step = time.perf_counter(), max(1, (len(checkpoints) + 1) * len(items) // 10)
 

@@ -21,7 +21,8 @@ import torch
 from stmc.errors import MissingFileError
 from stmc.model.stft import SAMPLE_RATE
 
-WINDOW = int(9.01 * SAMPLE_RATE)  # samples per scored window
+SECONDS = 9.01  # scored window
+WINDOW = int(SECONDS * SAMPLE_RATE)  # its samples
 HOP = SAMPLE_RATE  # one window per second
 KEYS = ("dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl", "dnsmos_p808")
 # P.835 raw outputs -> MOS (the reference's non-personalized polynomials, highest power first)
@@ -41,9 +42,7 @@ def _sessions() -> tuple[Any, Any]:
     try:
         models = resources.files("speechmos") / "dnsmos_models"
     except ModuleNotFoundError:
-        raise MissingFileError(
-            "metrics=[dnsmos] needs the DNSMOS models of the speechmos package: pip install -r requirements.txt"
-        ) from None
+        raise MissingFileError("metrics: dnsmos needs the speechmos package (its DNSMOS models): make venv") from None
     options = ort.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = 1
     return tuple(
@@ -108,9 +107,9 @@ def scores(audio: torch.Tensor) -> dict[str, float]:
         x = torch.cat([x, x])
     p835, p808 = _sessions()
     found: dict[str, list[float]] = {key: [] for key in KEYS}
-    windows = int(x.numel() // SAMPLE_RATE - WINDOW / SAMPLE_RATE) + 1
-    for start in range(0, windows * HOP, HOP):
-        window = x[start : start + WINDOW]
+    for index in range(int(x.numel() // SAMPLE_RATE - SECONDS) + 1):
+        # the reference's own cut, float rounding included: some windows come out a sample short, and are skipped
+        window = x[index * HOP : int((index + SECONDS) * HOP)]
         if window.numel() < WINDOW:
             continue
         raw = p835.run(None, {"input_1": window.numpy()[None, :]})[0][0]

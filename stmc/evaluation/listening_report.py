@@ -2,8 +2,9 @@
 
 It shows the run (checkpoints, model config, parameters, MACs per hop, algorithmic latency, chunk size, date),
 the tables of ``results.json`` with 95 % CIs next to the mixture and Wiener baselines, and, per noise type, a
-few examples (the median and the worst utterance by the stream's SI-SNRi, then others spread over the rest):
-``<audio>`` players for noisy, enhanced (the stream's output), Wiener and clean, each with its spectrogram on
+few examples (the median and the worst utterance by the stream's SI-SNRi, or DNSMOS OVRL for recordings without
+clean references, then others spread over the rest): ``<audio>`` players for noisy, enhanced (the stream's
+output), Wiener, the reference systems evaluated and clean (where there is one), each with its spectrogram on
 one colour scale shared by every image of the page. Figures and a speed table are added when given.
 
 The page has no script, font or style from elsewhere and references its files by relative path (16-bit WAVs
@@ -38,7 +39,7 @@ from stmc.files import atomic_audio_file, atomic_write
 from stmc.model.enhancer import Enhancer
 from stmc.model.stft import SAMPLE_RATE
 
-SIGNALS = ("noisy", "enhanced", "wiener", "clean")  # an example's players, reference systems before clean
+SIGNALS = ("noisy", "enhanced", "wiener", "clean")  # an example's players (reports written before "signals")
 DYNAMIC_RANGE_DB = 80.0  # the shared colour scale spans this much below the loudest bin of any example
 MANIFEST = "report.json"
 
@@ -106,7 +107,7 @@ def write_examples(
     The enhanced signal is the first stream's output (``offline`` when no stream was evaluated).
     """
     method = settings.streams[0] if settings.streams else OFFLINE
-    metric = "si_snri" if any("si_snri" in row.get(method, {}) for row in rows) else "dnsmos_ovrl"
+    metric = "si_snri" if any("si_snr" in row.get("mixture", {}) for row in rows) else "dnsmos_ovrl"
     stft, examples = enhancer.stft, []
     for index, why in select_examples(items, rows, method, per_noise, metric):
         item = items[index]
@@ -115,7 +116,7 @@ def write_examples(
             "noisy": noisy,
             "enhanced": enhance(enhancer, noisy, method, settings.chunk),
             "wiener": wiener(noisy.reshape(1, -1))[0],
-            **{name: REFERENCE_SYSTEMS[name].enhance(noisy) for name in settings.references},
+            **{name: REFERENCE_SYSTEMS[name].start()(noisy) for name in settings.references},
             **({"clean": clean} if clean is not None else {}),  # recordings have none
         }
         where = (

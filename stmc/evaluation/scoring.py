@@ -73,7 +73,7 @@ def score(estimate: torch.Tensor, noisy: torch.Tensor, clean: torch.Tensor | Non
 
 
 def timed(enhance_fn: Callable[[], torch.Tensor], samples: int) -> tuple[torch.Tensor, float]:
-    """``enhance_fn()`` and its real-time factor: seconds of compute per second of the ``samples`` enhanced."""
+    """``enhance_fn()`` and its real-time factor: wall-clock seconds per second of the ``samples`` enhanced."""
     started = time.perf_counter()
     out = enhance_fn()
     return out, (time.perf_counter() - started) / max(samples / SAMPLE_RATE, 1e-9)
@@ -85,7 +85,7 @@ def evaluate_baselines(item: Item, settings: Settings) -> dict[str, Row]:
     noisy, clean = item["noisy"], item.get("clean")
     rows = {"mixture": score(noisy, noisy, clean, settings.metrics)}
     enhancers = {"wiener": lambda x: wiener(x.reshape(1, -1))[0]}
-    enhancers.update({name: REFERENCE_SYSTEMS[name].enhance for name in settings.references})
+    enhancers.update({name: REFERENCE_SYSTEMS[name].start() for name in settings.references})  # loaded: not timed
     for name, enhancer in enhancers.items():
         out, rtf = timed(lambda enhancer=enhancer: enhancer(noisy), noisy.numel())
         rows[name] = {**score(out, noisy, clean, settings.metrics), "rtf": rtf}
@@ -231,8 +231,8 @@ def run_all(
         pool = ProcessPoolExecutor(
             workers, mp_context=get_context("spawn"), initializer=_init_pool_worker, initargs=args
         )
-        futures = [pool.submit(_task, task) for task in ordered]
         try:
+            futures = [pool.submit(_task, task) for task in ordered]
             collect(future.result() for future in futures)
         except BaseException:  # Ctrl-C or a failed task: stop the workers now rather than after their tasks
             for process in set(active_children()) - others:

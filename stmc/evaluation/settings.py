@@ -44,7 +44,7 @@ IMPROVEMENTS = ("si_snri", "sdri")  # relative to the mixture: none for the mixt
 DIGITS = {"stoi": 3, "rtf": 3}  # decimals shown, 2 otherwise
 ALL = "all"
 
-Item = Mapping[str, Any]  # one utterance: noisy, clean (1-D float32), name, split, noise_type, snr
+Item = Mapping[str, Any]  # one utterance: noisy, clean (1-D float32; none for recordings), name, split, noise_type, snr
 Row = dict[str, Any]  # the scores of one signal (method or baseline) on one utterance
 
 
@@ -53,7 +53,7 @@ class Settings:
     """What is computed for every utterance: inference ``methods`` (``offline`` and streams), ``metrics``."""
 
     methods: tuple[str, ...] = (OFFLINE, "stmc")
-    metrics: tuple[str, ...] = METRICS
+    metrics: tuple[str, ...] = ("si_snri", "sdri", "pesq", "stoi")
     chunk: int = HOP  # samples per streamed chunk
 
     def __post_init__(self) -> None:

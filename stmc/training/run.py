@@ -26,7 +26,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from stmc.conf import group_options
+from stmc.conf import group_options, missing_keys
 from stmc.data.datamodule import SpeechDataModule
 from stmc.errors import ConfigError, InputError, StmcError
 from stmc.model import checkpoint
@@ -64,19 +64,6 @@ def check_config(cfg: DictConfig) -> None:
         value = data.get(key)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             raise ConfigError(f"data.{key}={value} must be a positive integer")
-
-
-def missing_keys(node: Any, prefix: str = "") -> list[str]:
-    """Dotted keys left at ``???`` in an unresolved config container, the ``hydra`` node aside."""
-    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
-    keys = []
-    for key, value in items:
-        path = f"{prefix}{key}"
-        if value == "???":
-            keys.append(path)
-        elif path != "hydra":
-            keys.extend(missing_keys(value, f"{path}."))
-    return sorted(keys)
 
 
 def cpu_supports_bf16() -> bool:
@@ -263,7 +250,8 @@ def start_logging(logger: Logger, run_config: dict[str, Any]) -> None:
         logger.log_hyperparams(run_config)
     except wandb.errors.UsageError as err:
         raise ConfigError(
-            f"logger: {str(err).splitlines()[0]} Or keep logger.offline=true (the default; no account needed)"
+            f"logger: {(str(err).splitlines() or ['wandb could not start its run.'])[0]} Or keep logger.offline=true "
+            "(the default; no account needed)"
         ) from None
 
 
