@@ -33,6 +33,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from scripts.reproduce import DONE
+from stmc.evaluation.settings import natural_key
 from stmc.files import atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,7 +115,7 @@ def summarize(rows: list[dict[str, object]]) -> str:
         "| recipe | weights | seeds | steps | CPU-min | final val SI-SNRi (dB) | gain in the last 20 % (dB) |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
-    for (recipe, weights), seeds in sorted(runs.items()):
+    for (recipe, weights), seeds in sorted(runs.items(), key=lambda entry: (natural_key(entry[0][0]), entry[0][1])):
         finals, gains, steps, minutes = [], [], [], []
         for curve in seeds.values():
             curve.sort(key=lambda r: r["step"])
@@ -144,7 +145,7 @@ def plot(rows: list[dict[str, object]], path: Path) -> None:
     for row in rows:
         runs[(str(row["recipe"]), str(row["weights"]))][int(row["seed"])].append(row)
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), sharey=True)
-    for (recipe, weights), seeds in sorted(runs.items()):
+    for (recipe, weights), seeds in sorted(runs.items(), key=lambda entry: (natural_key(entry[0][0]), entry[0][1])):
         curves = [sorted(curve, key=lambda r: int(r["step"])) for curve in seeds.values()]
         points = min(len(curve) for curve in curves)
         at = [[curve[k] for curve in curves] for k in range(points)]

@@ -113,7 +113,7 @@ def find_checkpoints(paths: Iterable[str | Path], select: str = "best", newest: 
     return found
 
 
-def natural_key(path: Path) -> list[str | float]:
+def natural_key(path: str | Path) -> list[str | float]:
     """Sort key that orders numbers by value: ``lookahead=2`` before ``lookahead=14``, ``0.25`` before ``0.5``."""
     parts = re.split(r"(\d+(?:\.\d+)?)", str(path))
     return [float(part) if i % 2 else part for i, part in enumerate(parts)]
