@@ -32,7 +32,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from scripts.reproduce import DONE
+from scripts.reproduce import DONE, quote
 from stmc.evaluation.settings import natural_key
 from stmc.files import atomic_write
 
@@ -58,7 +58,7 @@ def run(overrides: list[str], folder: Path, seed: int, every: int) -> int:
         "logger=csv",
         "test=false",
         f"trainer.val_check_interval={every}",
-        f"hydra.run.dir={folder}",
+        f"hydra.run.dir={quote(folder)}",
     ]
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "run.log", "w") as log:

@@ -365,6 +365,11 @@ def test_live_wandb_without_an_account_is_one_line_naming_the_offline_default(tm
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc: no account
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    import wandb
+
     logger = WandbLogger(project="stmc", save_dir=str(tmp_path), offline=False)
-    with pytest.raises(ConfigError, match=r"No API key configured.*keep logger\.offline=true"):
-        start_logging(logger, {"seed": 0})
+    try:
+        with pytest.raises(ConfigError, match=r"No API key configured.*keep logger\.offline=true"):
+            start_logging(logger, {"seed": 0})
+    finally:
+        wandb.teardown()  # wandb keeps its settings per process: later tests run offline again

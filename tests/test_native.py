@@ -27,10 +27,11 @@ def test_native_and_ops_streams_keep_the_same_state_and_can_swap_it(model, batch
     for size in split_points(data.draw, frames, 9):
         chunk = spec[..., start : start + size]
         torch.testing.assert_close(fast(chunk), ops(chunk), atol=1e-5, rtol=0)
-        assert fast.engine.native and fast.engine.native_step is not None  # the native step ran, no fallback
+        assert fast.engine.native  # no fallback to the operators
         start += size
         for a, b in zip(fast.get_state(), ops.get_state(), strict=True):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    assert fast.engine.native_step is not None or frames < model.receptive_field[1] + 1  # the native step ran
     from_fast, from_ops = ([s.clone() for s in stream.get_state()] for stream in (fast, ops))
     fast.set_state(from_ops)
     ops.set_state(from_fast)

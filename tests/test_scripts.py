@@ -239,7 +239,9 @@ def test_mini_preset_runs_33_trainings_in_distinct_folders_then_the_scripts(tmp_
     assert first["data.batch_size"] == 8 and first["module.optimizer.lr"] == 6e-3  # the recipe study's
     assert [c.done for c in training] == [Path(f) for f in folders]
     later = reproduce.later_commands(cfg, tmp_path)
-    assert [c.name for c in later] == ["evaluate", "curves_lookahead", "speed_table", "lookahead_figure", "size_figure"]
+    assert [c.name for c in later] == ["evaluate", "speed_table", "lookahead_figure", "size_figure"]  # no validation
+    validating = reproduce.load_preset("mini", [f"out={tmp_path}", "steps=7", "val_every=7"])
+    assert [c.name for c in reproduce.later_commands(validating, tmp_path)][:2] == ["evaluate", "curves_lookahead"]
     assert first["trainer.precision"] == "32-true"  # one arithmetic for every run of the sweep
     assert parse(later[0].argv)["checkpoints"] == [str(tmp_path / "train")]
     assert all(str(tmp_path) in " ".join(c.argv) for c in later)
