@@ -252,6 +252,8 @@ class SpeechDataModule(LightningDataModule):
         trainer = self.trainer
         if trainer is None:
             return None
+        # Lightning restores the loops' progress before the fit loop first iterates its loader (Trainer._run:
+        # restore_training_state, then _run_stage); tests/test_train.py's bit-for-bit resume test guards it.
         fit = trainer.fit_loop
         done = fit.epoch_loop.batch_progress.current.processed if trainer.world_size == 1 else 0
         return fit.epoch_progress.current.processed, done * self.batch_size
