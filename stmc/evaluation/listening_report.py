@@ -191,42 +191,70 @@ def table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return f"<table><thead><tr>{cells}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def summary_groups(groups: Mapping[str, Any]) -> list[str]:
+    """The groups a summary table has rows for: all, the splits when there are several, each noise type."""
+    splits = [g for g in groups if g.startswith("split:")]
+    return [ALL, *(splits if len(splits) > 1 else []), *(g for g in groups if g.startswith("noise:"))]
+
+
+def group_label(group: str) -> str:
+    return "all utterances" if group == ALL else group.split(":", 1)[1]
+
+
 def model_tables(model: Mapping[str, Any]) -> str:
-    """Every metric per group (all, splits, noise types) for each signal, and max |streamed − offline|."""
+    """One table per metric: rows all / splits / noise types (with n), columns the signals, means ± 95 % CIs;
+    the headline metric's table first with the input's own score; then max |streamed − offline| per stream."""
     groups = model["groups"]
-    given = HEADLINES[headline_metric(groups)]  # the input's own score: SI-SNR, or DNSMOS OVRL for recordings
-    scored = set().union(*groups[ALL].values())
-    metrics = [m for m in SCORES if m in scored]
+    metric = headline_metric(groups)
+    given = HEADLINES[metric]
     signals = list(groups[ALL])
+    scored = set().union(*groups[ALL].values())
+    metrics = sorted((m for m in SCORES if m in scored), key=lambda m: m != metric)
     out = []
-    for group, by_signal in groups.items():
-        if "/" in group and group != ALL:
-            continue
+    for m in metrics:
+        shown = [s for s in signals if m in groups[ALL].get(s, {}) and not (s == "mixture" and m in IMPROVEMENTS)]
+        head = ["group", "n", *([f"input {LABELS[given]}"] if m == metric else []), *shown]
         rows = []
-        for signal in signals:
-            stat = by_signal.get(signal, {})
-            values = [
-                "—" if signal == "mixture" and m in IMPROVEMENTS else cell(stat.get(m), DIGITS.get(m, 2))
-                for m in metrics
-            ]
-            diff = stat.get("max_abs_diff", {}).get("max")
-            rows.append(
-                [
-                    signal,
-                    cell(by_signal.get("mixture", {}).get(given)),
-                    *values,
-                    "" if diff is None else f"{diff:.1e}",
-                ]
-            )
-        n = utterances(by_signal)
-        title = "all utterances" if group == ALL else group.replace(":", ": ")
-        out.append(
-            f"<h4>{esc(title)} (n = {esc(n)})</h4>"
-            + table(
-                ["signal", f"input {LABELS[given]}", *[LABELS[m] for m in metrics], "max |streamed − offline|"], rows
-            )
-        )
+        for group in summary_groups(groups):
+            by_signal = groups[group]
+            first = [cell(by_signal.get("mixture", {}).get(given))] if m == metric else []
+            values = [cell(by_signal.get(s, {}).get(m), DIGITS.get(m, 2)) for s in shown]
+            rows.append([group_label(group), str(utterances(by_signal)), *first, *values])
+        out.append(f"<h4>{esc(LABELS[m])}</h4>" + table(head, rows))
+    streams = [s for s in signals if "max_abs_diff" in groups[ALL][s]]
+    if streams:
+        diffs = ", ".join(f"{s} {groups[ALL][s]['max_abs_diff']['max']:.1e}" for s in streams)
+        out.append(f"<p>max |streamed − offline| over all utterances: {esc(diffs)}</p>")
     return "\n".join(out)
+
+
+def write_bar_chart(path: Path, model: Mapping[str, Any]) -> None:
+    """A PNG of the headline metric per noise type (and overall), one bar per enhancer, with its 95 % CI."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = model["groups"]
+    metric = headline_metric(groups)
+    rows = [g for g in summary_groups(groups) if not g.startswith("split:")]
+    signals = [s for s in groups[ALL] if metric in groups[ALL][s] and not (s == "mixture" and metric in IMPROVEMENTS)]
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(rows) * max(1, len(signals)) / 2), 3.6))
+    width = 0.8 / max(1, len(signals))
+    for k, signal in enumerate(signals):
+        stats = [groups[g].get(signal, {}).get(metric) or {} for g in rows]
+        means = [st.get("mean") if st.get("mean") is not None else np.nan for st in stats]
+        errors = [st.get("ci95") or 0.0 for st in stats]
+        ax.bar(np.arange(len(rows)) + (k - (len(signals) - 1) / 2) * width, means, width, yerr=errors, label=signal)
+    ax.set_xticks(np.arange(len(rows)), [group_label(g) for g in rows], rotation=20)
+    ax.set_ylabel(LABELS[metric])
+    ax.axhline(0, color="#555", linewidth=0.8)
+    ax.legend(fontsize=8, ncols=min(len(signals), 6))
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, writer=lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
 
 
 def example_block(folder: Path, example: Mapping[str, Any]) -> str:
@@ -240,7 +268,7 @@ def example_block(folder: Path, example: Mapping[str, Any]) -> str:
         f"({example['seconds']:.1f} s)</h4>",
         f"<p>input {LABELS[given]}: {number(scores['mixture'].get(given))}; {esc(line)}; enhanced = "
         f"{esc(example['method'])}</p>",
-        '<div class="signals">',
+        f'<div class="signals" style="--n:{len(example.get("signals", SIGNALS))}">',
     ]
     for signal in example.get("signals", SIGNALS):
         wav, png = f"{example['dir']}/{signal}.wav", f"{example['dir']}/{signal}.png"
@@ -267,8 +295,9 @@ def markdown_table(text: str) -> str:
 
 STYLE = """body{font-family:sans-serif;margin:2em;max-width:80em}table{border-collapse:collapse;margin:.5em 0}
 td,th{border:1px solid #bbb;padding:.2em .5em;text-align:right}td:first-child,th:first-child{text-align:left}
-.signals{display:flex;flex-wrap:wrap;gap:1em}figure{margin:0}img{display:block;width:22em;height:9em}
-.missing{color:#a00}audio{width:22em}"""
+.signals{display:grid;grid-template-columns:repeat(var(--n),minmax(0,1fr));gap:.6em}figure{margin:0}
+.signals img{display:block;width:100%;height:8em}.missing{color:#a00}audio{width:100%}"""
+BAR_CHART = "figures/by_noise_type.png"  # the headline metric per noise type and enhancer, first model
 
 
 def render(
@@ -311,8 +340,14 @@ def render(
             f"<p>First model: {info['macs_per_hop'] / 1e6:.2f} M MACs per hop (16 ms), algorithmic "
             f"latency {info['latency_ms']:.1f} ms (window + look-ahead).</p>"
         )
-    for model in document.get("models", []):
-        parts += [f"<h2>Scores: {esc(model['name'])}</h2>", model_tables(model)]
+    for index, model in enumerate(document.get("models", [])):
+        parts += [f"<h2>Scores: {esc(model['name'])}</h2>"]
+        if index == 0 and (folder / BAR_CHART).is_file():
+            parts.append(
+                f'<img class=figure style="width:auto;height:auto;max-width:100%" alt="scores by noise type" '
+                f'src="{href(BAR_CHART)}">'
+            )
+        parts.append(model_tables(model))
     parts.append("<h2>Examples</h2>")
     examples = manifest.get("examples", [])
     if not examples:
@@ -355,9 +390,12 @@ def include(folder: Path, files: Sequence[str | Path], under: str) -> list[str]:
 
 
 def write_page(folder: Path, figures: Sequence[str | Path] = (), speed_table: str | Path | None = None) -> Path:
-    """``report.html`` from the folder's ``results.json`` and ``report.json`` (atomically); returns its path."""
+    """``report.html`` (and its bar chart) from the folder's ``results.json`` and ``report.json``, atomically;
+    returns its path."""
     document = json.loads((folder / "results.json").read_text())
     manifest = json.loads((folder / MANIFEST).read_text()) if (folder / MANIFEST).is_file() else {}
+    if document.get("models"):
+        write_bar_chart(folder / BAR_CHART, document["models"][0])
     speed = Path(speed_table).read_text() if speed_table is not None and Path(speed_table).is_file() else None
     page = render(folder, document, manifest, include(folder, figures, "figures"), speed)
     atomic_write(folder / "report.html", page)
