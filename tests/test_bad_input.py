@@ -241,6 +241,8 @@ def noisy_wav(tmp_path):
         (["outptu=x.wav"], 2, "outptu is not a key of this config; did you mean output"),
         (["onnx={wav}"], 1, "expected a .onnx file"),
         (["onnx={folder}/missing.onnx"], 1, "no such file"),
+        (["input={folder}", "output={wav}"], 2, "is a file, but the input is a folder: give output=<folder>"),
+        (["input={folder}", "output=new.wav"], 2, "names a file, but the input is a folder: give output=<folder>"),
     ],
 )
 def test_stream_infer_refuses_in_one_line_and_keeps_the_input(args, status, needle, noisy_wav, tmp_path):
@@ -373,3 +375,15 @@ def test_live_wandb_without_an_account_is_one_line_naming_the_offline_default(tm
             start_logging(logger, {"seed": 0})
     finally:
         wandb.teardown()  # wandb keeps its settings per process: later tests run offline again
+
+
+def test_evaluation_settings_name_each_method_and_metric_once_and_say_si_snri_is_needed():
+    from stmc.errors import InputError
+    from stmc.evaluation.settings import Settings
+
+    settings = Settings(("offline", "stmc", "stmc"), ("si_snri", "si_snri", "pesq"))
+    assert settings.methods == ("offline", "stmc") and settings.metrics == ("si_snri", "pesq")
+    with pytest.raises(InputError, match=r"si_snri is always scored; use metrics=\[si_snri,dnsmos\]"):
+        Settings(metrics=("dnsmos",))
+    with pytest.raises(InputError, match="foo unknown; choose from"):
+        Settings(metrics=("si_snri", "foo"))

@@ -46,6 +46,7 @@ from stmc.apps.audio_io import (
 from stmc.apps.batched import BatchStats, enhance_folder
 from stmc.apps.configs import check_count, run_command_line  # importing it registers the --help resolver
 from stmc.conf import CONFIG_DIR
+from stmc.data.index import AUDIO_SUFFIXES
 from stmc.errors import ConfigError, InputError, StmcError
 from stmc.files import atomic_audio_file, atomic_write
 from stmc.model.enhancer import Enhancer, EnhancerStream
@@ -274,6 +275,7 @@ def infer(options: InferOptions) -> int:
                 raise InputError(f"{source}: a folder cannot go to stdout; give output=<folder>")
             target = Path(options.output) if options.output else default_output(source)
             check_not_input(source, target)
+            check_folder_output(target)
             files = list_audio(source)
             if not files:
                 raise InputError(f"{source}: no audio files in this folder")
@@ -322,6 +324,15 @@ def check_not_input(source: Path, target: Path) -> None:
             f"output={target} is the input itself: the noisy originals would be overwritten; give "
             "another output (or leave output unset for <name>.enhanced.wav / <folder>_enhanced/)"
         )
+
+
+def check_folder_output(target: Path) -> None:
+    """Raise :class:`ConfigError` unless ``target`` can be the output folder of a folder input: not an existing
+    file, and not named like an audio file (which would become a folder of that name)."""
+    if target.exists() and not target.is_dir():
+        raise ConfigError(f"output={target} is a file, but the input is a folder: give output=<folder>")
+    if not target.exists() and target.suffix.lower() in AUDIO_SUFFIXES:
+        raise ConfigError(f"output={target} names a file, but the input is a folder: give output=<folder>")
 
 
 def check_batch(options: InferOptions) -> None:

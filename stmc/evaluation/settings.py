@@ -57,6 +57,8 @@ class Settings:
     chunk: int = HOP  # samples per streamed chunk
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "methods", tuple(dict.fromkeys(self.methods)))  # once each, in the order given
+        object.__setattr__(self, "metrics", tuple(dict.fromkeys(self.metrics)))
         unknown = [m for m in self.methods if m != OFFLINE and m not in METHODS and m not in REFERENCE_SYSTEMS]
         if unknown or OFFLINE not in self.methods:
             raise InputError(
@@ -66,8 +68,13 @@ class Settings:
         for name in self.references:
             REFERENCE_SYSTEMS[name].check_available(name)
         bad = [m for m in self.metrics if m not in METRICS]
-        if bad or "si_snri" not in self.metrics:
-            raise InputError(f"metrics={list(self.metrics)}: choose from {', '.join(METRICS)} (si_snri always)")
+        if bad:
+            raise InputError(
+                f"metrics={list(self.metrics)}: {', '.join(bad)} unknown; choose from {', '.join(METRICS)}"
+            )
+        if "si_snri" not in self.metrics:
+            metrics = ",".join(["si_snri", *self.metrics])
+            raise InputError(f"metrics={list(self.metrics)}: si_snri is always scored; use metrics=[{metrics}]")
         if "dnsmos" in self.metrics and importlib.util.find_spec("speechmos") is None:
             raise InputError("metrics: dnsmos needs the speechmos package (its DNSMOS models): make venv")
         if self.chunk < 1:
