@@ -94,7 +94,7 @@ QS_EVAL := outputs/quickstart-eval
 quickstart: corpus
 	$(PY) train.py experiment=quickstart
 	$(PY) evaluate.py "checkpoints=[outputs/quickstart]" newest=true "splits=[test_real]" chunk=1 \
-		"metrics=[si_snri,pesq,stoi]" hydra.run.dir=$(QS_EVAL)
+		"metrics=[si_snri,pesq,stoi]" overwrite=true hydra.run.dir=$(QS_EVAL)
 	$(PY) -m scripts.speed_table --results $(QS_EVAL) --out $(QS_EVAL) --rounds 3 --hops 10 --onnx
 	$(PY) -m stmc.evaluation.listening_report $(QS_EVAL) --speed-table $(QS_EVAL)/speed_table.md
 

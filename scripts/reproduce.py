@@ -160,7 +160,7 @@ def later_commands(cfg: DictConfig, out: Path) -> list[Command]:
         ]
     else:
         evaluate += [f"checkpoints=[{quote(out / 'train')}]", f"hydra.run.dir={quote(out / 'evaluate')}"]
-    evaluate += [*cfg.data, *cfg.evaluate.overrides]
+    evaluate += [*cfg.data, *cfg.evaluate.overrides, "overwrite=true"]  # a re-run may add trainings
     module = [sys.executable, "-m"]
     results = str(out / "evaluate")
     curves = [

@@ -352,3 +352,20 @@ def test_recordings_without_clean_references_are_scored_by_dnsmos_and_heard_in_t
     assert "DNSMOS OVRL" in done.stdout and "DNSMOS OVRL" in (tmp_path / "eval/results.md").read_text()
     players = {p.stem for p in (tmp_path / "eval/examples").glob("*/*/*.wav")}
     assert players == {"noisy", "enhanced", "wiener"}
+
+
+def test_a_run_folder_holding_another_evaluation_is_not_overwritten(tmp_path, tiny_checkpoint):
+    demo_like_tree(tmp_path / "corpus")
+    tiny_checkpoint(tmp_path / "train/run/checkpoints/last.ckpt")
+    common = [f"checkpoints=[{tmp_path / 'train'}]", f"data.root={tmp_path / 'corpus'}", "examples_per_noise=0",
+              "metrics=[si_snri]", "workers=1", f"hydra.run.dir={tmp_path / 'eval'}"]  # fmt: skip
+    assert run_evaluate(*common, "chunk=1").returncode == 0
+    before = (tmp_path / "eval/results.json").read_bytes()
+    again = run_evaluate(*common, "chunk=1")  # the same work: allowed, same scores
+    assert again.returncode == 0
+    other = run_evaluate(*common, "chunk=2")
+    assert other.returncode == 2
+    assert other.stderr.strip().splitlines()[-1].endswith("or overwrite=true to replace them")
+    assert json.loads((tmp_path / "eval/results.json").read_bytes())["settings"]["chunk_samples"] == 256
+    assert run_evaluate(*common, "chunk=2", "overwrite=true").returncode == 0
+    assert (tmp_path / "eval/results.json").read_bytes() != before

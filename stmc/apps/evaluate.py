@@ -6,6 +6,7 @@ the results into the run folder and prints the headline table (SI-SNRi; DNSMOS O
 mistake exits with status 2 and one line.
 """
 
+import json
 import logging
 import sys
 import time
@@ -24,6 +25,7 @@ from stmc.errors import ConfigError, StmcError
 from stmc.evaluation import evaluate
 from stmc.evaluation.listening_report import write_report
 from stmc.evaluation.results import headline_table
+from stmc.evaluation.scoring import fingerprint
 from stmc.evaluation.settings import LABELS, Settings, find_checkpoints, load_items
 from stmc.files import atomic_write, exclusive
 from stmc.model.enhancer import Enhancer
@@ -52,6 +54,23 @@ def check_numbers(cfg: DictConfig) -> None:
             check_count(key, value)
 
 
+def check_same_work(out: Path, work: str) -> None:
+    """Raise :class:`ConfigError` if ``out`` already holds the results of other work (other checkpoints,
+    utterances or settings), which this run would replace; the same work may be run again."""
+    previous = out / "results.json"
+    if not previous.is_file():
+        return
+    try:
+        done = json.loads(previous.read_text()).get("settings", {}).get("work")
+    except (OSError, ValueError):
+        done = None
+    if done != work:
+        raise ConfigError(
+            f"{out} holds the results of another evaluation; give a new hydra.run.dir, "
+            "or overwrite=true to replace them"
+        )
+
+
 def run(cfg: DictConfig) -> Path:
     """Evaluate as ``cfg`` says; returns the run folder holding results.json."""
     check_numbers(cfg)
@@ -78,9 +97,13 @@ def evaluate_into(cfg: DictConfig, out: Path) -> Path:
         if done % step == 0 or done == total:
             log.info("%d/%d utterance evaluations, %.0f s", done, total, time.perf_counter() - start)
 
+    work = fingerprint(items, checkpoints, settings, cfg.threads)
+    if not cfg.get("overwrite"):
+        check_same_work(out, work)
     describe = {
         "test_set": f"{cfg.data.get('_target_', '').rsplit('.', 1)[-1]} root={cfg.data.get('root')} "
-        f"stage={cfg.stage} splits={as_list(cfg.splits) or 'all'}"
+        f"stage={cfg.stage} splits={as_list(cfg.splits) or 'all'}",
+        "work": work,
     }
     journal = out / JOURNAL if cfg.resume else None
     evaluation = evaluate(checkpoints, items, settings, cfg.workers, cfg.threads, describe, progress, journal)
