@@ -300,7 +300,7 @@ def index_html(cfg: DictConfig, out: Path, commands: Sequence[Command], wall: fl
     )
     for figure in figures(cfg):
         if (out / figure).is_file():
-            parts.append(f'<img style="width:auto;height:auto;max-width:100%" alt="{figure}" src="{href(figure)}">')
+            parts.append(f'<img class=figure alt="{figure}" src="{href(figure)}">')
     lookahead = out / "lookahead.json"
     if lookahead.is_file():
         from scripts.lookahead_figure import describe

@@ -97,13 +97,11 @@ def evaluate_into(cfg: DictConfig, out: Path) -> Path:
         if done % step == 0 or done == total:
             log.info("%d/%d utterance evaluations, %.0f s", done, total, time.perf_counter() - start)
 
-    work = fingerprint(items, checkpoints, settings, cfg.threads)
     if not cfg.get("overwrite"):
-        check_same_work(out, work)
+        check_same_work(out, fingerprint(items, checkpoints, settings, cfg.threads))
     describe = {
         "test_set": f"{cfg.data.get('_target_', '').rsplit('.', 1)[-1]} root={cfg.data.get('root')} "
-        f"stage={cfg.stage} splits={as_list(cfg.splits) or 'all'}",
-        "work": work,
+        f"stage={cfg.stage} splits={as_list(cfg.splits) or 'all'}"
     }
     journal = out / JOURNAL if cfg.resume else None
     evaluation = evaluate(checkpoints, items, settings, cfg.workers, cfg.threads, describe, progress, journal)

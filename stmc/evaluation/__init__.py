@@ -90,8 +90,9 @@ def evaluate(
     utterance evaluations it holds from an interrupted run of the same work are not computed again. Recordings
     without a clean reference are scored by DNSMOS (added to ``settings.metrics`` if missing).
     """
+    work = fingerprint(items, checkpoints, settings, threads)
     settings = with_non_intrusive_metrics(settings, items)
-    log_of = Journal(journal, fingerprint(items, checkpoints, settings, threads)) if journal is not None else None
+    log_of = Journal(journal, work) if journal is not None else None
     if log_of is not None and log_of.done:
         log.info(
             "resuming: %d of %d utterance evaluations done before (%s)",
@@ -117,5 +118,6 @@ def evaluate(
         "chunk_samples": settings.chunk,
         "threads_per_worker": threads,
         "torch": torch.__version__,
+        "work": work,  # what these numbers depend on (scoring.fingerprint)
     }
     return Evaluation(results_document(models, settings_doc), items, baselines, per_model)

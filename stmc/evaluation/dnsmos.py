@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from stmc.errors import MissingFileError
 from stmc.model.stft import SAMPLE_RATE
 
 SECONDS = 9.01  # scored window
@@ -39,10 +38,7 @@ def _sessions() -> tuple[Any, Any]:
     """The P.835 and P.808 onnxruntime sessions (one per process)."""
     import onnxruntime as ort
 
-    try:
-        models = resources.files("speechmos") / "dnsmos_models"
-    except ModuleNotFoundError:
-        raise MissingFileError("metrics: dnsmos needs the speechmos package (its DNSMOS models): make venv") from None
+    models = resources.files("speechmos") / "dnsmos_models"  # its presence is checked with the settings
     options = ort.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = 1
     return tuple(

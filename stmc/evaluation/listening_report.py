@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from stmc.evaluation.references import REFERENCE_SYSTEMS, wiener
-from stmc.evaluation.results import HEADLINES, headline_metric, jsonable, utterances
+from stmc.evaluation.results import HEADLINES, group_label, headline_metric, jsonable, utterances
 from stmc.evaluation.scoring import enhance
 from stmc.evaluation.settings import ALL, DIGITS, IMPROVEMENTS, LABELS, OFFLINE, SCORES, Item, Row, Settings
 from stmc.evaluation.summary import cell
@@ -101,13 +101,14 @@ def write_examples(
     rows: Sequence[Mapping[str, Row]],
     settings: Settings,
     per_noise: int,
+    metric: str = "si_snri",
 ) -> list[dict[str, Any]]:
     """Each selected utterance as ``examples/<noise>/<split>-<name>/<signal>.{wav,png}``; their manifest entries.
 
-    The enhanced signal is the first stream's output (``offline`` when no stream was evaluated).
+    The enhanced signal is the first stream's output (``offline`` when no stream was evaluated); utterances are
+    chosen by ``metric``, the results' headline.
     """
     method = settings.streams[0] if settings.streams else OFFLINE
-    metric = "si_snri" if any("si_snr" in row.get("mixture", {}) for row in rows) else "dnsmos_ovrl"
     stft, examples = enhancer.stft, []
     for index, why in select_examples(items, rows, method, per_noise, metric):
         item = items[index]
@@ -197,10 +198,6 @@ def summary_groups(groups: Mapping[str, Any]) -> list[str]:
     return [ALL, *(splits if len(splits) > 1 else []), *(g for g in groups if g.startswith("noise:"))]
 
 
-def group_label(group: str) -> str:
-    return "all utterances" if group == ALL else group.split(":", 1)[1]
-
-
 def model_tables(model: Mapping[str, Any]) -> str:
     """One table per metric: rows all / splits / noise types (with n), columns the signals, means ± 95 % CIs;
     the headline metric's table first with the input's own score; then max |streamed − offline| per stream."""
@@ -219,7 +216,7 @@ def model_tables(model: Mapping[str, Any]) -> str:
             by_signal = groups[group]
             first = [cell(by_signal.get("mixture", {}).get(given))] if m == metric else []
             values = [cell(by_signal.get(s, {}).get(m), DIGITS.get(m, 2)) for s in shown]
-            rows.append([group_label(group), str(utterances(by_signal)), *first, *values])
+            rows.append([group_label(group, "all utterances"), str(utterances(by_signal)), *first, *values])
         out.append(f"<h4>{esc(LABELS[m])}</h4>" + table(head, rows))
     streams = [s for s in signals if "max_abs_diff" in groups[ALL][s]]
     if streams:
@@ -246,7 +243,7 @@ def write_bar_chart(path: Path, model: Mapping[str, Any]) -> None:
         means = [st.get("mean") if st.get("mean") is not None else np.nan for st in stats]
         errors = [st.get("ci95") or 0.0 for st in stats]
         ax.bar(np.arange(len(rows)) + (k - (len(signals) - 1) / 2) * width, means, width, yerr=errors, label=signal)
-    ax.set_xticks(np.arange(len(rows)), [group_label(g) for g in rows], rotation=20)
+    ax.set_xticks(np.arange(len(rows)), [group_label(g, "all utterances") for g in rows], rotation=20)
     ax.set_ylabel(LABELS[metric])
     ax.axhline(0, color="#555", linewidth=0.8)
     ax.legend(fontsize=8, ncols=min(len(signals), 6))
@@ -296,7 +293,8 @@ def markdown_table(text: str) -> str:
 STYLE = """body{font-family:sans-serif;margin:2em;max-width:80em}table{border-collapse:collapse;margin:.5em 0}
 td,th{border:1px solid #bbb;padding:.2em .5em;text-align:right}td:first-child,th:first-child{text-align:left}
 .signals{display:grid;grid-template-columns:repeat(var(--n),minmax(0,1fr));gap:.6em}figure{margin:0}
-.signals img{display:block;width:100%;height:8em}.missing{color:#a00}audio{width:100%}"""
+.signals img{display:block;width:100%;height:8em}.missing{color:#a00}audio{width:100%}
+img.figure{width:auto;height:auto;max-width:100%}"""
 BAR_CHART = "figures/by_noise_type.png"  # the headline metric per noise type and enhancer, first model
 
 
@@ -343,10 +341,7 @@ def render(
     for index, model in enumerate(document.get("models", [])):
         parts += [f"<h2>Scores: {esc(model['name'])}</h2>"]
         if index == 0 and (folder / BAR_CHART).is_file():
-            parts.append(
-                f'<img class=figure style="width:auto;height:auto;max-width:100%" alt="scores by noise type" '
-                f'src="{href(BAR_CHART)}">'
-            )
+            parts.append(f'<img class=figure alt="scores by noise type" src="{href(BAR_CHART)}">')
         parts.append(model_tables(model))
     parts.append("<h2>Examples</h2>")
     examples = manifest.get("examples", [])
@@ -362,8 +357,7 @@ def render(
         parts.append("<h2>Figures</h2>")
         for figure in figures:
             parts.append(
-                f'<img class=figure style="width:auto;height:auto;max-width:100%" alt="{esc(figure)}" '
-                f'src="{href(figure)}">'
+                f'<img class=figure alt="{esc(figure)}" src="{href(figure)}">'
                 if (folder / figure).is_file()
                 else f"<p class=missing>missing figure: {esc(figure)}</p>"
             )
@@ -413,7 +407,10 @@ def write_report(
 ) -> Path:
     """The examples of the first model, ``report.json`` and ``report.html`` in the evaluation's ``folder``."""
     rows = [{**base, **own} for base, own in zip(evaluation.baselines, evaluation.per_model[0], strict=True)]
-    examples = write_examples(folder, enhancer, evaluation.items, rows, settings, per_noise) if per_noise > 0 else []
+    headline = evaluation.document["headline"]
+    examples = (
+        write_examples(folder, enhancer, evaluation.items, rows, settings, per_noise, headline) if per_noise > 0 else []
+    )
     manifest = {"run": run_info(enhancer, settings), "examples_per_noise": per_noise, "examples": examples}
     atomic_write(folder / MANIFEST, json.dumps(jsonable(manifest), indent=1) + "\n")
     return write_page(folder, figures, speed_table)

@@ -135,9 +135,10 @@ def write_results(folder: Path, document: dict[str, Any], csv_text: str | None =
         atomic_write(folder / "utterances.csv", csv_text)
 
 
-def _label(group: str) -> str:
+def group_label(group: str, everything: str = "**all**") -> str:
+    """A result group as a table row names it: ``everything`` for all utterances, else the split or noise type."""
     if group == ALL:
-        return "**all**"
+        return everything
     return group.split(":", 1)[1] if ":" in group else group
 
 
@@ -161,7 +162,7 @@ def model_markdown(model: Mapping[str, Any]) -> str:
         if "/" in group and group != ALL:
             continue
         n = utterances(by_signal)
-        cells = [_label(group), str(n), cell(by_signal["mixture"].get(given))]
+        cells = [group_label(group), str(n), cell(by_signal["mixture"].get(given))]
         cells += [cell(by_signal[s].get(metric)) for s in signals if s != "mixture"]
         cells += [f"{by_signal[s]['max_abs_diff']['max']:.1e}" for s in streams]
         lines.append("| " + " | ".join(cells) + " |")
@@ -179,7 +180,7 @@ def model_markdown(model: Mapping[str, Any]) -> str:
             values = [cell(by_signal[signal].get(m), DIGITS.get(m, 2)) for m in metrics]
             if signal == "mixture":
                 values = ["—" if m in IMPROVEMENTS else v for m, v in zip(metrics, values, strict=True)]
-            quality.append(f"| {_label(group)} | {signal} | " + " | ".join(values) + " |")
+            quality.append(f"| {group_label(group)} | {signal} | " + " | ".join(values) + " |")
     return "\n".join(lines + quality)
 
 

@@ -55,10 +55,11 @@ def score(estimate: torch.Tensor, noisy: torch.Tensor, clean: torch.Tensor | Non
     ``clean`` reference, only the non-intrusive ones (DNSMOS)."""
     from torchmetrics.functional.audio import short_time_objective_intelligibility, signal_distortion_ratio
 
+    row: Row = dnsmos.scores(estimate) if "dnsmos" in metrics else {}
     if clean is None:
-        return dnsmos.scores(estimate) if "dnsmos" in metrics else {}
+        return row
     est, mix, ref = estimate.reshape(1, -1).float(), noisy.reshape(1, -1), clean.reshape(1, -1)
-    row: Row = {"si_snr": float(si_snr(est, ref)), "si_snri": float(si_snri(est, mix, ref))}
+    row.update(si_snr=float(si_snr(est, ref)), si_snri=float(si_snri(est, mix, ref)))
     if "sdri" in metrics:
         sdr_est = float(signal_distortion_ratio(est.double(), ref.double()))
         sdr_mix = float(signal_distortion_ratio(mix.double(), ref.double()))
@@ -67,8 +68,6 @@ def score(estimate: torch.Tensor, noisy: torch.Tensor, clean: torch.Tensor | Non
         row["pesq"] = _pesq(est[0], ref[0])
     if "stoi" in metrics:
         row["stoi"] = float(short_time_objective_intelligibility(est[0], ref[0], SAMPLE_RATE))
-    if "dnsmos" in metrics:
-        row.update(dnsmos.scores(est[0]))
     return row
 
 
