@@ -53,7 +53,7 @@ def test_litert_file_holds_the_contract_in_its_own_metadata(exported):
     signatures = stream.engine.interpreter.get_signature_list()
     assert sorted(signatures) == (["flush", "step"] if stream.delay else ["step"])
     operators = operator_names(path)  # built-in operators only: the file runs wherever LiteRT runs
-    assert "CONV_2D" in operators and "CUSTOM" not in operators and "unknown" not in operators
+    assert "FULLY_CONNECTED" in operators and "CUSTOM" not in operators and "unknown" not in operators
     stream(torch.zeros(1, 2, model.n_freq, 1))
     shapes = [list(t.shape[1:]) for t in stream.get_state()[:-1]]
     assert shapes == [list(s) for s in json.loads(meta["state_shapes"])[:-1]]
@@ -79,7 +79,7 @@ def test_cli_exports_to_litert_with_a_batch_and_checks_it(tmp_path, capsys):
     assert main([str(out), "--depth", "2", "--width", "0.25", "--lookahead", "1", "--batch", "2"]) == 0
     printed = capsys.readouterr().out
     assert f"wrote {out} and a flush signature" in printed and "LiteRT vs offline PyTorch" in printed
-    assert "LiteRT operators: " in printed and "TRANSPOSE_CONV" in printed
+    assert "LiteRT operators: " in printed and "FULLY_CONNECTED" in printed
     stream = open_litert(out)
     with pytest.raises(ValueError, match=r"exported for 2 stream\(s\) per call, got 3; export it with --batch 3"):
         stream(torch.zeros(3, 2, 513, 1))

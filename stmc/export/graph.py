@@ -16,6 +16,7 @@ graph on named inputs.
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stmc.errors import InputError
-from stmc.model.layers import FREQ_KERNEL, FREQ_STRIDE, FrozenLayer, TimeContext
+from stmc.model.layers import FREQ_KERNEL, FREQ_STRIDE, FrozenLayer, TimeContext, out_bins
 from stmc.model.stft import HOP, N_FFT, SAMPLE_RATE
 from stmc.model.unet import UNet
 from stmc.stream.driver import Clock, Engine, Stream
@@ -181,34 +182,88 @@ def offline_error(model: UNet, stream: Stream, frames: int = 64, batch: int = 2,
     return float((out - expected).abs().max())
 
 
-# -- the modules both writers trace: one engine step, its flush, its layers as Conv nodes --
+# -- the modules both writers trace: one engine step, its flush, its layers as Gather + Gemm nodes --
 
 
 class ExportLayer(TimeContext, nn.Module):
-    """A :class:`FrozenLayer` as ``Conv``/``ConvTranspose`` nodes: same weights, same ``[B, T, F, C]`` contract."""
+    """A :class:`FrozenLayer` as the nodes of an exported graph, in the frozen ``[B, T, F, C]`` layout (no transposes):
+    a ``Gather`` of the im2col rows and one ``Gemm``, the native step's arithmetic.
+
+    Encoder layers gather each output bin's ``taps x 5`` input positions (a zero row for the frequency padding);
+    decoder layers gather the ``taps`` frames of each input bin, multiply by the weight with columns ``(freq tap,
+    C')`` and add the five taps' columns into the output bins they land on (the transposed convolution's
+    overlap-add in frequency, as slices). Sizes are static: the index tables are built for the traced sizes.
+    """
 
     def __init__(self, frozen: FrozenLayer) -> None:
         super().__init__()
         self.past, self.future, self.transposed = frozen.past, frozen.future, frozen.transposed
-        self.register_buffer("weight", frozen.conv_weight())
-        self.register_buffer("bias", frozen.bias)
+        self.out_channels = frozen.out_channels
+        matrix, bias = frozen.matrix, frozen.bias
+        if self.transposed:  # columns (cout, freq tap) -> (freq tap, cout); the bias rides on the one tap that
+            # reaches every output bin exactly once (tap 2 the even bins, tap 3 the odd ones)
+            matrix = matrix.view(matrix.shape[0], -1, FREQ_KERNEL).transpose(1, 2).reshape(matrix.shape[0], -1)
+            bias = torch.cat([bias * (tap in CENTRE_TAPS) for tap in range(FREQ_KERNEL)])
+        self.register_buffer("matrix", matrix.contiguous())
+        self.register_buffer("bias", bias.contiguous())
         self.register_buffer("prelu", frozen.prelu)
+        self.tables: dict[tuple[int, int], np.ndarray] = {}
+
+    def table(self, frames: int, bins: int) -> torch.Tensor:
+        """The im2col positions in the flattened ``[B, frames * bins (+ 1 zero row), C]`` input (a new tensor per
+        call from cached numbers: a tensor cached across traces would carry one trace's fake tensors into the next)."""
+        if (frames, bins) not in self.tables:
+            time = np.arange(frames - self.taps + 1)[:, None, None, None] + np.arange(self.taps)[:, None]
+            if self.transposed:  # [T', F, tap]
+                index = time[..., 0] * bins + np.arange(bins)[:, None]
+            else:  # [T', F', tap, freq tap]; out of range -> the zero row
+                freq = FREQ_STRIDE * np.arange(out_bins(bins, False))[:, None, None] + np.arange(FREQ_KERNEL)
+                freq = freq - FREQ_KERNEL // 2
+                index = np.where((freq >= 0) & (freq < bins), time * bins + freq, frames * bins)
+            self.tables[frames, bins] = index.reshape(-1).astype(np.int64)
+        return torch.tensor(self.tables[frames, bins])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, T, F, C]`` -> ``[B, T - past - future, F', C']``, valid in time like the frozen layer."""
-        h = x.permute(0, 3, 2, 1)  # [B, C, F, T]
-        pad = FREQ_KERNEL // 2
-        if self.transposed:  # tSTMC: time taps stacked as channels (channel k*C + c = frame t + k of c)
-            frames = h.shape[-1] - self.taps + 1
-            h = torch.cat([h[..., k : k + frames] for k in range(self.taps)], 1)
-            # padding 0, then the crop that padding would make: the LiteRT converter legalizes only this form
-            y = F.conv_transpose2d(h, self.weight, self.bias, (FREQ_STRIDE, 1))
-            y = y[:, :, pad : y.shape[2] - pad]
-        else:
-            y = F.conv2d(h, self.weight, self.bias, (FREQ_STRIDE, 1), (pad, 0))
-        if self.prelu is not None:
-            y = F.prelu(y, self.prelu)
-        return y.permute(0, 3, 2, 1)
+        frames, bins, channels = (int(size) for size in x.shape[1:])  # static in a traced step
+        out_frames = frames - self.taps + 1
+        flat = x.reshape(-1, frames * bins, channels)
+        if not self.transposed:
+            cols = F.pad(flat, (0, 0, 0, 1)).index_select(1, self.table(frames, bins))
+            y = torch.addmm(self.bias, cols.reshape(-1, self.matrix.shape[0]), self.matrix)
+            return self.activate(y).reshape(-1, out_frames, out_bins(bins, False), self.out_channels)
+        cols = flat if self.taps == 1 else flat.index_select(1, self.table(frames, bins))
+        y = torch.addmm(self.bias, cols.reshape(-1, self.matrix.shape[0]), self.matrix)
+        # the overlap-add in frequency: input bin f's tap j lands on output bin 2f + j - 2, so every output bin sums
+        # the (at most 3) rows (f, j) of `fold_table` that land on it; absent ones read the zero row at the end
+        rows = F.pad(y.view(-1, bins * FREQ_KERNEL, self.out_channels), (0, 0, 0, 1))
+        parts = [rows.index_select(1, torch.tensor(table)) for table in fold_table(bins)]
+        y = functools.reduce(torch.add, parts)
+        return self.activate(y.view(-1, self.out_channels)).view(-1, out_frames, 2 * bins - 1, self.out_channels)
+
+    def activate(self, y: torch.Tensor) -> torch.Tensor:
+        """PReLU on ``[rows, C']`` (a 2-D input: the channels are the last axis, as the layout's)."""
+        return y if self.prelu is None else F.prelu(y, self.prelu)
+
+
+CENTRE_TAPS = (2, 3)  # the decoder's frequency taps that reach every output bin exactly once (see ExportLayer)
+FOLD_ROWS = 3  # the most (input bin, tap) pairs that land on one output bin of a decoder layer
+
+
+@functools.cache
+def fold_table(bins: int) -> np.ndarray:
+    """The overlap-add of a decoder layer's ``[bins * 5 (+ 1 zero row), C']`` taps into its ``2 * bins - 1`` output
+    bins as ``FOLD_ROWS`` gathers to add: for each output bin, the rows ``f * 5 + j`` that land on it (input bin
+    ``f``, tap ``j``: output bin ``2f + j - 2``), the zero row ``bins * 5`` where fewer do."""
+    table = np.full((FOLD_ROWS, 2 * bins - 1), bins * FREQ_KERNEL)
+    filled = np.zeros(2 * bins - 1, dtype=int)
+    for f in range(bins):
+        for j in range(FREQ_KERNEL):
+            out = FREQ_STRIDE * f + j - FREQ_KERNEL // 2
+            if 0 <= out < 2 * bins - 1:
+                table[filled[out], out] = f * FREQ_KERNEL + j
+                filled[out] += 1
+    return table
 
 
 class StepGraph(nn.Module):

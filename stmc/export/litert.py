@@ -131,8 +131,8 @@ def to_litert(model: UNet, path: str | Path, method: str = "stmc", frames_per_ca
     models, ``flush`` (state in, the last ``D`` frames out); the metadata goes into the file's own metadata list
     (entry ``stmc``, JSON). Shapes are static: ``batch`` streams and ``frames_per_call`` frames per call, both in
     the metadata. Only built-in LiteRT operators: the time, int64 in the contract, is kept int64 (``enable_x64``),
-    and transposed convolutions are padding-free with a crop (:class:`ExportLayer`), which is what the converter
-    legalizes. Written atomically; the converter's own output is checked by :class:`open_litert` on load.
+    and every layer is a gather and a fully connected product (:class:`ExportLayer`). Written atomically; the
+    converter's own output is checked by :class:`open_litert` on load.
     """
     check_export_args(model, frames_per_call)
     if method not in ENGINES:

@@ -111,6 +111,9 @@ def _save(
     with torch.no_grad(), warnings.catch_warnings():
         # deliberate: the dynamo exporter needs onnxscript (see the module docstring)
         warnings.filterwarnings("ignore", "You are using the legacy TorchScript", DeprecationWarning)
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)  # the step's sizes are static by design
+        warnings.filterwarnings("ignore", "Constant folding - Only steps=1")  # F.pad's reversed pads: onnxruntime
+        # folds them when it loads the graph
         with tempfile.TemporaryDirectory(dir=path.parent) as folder:  # never a half-written file at `path`
             traced = Path(folder) / path.name
             torch.onnx.export(
@@ -118,6 +121,7 @@ def _save(
             )
             graph = onnx.load(str(traced))
     del graph.graph.value_info[:]
+    constants_to_initializers(graph.graph)
     for value in [*graph.graph.input, *graph.graph.output]:
         value.type.tensor_type.shape.dim[0].dim_param = "batch"
     for key, value in meta.items():
@@ -125,6 +129,22 @@ def _save(
         entry.key, entry.value = key, value
     onnx.checker.check_model(graph)
     atomic_write(path, writer=lambda tmp: onnx.save(graph, tmp))
+
+
+def constants_to_initializers(graph: onnx.GraphProto) -> None:
+    """Turn the tracer's ``Constant`` nodes (weights, index tables) into initializers: what onnxruntime's quantizer
+    recognises as weights and biases."""
+    nodes = list(graph.node)
+    del graph.node[:]
+    for node in nodes:
+        value = next((a for a in node.attribute if a.name == "value"), None) if node.op_type == "Constant" else None
+        if value is None:
+            graph.node.append(node)
+        else:
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(value.t)
+            tensor.name = node.output[0]
+            graph.initializer.append(tensor)
 
 
 def to_onnx(model: UNet, path: str | Path, frames_per_call: int = 1, opset: int = OPSET) -> Path:
@@ -145,7 +165,8 @@ def to_onnx(model: UNet, path: str | Path, frames_per_call: int = 1, opset: int 
 
 def _export_stmc(model: UNet, path: Path, frames_per_call: int, opset: int) -> Path:
     """:func:`to_onnx`'s work: the step graph and, with look-ahead, the flush graph, each written atomically."""
-    # traced: the PyTorch operators, every time mask as tensor ops (Clock without `settled`), Conv nodes
+    # traced: the PyTorch operators, every time mask that can fire as tensor ops (Clock without `settled`), the
+    # layers as Gather + Gemm nodes
     engine = STMCEngine(model, layer_form=ExportLayer)
     frames, *state = trace_inputs(model, engine, 2, frames_per_call)  # 2: no size-1 broadcast is baked in
     n = len(state)

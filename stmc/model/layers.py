@@ -192,13 +192,6 @@ class FrozenLayer(TimeContext):
     def out_bins(self, bins: int) -> int:
         return out_bins(bins, self.transposed)
 
-    def conv_weight(self) -> torch.Tensor:
-        """The folded weight in the layout of the layer's convolution (what a Conv / ConvTranspose node needs)."""
-        if self.transposed:  # rows (tap, c), columns (cout, freq tap) -> [taps*C, Cout, 5, 1]
-            return self.matrix.reshape(self.matrix.shape[0], -1, FREQ_KERNEL).unsqueeze(-1).contiguous()
-        # rows (tap, freq tap, c), columns cout -> [Cout, C, 5, taps]
-        return self.matrix.reshape(self.taps, FREQ_KERNEL, -1, self.matrix.shape[1]).permute(3, 2, 1, 0).contiguous()
-
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, T, F, C]`` -> ``[B, T - past - future, F', C']``."""
         batch, frames, pad = x.shape[0], x.shape[1] - self.taps + 1, FREQ_KERNEL // 2
@@ -243,7 +236,7 @@ class OverlapAddLayer(TimeContext):
     @classmethod
     def of(cls, layer: FrozenLayer, form: Callable[[FrozenLayer], Any] | None = None) -> OverlapAddLayer:
         """The overlap-add form of a transposed frozen layer (its matrix: rows ``(window tap, C)``); ``form`` turns
-        the one-tap layer into what the engine runs (an exported graph's ``ConvTranspose``)."""
+        the one-tap layer into what the engine runs (an exported graph's nodes)."""
         taps, cout = layer.taps, layer.out_channels
         matrix = layer.matrix.view(taps, -1, cout * FREQ_KERNEL).permute(1, 0, 2).reshape(-1, taps * cout * FREQ_KERNEL)
         zeros = torch.zeros(taps * cout, dtype=layer.bias.dtype, device=layer.bias.device)

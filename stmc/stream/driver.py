@@ -27,8 +27,8 @@ class Clock:
 
     ``time [B]``: frames each stream took in before this chunk. ``end [B]``: each stream's length, during a flush
     (None otherwise). ``settled``: a lower bound of ``time`` known without reading it, so that steady-state steps
-    skip the masking; None means unknown, and every layer output is masked by tensor ops (what a traced step
-    needs: it must not depend on the time).
+    skip the masking; None means only the bound every stream has (0), and every layer output that may precede a
+    stream's start is masked by tensor ops (what a traced step needs: it must not depend on the time).
     """
 
     def __init__(self, time: torch.Tensor, end: torch.Tensor | None = None, settled: int | None = None) -> None:
@@ -37,9 +37,9 @@ class Clock:
     def clip(self, y: torch.Tensor, offset: int) -> torch.Tensor:
         """Zero the frames of ``y [B, T, F, C]`` outside each stream's ``[0, end)``; ``y`` starts at ``time +
         offset``."""
-        if self.settled is not None and self.end is None and self.settled + offset >= 0:
+        if self.end is None and (self.settled or 0) + offset >= 0:  # no frame of y can precede a start
             return y
-        times = self.time.unsqueeze(1) + offset + torch.arange(y.shape[TIME], device=y.device)
+        times = self.time.unsqueeze(1) + torch.arange(offset, offset + int(y.shape[TIME]), device=y.device)
         valid = times >= 0
         if self.end is not None:
             valid = valid & (times < self.end.unsqueeze(1))

@@ -42,6 +42,12 @@ def pad_time(x: torch.Tensor, before: int, after: int) -> torch.Tensor:
     return F.pad(x, (0, 0, 0, 0, before, after))
 
 
+def last_frames(x: torch.Tensor, count: int) -> torch.Tensor:
+    """The last ``count`` frames of ``x`` (none for 0), sliced with constant bounds: a traced step (the export)
+    records no shape arithmetic for it."""
+    return x[:, -count:] if count else x[:, :0]
+
+
 def padded_walk(model: UNet, layers: list[FrozenLayer], h: torch.Tensor, clip=None) -> torch.Tensor:
     """Offline inference in the frozen layout: each layer's input padded with its (past, future) zeros.
 
@@ -127,15 +133,16 @@ class STMCEngine(ModelEngine):
                 return clock.clip(y, -model.delays[k])
             layer = self.layers[k]
             x = torch.cat([registers[k], x], TIME)
-            registers[k] = x[:, x.shape[TIME] - layer.past - layer.future :]
+            registers[k] = last_frames(x, layer.past + layer.future)
             return clock.clip(layer(x), -model.delays[k])
 
         def join(k: int, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
             if k in slots:
                 slot = slots[k]
                 skip = torch.cat([registers[slot], skip], TIME)
-                registers[slot] = skip[:, skip.shape[TIME] - model.join_delay(k) :]
-            return merge(k, x, skip[:, : x.shape[TIME]])
+                registers[slot] = last_frames(skip, model.join_delay(k))
+            frames = int(x.shape[TIME])  # static in a traced step: no slice where the skip has x's length
+            return merge(k, x, skip if skip.shape[TIME] == frames else skip[:, :frames])
 
         return model.walk(h, apply, join)
 
