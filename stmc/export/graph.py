@@ -159,15 +159,21 @@ class GraphEngine(Engine):
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         if clock.end is not None:  # a flush: the flush graph knows its D zero frames
             return torch.from_numpy(self.run_flush(self.feeds(state, clock.time))), state
-        frames, size, time = chunk.detach().cpu().numpy(), self.frames_per_call, clock.time
+        size, time = self.frames_per_call, clock.time
         outs = []
-        for start in range(0, frames.shape[-1], size):
-            result = self.run_step(
-                {INPUT: np.ascontiguousarray(frames[..., start : start + size]), **self.feeds(state, time)}
-            )
-            outs.append(result[OUTPUT])
-            *state, time = [torch.from_numpy(result[f"next_{name}"]) for name in self.meta.names]
-        return torch.from_numpy(np.concatenate(outs, -1)), state
+        for start in range(0, chunk.shape[-1], size):
+            out, state, time = self.call(chunk[..., start : start + size], state, time)
+            outs.append(out)
+        return torch.cat(outs, -1), state
+
+    def call(
+        self, frames: torch.Tensor, state: list[torch.Tensor], time: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        """One run of the step graph: ``frames_per_call`` frames and the state -> ``out``, the next state and time
+        (tensors the caller may keep)."""
+        result = self.run_step({INPUT: np.ascontiguousarray(frames.numpy()), **self.feeds(state, time)})
+        *state, time = [torch.from_numpy(result[f"next_{name}"]) for name in self.meta.names]
+        return torch.from_numpy(result[OUTPUT]), state, time
 
 
 def offline_error(model: UNet, stream: Stream, frames: int = 64, batch: int = 2, seed: int = 0) -> float:

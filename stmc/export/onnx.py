@@ -69,12 +69,69 @@ class OnnxEngine(GraphEngine):
         self.outputs = [o.name for o in self.step_session.get_outputs()]
         flush = self.meta.flush
         self.flush_session = session(self.path.parent / flush, threads) if flush else None
+        self.turns: Turns | None = None
 
     def run_step(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(self.outputs, self.step_session.run(self.outputs, inputs), strict=True))
 
+    def call(
+        self, frames: torch.Tensor, state: list[torch.Tensor], time: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        """The step through :class:`Turns`: bound buffers instead of new arrays per run (a third of a small model's
+        time per hop went into feeding and fetching 2 x N arrays)."""
+        shapes = [tuple(frames.shape), *(tuple(t.shape) for t in state), tuple(time.shape)]
+        if self.turns is None or self.turns.shapes != shapes:
+            self.turns = Turns(self.step_session, shapes, [INPUT, *self.meta.names], self.outputs)
+        return self.turns(frames, state, time)
+
     def run_flush(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         return self.flush_session.run(None, inputs)[0]
+
+
+class Turns:
+    """Two sets of state buffers bound to the step graph in turn: a run reads one set and writes the other, so the
+    outputs land in memory allocated once and become the next run's inputs without a copy.
+
+    A state that is not one of the sets (the driver's zeros, a ``set_state``) is copied into a set first; the
+    driver's time (a new tensor every step) is copied into the input set on every run; ``out`` is cloned, since
+    the caller may keep it.
+    """
+
+    def __init__(self, step, shapes: list[tuple[int, ...]], inputs: list[str], outputs: list[str]) -> None:
+        frames, *state_shapes, time = shapes
+        self.shapes = shapes
+        self.frames = torch.zeros(frames)
+        self.sets = [
+            [torch.zeros(frames), *(torch.zeros(shape) for shape in state_shapes), torch.zeros(time, dtype=torch.long)]
+            for _ in range(2)
+        ]  # each: out, state_0 .. state_{N-1}, time
+        self.step, self.bindings = step, []
+        for read, written in ((0, 1), (1, 0)):
+            binding = step.io_binding()
+            for name, tensor in zip(inputs, [self.frames, *self.sets[read][1:]], strict=True):
+                bind(binding.bind_input, name, tensor)
+            for name, tensor in zip(outputs, self.sets[written], strict=True):
+                bind(binding.bind_output, name, tensor)
+            self.bindings.append(binding)
+
+    def __call__(
+        self, frames: torch.Tensor, state: list[torch.Tensor], time: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        read = next((k for k, buffers in enumerate(self.sets) if state and buffers[1] is state[0]), None)
+        if read is None:  # a state from elsewhere: into set 0
+            read = 0
+            for buffer, tensor in zip(self.sets[0][1:-1], state, strict=True):
+                buffer.copy_(tensor)
+        self.sets[read][-1].copy_(time)
+        self.frames.copy_(frames)
+        self.step.run_with_iobinding(self.bindings[read])
+        out, *next_state, next_time = self.sets[1 - read]
+        return out.clone(), next_state, next_time
+
+
+def bind(method, name: str, tensor: torch.Tensor) -> None:
+    """``binding.bind_input`` / ``bind_output`` of ``name`` to a contiguous CPU tensor's memory."""
+    method(name, "cpu", 0, tensor.numpy().dtype, list(tensor.shape), tensor.data_ptr())
 
 
 def open_onnx(path: str | Path, threads: int = 1) -> Stream:
