@@ -86,7 +86,9 @@ def evaluate_into(cfg: DictConfig, out: Path) -> Path:
         raise ConfigError(f"{missing[0]} is required (set {missing[0]}=...)")
     torch.set_num_threads(int(cfg.threads))
     paths = [p if Path(p).is_absolute() else original_cwd() / p for p in as_list(cfg.checkpoints)]
-    settings = Settings(tuple(as_list(cfg.methods)), tuple(as_list(cfg.metrics)), parse_chunk(cfg.chunk))
+    graph = cfg.get("graph")
+    graph = None if graph is None else str(graph if Path(graph).is_absolute() else original_cwd() / graph)
+    settings = Settings(tuple(as_list(cfg.methods)), tuple(as_list(cfg.metrics)), parse_chunk(cfg.chunk), graph)
     checkpoints = find_checkpoints(paths, cfg.select, cfg.newest)
     datamodule = instantiate(cfg.data, _convert_="all")
     items = load_items(datamodule, cfg.stage, as_list(cfg.splits) or None, cfg.max_items)

@@ -116,6 +116,7 @@ def evaluate(
         "methods": list(settings.methods),
         "metrics": list(settings.metrics),
         "chunk_samples": settings.chunk,
+        **({"graph": settings.graph} if settings.graph else {}),
         "threads_per_worker": threads,
         "torch": torch.__version__,
         "work": work,  # what these numbers depend on (scoring.fingerprint)

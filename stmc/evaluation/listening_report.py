@@ -115,7 +115,7 @@ def write_examples(
         noisy, clean = item["noisy"], item.get("clean")
         audio = {
             "noisy": noisy,
-            "enhanced": enhance(enhancer, noisy, method, settings.chunk),
+            "enhanced": enhance(enhancer, noisy, method, settings.chunk, settings.graph),
             "wiener": wiener(noisy.reshape(1, -1))[0],
             **{name: REFERENCE_SYSTEMS[name].start()(noisy) for name in settings.references},
             **({"clean": clean} if clean is not None else {}),  # recordings have none

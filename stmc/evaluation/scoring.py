@@ -18,26 +18,49 @@ from typing import Any
 
 import torch
 
+import stmc.export
+from stmc.errors import InputError
 from stmc.evaluation import dnsmos
 from stmc.evaluation.metrics import si_snr, si_snri
 from stmc.evaluation.references import REFERENCE_SYSTEMS, wiener
 from stmc.evaluation.settings import OFFLINE, Item, Row, Settings
-from stmc.model.enhancer import Enhancer
+from stmc.model.enhancer import Enhancer, EnhancerStream
 from stmc.model.stft import SAMPLE_RATE
+from stmc.stream.driver import Stream
+from stmc.stream.engines import METHODS
 
 
-def enhance(enhancer: Enhancer, noisy: torch.Tensor, method: str, chunk: int) -> torch.Tensor:
-    """``[N]`` -> ``[N]``: offline over the whole utterance, or streamed in chunks of ``chunk`` samples."""
+def enhance(enhancer: Enhancer, noisy: torch.Tensor, method: str, chunk: int, graph: str | None = None) -> torch.Tensor:
+    """``[N]`` -> ``[N]``: offline over the whole utterance, or streamed in chunks of ``chunk`` samples (by an engine,
+    or for the methods ``onnx`` / ``litert`` by the exported ``graph``)."""
     x = noisy.reshape(1, -1)
     with torch.inference_mode():
         if method == OFFLINE:
             return enhancer(x)[0]
-        stream = enhancer.stream(method)
+        stream = enhancer.stream(method) if graph is None or method in METHODS else graph_stream(enhancer, graph)
         outs = [stream(part) for part in x.split(chunk, -1)]
         out = torch.cat([*outs, stream.flush()], -1)[0]
     if out.shape[-1] != x.shape[-1]:
         raise RuntimeError(f"the {method} stream returned {out.shape[-1]} samples for {x.shape[-1]}")
     return out
+
+
+_GRAPHS: dict[tuple[int, str], Stream] = {}  # an exported graph's runtime session, opened once per enhancer
+
+
+def graph_stream(enhancer: Enhancer, graph: str) -> EnhancerStream:
+    """The enhancer's STFT around the exported ``graph`` (a fresh stream; the session is opened once), which must
+    have been exported from this enhancer's architecture."""
+    key = (id(enhancer), graph)
+    if key not in _GRAPHS:
+        config = json.loads(stmc.export.read_metadata(graph)["model_config"])
+        if config != enhancer.model.config:
+            raise InputError(
+                f"graph={graph} was exported from another architecture ({config}); the checkpoint's is "
+                f"{enhancer.model.config}: export it with python -m stmc.export <file> --ckpt <checkpoint>"
+            )
+        _GRAPHS[key] = stmc.export.open(graph)
+    return EnhancerStream(enhancer, _GRAPHS[key])
 
 
 def _pesq(estimate: torch.Tensor, clean: torch.Tensor) -> float:
@@ -96,9 +119,11 @@ def evaluate_utterance(enhancer: Enhancer, item: Item, settings: Settings) -> di
     ``max_abs_diff`` to offline."""
     noisy, clean = item["noisy"], item.get("clean")
     outputs, rtfs = {}, {}
+    if settings.graph is not None:
+        graph_stream(enhancer, settings.graph)  # opened before the timing: the session loads once per process
     for method in (OFFLINE, *settings.streams):
         outputs[method], rtfs[method] = timed(
-            lambda method=method: enhance(enhancer, noisy, method, settings.chunk), noisy.numel()
+            lambda method=method: enhance(enhancer, noisy, method, settings.chunk, settings.graph), noisy.numel()
         )
     rows = {m: {**score(out, noisy, clean, settings.metrics), "rtf": rtfs[m]} for m, out in outputs.items()}
     peak = float(outputs[OFFLINE].abs().max())
@@ -176,10 +201,18 @@ def fingerprint(items: Sequence[Item], checkpoints: Sequence[Path], settings: Se
     described = {
         "items": [[str(i.get("split", "")), str(i.get("name", "")), len(i["noisy"])] for i in items],
         "checkpoints": [[str(c), c.stat().st_size, c.stat().st_mtime_ns] for c in checkpoints],
-        "settings": [list(settings.methods), list(settings.metrics), settings.chunk],
+        "settings": [list(settings.methods), list(settings.metrics), settings.chunk, graph_identity(settings.graph)],
         "threads": threads,
     }
     return hashlib.sha1(json.dumps(described).encode()).hexdigest()
+
+
+def graph_identity(graph: str | None) -> list | None:
+    """An exported graph's path, size and modification time (None without one): part of the fingerprint."""
+    if graph is None:
+        return None
+    stat = Path(graph).stat()
+    return [str(graph), stat.st_size, stat.st_mtime_ns]
 
 
 def run_all(

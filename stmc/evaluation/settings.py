@@ -15,6 +15,8 @@ import torch
 
 from stmc.errors import InputError, MissingFileError
 from stmc.evaluation.references import REFERENCE_SYSTEMS
+from stmc.export import SUFFIXES as EXPORTED
+from stmc.export import format_of
 from stmc.model import checkpoint
 from stmc.model.stft import HOP
 from stmc.stream.engines import METHODS
@@ -55,16 +57,20 @@ class Settings:
     methods: tuple[str, ...] = (OFFLINE, "stmc")
     metrics: tuple[str, ...] = ("si_snri", "sdri", "pesq", "stoi")
     chunk: int = HOP  # samples per streamed chunk
+    graph: str | None = None  # the exported step graph the methods onnx / litert stream (python -m stmc.export)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "methods", tuple(dict.fromkeys(self.methods)))  # once each, in the order given
         object.__setattr__(self, "metrics", tuple(dict.fromkeys(self.metrics)))
-        unknown = [m for m in self.methods if m != OFFLINE and m not in METHODS and m not in REFERENCE_SYSTEMS]
+        known = {*METHODS, *EXPORTED, *REFERENCE_SYSTEMS}
+        unknown = [m for m in self.methods if m != OFFLINE and m not in known]
         if unknown or OFFLINE not in self.methods:
             raise InputError(
                 f"methods={list(self.methods)}: {OFFLINE} (the reference of every stream) and any of "
-                f"{', '.join(METHODS)}, and reference systems: {', '.join(REFERENCE_SYSTEMS)}"
+                f"{', '.join(METHODS)}, an exported graph ({' or '.join(EXPORTED)}, with graph=<file>), and "
+                f"reference systems: {', '.join(REFERENCE_SYSTEMS)}"
             )
+        self.check_graph()
         for name in self.references:
             REFERENCE_SYSTEMS[name].check_available(name)
         bad = [m for m in self.metrics if m not in METRICS]
@@ -80,10 +86,26 @@ class Settings:
         if self.chunk < 1:
             raise InputError(f"chunk must be at least one sample, got {self.chunk}")
 
+    def check_graph(self) -> None:
+        """One-line errors unless the exported methods and ``graph`` go together: one such method, its format's file."""
+        exported = [m for m in self.methods if m in EXPORTED]
+        if not exported:
+            if self.graph is not None:
+                raise InputError(f"graph={self.graph} is streamed by methods=[...,onnx] or [...,litert]; add one")
+            return
+        if len(exported) > 1 or self.graph is None:
+            raise InputError(
+                f"methods {', '.join(exported)} stream one exported graph: keep one and give graph=<file"
+                f"{EXPORTED[exported[0]]}> (python -m stmc.export)"
+            )
+        fmt = format_of(self.graph)  # a missing file or another kind of file: its own one-line error
+        if fmt.name != exported[0]:
+            raise InputError(f"graph={self.graph} is a {fmt.name} graph; use methods=[...,{fmt.name}] for it")
+
     @property
     def streams(self) -> tuple[str, ...]:
-        """Our model streamed by each engine (compared with offline)."""
-        return tuple(m for m in self.methods if m in METHODS)
+        """Our model streamed by each engine or by its exported graph (compared with offline)."""
+        return tuple(m for m in self.methods if m in METHODS or m in EXPORTED)
 
     @property
     def references(self) -> tuple[str, ...]:

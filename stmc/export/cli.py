@@ -49,17 +49,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the step exported to .tflite: stmc, inc or window (ONNX: stmc only)",
     )
     parser.add_argument("--batch", type=int, default=1, help="streams per call of a .tflite graph (static shapes)")
+    parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="int8 weights and activations (static post-training quantization, calibrated on real audio)",
+    )
+    parser.add_argument(
+        "--calibration",
+        help="--int8: a folder of 16 kHz audio to calibrate on (default: the demo corpus's validation recordings)",
+    )
     parser.add_argument("--no-check", action="store_true", help="skip the runtime vs PyTorch comparison")
     args = parser.parse_args(argv)
     is_litert = Path(args.out).suffix == ".tflite"
+    if args.calibration and not args.int8:
+        parser.exit(2, "error: --calibration is for --int8 exports; add --int8 or drop it\n")
+    quantize = "int8" if args.int8 else None
     if not is_litert and args.method != "stmc":
         parser.exit(1, f"error: --method {args.method} exports to LiteRT only; give an OUT.tflite\n")
     try:
         model = load_model(args.ckpt, args.depth, args.lookahead, args.width, args.seed)
         if is_litert:
-            path = litert.to_litert(model, args.out, args.method, args.frames_per_call, args.batch)
+            path = litert.to_litert(
+                model, args.out, args.method, args.frames_per_call, args.batch, quantize, args.calibration
+            )
         else:
-            path = onnx.to_onnx(model, args.out, args.frames_per_call)
+            path = onnx.to_onnx(model, args.out, args.frames_per_call, quantize=quantize, calibration=args.calibration)
     except StmcError as err:
         parser.exit(1, f"error: {err}\n")
     meta = read_metadata(path)
@@ -67,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"wrote {path}" + (f" and {flush}" if meta["flush"] else ""))
     print(
         f"  {meta['method']} step; state: {len(json.loads(meta['state_shapes']))} tensors, look-ahead "
-        f"D={meta['delay']} frames, {meta['frames_per_call']} frame(s) per call"
+        f"D={meta['delay']} frames, {meta['frames_per_call']} frame(s) per call, {meta.get('precision', 'float32')}"
     )
     if is_litert:
         print(f"  LiteRT operators: {', '.join(litert.operator_names(path))}")
@@ -78,7 +92,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         error = offline_error(model, stream, frames=frames, batch=batch)
         runtime = "LiteRT" if is_litert else "onnxruntime"
         print(f"  {runtime} vs offline PyTorch over {frames} frames: max |error| = {error:.2e}")
-        if error > 1e-4:
+        if quantize:
+            print(
+                "  (int8: the error is the quantization's; measure its SI-SNRi with evaluate.py "
+                f"methods=[offline,{'litert' if is_litert else 'onnx'}] graph={path})"
+            )
+        elif error > 1e-4:
             print("  error above 1e-4")
             return 1
     return 0

@@ -94,6 +94,7 @@ class GraphMetadata:
         self.config: dict[str, Any] = json.loads(meta["model_config"])
         self.flush = meta["flush"]
         self.batch = int(meta["batch"]) if "batch" in meta else None
+        self.precision = meta.get("precision", "float32")  # graphs before int8 export were all float32
         self.source = source
 
     def check_inputs(self, found: dict[str, tuple[list[int], str]]) -> None:

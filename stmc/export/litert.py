@@ -35,6 +35,7 @@ from stmc.export.graph import (
     state_names,
     trace_inputs,
 )
+from stmc.export.quantize import PRECISIONS, calibration_feeds, calibration_spectra, quantize_litert
 from stmc.files import atomic_write
 from stmc.model.unet import UNet
 from stmc.stream.driver import Stream
@@ -124,7 +125,15 @@ LITERT_MISSING = (
 )
 
 
-def to_litert(model: UNet, path: str | Path, method: str = "stmc", frames_per_call: int = 1, batch: int = 1) -> Path:
+def to_litert(
+    model: UNet,
+    path: str | Path,
+    method: str = "stmc",
+    frames_per_call: int = 1,
+    batch: int = 1,
+    quantize: str | None = None,
+    calibration: object = None,
+) -> Path:
     """Export ``model``'s ``method`` step (``stmc``, ``inc`` or ``window``) to one LiteRT (``.tflite``) file.
 
     The file holds the signature ``step`` (the step-graph contract of :mod:`stmc.export.graph`) and, for look-ahead
@@ -139,6 +148,8 @@ def to_litert(model: UNet, path: str | Path, method: str = "stmc", frames_per_ca
         raise InputError(f"unknown streaming method {method!r}; choose one of {', '.join(ENGINES)}")
     if not isinstance(batch, int) or batch < 1:
         raise InputError(f"batch must be a positive integer, got {batch!r}")
+    if quantize not in PRECISIONS:
+        raise InputError(f"quantize={quantize!r}: give None (float32) or 'int8'")
     try:
         import litert_torch
     except ImportError:
@@ -167,7 +178,12 @@ def to_litert(model: UNet, path: str | Path, method: str = "stmc", frames_per_ca
                 FLUSH if engine.delay else "",
                 batch,
             )
-            data = with_litert_metadata(converted.read_bytes(), meta)
+            data = converted.read_bytes()
+            if quantize is not None:
+                spectra = calibration_spectra(calibration, model.n_freq)
+                feeds = calibration_feeds(model, spectra, frames_per_call, batch)
+                data = quantize_litert(data, feeds, FLUSH if engine.delay else None)
+            data = with_litert_metadata(data, {**meta, "precision": PRECISIONS[quantize]})
         atomic_write(path, writer=lambda tmp: Path(tmp).write_bytes(data))
     finally:  # the model's mode as it was, also when the converter fails
         model.train(training)

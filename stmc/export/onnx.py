@@ -18,6 +18,7 @@ import onnx
 import torch
 from torch import nn
 
+from stmc.errors import InputError
 from stmc.export.graph import (
     INPUT,
     OUTPUT,
@@ -31,6 +32,7 @@ from stmc.export.graph import (
     state_names,
     trace_inputs,
 )
+from stmc.export.quantize import PRECISIONS, calibration_feeds, calibration_spectra, quantize_onnx
 from stmc.files import atomic_write
 from stmc.model.unet import UNet
 from stmc.stream.driver import Stream
@@ -150,19 +152,13 @@ def flush_path(path: str | Path) -> Path:
     return path.with_name(f"{path.stem}.flush{path.suffix or '.onnx'}")
 
 
-def _save(
-    module: nn.Module,
-    args: tuple[torch.Tensor, ...],
-    path: Path,
-    inputs: list[str],
-    outputs: list[str],
-    meta: dict[str, str],
-    opset: int,
-) -> None:
-    """Trace ``module`` to ``path`` at the batch of ``args``; declare the inputs' and outputs' axis 0 symbolic.
+def _trace(
+    module: nn.Module, args: tuple[torch.Tensor, ...], folder: Path, inputs: list[str], outputs: list[str], opset: int
+) -> onnx.ModelProto:
+    """``module`` traced at the batch of ``args``, with the inputs' and outputs' axis 0 declared symbolic.
 
     The intermediate shapes the exporter records (``value_info``) carry the traced batch, so they are dropped;
-    onnxruntime infers them again from the inputs. ``meta`` goes into the graph's ``metadata_props``.
+    onnxruntime infers them again from the inputs.
     """
     module.eval()  # the exporter restores this mode afterwards, on the wrapped model too
     with torch.no_grad(), warnings.catch_warnings():
@@ -171,19 +167,24 @@ def _save(
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)  # the step's sizes are static by design
         warnings.filterwarnings("ignore", "Constant folding - Only steps=1")  # F.pad's reversed pads: onnxruntime
         # folds them when it loads the graph
-        with tempfile.TemporaryDirectory(dir=path.parent) as folder:  # never a half-written file at `path`
-            traced = Path(folder) / path.name
-            torch.onnx.export(
-                module, args, str(traced), input_names=inputs, output_names=outputs, opset_version=opset, dynamo=False
-            )
-            graph = onnx.load(str(traced))
+        traced = folder / "traced.onnx"
+        torch.onnx.export(
+            module, args, str(traced), input_names=inputs, output_names=outputs, opset_version=opset, dynamo=False
+        )
+        graph = onnx.load(str(traced))
     del graph.graph.value_info[:]
     constants_to_initializers(graph.graph)
     for value in [*graph.graph.input, *graph.graph.output]:
         value.type.tensor_type.shape.dim[0].dim_param = "batch"
+    return graph
+
+
+def _write(graph: onnx.ModelProto, path: Path, meta: dict[str, str]) -> None:
+    """``graph`` with ``meta`` as its ``metadata_props`` (prefixed), checked, written atomically to ``path``."""
+    del graph.metadata_props[:]
     for key, value in meta.items():
         entry = graph.metadata_props.add()
-        entry.key, entry.value = key, value
+        entry.key, entry.value = META + key, value
     onnx.checker.check_model(graph)
     atomic_write(path, writer=lambda tmp: onnx.save(graph, tmp))
 
@@ -204,23 +205,37 @@ def constants_to_initializers(graph: onnx.GraphProto) -> None:
             graph.initializer.append(tensor)
 
 
-def to_onnx(model: UNet, path: str | Path, frames_per_call: int = 1, opset: int = OPSET) -> Path:
+def to_onnx(
+    model: UNet,
+    path: str | Path,
+    frames_per_call: int = 1,
+    opset: int = OPSET,
+    quantize: str | None = None,
+    calibration: object = None,
+) -> Path:
     """Export ``model``'s STMC step (and, for look-ahead models, its flush graph); returns the step graph's path.
 
     ``frames_per_call`` is fixed in the graph (the tracer needs static time sizes); 1 is one hop per call, the
     lowest latency. Both files are written next to each other; see the module docstring for the contract.
+    ``quantize="int8"`` writes the step with int8 weights and activations (:mod:`stmc.export.quantize`),
+    calibrated on ``calibration``: None (the demo corpus's validation recordings), a folder of 16 kHz audio, or
+    an iterable of spectrum chunks ``[B, 2, F, t]``.
     """
     check_export_args(model, frames_per_call)
+    if quantize not in PRECISIONS:
+        raise InputError(f"quantize={quantize!r}: give None (float32) or 'int8'")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     training = model.training
     try:
-        return _export_stmc(model, path, frames_per_call, opset)
+        return _export_stmc(model, path, frames_per_call, opset, quantize, calibration)
     finally:  # the tracer leaves the model in eval mode, also when it fails
         model.train(training)
 
 
-def _export_stmc(model: UNet, path: Path, frames_per_call: int, opset: int) -> Path:
+def _export_stmc(
+    model: UNet, path: Path, frames_per_call: int, opset: int, quantize: str | None, calibration: object
+) -> Path:
     """:func:`to_onnx`'s work: the step graph and, with look-ahead, the flush graph, each written atomically."""
     # traced: the PyTorch operators, every time mask that can fire as tensor ops (Clock without `settled`), the
     # layers as Gather + Gemm nodes
@@ -229,16 +244,17 @@ def _export_stmc(model: UNet, path: Path, frames_per_call: int, opset: int) -> P
     n = len(state)
     flush_name = flush_path(path).name if engine.delay else ""
     meta = metadata(model, "stmc", engine.state_shapes(), engine.delay, frames_per_call, flush_name)
-    meta = {META + key: value for key, value in meta.items()}
-    _save(
-        StepGraph(engine),
-        (frames, *state),
-        path,
-        [INPUT, *state_names(n)],
-        [OUTPUT, *state_names(n, "next_")],
-        meta,
-        opset,
-    )
-    if engine.delay:
-        _save(FlushGraph(engine), tuple(state), flush_path(path), state_names(n), [OUTPUT], meta, opset)
+    names = [INPUT, *state_names(n)], [OUTPUT, *state_names(n, "next_")]
+    with tempfile.TemporaryDirectory(dir=path.parent) as folder:  # never a half-written file at `path`
+        step = _trace(StepGraph(engine), (frames, *state), Path(folder), *names, opset)
+        if quantize is not None:
+            fp32, quantized = Path(folder) / "fp32.onnx", Path(folder) / "quantized.onnx"
+            _write(step, fp32, meta)
+            feeds = calibration_feeds(model, calibration_spectra(calibration, model.n_freq), frames_per_call)
+            quantize_onnx(fp32, quantized, feeds)
+            step = onnx.load(str(quantized))
+        _write(step, path, {**meta, "precision": PRECISIONS[quantize]})
+        if engine.delay:  # float32 always: it runs once per utterance
+            flush = _trace(FlushGraph(engine), tuple(state), Path(folder), state_names(n), [OUTPUT], opset)
+            _write(flush, flush_path(path), meta)
     return path

@@ -1,0 +1,194 @@
+"""Static int8 post-training quantization of exported step graphs, calibrated on real audio.
+
+The step graph's layers are ``Gather`` + ``Gemm`` (:class:`stmc.export.graph.ExportLayer`). Each exporter uses its
+runtime's own quantizer on those products: ``onnxruntime.quantization.quantize_static`` (QDQ format: per-channel
+int8 weights, per-tensor uint8 activations; onnxruntime then fuses each into an integer ``QGemm``) and
+``ai-edge-quantizer`` for LiteRT (int8 fully connected layers). The activation ranges come from the step's inputs
+over calibration audio: by default the demo corpus's validation recordings (``val_*/noisy``), else a folder of
+16 kHz audio or an iterable of spectrum chunks ``[B, 2, F, t]``. Everything else (registers, im2col gathers, PReLU,
+the mask's bound) stays float, and the state the graph carries stays float32: the contract of
+:mod:`stmc.export.graph` is unchanged, and the metadata's ``precision`` says ``int8``. The ONNX flush graph stays
+float (it runs once per utterance); a LiteRT file's flush signature is quantized with its step.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stmc.errors import InputError
+from stmc.model.unet import UNet
+
+PRECISIONS = {None: "float32", "int8": "int8"}  # an exporter's quantize -> the graph metadata's precision
+CALIBRATION_HOPS = 512  # step-graph inputs the ranges are measured on, spread evenly over the calibration audio
+QUANTIZED_OPS = ["Gemm"]
+
+
+def default_calibration() -> list[Path]:
+    """The demo corpus's validation recordings (``$STMC_DEMO_ROOT``, else ``demo_corpus``): ``val_*/noisy``."""
+    root = Path(os.environ.get("STMC_DEMO_ROOT", "demo_corpus"))
+    files = sorted(root.glob("val_*/noisy/*.wav"))
+    if not files:
+        raise InputError(
+            f"int8 calibration: no validation recordings under {root}/val_*/noisy (build the demo corpus with "
+            "make corpus, or give a folder of 16 kHz audio as calibration)"
+        )
+    return files
+
+
+def audio_files(folder: Path) -> list[Path]:
+    """The audio files below ``folder`` (recursive); a one-line error for a missing or empty folder."""
+    from stmc.data.index import AUDIO_SUFFIXES
+
+    if not folder.is_dir():
+        raise InputError(f"int8 calibration: {folder} is not a folder; give a folder of 16 kHz audio files")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+    if not files:
+        raise InputError(f"int8 calibration: no audio files in {folder} (.wav, .flac, .ogg, .aiff)")
+    return files
+
+
+def spectra_of_files(files: list[Path], n_freq: int) -> Iterator[torch.Tensor]:
+    """Each file as the model's input spectrum ``[1, 2, F, T]``; files must be 16 kHz (the model's rate)."""
+    import soundfile as sf
+
+    from stmc.model.enhancer import to_channels
+    from stmc.model.stft import SAMPLE_RATE, STFT
+
+    stft = STFT()
+    if stft.n_freq != n_freq:
+        raise InputError(
+            f"int8 calibration from audio needs a model on the {stft.n_freq}-bin STFT, this one has {n_freq} bins; "
+            "give an iterable of spectrum chunks as calibration"
+        )
+    for path in files:
+        try:
+            audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError) as err:
+            raise InputError(f"int8 calibration: cannot read {path}: {err}") from err
+        if rate != SAMPLE_RATE:
+            raise InputError(
+                f"int8 calibration: {path} is {rate} Hz; calibrate on {SAMPLE_RATE} Hz audio (resample it first)"
+            )
+        yield to_channels(stft.stft(torch.from_numpy(audio.mean(1))[None]))
+
+
+def calibration_spectra(calibration: object, n_freq: int) -> Iterator[torch.Tensor]:
+    """Spectrum chunks ``[B, 2, F, t]`` from ``calibration``: None (the demo corpus's validation recordings), a
+    folder of 16 kHz audio, or an iterable of spectrum chunks (checked as every stream checks its input)."""
+    from stmc.model.unet import check_spectrum
+
+    if calibration is None:
+        yield from spectra_of_files(default_calibration(), n_freq)
+        return
+    if isinstance(calibration, str | os.PathLike):
+        yield from spectra_of_files(audio_files(Path(calibration)), n_freq)
+        return
+    if not isinstance(calibration, Iterable) or isinstance(calibration, torch.Tensor):
+        raise InputError(
+            "calibration: give None (the demo corpus), a folder of 16 kHz audio or an iterable of spectrum chunks "
+            f"[B, 2, {n_freq}, t], got {type(calibration).__name__}"
+        )
+    for chunk in calibration:
+        try:
+            check_spectrum(chunk, n_freq, torch.float32)
+        except InputError as err:
+            raise InputError(f"calibration chunk: {err}") from err
+        yield chunk
+
+
+def calibration_feeds(
+    model: UNet,
+    spectra: Iterable[torch.Tensor],
+    frames_per_call: int,
+    batch: int | None = None,
+    hops: int = CALIBRATION_HOPS,
+) -> list[dict[str, np.ndarray]]:
+    """The step graph's inputs (``frames``, ``state_0 .. state_N``) at up to ``hops`` calls spread evenly over the
+    spectra, each streamed from a fresh state by the model's own STMC stream (the state every exported step
+    carries): what the quantized graph will see, whatever runtime runs it. ``batch``: a graph's fixed number of
+    streams, which single-stream spectra are repeated to."""
+    from stmc.export.graph import INPUT, state_names
+    from stmc.stream.engines import streaming
+
+    spectra = [spec.expand(batch, -1, -1, -1) if batch and spec.shape[0] == 1 else spec for spec in spectra]
+    calls = sum(spec.shape[-1] // frames_per_call for spec in spectra)
+    if not calls:
+        raise InputError(
+            f"int8 calibration: the calibration audio gave no frames (it needs {frames_per_call} hop(s) at least)"
+        )
+    keep = set(np.linspace(0, calls - 1, min(hops, calls)).round().astype(int).tolist())
+    stream, feeds, call = streaming(model.eval(), "stmc"), [], 0
+    for spec in spectra:
+        stream.reset()
+        for start in range(0, spec.shape[-1] - frames_per_call + 1, frames_per_call):
+            frames = spec[..., start : start + frames_per_call]
+            if call in keep:
+                state = stream.get_state() or [
+                    *(torch.zeros(spec.shape[0], *shape) for shape in stream.engine.state_shapes()),
+                    torch.zeros(spec.shape[0], dtype=torch.long),
+                ]
+                names = [INPUT, *state_names(len(state))]
+                feeds.append({n: t.numpy().copy() for n, t in zip(names, [frames.contiguous(), *state], strict=True)})
+            stream(frames)
+            call += 1
+    return feeds
+
+
+def quantize_onnx(fp32_path: Path, out: Path, feeds: list[dict]) -> None:
+    """Write the int8 form of the float step graph at ``fp32_path`` to ``out`` (see the module docstring)."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Feeds(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.remaining = iter(feeds)
+
+        def get_next(self) -> dict | None:
+            return next(self.remaining, None)
+
+    quantize_static(
+        str(fp32_path),
+        str(out),
+        Feeds(),
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=QUANTIZED_OPS,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+    )
+
+
+def quantize_litert(data: bytes, feeds: list[dict[str, np.ndarray]], flush: str | None) -> bytes:
+    """The LiteRT file ``data`` with int8 fully connected layers (int8 weights per channel, int8 activations), by
+    ``ai-edge-quantizer`` (the converter's venv), calibrated on ``feeds`` for the step signature and on their
+    state for the ``flush`` signature (None: none)."""
+    from ai_edge_quantizer import qtyping, quantizer, recipe_manager
+    from ai_edge_quantizer.algorithm_manager import AlgorithmName
+
+    from stmc.export.graph import INPUT
+
+    recipe = recipe_manager.RecipeManager()
+    recipe.add_static_config(
+        regex=".*",
+        operation_name=qtyping.TFLOperationName.FULLY_CONNECTED,
+        activation_num_bits=8,
+        weight_num_bits=8,
+        algorithm_key=AlgorithmName.MIN_MAX_UNIFORM_QUANT,
+    )
+    tool = quantizer.Quantizer(bytearray(data))
+    tool.load_quantization_recipe(recipe.get_quantization_recipe())
+    signatures = {"step": feeds}
+    if flush:
+        signatures[flush] = [{name: value for name, value in feed.items() if name != INPUT} for feed in feeds]
+    return bytes(tool.quantize(tool.calibrate(signatures)).quantized_model)

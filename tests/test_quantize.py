@@ -1,0 +1,117 @@
+"""int8 step graphs (stmc.export.quantize): integer GEMMs, close to the float graph, calibration input checked, and
+an exported graph as an evaluation method."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import soundfile as sf
+import torch
+
+from stmc.data.synthetic import demo_like_tree
+from stmc.errors import InputError
+from stmc.evaluation.settings import Settings
+from stmc.export import read_metadata, to_onnx
+from stmc.export.graph import offline_error
+from stmc.export.onnx import open_onnx
+from tests.randmodel import tiny_unet
+from tests.test_evaluate import ROOT, run_evaluate
+
+
+def spectra(count: int = 3, frames: int = 40, seed: int = 0) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(1, 2, 513, frames, generator=generator) for _ in range(count)]
+
+
+def optimized_ops(path) -> set[str]:
+    """The operators onnxruntime runs for the graph at ``path`` after its own fusions."""
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(path) + ".optimized"
+    options.log_severity_level = 3
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return {node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node}
+
+
+@pytest.mark.parametrize("lookahead", [0, 2], ids=["causal", "lookahead"])
+def test_int8_step_runs_integer_gemms_close_to_the_float_step(tmp_path, lookahead):
+    """The int8 graph computes its layers as QGemm (int8 x int8), not float Gemms with dequantized weights; its
+    masks stay within quantization error of offline PyTorch, while the float graph's equal it."""
+    model = tiny_unet(lookahead)
+    fp32 = to_onnx(model, tmp_path / "fp32.onnx")
+    int8 = to_onnx(model, tmp_path / "int8.onnx", quantize="int8", calibration=spectra())
+    assert read_metadata(int8)["precision"] == "int8" and read_metadata(fp32)["precision"] == "float32"
+    ops = optimized_ops(int8)
+    assert "QGemm" in ops and "Gemm" not in ops
+    assert "QGemm" not in optimized_ops(fp32)
+    assert offline_error(model, open_onnx(fp32)) < 1e-5
+    error = offline_error(model, open_onnx(int8))
+    assert 1e-4 < error < 0.1  # the masks are bounded by 1: a few per cent at most
+
+
+def test_int8_calibration_bad_input_is_one_line(tmp_path):
+    model = tiny_unet()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    wrong_rate = tmp_path / "48k"
+    wrong_rate.mkdir()
+    sf.write(str(wrong_rate / "a.wav"), np.zeros(48000, np.float32), 48000)
+    cases = {
+        "quantize='int4'": dict(quantize="int4"),
+        "no audio files in": dict(quantize="int8", calibration=empty),
+        "48000 Hz; calibrate on 16000 Hz": dict(quantize="int8", calibration=wrong_rate),
+        "is not a folder": dict(quantize="int8", calibration=str(tmp_path / "missing")),
+        "gave no frames": dict(quantize="int8", calibration=[]),
+        "calibration chunk": dict(quantize="int8", calibration=[torch.zeros(1, 2, 257, 4)]),
+        "an iterable of spectrum chunks": dict(quantize="int8", calibration=torch.zeros(1, 2, 513, 4)),
+    }
+    for message, kwargs in cases.items():
+        with pytest.raises(InputError, match=message) as caught:
+            to_onnx(model, tmp_path / "out.onnx", **kwargs)
+        assert "\n" not in str(caught.value)
+    assert not (tmp_path / "out.onnx").exists()  # nothing half-written
+
+
+def test_export_cli_int8_flags(tmp_path):
+    run = subprocess.run(
+        [sys.executable, "-m", "stmc.export", str(tmp_path / "m.onnx"), "--depth", "2", "--calibration", "x"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert run.returncode == 2 and "--calibration is for --int8" in run.stderr
+
+
+def test_settings_check_the_exported_graph_method(tmp_path):
+    path = to_onnx(tiny_unet(), tmp_path / "m.onnx")
+    assert Settings(("offline", "onnx"), graph=str(path)).streams == ("onnx",)
+    for kwargs, message in [
+        (dict(methods=("offline", "onnx")), "give graph=<file.onnx>"),
+        (dict(methods=("offline", "litert"), graph=str(path)), "is a onnx graph; use methods"),
+        (dict(methods=("offline", "stmc"), graph=str(path)), "add one"),
+        (dict(methods=("offline", "onnx"), graph=str(tmp_path / "none.onnx")), "no such file"),
+    ]:
+        with pytest.raises(InputError, match=message):
+            Settings(**kwargs)
+
+
+def test_evaluate_streams_an_exported_graph_and_refuses_another_models(tmp_path, tiny_checkpoint):
+    """``methods=[offline,onnx] graph=...`` scores the graph's stream like an engine's (equal to offline for a
+    float graph); a graph of another architecture is a one-line error naming both."""
+    demo_like_tree(tmp_path / "corpus")
+    ckpt = tiny_checkpoint(tmp_path / "run/checkpoints/last.ckpt", lookahead=1)
+    graph = to_onnx(tiny_unet(1), tmp_path / "graph.onnx")
+    common = [f"checkpoints=[{ckpt}]", f"data.root={tmp_path / 'corpus'}", "examples_per_noise=0", "metrics=[si_snri]"]
+    run = run_evaluate(*common, "methods=[offline,onnx]", f"graph={graph}", f"hydra.run.dir={tmp_path / 'ev'}")
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads((tmp_path / "ev/results.json").read_text())
+    assert results["si_snri"]["onnx"] == pytest.approx(results["si_snri"]["offline"], abs=1e-3)
+    assert results["settings"]["graph"] == str(graph)
+    other = to_onnx(tiny_unet(0), tmp_path / "other.onnx")
+    run = run_evaluate(*common, "methods=[offline,onnx]", f"graph={other}", f"hydra.run.dir={tmp_path / 'ev2'}")
+    assert run.returncode != 0 and "exported from another architecture" in run.stderr
