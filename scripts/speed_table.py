@@ -63,6 +63,7 @@ PAPER = {
     "tSTMC peak memory ratio": 0.80,
 }
 HOP_MS = HOP / SAMPLE_RATE * 1000
+KINDS = ("PyTorch ops", "without tSTMC", "compiled", "onnxruntime", "onnxruntime int8", "LiteRT", "LiteRT int8")
 
 
 def label(method: str) -> str:
@@ -83,7 +84,15 @@ def records(name: str, model: UNet, rows: Sequence[Row], si_snri: float | None, 
     order = [m for m in ("window", "inc", "stmc") if m in by]
     order += [
         f"{base} ({kind})"
-        for kind in ("PyTorch ops", "without tSTMC", "compiled", "onnxruntime", "LiteRT")
+        for kind in (
+            "PyTorch ops",
+            "without tSTMC",
+            "compiled",
+            "onnxruntime",
+            "onnxruntime int8",
+            "LiteRT",
+            "LiteRT int8",
+        )
         for base in ("window", "inc", "stmc")
         if f"{base} ({kind})" in by
     ]

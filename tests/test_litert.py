@@ -147,3 +147,23 @@ def test_benchmark_worker_times_hops_and_measures_its_own_resident_growth(export
     stream(torch.zeros(1, 2, model.n_freq, 1))
     assert memory["state_bytes"] == sum(t.numel() * 4 for t in stream.get_state()[:-1])
     assert memory["peak_reset"] and memory["overall_bytes"] >= memory["init_bytes"] >= path.stat().st_size // 2
+
+
+@pytest.mark.litert
+@pytest.mark.parametrize("lookahead", [0, 2], ids=["causal", "lookahead"])
+def test_int8_litert_file_quantizes_its_fully_connected_layers(tmp_path, lookahead):
+    """ai-edge-quantizer's int8 file: QUANTIZE / DEQUANTIZE around int8 fully connected layers, metadata saying
+    int8, masks within quantization error of offline PyTorch (and not equal to it)."""
+    torch.manual_seed(lookahead)
+    model = randomise_norms(stmc.UNet(depth=3, n_freq=33, lookahead=lookahead, width=0.25), lookahead)
+    calibration = [torch.randn(1, 2, 33, 40, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    path = to_litert(model, tmp_path / "int8.tflite", quantize="int8", calibration=calibration)
+    assert read_metadata(path)["precision"] == "int8"
+    assert {"QUANTIZE", "DEQUANTIZE", "FULLY_CONNECTED"} <= set(operator_names(path))
+    spec = torch.randn(1, 2, 33, 64, generator=torch.Generator().manual_seed(9))
+    stream = open_litert(path)
+    out = torch.cat([stream(spec), stream.flush()], -1)
+    with torch.no_grad():
+        expected = model.eval()(spec)
+    relative = float((out - expected).norm() / expected.norm())
+    assert 1e-4 < relative < 0.1, relative  # quantized, and a few per cent of the mask's energy at most

@@ -216,8 +216,9 @@ def test_speed_table_has_the_engine_on_pytorch_ops_beside_the_native_step(speed_
     assert ratio["compute latency INC÷STMC (PyTorch ops)"] == pytest.approx(
         rows[("causal", "inc")]["compute_latency_ms"] / ops["compute_latency_ms"]
     )
-    # 2 x (3 streams, PyTorch ops, onnxruntime, floor) + the causal model's STMC without tSTMC
-    assert len(read_csv(tmp_path / "speed_table.csv")) == 13
+    # 2 x (3 streams, PyTorch ops, onnxruntime float32 and int8, floor) + the causal model's STMC without tSTMC
+    assert len(read_csv(tmp_path / "speed_table.csv")) == 15
+    assert rows[("causal", "stmc (onnxruntime int8)")]["label"] == "STMC (tSTMC), onnxruntime int8"
 
 
 def parse(argv: list[str]) -> dict[str, object]:

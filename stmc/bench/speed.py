@@ -9,8 +9,9 @@
 - ``stmc``, ``inc``, ``window``: one hop (one frame) per call, as a real-time stream would, eager and
   through ``torch.compile``; ``stmc`` runs its native step (:mod:`stmc.stream.native`) where it can, and
   ``stmc (PyTorch ops)`` is the same engine on PyTorch operators, like every other row; the exported STMC
-  step in onnxruntime (one thread); and, with ``--litert`` (the converter: ``make litert``), the stmc, inc and
-  window steps in LiteRT, each in a process of its own (:mod:`stmc.bench.litert`);
+  step in onnxruntime (one thread) in float32 and int8 (:mod:`stmc.export.quantize`); and, with ``--litert``
+  (the converter: ``make litert``), the stmc, inc and window steps in LiteRT and the stmc step in int8, each in a
+  process of its own (:mod:`stmc.bench.litert`);
 - ``stmc per-call overhead``: the native step on a depth-1 U-Net with one channel (a few thousand MACs), i.e.
   what a call costs around the network: the driver's checks and time bookkeeping, the binding, the output;
 
@@ -48,6 +49,7 @@ MODELS = {"causal": 0, "noncausal": 14}
 OPS = "stmc (PyTorch ops)"  # the row of the STMC engine without its native step
 OVERHEAD = "stmc per-call overhead"  # the native step around an all but empty network
 ABLATION = "stmc (without tSTMC)"  # the same architecture with a decoder transposed in time, STMC by overlap-add
+INT8_ONNX, INT8_LITERT = "stmc (onnxruntime int8)", "stmc (LiteRT int8)"  # compared with the native hop
 
 
 def _storage_key(tensor: torch.Tensor) -> int:
@@ -144,28 +146,45 @@ def peak_bytes(
     return tracker.peak + (native.scratch_bytes if native is not None else 0)
 
 
+def timing_calibration(model: UNet) -> list[torch.Tensor]:
+    """Random spectra to calibrate an int8 graph that is only timed (its speed does not depend on the ranges;
+    its quality is measured with evaluate.py on a graph calibrated on real audio)."""
+    generator = torch.Generator().manual_seed(0)
+    return [torch.randn(1, 2, model.n_freq, 64, generator=generator) for _ in range(2)]
+
+
 @torch.inference_mode()
-def exported_stream(model: UNet) -> Stream:
-    """The exported STMC step in onnxruntime (one thread), behind the stream driver.
+def exported_stream(model: UNet, quantize: str | None = None) -> Stream:
+    """The exported STMC step in onnxruntime (one thread), behind the stream driver; ``quantize="int8"``: its int8
+    form (calibrated by :func:`timing_calibration`).
 
     The graphs are written to a temporary folder and loaded into memory; the folder is gone on return.
     """
     from stmc.export import to_onnx
     from stmc.export.onnx import open_onnx
 
+    calibration = timing_calibration(model) if quantize else None
     with tempfile.TemporaryDirectory() as folder:
-        return open_onnx(to_onnx(model, Path(folder) / "step.onnx"), threads=1)
+        path = to_onnx(model, Path(folder) / "step.onnx", quantize=quantize, calibration=calibration)
+        return open_onnx(path, threads=1)
 
 
-def litert_processes(models: dict[str, tuple[UNet, str]], frames: int) -> dict[str, LiteRTProcess]:
-    """Rows ``name -> (model, method)`` exported to LiteRT (needs the converter: ``make litert``), each streamed in
-    a worker process of its own (:mod:`stmc.bench.litert`); the files are gone once the workers have loaded them."""
+def litert_processes(models: dict[str, tuple[UNet, str, str | None]], frames: int) -> dict[str, LiteRTProcess]:
+    """Rows ``name -> (model, method, quantize)`` exported to LiteRT (needs the converter: ``make litert``), each
+    streamed in a worker process of its own (:mod:`stmc.bench.litert`); the files are gone once the workers have
+    loaded them."""
     from stmc.export import to_litert
 
     with tempfile.TemporaryDirectory() as folder:
         files = {
-            name: to_litert(model, Path(folder) / f"{index}.tflite", method)
-            for index, (name, (model, method)) in enumerate(models.items())
+            name: to_litert(
+                model,
+                Path(folder) / f"{index}.tflite",
+                method,
+                quantize=quantize,
+                calibration=timing_calibration(model) if quantize else None,
+            )
+            for index, (name, (model, method, quantize)) in enumerate(models.items())
         }
         return {name: LiteRTProcess(path, frames) for name, path in files.items()}
 
@@ -208,12 +227,15 @@ def measure(
         streams[ABLATION] = streaming(without_tstmc, "stmc", native=False)
     if compile:
         streams.update({f"{method} (compiled)": streaming(model, method, compile=True) for method in METHODS})
-    extra = {"stmc (onnxruntime)": exported_stream(model)} if onnx else {}
+    extra = {}
+    if onnx:
+        extra = {"stmc (onnxruntime)": exported_stream(model), INT8_ONNX: exported_stream(model, "int8")}
     workers = {}
     if litert:
-        exports = {f"{method} (LiteRT)": (model, method) for method in METHODS}
+        exports = {f"{method} (LiteRT)": (model, method, None) for method in METHODS}
+        exports[INT8_LITERT] = (model, "stmc", "int8")
         if ablation:
-            exports[f"{ABLATION} (LiteRT)"] = (without_tstmc, "stmc")
+            exports[f"{ABLATION} (LiteRT)"] = (without_tstmc, "stmc", None)
         workers = litert_processes(exports, rounds * hops)
     rows = {name: Row(name) for name in [*offline, *streams, *extra, *workers]}
     for name, run in offline.items():

@@ -51,6 +51,7 @@ def measure(model: UNet, batches: Sequence[int], rounds: int, hops: int, onnx: b
     engines = {"native fp32": lambda: streaming(model, "stmc", native=True)}
     if onnx:
         engines["onnxruntime fp32"] = lambda: exported_stream(model)
+        engines["onnxruntime int8"] = lambda: exported_stream(model, "int8")
     streams = {(name, b): make() for name, make in engines.items() for b in batches}
     chunks = {b: torch.randn(b, 2, model.n_freq, 1) for b in batches}
     for (_, b), stream in streams.items():
