@@ -141,15 +141,15 @@ def test_a_native_gemm_that_disagrees_with_torch_means_the_operator_engine(monke
     model = stmc.UNet(depth=2, channels=[2, 3], n_freq=17, lookahead=1).eval()
     spec = torch.randn(1, 2, 17, 9)
     monkeypatch.setattr(native, "_CHECKED", {})
-    monkeypatch.setattr(native, "reference_gemm", lambda x, w: torch.mm(x, w) + 1.0)
+    monkeypatch.setattr(native, "reference_gemm", lambda x, w, dtype: torch.mm(x, w) + 1.0)
     stream = stmc.streaming(model, native=None)
     assert stream.engine.native
-    with pytest.warns(UserWarning, match=r"not used: its GEMM \(\d+ x \d+ @ \d+ x \d+\) differs from torch.mm"):
+    with pytest.warns(UserWarning, match=r"not used: its float32 GEMM \(\d+ x \d+ @ \d+ x \d+\) differs from torch"):
         out = torch.cat([stream(spec[..., :4]), stream(spec[..., 4:]), stream.flush()], -1)
     assert not stream.engine.native and stream.engine.native_step is None
     torch.testing.assert_close(out, model(spec), atol=1e-5, rtol=0)
     monkeypatch.setattr(native, "_CHECKED", {})
-    monkeypatch.setattr(native, "reference_gemm", torch.mm)
+    monkeypatch.setattr(native, "reference_gemm", lambda x, w, dtype: torch.mm(x, w))
     assert native.gemm_mismatch([(7, 5, 11), (1, 3, 40)]) is None  # the real kernel agrees
 
 
@@ -171,3 +171,63 @@ def test_the_ctypes_mirrors_match_the_native_structures_and_a_reordered_field_is
 
     monkeypatch.setattr(native, "LayerSpec", Reordered)
     assert "LayerSpec.hist, LayerSpec.transposed differ" in native.layout_mismatch(layout)
+
+
+class RoundedOperands:
+    """A frozen layer whose GEMM operands are rounded to bfloat16 (input frames and matrix; the im2col only copies
+    and zero-pads them) and summed in float32: the reference of the native bf16 step, on PyTorch operators."""
+
+    def __init__(self, layer):
+        self.layer = type(layer)(
+            layer.past, layer.future, layer.transposed, layer.matrix.bfloat16().float(), layer.bias, layer.prelu
+        )
+        self.past, self.future, self.transposed = layer.past, layer.future, layer.transposed
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x.bfloat16().float())
+
+
+@pytest.mark.compiler
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(model=unets(), batch=st.integers(1, 3), data=st.data())
+def test_bf16_step_rounds_its_gemm_operands_and_sums_in_float32(model, batch, data):
+    """The bfloat16 native step equals the PyTorch engine with bf16-rounded GEMM operands (up to the order of the
+    float32 sums), chunk by chunk and through the flush, on this CPU's bf16 instructions or without them."""
+    from stmc.stream.driver import Stream
+    from stmc.stream.engines import STMCEngine
+
+    frames = data.draw(st.integers(1, 24))
+    spec = torch.randn(batch, 2, model.n_freq, frames)
+    bf16 = stmc.streaming(model, dtype=torch.bfloat16)
+    reference = Stream(STMCEngine(model, layer_form=RoundedOperands))
+    start, outs, expected = 0, [], []
+    for size in split_points(data.draw, frames, 6):
+        chunk = spec[..., start : start + size]
+        outs.append(bf16(chunk))
+        expected.append(reference(chunk))
+        start += size
+    out, expected = torch.cat([*outs, bf16.flush()], -1), torch.cat([*expected, reference.flush()], -1)
+    # a sum that lands on the other side of a bf16 rounding boundary (another order of the float32 sums) moves
+    # the next layer's input by one bf16 step: rare, and bounded; anything else is a wrong kernel
+    differ = (out - expected).abs()
+    assert float(differ.max()) < 2e-2 and float((differ > 2e-4).float().mean()) < 0.01
+    assert bf16.engine.native and bf16.engine.gemm_dtype == torch.bfloat16
+
+
+@pytest.mark.compiler
+def test_bf16_differs_from_float32_by_rounding_only_and_refuses_what_it_cannot_run():
+    """On a depth-7 model the bf16 step's masks stay within bf16 rounding of float32 (and are not float32's);
+    dtype settings it cannot honour are one-line errors."""
+    torch.manual_seed(0)
+    model = stmc.UNet(width=0.5).eval()
+    spec = torch.randn(1, 2, model.n_freq, 30)
+    error = float((stmc.streaming(model, dtype=torch.bfloat16)(spec) - stmc.streaming(model)(spec)).abs().max())
+    assert 1e-5 < error < 0.05
+    for kwargs in [
+        dict(dtype=torch.float16),
+        dict(dtype=torch.bfloat16, native=False),
+        dict(dtype=torch.bfloat16, method="inc"),
+        dict(dtype=torch.bfloat16, compile=True),
+    ]:
+        with pytest.raises(ValueError, match="dtype"):
+            stmc.streaming(model, **kwargs)

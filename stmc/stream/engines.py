@@ -31,7 +31,7 @@ from stmc.errors import InputError
 from stmc.model.layers import FrozenLayer, OverlapAddLayer
 from stmc.model.unet import UNet, concat_skip
 from stmc.stream.driver import TIME, Clock, Engine, Stream
-from stmc.stream.native import KernelMismatch, NativeStep
+from stmc.stream.native import GEMM_DTYPES, KernelMismatch, NativeStep
 from stmc.stream.native import unavailable as native_unavailable
 
 merge = functools.partial(concat_skip, channels=-1)  # the skip merge in the frozen layout [B, T, F, C]
@@ -155,9 +155,9 @@ class NativeSTMCEngine(STMCEngine):
     shape is checked against ``torch.mm`` then, and a mismatch means the PyTorch operators from there on.
     """
 
-    def __init__(self, model: UNet) -> None:
+    def __init__(self, model: UNet, gemm_dtype: torch.dtype = torch.float32) -> None:
         super().__init__(model)
-        self.native = True
+        self.native, self.gemm_dtype = True, gemm_dtype
         self.native_step: NativeStep | None = None
 
     def load(self) -> None:
@@ -172,8 +172,12 @@ class NativeSTMCEngine(STMCEngine):
         if self.native_step is None or not self.native_step.binds(self.layers, state):
             state = [tensor.contiguous() for tensor in state]
             try:
-                self.native_step = NativeStep(self.model, self.layers, state, clock.time.shape[0], self.state_shapes())
+                self.native_step = NativeStep(
+                    self.model, self.layers, state, clock.time.shape[0], self.state_shapes(), self.gemm_dtype
+                )
             except KernelMismatch as err:  # never silently wrong: the operators compute the same state
+                if self.gemm_dtype != torch.float32:  # ... in float32 only: no silent change of precision
+                    raise RuntimeError(f"the bfloat16 STMC step cannot run: {err}") from err
                 warn_once(f"STMC streams use PyTorch operators (slower per hop): {err}")
                 self.native, self.native_step = False, None
                 return super().step(chunk, state, clock)
@@ -276,14 +280,33 @@ ENGINES: dict[str, type[ModelEngine]] = {"stmc": STMCEngine, "inc": IncEngine, "
 METHODS = tuple(ENGINES)
 
 
-def engine_for(model: UNet, method: str = "stmc", compile: bool = False, native: bool | None = None) -> Engine:
-    """The engine of ``method`` over ``model``; see :func:`streaming` for ``compile`` and ``native``."""
+def engine_for(
+    model: UNet,
+    method: str = "stmc",
+    compile: bool = False,
+    native: bool | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Engine:
+    """The engine of ``method`` over ``model``; see :func:`streaming` for ``compile``, ``native`` and ``dtype``."""
     if method not in ENGINES:
         raise InputError(f"unknown streaming method {method!r}; choose one of {', '.join(METHODS)}")
     if not isinstance(model, UNet):
         raise InputError(f"streaming() needs a stmc.UNet, got {type(model).__name__}")
     if native and method != "stmc":
         raise InputError(f"native=True is for the stmc method only, got {method!r}")
+    if dtype not in GEMM_DTYPES:
+        raise InputError(f"dtype={dtype}: the stream's GEMMs run in torch.float32 or torch.bfloat16")
+    if dtype != torch.float32:
+        if method != "stmc" or compile or native is False:
+            raise InputError("dtype=torch.bfloat16 is the native STMC step's: method='stmc', native, not compiled")
+        why = native_unavailable()
+        if (
+            why is not None
+            or model.layers[0].conv.weight.dtype != torch.float32
+            or not all(layer.tstmc for layer in model.layers)
+        ):
+            raise InputError(f"dtype=torch.bfloat16 needs the native STMC step, which cannot run this model: {why}")
+        return NativeSTMCEngine(model, dtype)
     if method == "stmc" and native is not False and not (native is None and compile):
         weight = model.layers[0].conv.weight
         unsupported = weight.dtype != torch.float32 or not weight.is_cpu
@@ -305,11 +328,22 @@ def engine_for(model: UNet, method: str = "stmc", compile: bool = False, native:
     return CompiledEngine(engine) if compile else engine
 
 
-def streaming(model: UNet, method: str = "stmc", compile: bool = False, native: bool | None = None) -> Stream:
+def streaming(
+    model: UNet,
+    method: str = "stmc",
+    compile: bool = False,
+    native: bool | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Stream:
     """A stateful stream over ``model``'s weights; ``method`` is one of :data:`METHODS`.
 
     ``native`` (``stmc`` only): the native step wherever it can run (None: float32 on CPU, not compiled, a C++
     compiler present; PyTorch operators otherwise), always (True: a ``ValueError`` where it cannot) or never.
+
+    ``dtype=torch.bfloat16`` (the native STMC step only): every GEMM takes its operands rounded to bfloat16 and
+    sums in float32 (the state, bias, PReLU and the mask's bound stay float32). It runs on the CPU's bf16
+    instructions where the CPU has them (AVX512-BF16: :func:`stmc.stream.native.bf16_kernels`) and computes the
+    same numbers more slowly elsewhere.
 
     ``compile=True`` runs each step through ``torch.compile`` (inductor): the first chunk of each new size
     compiles for tens of seconds, then per-step Python and dispatch overhead all but vanishes. Use it with a
@@ -324,4 +358,4 @@ def streaming(model: UNet, method: str = "stmc", compile: bool = False, native: 
             "statistics), which model(spec) gives only after model.eval()",
             stacklevel=2,
         )
-    return Stream(engine_for(model, method, compile, native))
+    return Stream(engine_for(model, method, compile, native, dtype))

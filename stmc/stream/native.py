@@ -5,7 +5,9 @@ im2col, PReLU, skip merges). In PyTorch each of those costs microseconds of disp
 than the GEMMs themselves. The native step does the same arithmetic on buffers allocated once (the stream's
 own state tensors, shifted in place), with libtorch_cpu's small-GEMM kernel (``at::native::cpublas::brgemm``:
 oneDNN's JIT micro-kernel on AVX2 CPUs, BLAS elsewhere), which on one-frame shapes is faster than the BLAS
-call behind ``torch.mm``.
+call behind ``torch.mm``. With ``dtype=torch.bfloat16`` (:func:`stmc.stream.engines.streaming`) the GEMMs round
+their operands to bfloat16 and sum in float32 on the step's own AVX512-BF16 kernel (libtorch's bf16 brgemm has
+no fast path without AMX); a CPU without those instructions gets the same numbers through the float32 GEMM.
 
 The library is compiled on first use with the system C++ compiler (``$CXX``, else ``g++``; ~2 s, for this
 CPU) into ``$STMC_NATIVE_CACHE`` (default ``~/.cache/stmc-native``), keyed by the source, the torch version
@@ -49,6 +51,7 @@ class LayerSpec(ctypes.Structure):
         ("out_bins", ctypes.c_int64),
         ("out_ch", ctypes.c_int64),
         ("matrix", ctypes.c_void_p),
+        ("packed", ctypes.c_void_p),
         ("bias", ctypes.c_void_p),
         ("prelu", ctypes.c_void_p),
         ("reg", ctypes.c_void_p),
@@ -78,6 +81,7 @@ class StepSpec(ctypes.Structure):
         ("cols", ctypes.c_void_p),
         ("spread", ctypes.c_void_p),
         ("mask", ctypes.c_void_p),
+        ("operand", ctypes.c_void_p),
         ("macs", ctypes.c_int64),
     ]
 
@@ -148,6 +152,15 @@ def _load() -> ctypes.CDLL | str:
     library.stmc_step.argtypes += [pointer, pointer]
     library.stmc_gemm.restype = ctypes.c_char_p
     library.stmc_gemm.argtypes = [ctypes.c_int64] * 3 + [pointer] * 3
+    library.stmc_gemm_bf16.restype = ctypes.c_char_p
+    library.stmc_gemm_bf16.argtypes = [ctypes.c_int64] * 3 + [pointer] * 4
+    library.stmc_pack_bf16.restype = None
+    library.stmc_pack_bf16.argtypes = [ctypes.c_int64] * 2 + [pointer] * 2
+    for name in ("stmc_bf16_packed_bytes", "stmc_bf16_operand_bytes"):
+        getattr(library, name).restype = ctypes.c_int64
+        getattr(library, name).argtypes = [ctypes.c_int64] * 2
+    library.stmc_bf16_kernels.restype = ctypes.c_int64
+    library.stmc_bf16_kernels.argtypes = []
     library.stmc_layout.restype = ctypes.c_char_p
     library.stmc_layout.argtypes = []
     mismatch = layout_mismatch(library.stmc_layout().decode())
@@ -192,45 +205,66 @@ class KernelMismatch(RuntimeError):
     """The native GEMM disagreed with ``torch.mm`` on a shape the step would use (see :func:`gemm_mismatch`)."""
 
 
-def reference_gemm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """What the native GEMM must equal."""
-    return torch.mm(x, w)
+GEMM_DTYPES = (torch.float32, torch.bfloat16)  # the native step's GEMM operands (float32 sums either way)
 
 
-_CHECKED: dict[tuple[int, int, int], str | None] = {}
+def reference_gemm(x: torch.Tensor, w: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """What the native GEMM must equal: ``torch.mm`` of the operands rounded to ``dtype``, in float32."""
+    return torch.mm(x.to(dtype).float(), w.to(dtype).float())
 
 
-def gemm_mismatch(shapes: list[tuple[int, int, int]]) -> str | None:
+_CHECKED: dict[tuple[int, int, int, torch.dtype], str | None] = {}
+
+
+def native_gemm(library: ctypes.CDLL, x: torch.Tensor, w: torch.Tensor, y: torch.Tensor, dtype: torch.dtype):
+    """``y = x @ w`` through the step's own GEMM path for operands of ``dtype``; the native error message or None."""
+    (rows, inner), cols = x.shape, w.shape[1]
+    if dtype == torch.float32:
+        return library.stmc_gemm(rows, cols, inner, x.data_ptr(), w.data_ptr(), y.data_ptr())
+    size = library.stmc_bf16_packed_bytes(inner, cols) + library.stmc_bf16_operand_bytes(rows, inner)
+    scratch = torch.empty(size, dtype=torch.uint8)
+    return library.stmc_gemm_bf16(rows, cols, inner, x.data_ptr(), w.data_ptr(), y.data_ptr(), scratch.data_ptr())
+
+
+def gemm_mismatch(shapes: list[tuple[int, int, int]], dtype: torch.dtype = torch.float32) -> str | None:
     """Why the native GEMM cannot be trusted on one of these ``(rows, cols, inner)`` shapes, or None.
 
-    The step binds an internal libtorch function by a hand-written prototype; a torch release that changed its
-    meaning under the same name would compute wrong audio silently. So each distinct shape is checked once per
-    process: seeded random operands through the step's own GEMM path against :func:`reference_gemm`.
+    The step binds an internal libtorch function by a hand-written prototype (and, for bfloat16 operands, runs
+    its own kernel); a torch release that changed the function's meaning under the same name would compute wrong
+    audio silently. So each distinct shape is checked once per process: seeded random operands through the
+    step's own GEMM path against :func:`reference_gemm`.
     """
     library = _load()
     if isinstance(library, str):
         return library
     for shape in dict.fromkeys(shapes):
-        if shape not in _CHECKED:
+        if (*shape, dtype) not in _CHECKED:
             rows, cols, inner = shape
             generator = torch.Generator().manual_seed(0)
             x, w = torch.randn(rows, inner, generator=generator), torch.randn(inner, cols, generator=generator)
             y = torch.full((rows, cols), math.nan)  # a kernel that accumulated into its output would show
-            error = library.stmc_gemm(rows, cols, inner, x.data_ptr(), w.data_ptr(), y.data_ptr())
-            expected = reference_gemm(x, w)
+            error = native_gemm(library, x, w, y, dtype)
+            expected = reference_gemm(x, w, dtype)
             worst = float((y - expected).abs().max()) if error is None else math.inf
             tolerance = 1e-4 * math.sqrt(inner) * max(1.0, float(expected.abs().max()))
-            _CHECKED[shape] = (
+            _CHECKED[(*shape, dtype)] = (
                 None
                 if worst <= tolerance
                 else (
-                    f"its GEMM ({rows} x {inner} @ {inner} x {cols}) differs from torch.mm by {worst:.3g}"
-                    f"{f' ({error.decode(errors=chr(63))})' if error is not None else ''}"
+                    f"its {str(dtype).removeprefix('torch.')} GEMM ({rows} x {inner} @ {inner} x {cols}) differs "
+                    f"from torch.mm by {worst:.3g}{f' ({error.decode(errors=chr(63))})' if error is not None else ''}"
                 )
             )
-        if _CHECKED[shape] is not None:
-            return _CHECKED[shape]
+        if _CHECKED[(*shape, dtype)] is not None:
+            return _CHECKED[(*shape, dtype)]
     return None
+
+
+def bf16_kernels() -> bool:
+    """Whether the native step's bfloat16 GEMM runs on the CPU's bf16 instructions (AVX512-BF16) here; elsewhere it
+    computes the same numbers more slowly (rounded operands through the float32 GEMM)."""
+    library = _load()
+    return not isinstance(library, str) and bool(library.stmc_bf16_kernels())
 
 
 def unavailable() -> str | None:
@@ -269,6 +303,7 @@ class NativeGraph:
         targets: list[torch.Tensor],
         lines: dict[int, torch.Tensor],
         owned: list[torch.Tensor],
+        gemm_dtype: torch.dtype = torch.float32,
     ) -> None:
         loaded = _load()
         if isinstance(loaded, str):
@@ -317,10 +352,21 @@ class NativeGraph:
             else:
                 cols = max(cols, rows * out_bins * layer.taps * FREQ_KERNEL * channels)
                 gemms.append((rows * out_bins, layer.out_channels, layer.taps * FREQ_KERNEL * channels))
-        mismatch = gemm_mismatch(gemms)
+        mismatch = gemm_mismatch(gemms, gemm_dtype)
         if mismatch is not None:
             raise KernelMismatch(f"the native STMC step is not used: {mismatch}")
         self.cols, self.spread = torch.zeros(cols), torch.zeros(spread)
+        self.packed: list[torch.Tensor] = []  # bf16: each layer's matrix packed for the bf16 GEMM
+        self.operand = torch.zeros(0, dtype=torch.uint8)
+        if gemm_dtype == torch.bfloat16:
+            for spec, matrix in zip(specs, self.matrices, strict=True):
+                inner, columns = matrix.shape
+                packed = torch.empty(loaded.stmc_bf16_packed_bytes(inner, columns), dtype=torch.uint8)
+                loaded.stmc_pack_bf16(inner, columns, matrix.data_ptr(), packed.data_ptr())
+                self.packed.append(packed)
+                spec.packed = packed.data_ptr()
+            size = max(loaded.stmc_bf16_operand_bytes(rows, inner) for rows, _, inner in gemms)
+            self.operand = torch.zeros(size, dtype=torch.uint8)
         self._strides: dict[tuple[int, ...], ctypes.Array] = {}
         self.specs = (LayerSpec * len(specs))(*specs)
         self.spec = StepSpec(
@@ -336,6 +382,7 @@ class NativeGraph:
             cols=self.cols.data_ptr(),
             spread=self.spread.data_ptr(),
             mask=self.mask.data_ptr(),
+            operand=self.operand.data_ptr() if gemm_dtype == torch.bfloat16 else None,
         )
 
     @property
@@ -346,7 +393,7 @@ class NativeGraph:
     @property
     def scratch_bytes(self) -> int:
         """Bytes of the buffers allocated here (besides the weights, a stream's state and each call's output)."""
-        return sum(t.nbytes for t in [*self.owned, self.mask, self.cols, self.spread])
+        return sum(t.nbytes for t in [*self.owned, self.mask, self.cols, self.spread, self.operand, *self.packed])
 
     def run(
         self,
@@ -409,9 +456,10 @@ class NativeStep(NativeGraph):
         state: list[torch.Tensor],
         batch: int,
         state_shapes: list[tuple[int, ...]],
+        gemm_dtype: torch.dtype = torch.float32,
     ) -> None:
         """``state_shapes``: the stream's (``STMCEngine.state_shapes``, without the batch axis), which every
-        buffer must have before the native code gets its pointer."""
+        buffer must have before the native code gets its pointer; ``gemm_dtype``: the GEMMs' operands."""
         self.state = state
         check_buffers(state, [(batch, *shape) for shape in state_shapes])
         shapes = [model.input_shape(k) for k in range(len(layers))]
@@ -419,7 +467,9 @@ class NativeStep(NativeGraph):
         slots = iter(range(len(layers), len(state)))
         lines = {model.joins[k]: state[next(slots)] for k in model.joins if model.join_delay(k)}
         steps = [layer.past + layer.future for layer in layers]
-        super().__init__(model, layers, batch, state[: len(layers)], steps, current, current, lines, current)
+        super().__init__(
+            model, layers, batch, state[: len(layers)], steps, current, current, lines, current, gemm_dtype
+        )
 
     def binds(self, layers: list[FrozenLayer], state: list[torch.Tensor]) -> bool:
         """Whether this binding is to exactly these weights and state tensors."""

@@ -17,6 +17,12 @@
 #include <cstring>
 #include <string>
 #include <exception>
+#if defined(__AVX512BF16__)
+#include <immintrin.h>
+#define STMC_BF16_KERNELS 1
+#else
+#define STMC_BF16_KERNELS 0
+#endif
 
 // libtorch_cpu's small-GEMM entry: oneDNN's JIT batch-reduce GEMM micro-kernel where the CPU has AVX2 (cached
 // per shape), else its BLAS. Row-major: C[M, N] = A[M, K] @ B[K, N] (+ C when add_C).
@@ -37,6 +43,7 @@ struct LayerSpec {
   int64_t stride;      // frequency stride (of the convolution, or of the transposed one)
   int64_t in_bins, in_ch, out_bins, out_ch;
   const float* matrix;  // GEMM matrix: encoder rows (tap, freq tap, c); decoder rows (tap, c), columns (freq tap, cout)
+  const void* packed;   // the same matrix for the bf16 GEMM (stmc_pack_bf16), or null: float32 GEMMs
   const float* bias;    // [out_ch]
   const float* prelu;   // [out_ch] or null (final layer)
   float* reg;           // streams: [B, hist, in_bins, in_ch]; a sequence: its padded input frames
@@ -61,6 +68,7 @@ struct StepSpec {
   float* cols;    // GEMM operand scratch, the largest layer's
   float* spread;  // decoder GEMM output before the overlap-add in frequency
   float* mask;    // [B, n_freq, 2]: the last layer's output, before the bound
+  void* operand;  // bf16 GEMMs: the left operand rounded to bfloat16 (stmc_bf16_operand_bytes), else null
   int64_t macs;   // multiply-accumulates done so far (counted per GEMM)
 };
 
@@ -73,6 +81,141 @@ void gemm(int64_t rows, int64_t cols, int64_t inner, const float* x, int64_t ldx
           int64_t ldy, int64_t* macs) {
   at::native::cpublas::brgemm(rows, cols, inner, ldx, cols, ldy, false, x, w, y, false);
   *macs += rows * cols * inner;
+}
+
+// ---- bfloat16 GEMMs with float32 accumulation ----
+// Operands are rounded to bfloat16 (round to nearest even); products and sums are float32. Where the compiler
+// targets AVX512-BF16, the right operand is packed as [ceil(inner / 2)][cols rounded up to 16][2] bfloat16 pairs and
+// the product runs on vdpbf16ps; elsewhere the same rounded operands are stored as float32 and go through the
+// float32 GEMM (the same numbers up to the order of the sums: bf16 x bf16 products are exact in float32).
+
+uint16_t to_bf16(float value) {
+  uint32_t bits;
+  std::memcpy(&bits, &value, sizeof bits);
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((bits >> 16) | 0x40);  // NaN stays NaN
+  bits += 0x7fffu + ((bits >> 16) & 1u);
+  return static_cast<uint16_t>(bits >> 16);
+}
+
+float rounded_bf16(float value) {
+  const uint32_t bits = static_cast<uint32_t>(to_bf16(value)) << 16;
+  float out;
+  std::memcpy(&out, &bits, sizeof out);
+  return out;
+}
+
+constexpr int64_t LANES = 16;  // float32 lanes of a 512-bit register: the packed matrix's column block
+
+int64_t padded_cols(int64_t cols) { return (cols + LANES - 1) / LANES * LANES; }
+
+#if STMC_BF16_KERNELS
+// MR rows x NR column blocks of y from A pairs [rows][pairs] (uint32 = two bf16) and packed B.
+template <int MR, int NR>
+void bf16_block(const uint32_t* a, int64_t pairs, const uint16_t* b, int64_t ldb, float* y, int64_t ldy,
+                int64_t cols_left) {
+  __m512 acc[MR][NR];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < pairs; ++k) {
+    __m512i w[NR];
+    for (int j = 0; j < NR; ++j) w[j] = _mm512_loadu_si512(b + (k * ldb + j * LANES) * 2);
+    for (int i = 0; i < MR; ++i) {
+      const __m512i x = _mm512_set1_epi32(static_cast<int>(a[i * pairs + k]));
+      for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], (__m512bh)x, (__m512bh)w[j]);
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) {
+      const int64_t left = cols_left - j * LANES;
+      const __mmask16 keep = left >= LANES ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << left) - 1);
+      _mm512_mask_storeu_ps(y + i * ldy + j * LANES, keep, acc[i][j]);
+    }
+}
+
+// Every row of one block of NR column blocks (starting at column n): the block of B stays in cache across rows;
+// rows go 6 at a time (6 x 4 accumulators, 4 weight vectors and a broadcast: 29 of the 32 vector registers).
+template <int NR>
+void bf16_columns(const uint32_t* a, int64_t rows, int64_t pairs, const uint16_t* b, int64_t ldb, float* y,
+                  int64_t ldy, int64_t cols_left) {
+  int64_t r = 0;
+  for (; r + 6 <= rows; r += 6) bf16_block<6, NR>(a + r * pairs, pairs, b, ldb, y + r * ldy, ldy, cols_left);
+  switch (rows - r) {
+    case 5: bf16_block<5, NR>(a + r * pairs, pairs, b, ldb, y + r * ldy, ldy, cols_left); break;
+    case 4: bf16_block<4, NR>(a + r * pairs, pairs, b, ldb, y + r * ldy, ldy, cols_left); break;
+    case 3: bf16_block<3, NR>(a + r * pairs, pairs, b, ldb, y + r * ldy, ldy, cols_left); break;
+    case 2: bf16_block<2, NR>(a + r * pairs, pairs, b, ldb, y + r * ldy, ldy, cols_left); break;
+    case 1: bf16_block<1, NR>(a + r * pairs, pairs, b, ldb, y + r * ldy, ldy, cols_left); break;
+    default: break;
+  }
+}
+
+// Row r of x as bfloat16 pairs (round to nearest even; an odd last element pairs with zero).
+void bf16_pairs(const float* x, int64_t inner, uint32_t* out) {
+  int64_t k = 0;
+  for (; k + 2 * LANES <= inner; k += 2 * LANES) {
+    const __m512bh both = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + k + LANES), _mm512_loadu_ps(x + k));
+    _mm512_storeu_si512(out + k / 2, (__m512i)both);
+  }
+  if (k < inner) {  // the last (inner - k) < 32 elements, zero-filled to whole pairs
+    const int64_t left = inner - k, low = std::min<int64_t>(left, LANES), high = left - low;
+    const __m512 lo = _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << low) - 1), x + k);
+    const __m512 hi = _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << high) - 1), x + k + LANES);
+    const __m512i both = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+    _mm512_mask_storeu_epi32(out + k / 2, static_cast<__mmask16>((1u << ((left + 1) / 2)) - 1), both);
+  }
+}
+#endif
+
+// Bytes of the left-operand scratch of a bf16 GEMM with `rows` x `inner` operands.
+int64_t bf16_operand_bytes(int64_t rows, int64_t inner) {
+  return STMC_BF16_KERNELS ? rows * ((inner + 1) / 2) * 4 : rows * inner * 4;
+}
+
+// Bytes of a packed inner x cols matrix.
+int64_t bf16_packed_bytes(int64_t inner, int64_t cols) {
+  return STMC_BF16_KERNELS ? (inner + 1) / 2 * padded_cols(cols) * 4 : inner * cols * 4;
+}
+
+void pack_bf16(int64_t inner, int64_t cols, const float* w, void* packed) {
+#if STMC_BF16_KERNELS
+  const int64_t ld = padded_cols(cols), pairs = (inner + 1) / 2;
+  auto* out = static_cast<uint16_t*>(packed);
+  std::memset(out, 0, pairs * ld * 2 * sizeof(uint16_t));
+  for (int64_t k = 0; k < inner; ++k)
+    for (int64_t n = 0; n < cols; ++n) out[((k / 2) * ld + n) * 2 + k % 2] = to_bf16(w[k * cols + n]);
+#else
+  auto* out = static_cast<float*>(packed);
+  for (int64_t i = 0; i < inner * cols; ++i) out[i] = rounded_bf16(w[i]);
+#endif
+}
+
+// y[rows, cols] = bf16(x[rows, inner]) @ packed, float32 sums; `operand` is the scratch for bf16(x).
+void gemm_bf16(int64_t rows, int64_t cols, int64_t inner, const float* x, int64_t ldx, const void* packed,
+               void* operand, float* y, int64_t ldy, int64_t* macs) {
+#if STMC_BF16_KERNELS
+  const int64_t pairs = (inner + 1) / 2, ldb = padded_cols(cols);
+  auto* a = static_cast<uint32_t*>(operand);
+  for (int64_t r = 0; r < rows; ++r) bf16_pairs(x + r * ldx, inner, a + r * pairs);
+  const auto* b = static_cast<const uint16_t*>(packed);
+  int64_t n = 0;
+  for (; n + 4 * LANES <= ldb; n += 4 * LANES) bf16_columns<4>(a, rows, pairs, b + n * 2, ldb, y + n, ldy, cols - n);
+  for (; n < cols; n += LANES) bf16_columns<1>(a, rows, pairs, b + n * 2, ldb, y + n, ldy, cols - n);
+  *macs += rows * cols * inner;
+#else
+  auto* a = static_cast<float*>(operand);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t k = 0; k < inner; ++k) a[r * inner + k] = rounded_bf16(x[r * ldx + k]);
+  gemm(rows, cols, inner, a, inner, static_cast<const float*>(packed), y, ldy, macs);
+#endif
+}
+
+// A layer's GEMM in its precision: float32, or bf16 where the layer has a packed matrix.
+void layer_gemm(const LayerSpec& L, StepSpec& S, int64_t rows, int64_t cols, int64_t inner, const float* x,
+                int64_t ldx, float* y, int64_t ldy) {
+  if (L.packed != nullptr)
+    gemm_bf16(rows, cols, inner, x, ldx, L.packed, S.operand, y, ldy, &S.macs);
+  else
+    gemm(rows, cols, inner, x, ldx, L.matrix, y, ldy, &S.macs);
 }
 
 // Frame `tap` (0 = oldest) of row b: a register slot, or the current frame for a stream's newest tap.
@@ -104,7 +247,7 @@ void encoder_layer(const LayerSpec& L, StepSpec& S) {
       }
     }
   }
-  gemm(S.batch * L.out_bins, L.out_ch, K, S.cols, K, L.matrix, L.dst, L.dst_ch, &S.macs);
+  layer_gemm(L, S, S.batch * L.out_bins, L.out_ch, K, S.cols, K, L.dst, L.dst_ch);
 }
 
 void decoder_layer(const LayerSpec& L, StepSpec& S) {
@@ -118,7 +261,7 @@ void decoder_layer(const LayerSpec& L, StepSpec& S) {
       }
     x = S.cols;
   }
-  gemm(S.batch * L.in_bins, N, K, x, K, L.matrix, S.spread, N, &S.macs);
+  layer_gemm(L, S, S.batch * L.in_bins, N, K, x, K, S.spread, N);
   const int64_t co = L.out_ch;
   for (int64_t b = 0; b < S.batch; ++b) {
     float* out = L.dst + b * L.out_bins * L.dst_ch;
@@ -270,6 +413,27 @@ const char* stmc_gemm(int64_t rows, int64_t cols, int64_t inner, const float* x,
   return guarded([&] { gemm(rows, cols, inner, x, inner, w, y, cols, &macs); });
 }
 
+// The bf16 GEMM path (see gemm_bf16) for the same check: w is packed here, `scratch` holds the packed matrix and
+// then the rounded left operand (stmc_bf16_packed_bytes + stmc_bf16_operand_bytes).
+const char* stmc_gemm_bf16(int64_t rows, int64_t cols, int64_t inner, const float* x, const float* w, float* y,
+                           char* scratch) {
+  int64_t macs = 0;
+  return guarded([&] {
+    pack_bf16(inner, cols, w, scratch);
+    gemm_bf16(rows, cols, inner, x, inner, scratch, scratch + bf16_packed_bytes(inner, cols), y, cols, &macs);
+  });
+}
+
+// Packs a float32 inner x cols matrix for the bf16 GEMM into `packed` (stmc_bf16_packed_bytes bytes).
+void stmc_pack_bf16(int64_t inner, int64_t cols, const float* w, void* packed) { pack_bf16(inner, cols, w, packed); }
+
+int64_t stmc_bf16_packed_bytes(int64_t inner, int64_t cols) { return bf16_packed_bytes(inner, cols); }
+
+int64_t stmc_bf16_operand_bytes(int64_t rows, int64_t inner) { return bf16_operand_bytes(rows, inner); }
+
+// 1 where this library's bf16 GEMM runs on the CPU's bf16 instructions (AVX512-BF16), 0 where it emulates them.
+int64_t stmc_bf16_kernels() { return STMC_BF16_KERNELS; }
+
 // The layout of the structures Python fills, as text: "LayerSpec size=N transposed=0 hist=8 ...;StepSpec ...".
 // stmc.stream.native checks its ctypes mirrors against it by field name at load, so that a field added, removed,
 // retyped or reordered on one side is an error, not memory corruption.
@@ -280,7 +444,7 @@ const char* stmc_layout() {
       STMC_FIELD(LayerSpec, hist) STMC_FIELD(LayerSpec, step) STMC_FIELD(LayerSpec, delay)
       STMC_FIELD(LayerSpec, kernel) STMC_FIELD(LayerSpec, stride) STMC_FIELD(LayerSpec, in_bins)
       STMC_FIELD(LayerSpec, in_ch) STMC_FIELD(LayerSpec, out_bins) STMC_FIELD(LayerSpec, out_ch)
-      STMC_FIELD(LayerSpec, matrix) STMC_FIELD(LayerSpec, bias) STMC_FIELD(LayerSpec, prelu)
+      STMC_FIELD(LayerSpec, matrix) STMC_FIELD(LayerSpec, packed) STMC_FIELD(LayerSpec, bias) STMC_FIELD(LayerSpec, prelu)
       STMC_FIELD(LayerSpec, reg) STMC_FIELD(LayerSpec, cur) STMC_FIELD(LayerSpec, dst)
       STMC_FIELD(LayerSpec, dst_ch) STMC_FIELD(LayerSpec, line) STMC_FIELD(LayerSpec, line_len)
       STMC_FIELD(LayerSpec, skip) STMC_FIELD(LayerSpec, skip_ch) + ";StepSpec size=" +
@@ -288,7 +452,7 @@ const char* stmc_layout() {
       STMC_FIELD(StepSpec, n_freq) STMC_FIELD(StepSpec, compress) STMC_FIELD(StepSpec, exponent)
       STMC_FIELD(StepSpec, feature_eps) STMC_FIELD(StepSpec, bound_eps) STMC_FIELD(StepSpec, input)
       STMC_FIELD(StepSpec, layers) STMC_FIELD(StepSpec, cols) STMC_FIELD(StepSpec, spread)
-      STMC_FIELD(StepSpec, mask) STMC_FIELD(StepSpec, macs);
+      STMC_FIELD(StepSpec, mask) STMC_FIELD(StepSpec, operand) STMC_FIELD(StepSpec, macs);
 #undef STMC_FIELD
   return text.c_str();
 }
