@@ -63,7 +63,7 @@ PAPER = {
     "tSTMC peak memory ratio": 0.80,
 }
 HOP_MS = HOP / SAMPLE_RATE * 1000
-KINDS = ("PyTorch ops", "without tSTMC", "compiled", "onnxruntime", "onnxruntime int8", "LiteRT", "LiteRT int8")
+KINDS = ("bf16", "PyTorch ops", "without tSTMC", "compiled", "onnxruntime", "onnxruntime int8", "LiteRT", "LiteRT int8")
 
 
 def label(method: str) -> str:

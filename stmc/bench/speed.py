@@ -8,7 +8,8 @@
   for the native STMC stream: the same kernels, every weight reused across frames);
 - ``stmc``, ``inc``, ``window``: one hop (one frame) per call, as a real-time stream would, eager and
   through ``torch.compile``; ``stmc`` runs its native step (:mod:`stmc.stream.native`) where it can, and
-  ``stmc (PyTorch ops)`` is the same engine on PyTorch operators, like every other row; the exported STMC
+  ``stmc (PyTorch ops)`` is the same engine on PyTorch operators, like every other row, and ``stmc (bf16)`` the
+  native step with bfloat16 GEMM operands where the CPU has bf16 instructions (AVX512-BF16); the exported STMC
   step in onnxruntime (one thread) in float32 and int8 (:mod:`stmc.export.quantize`); and, with ``--litert``
   (the converter: ``make litert``), the stmc, inc and window steps in LiteRT and the stmc step in int8, each in a
   process of its own (:mod:`stmc.bench.litert`);
@@ -42,7 +43,7 @@ from stmc.bench.litert import LiteRTProcess
 from stmc.model.unet import UNet
 from stmc.stream.driver import Stream
 from stmc.stream.engines import METHODS, CompiledEngine, padded_walk, streaming
-from stmc.stream.native import NativeGraph, NativeOffline
+from stmc.stream.native import NativeGraph, NativeOffline, bf16_kernels
 from stmc.stream.native import unavailable as native_unavailable
 
 MODELS = {"causal": 0, "noncausal": 14}
@@ -50,6 +51,7 @@ OPS = "stmc (PyTorch ops)"  # the row of the STMC engine without its native step
 OVERHEAD = "stmc per-call overhead"  # the native step around an all but empty network
 ABLATION = "stmc (without tSTMC)"  # the same architecture with a decoder transposed in time, STMC by overlap-add
 INT8_ONNX, INT8_LITERT = "stmc (onnxruntime int8)", "stmc (LiteRT int8)"  # compared with the native hop
+BF16 = "stmc (bf16)"  # the native step with bfloat16 GEMM operands, where the CPU has bf16 instructions
 
 
 def _storage_key(tensor: torch.Tensor) -> int:
@@ -218,6 +220,7 @@ def measure(
         offline["full (native)"] = NativeOffline(model, frames)
         streams = {
             **streams,
+            **({BF16: streaming(model, "stmc", dtype=torch.bfloat16)} if bf16_kernels() else {}),
             OPS: streaming(model, "stmc", native=False),
             OVERHEAD: streaming(UNet(depth=1, channels=[1], n_freq=model.n_freq).eval(), "stmc"),
         }
