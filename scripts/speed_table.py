@@ -84,15 +84,7 @@ def records(name: str, model: UNet, rows: Sequence[Row], si_snri: float | None, 
     order = [m for m in ("window", "inc", "stmc") if m in by]
     order += [
         f"{base} ({kind})"
-        for kind in (
-            "PyTorch ops",
-            "without tSTMC",
-            "compiled",
-            "onnxruntime",
-            "onnxruntime int8",
-            "LiteRT",
-            "LiteRT int8",
-        )
+        for kind in KINDS
         for base in ("window", "inc", "stmc")
         if f"{base} ({kind})" in by
     ]

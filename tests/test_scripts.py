@@ -208,6 +208,8 @@ def test_speed_table_litert_rows_and_their_ratios(tmp_path):
 
 @pytest.mark.compiler
 def test_speed_table_has_the_engine_on_pytorch_ops_beside_the_native_step(speed_doc):
+    from stmc.stream.native import bf16_kernels
+
     doc, tmp_path = speed_doc
     rows = {(r["model"], r["method"]): r for r in doc["rows"]}
     causal, ratio = rows[("causal", "stmc")], doc["ratios"][0]
@@ -216,8 +218,9 @@ def test_speed_table_has_the_engine_on_pytorch_ops_beside_the_native_step(speed_
     assert ratio["compute latency INC÷STMC (PyTorch ops)"] == pytest.approx(
         rows[("causal", "inc")]["compute_latency_ms"] / ops["compute_latency_ms"]
     )
-    # 2 x (3 streams, PyTorch ops, onnxruntime float32 and int8, floor) + the causal model's STMC without tSTMC
-    assert len(read_csv(tmp_path / "speed_table.csv")) == 15
+    # 2 x (3 streams, PyTorch ops, onnxruntime float32 and int8, floor, bf16 where the CPU has bf16 instructions)
+    # + the causal model's STMC without tSTMC
+    assert len(read_csv(tmp_path / "speed_table.csv")) == 15 + 2 * bf16_kernels()
     assert rows[("causal", "stmc (onnxruntime int8)")]["label"] == "STMC (tSTMC), onnxruntime int8"
 
 
