@@ -45,6 +45,7 @@ import torch
 
 from scripts.common import architecture, depth_of, evaluated_models, mean_si_snri, weight_bytes, write_csv
 from stmc.bench.speed import ABLATION, OPS, Row, floor_row, measure
+from stmc.bench.throughput import gemm_rate
 from stmc.files import atomic_write
 from stmc.model.stft import HOP, N_FFT, SAMPLE_RATE
 from stmc.model.unet import UNet
@@ -82,12 +83,7 @@ def records(name: str, model: UNet, rows: Sequence[Row], si_snri: float | None, 
     by = {row.method: row for row in rows}
     floor = floor_row(list(rows))
     order = [m for m in ("window", "inc", "stmc") if m in by]
-    order += [
-        f"{base} ({kind})"
-        for kind in KINDS
-        for base in ("window", "inc", "stmc")
-        if f"{base} ({kind})" in by
-    ]
+    order += [f"{base} ({kind})" for kind in KINDS for base in ("window", "inc", "stmc") if f"{base} ({kind})" in by]
     order += [f"{ABLATION} (LiteRT)"] if f"{ABLATION} (LiteRT)" in by else []
     out = []
     for method in order:
@@ -297,12 +293,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 row["si_snri_db"], row["si_snri_models"] = ablation_si_snri
             rows.append(row)
     ratio_rows = ratios(rows)
+    roof = gemm_rate(torch.float32)  # the floor every row is also read against: torch.mm 1024³ on these threads
     why = native_unavailable()
     stmc_kernel = "native step" if why is None else f"on PyTorch operators ({why})"
     header = (
         f"Speed on {platform.machine()} CPU ({torch.get_num_threads()} thread), torch {torch.__version__}; "
         f"width {args.width}; {args.rounds} rounds x {args.hops} hops per method, interleaved; chunk = 1 hop "
-        f"(256 samples, 16 ms); STMC {stmc_kernel}; measured in {time.perf_counter() - started:.0f} s. Paper "
+        f"(256 samples, 16 ms); STMC {stmc_kernel}; fp32 GEMM roof (torch.mm 1024³) {roof / 1e9:.1f} GMAC/s; "
+        f"measured in {time.perf_counter() - started:.0f} s. Paper "
         "ratios: TFLite on a desktop CPU (Table 1), for comparison of ratios only."
         + (
             " LiteRT rows: ai-edge-litert's interpreter (XNNPACK, 1 thread), each in a process of its own; "
@@ -324,6 +322,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "rounds": args.rounds,
         "hops": args.hops,
         "width": args.width,
+        "gemm_roof_gmacs": roof / 1e9,
     }
     if args.out is not None:
         atomic_write(args.out / "speed_table.md", table + "\n")
