@@ -322,8 +322,8 @@ def test_an_interrupted_evaluation_resumes_from_what_it_finished(tmp_path, tiny_
 @pytest.mark.slow
 def test_recordings_without_clean_references_are_scored_by_dnsmos_and_heard_in_the_report(tmp_path, tiny_checkpoint):
     """data=recordings: every file of a folder (one at 8 kHz, resampled), no clean reference: DNSMOS is added and
-    is the headline, the intrusive metrics are skipped with one logged line, and the report has noisy and
-    enhanced players but no clean one."""
+    is the headline, the intrusive metrics are skipped with one logged line, recordings shorter than DNSMOS's
+    window are named in a warning, and the report has noisy and enhanced players but no clean one."""
     import soundfile as sf
 
     from stmc.data.synthetic import speechlike
@@ -344,6 +344,8 @@ def test_recordings_without_clean_references_are_scored_by_dnsmos_and_heard_in_t
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "3 of 3 utterances have no clean reference: SI-SNRi, SDRi, PESQ, STOI skipped for them" in done.stdout
+    # 1-2 s recordings: DNSMOS scores them repeated to fill its window, and says so once per recording
+    assert (done.stdout + done.stderr).count("shorter than DNSMOS's 9.01 s window") == 3
     results = json.loads((tmp_path / "eval/results.json").read_text())
     assert results["headline"] == "dnsmos_ovrl" and set(results["dnsmos_ovrl"]) == {"wiener", "offline", "stmc"}
     overall = results["models"][0]["groups"]["all"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import signal as signals_os
@@ -28,6 +29,8 @@ from stmc.model.enhancer import Enhancer, EnhancerStream
 from stmc.model.stft import SAMPLE_RATE
 from stmc.stream.driver import Stream
 from stmc.stream.engines import METHODS
+
+log = logging.getLogger("stmc.evaluation")
 
 
 def enhance(enhancer: Enhancer, noisy: torch.Tensor, method: str, chunk: int, graph: str | None = None) -> torch.Tensor:
@@ -105,6 +108,14 @@ def evaluate_baselines(item: Item, settings: Settings) -> dict[str, Row]:
     """Scores of the mixture itself, the untrained Wiener filter and the reference systems on one utterance; each
     enhancer's row carries its real-time factor ``rtf``."""
     noisy, clean = item["noisy"], item.get("clean")
+    if "dnsmos" in settings.metrics and 0 < noisy.numel() < dnsmos.WINDOW:
+        log.warning(
+            "DNSMOS: %s is %.2f s, shorter than DNSMOS's %.2f s window; it is scored on the recording repeated to "
+            "fill the window (as the DNS Challenge's reference does), which says little about a short recording",
+            item.get("name", "an utterance"),
+            noisy.numel() / SAMPLE_RATE,
+            dnsmos.SECONDS,
+        )
     rows = {"mixture": score(noisy, noisy, clean, settings.metrics)}
     enhancers = {"wiener": lambda x: wiener(x.reshape(1, -1))[0]}
     enhancers.update({name: REFERENCE_SYSTEMS[name].start() for name in settings.references})  # loaded: not timed
