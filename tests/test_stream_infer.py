@@ -184,7 +184,7 @@ def test_realtime_paces_input_and_reports_latency(tmp_path):
     assert stats["latency_ms"] == pytest.approx(64 + 16)  # window + one look-ahead hop
 
 
-def test_onnx_backend_equals_pytorch(tmp_path):
+def test_onnx_backend_equals_pytorch(tmp_path, caplog):
     sf.write(tmp_path / "in.wav", noisy(0.7), 16000, subtype="FLOAT")
     base = options(tmp_path, input=str(tmp_path / "in.wav"), chunk="250samples")
     path = to_onnx(build_enhancer(base).model, tmp_path / "m.onnx")
@@ -192,7 +192,9 @@ def test_onnx_backend_equals_pytorch(tmp_path):
     exported = options(
         tmp_path, input=base.input, output=str(tmp_path / "onnx.wav"), chunk="250samples", onnx=str(path)
     )
-    assert infer(exported) == 0
+    with caplog.at_level("INFO"):
+        assert infer(exported) == 0
+    assert "via onnxruntime (float32)" in caplog.text  # the log says which precision the graph computes in
     torch_out = sf.read(tmp_path / "torch.wav", dtype="float32")[0]
     np.testing.assert_allclose(sf.read(tmp_path / "onnx.wav", dtype="float32")[0], torch_out, atol=1e-4)
 

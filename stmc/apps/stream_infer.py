@@ -241,7 +241,7 @@ def infer(options: InferOptions) -> int:
         "checkpoint" if options.ckpt else "exported" if export else "untrained (dry run)",
         ", ".join(f"{k}={v}" for k, v in enhancer.model.config.items() if k in ("depth", "lookahead", "width")),
         options.method,
-        f" via {stmc.export.format_of(export).runtime}" if export else "",
+        f" via {stmc.export.format_of(export).runtime} ({stream.frames.engine.meta.precision})" if export else "",
         size,
         1e3 * size / SAMPLE_RATE,
         1e3 * stream.latency_samples / SAMPLE_RATE,
