@@ -120,3 +120,19 @@ def test_evaluate_streams_an_exported_graph_and_refuses_another_models(tmp_path,
     other = to_onnx(tiny_unet(0), tmp_path / "other.onnx")
     run = run_evaluate(*common, "methods=[offline,onnx]", f"graph={other}", f"hydra.run.dir={tmp_path / 'ev2'}")
     assert run.returncode != 0 and "exported from another architecture" in run.stderr
+
+
+def test_a_graph_from_before_the_precision_key_still_streams_as_float32(tmp_path):
+    """Graphs exported before int8 existed carry no ``precision`` in their metadata: they load as float32 and
+    stream exactly (the step-graph contract did not change)."""
+    model = tiny_unet(1)
+    path = to_onnx(model, tmp_path / "old.onnx")
+    graph = onnx.load(str(path))
+    kept = [p for p in graph.metadata_props if p.key != "stmc.precision"]
+    del graph.metadata_props[:]
+    graph.metadata_props.extend(kept)
+    onnx.save(graph, str(path))
+    assert "precision" not in read_metadata(path)
+    stream = open_onnx(path)
+    assert stream.engine.meta.precision == "float32"
+    assert offline_error(model, stream) < 1e-5
