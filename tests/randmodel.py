@@ -64,3 +64,13 @@ def split_points(draw, total: int, max_chunk: int) -> list[int]:
             sizes.append(size)
             left -= size
     return sizes
+
+
+def relative_mask_error(model: stmc.UNet, stream, batch: int = 1, frames: int = 64) -> float:
+    """``||stream - offline|| / ||offline||`` over a seeded random spectrum and the flush: how far a quantized
+    graph's masks are from the float model's, as a share of their energy (not one extreme bin)."""
+    spec = torch.randn(batch, 2, model.n_freq, frames, generator=torch.Generator().manual_seed(9))
+    out = torch.cat([stream(spec), stream.flush()], -1)
+    with torch.no_grad():
+        expected = model.eval()(spec)
+    return float((out - expected).norm() / expected.norm())
