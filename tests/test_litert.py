@@ -15,7 +15,7 @@ import stmc
 from stmc.export import to_litert
 from stmc.export.cli import main
 from stmc.export.graph import offline_error
-from stmc.export.litert import open_litert, operator_names, read_metadata, with_litert_metadata
+from stmc.export.litert import open_litert, operator_counts, operator_names, read_metadata, with_litert_metadata
 from tests.randmodel import randomise_norms, relative_mask_error
 from tests.test_export import utterance_spectrum
 
@@ -53,6 +53,8 @@ def test_litert_file_holds_the_contract_in_its_own_metadata(exported):
     signatures = stream.engine.interpreter.get_signature_list()
     assert sorted(signatures) == (["flush", "step"] if stream.delay else ["step"])
     operators = operator_names(path)  # built-in operators only: the file runs wherever LiteRT runs
+    # one fully connected product per layer (the converter computed PReLU layers' twice from F.prelu)
+    assert operator_counts(path)["FULLY_CONNECTED"] == len(model.layers)
     assert "FULLY_CONNECTED" in operators and "CUSTOM" not in operators and "unknown" not in operators
     stream(torch.zeros(1, 2, model.n_freq, 1))
     shapes = [list(t.shape[1:]) for t in stream.get_state()[:-1]]

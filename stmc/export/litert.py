@@ -13,6 +13,7 @@ refused instead of streaming wrong audio.
 
 from __future__ import annotations
 
+import functools
 import json
 import tempfile
 from pathlib import Path
@@ -58,12 +59,21 @@ def _model(path: str | Path):
 
 def operator_names(path: str | Path) -> list[str]:
     """The operator kinds a LiteRT file uses (``CUSTOM`` would be one the runtime does not have built in)."""
+    return sorted(operator_counts(path))
+
+
+def operator_counts(path: str | Path, signature: int = 0) -> dict[str, int]:
+    """How many operators of each kind the ``signature``-th subgraph of a LiteRT file runs."""
+    from collections import Counter
+
     from ai_edge_litert import schema_py_generated as schema
 
     model, _ = _model(path)
     names = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
-    codes = (model.OperatorCodes(i) for i in range(model.OperatorCodesLength()))
-    return sorted({names.get(max(c.BuiltinCode(), c.DeprecatedBuiltinCode()), "unknown") for c in codes})
+    codes = [model.OperatorCodes(i) for i in range(model.OperatorCodesLength())]
+    kinds = [names.get(max(c.BuiltinCode(), c.DeprecatedBuiltinCode()), "unknown") for c in codes]
+    graph = model.Subgraphs(signature)
+    return dict(Counter(kinds[graph.Operators(i).OpcodeIndex()] for i in range(graph.OperatorsLength())))
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
@@ -157,7 +167,7 @@ def to_litert(
     path, training = Path(path), model.training
     model.eval()
     try:
-        engine = ENGINES[method](model, layer_form=ExportLayer)
+        engine = ENGINES[method](model, layer_form=functools.partial(ExportLayer, prelu_as_select=True))
         frames, *state = trace_inputs(model, engine, batch, frames_per_call)
         names = state_names(len(state))
         inputs = dict(zip([INPUT, *names], [frames, *state], strict=True))
