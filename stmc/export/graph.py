@@ -199,7 +199,8 @@ class ExportLayer(TimeContext, nn.Module):
     Encoder layers gather each output bin's ``taps x 5`` input positions (a zero row for the frequency padding);
     decoder layers gather the ``taps`` frames of each input bin, multiply by the weight with columns ``(freq tap,
     C')`` and add the five taps' columns into the output bins they land on (the transposed convolution's
-    overlap-add in frequency, as slices). Sizes are static: the index tables are built for the traced sizes.
+    overlap-add in frequency, as three gathers and two adds). Sizes are static: the index tables are built for the
+    traced sizes.
     """
 
     def __init__(self, frozen: FrozenLayer, prelu_as_select: bool = False) -> None:
