@@ -387,3 +387,21 @@ def test_evaluation_settings_name_each_method_and_metric_once_and_say_si_snri_is
         Settings(metrics=("dnsmos",))
     with pytest.raises(InputError, match="foo unknown; choose from"):
         Settings(metrics=("si_snri", "foo"))
+
+
+def test_a_value_hydra_cannot_read_is_one_line_saying_to_quote_it():
+    """``checkpoints=[runs/lookahead=0]`` (an ``=`` inside a list element) fails in Hydra's grammar: one line
+    naming the key and how to quote it, instead of Hydra's grammar error; the quoted form reads."""
+    from stmc.apps.configs import ConfigError, check_overrides
+
+    with pytest.raises(ConfigError, match=r"checkpoints: Hydra cannot read .* quote it") as caught:
+        check_overrides(["checkpoints=[runs/lookahead=0]"], "evaluate")
+    assert "\n" not in str(caught.value)
+    check_overrides(["checkpoints=['runs/lookahead=0']"], "evaluate")  # the advice works
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "evaluate.py"), "checkpoints=[runs/lookahead=0]"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "quote it" in done.stderr

@@ -71,15 +71,23 @@ register_help()
 
 
 def check_overrides(overrides: Sequence[str], config_name: str = "train") -> None:
-    """Raise :class:`ConfigError` if a command-line override selects a config that does not exist.
+    """Raise :class:`ConfigError` if a command-line override cannot be read (Hydra's grammar rejects its value) or
+    selects a config that does not exist.
 
-    Hydra reports such mistakes over several lines; this composes the config once beforehand to say it in one.
-    Sweep overrides (``a=1,2``) are left to Hydra, as is every other kind of error.
+    Hydra reports such mistakes over several lines; this parses the overrides and composes the config once
+    beforehand to say it in one. Sweep overrides (``a=1,2``) are left to Hydra, as is every other kind of error.
     """
-    try:
-        parsed = OverridesParser.create().parse_overrides([o for o in overrides if not o.startswith("-")])
-    except HydraException:
-        return
+    parser = OverridesParser.create()
+    for override in (o for o in overrides if not o.startswith("-")):
+        try:
+            parser.parse_override(override)
+        except HydraException:
+            key = override.partition("=")[0]
+            raise ConfigError(
+                f"{key}: Hydra cannot read the value {override.partition('=')[2]!r} (a character such as = or a "
+                f"space inside it?); quote it, or each list element: {key}='a=b' or {key}=['a=b','c']"
+            ) from None
+    parsed = parser.parse_overrides([o for o in overrides if not o.startswith("-")])
     plain = [o.input_line for o in parsed if not o.is_sweep_override()]
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         try:
