@@ -48,22 +48,21 @@ def enhance(enhancer: Enhancer, noisy: torch.Tensor, method: str, chunk: int, gr
     return out
 
 
-_GRAPHS: dict[tuple[int, str], Stream] = {}  # an exported graph's runtime session, opened once per enhancer
+_GRAPHS: dict[str, tuple[dict, Stream]] = {}  # an exported graph's model config and runtime session, opened once
 
 
 def graph_stream(enhancer: Enhancer, graph: str) -> EnhancerStream:
-    """The enhancer's STFT around the exported ``graph`` (a fresh stream; the session is opened once), which must
-    have been exported from this enhancer's architecture."""
-    key = (id(enhancer), graph)
-    if key not in _GRAPHS:
-        config = json.loads(stmc.export.read_metadata(graph)["model_config"])
-        if config != enhancer.model.config:
-            raise InputError(
-                f"graph={graph} was exported from another architecture ({config}); the checkpoint's is "
-                f"{enhancer.model.config}: export it with python -m stmc.export <file> --ckpt <checkpoint>"
-            )
-        _GRAPHS[key] = stmc.export.open(graph)
-    return EnhancerStream(enhancer, _GRAPHS[key])
+    """The enhancer's STFT around the exported ``graph`` (a fresh stream; the session is opened once per process),
+    which must have been exported from this enhancer's architecture."""
+    if graph not in _GRAPHS:
+        _GRAPHS[graph] = json.loads(stmc.export.read_metadata(graph)["model_config"]), stmc.export.open(graph)
+    config, frames = _GRAPHS[graph]
+    if config != enhancer.model.config:
+        raise InputError(
+            f"graph={graph} was exported from another architecture ({config}); the checkpoint's is "
+            f"{enhancer.model.config}: export it with python -m stmc.export <file> --ckpt <checkpoint>"
+        )
+    return EnhancerStream(enhancer, frames)
 
 
 def _pesq(estimate: torch.Tensor, clean: torch.Tensor) -> float:

@@ -125,7 +125,8 @@ class GraphMetadata:
 class GraphEngine(Engine):
     """An exported step graph behind the stream driver: the metadata's layout, the inputs fed from the driver's
     state, ``frames_per_call`` frames per run, and the flush graph for a flush. A runtime subclass sets
-    ``self.meta`` (checked against its graph's inputs) and runs a graph on named numpy inputs."""
+    ``self.meta`` (checked against its graph's inputs) and runs a graph on named numpy inputs (:meth:`run_step`,
+    or its own :meth:`call` where it can feed the state without arrays)."""
 
     meta: GraphMetadata
 

@@ -73,9 +73,6 @@ class OnnxEngine(GraphEngine):
         self.flush_session = session(self.path.parent / flush, threads) if flush else None
         self.turns: Turns | None = None
 
-    def run_step(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(self.outputs, self.step_session.run(self.outputs, inputs), strict=True))
-
     def call(
         self, frames: torch.Tensor, state: list[torch.Tensor], time: torch.Tensor
     ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:

@@ -53,9 +53,9 @@ def audio_files(folder: Path) -> list[Path]:
 
 
 def spectra_of_files(files: list[Path], n_freq: int) -> Iterator[torch.Tensor]:
-    """Each file as the model's input spectrum ``[1, 2, F, T]``; files must be 16 kHz (the model's rate)."""
-    import soundfile as sf
-
+    """Each file as the model's input spectrum ``[1, 2, F, T]`` (read as the datasets read audio, mono); files must
+    be 16 kHz (the model's rate); a silent or empty one adds nothing."""
+    from stmc.data.audio import probe, read
     from stmc.model.enhancer import to_channels
     from stmc.model.stft import SAMPLE_RATE, STFT
 
@@ -66,15 +66,16 @@ def spectra_of_files(files: list[Path], n_freq: int) -> Iterator[torch.Tensor]:
             "give an iterable of spectrum chunks as calibration"
         )
     for path in files:
-        try:
-            audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
-        except (sf.LibsndfileError, RuntimeError) as err:
-            raise InputError(f"int8 calibration: cannot read {path}: {err}") from err
-        if rate != SAMPLE_RATE:
+        info, problem = probe(str(path))
+        if info is None or problem == "non-finite samples":
+            raise InputError(f"int8 calibration: cannot use {path}: {problem}")
+        if info.samplerate != SAMPLE_RATE:
             raise InputError(
-                f"int8 calibration: {path} is {rate} Hz; calibrate on {SAMPLE_RATE} Hz audio (resample it first)"
+                f"int8 calibration: {path} is {info.samplerate} Hz; calibrate on {SAMPLE_RATE} Hz audio "
+                "(resample it first)"
             )
-        yield to_channels(stft.stft(torch.from_numpy(audio.mean(1))[None]))
+        if problem is None:
+            yield to_channels(stft.stft(torch.from_numpy(read(str(path), info))[None]))
 
 
 def calibration_spectra(calibration: object, n_freq: int) -> Iterator[torch.Tensor]:

@@ -296,17 +296,11 @@ def engine_for(
         raise InputError(f"native=True is for the stmc method only, got {method!r}")
     if dtype not in GEMM_DTYPES:
         raise InputError(f"dtype={dtype}: the stream's GEMMs run in torch.float32 or torch.bfloat16")
+    required = "native=True"  # what insists on the native step, named in its error
     if dtype != torch.float32:
         if method != "stmc" or compile or native is False:
             raise InputError("dtype=torch.bfloat16 is the native STMC step's: method='stmc', native, not compiled")
-        why = native_unavailable()
-        if (
-            why is not None
-            or model.layers[0].conv.weight.dtype != torch.float32
-            or not all(layer.tstmc for layer in model.layers)
-        ):
-            raise InputError(f"dtype=torch.bfloat16 needs the native STMC step, which cannot run this model: {why}")
-        return NativeSTMCEngine(model, dtype)
+        native, required = True, "dtype=torch.bfloat16"
     if method == "stmc" and native is not False and not (native is None and compile):
         weight = model.layers[0].conv.weight
         unsupported = weight.dtype != torch.float32 or not weight.is_cpu
@@ -319,9 +313,9 @@ def engine_for(
         else:
             reason = native_unavailable()
         if reason is None:
-            return NativeSTMCEngine(model)
+            return NativeSTMCEngine(model, dtype)
         if native:
-            raise InputError(f"native=True, but the native STMC step cannot run: {reason}")
+            raise InputError(f"{required}, but the native STMC step cannot run: {reason}")
         if not unsupported:  # a model it cannot run is no surprise; a missing compiler is worth a line
             warn_once(f"STMC streams use PyTorch operators (slower per hop): {reason}")
     engine = ENGINES[method](model)
