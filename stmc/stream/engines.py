@@ -48,6 +48,20 @@ def last_frames(x: torch.Tensor, count: int) -> torch.Tensor:
     return x[:, -count:] if count else x[:, :0]
 
 
+def shift(register: torch.Tensor, x: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A shift register's step: ``(register + x, its last count frames)``.
+
+    In a traced step (the export) whose ``x`` is exactly ``count`` frames, the new register is ``x`` itself: the
+    graph writes that state without copying a slice of the concatenation. Eagerly it stays a view of the
+    concatenation, so that no two state tensors share memory (``x`` may also feed a skip's delay line, and the
+    native step shifts registers in place).
+    """
+    joined = torch.cat([register, x], TIME)
+    if 0 < count == x.shape[TIME] and (torch.jit.is_tracing() or torch.compiler.is_compiling()):
+        return joined, x
+    return joined, last_frames(joined, count)
+
+
 def padded_walk(model: UNet, layers: list[FrozenLayer], h: torch.Tensor, clip=None) -> torch.Tensor:
     """Offline inference in the frozen layout: each layer's input padded with its (past, future) zeros.
 
@@ -132,15 +146,12 @@ class STMCEngine(ModelEngine):
                 y, registers[k] = self.overlap[k](x, registers[k])
                 return clock.clip(y, -model.delays[k])
             layer = self.layers[k]
-            x = torch.cat([registers[k], x], TIME)
-            registers[k] = last_frames(x, layer.past + layer.future)
+            x, registers[k] = shift(registers[k], x, layer.past + layer.future)
             return clock.clip(layer(x), -model.delays[k])
 
         def join(k: int, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
             if k in slots:
-                slot = slots[k]
-                skip = torch.cat([registers[slot], skip], TIME)
-                registers[slot] = last_frames(skip, model.join_delay(k))
+                skip, registers[slots[k]] = shift(registers[slots[k]], skip, model.join_delay(k))
             frames = int(x.shape[TIME])  # static in a traced step: no slice where the skip has x's length
             return merge(k, x, skip if skip.shape[TIME] == frames else skip[:, :frames])
 
