@@ -67,6 +67,19 @@ def _check_spec(spec: Mapping[str, str], key: str, named: bool = False, recordin
         )
 
 
+class ResumableLoader(DataLoader):
+    """The training loader of a one-process run: its :class:`EpochSampler` continues an interrupted epoch from the
+    trainer's restored progress, so the loader has no state of its own to save. The (empty) ``state_dict`` /
+    ``load_state_dict`` pair tells Lightning so: a run resumed mid-epoch is exact, not the "unreliable" resume it
+    warns about for loaders without one."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        pass
+
+
 class SpeechDataModule(LightningDataModule):
     """Training crops mixed on the fly or cut from pairs; whole utterances for validation and test."""
 
@@ -234,7 +247,8 @@ class SpeechDataModule(LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self._require(self.train_set, "fit")
-        return DataLoader(
+        resumable = self.trainer is None or self.trainer.world_size == 1
+        return (ResumableLoader if resumable else DataLoader)(
             self.train_set,
             batch_size=self.batch_size,
             sampler=EpochSampler(len(self.train_set), self._training_position),

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,6 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from stmc.conf import group_options, missing_keys
-from stmc.data.datamodule import SpeechDataModule
 from stmc.errors import ConfigError, InputError, StmcError
 from stmc.model import checkpoint
 from stmc.model.unet import IMPLIED_CONFIG, UNet
@@ -298,10 +296,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         log.info("resuming from %s", ckpt_path)
     try:
         started = time.monotonic()
-        with warnings.catch_warnings():
-            if isinstance(datamodule, SpeechDataModule) and trainer.world_size == 1:  # its sampler resumes mid-epoch
-                warnings.filterwarnings("ignore", "You're resuming from a checkpoint that ended before the epoch")
-            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         minutes = (time.monotonic() - started) / 60
         rate = f" ({trainer.global_step / minutes:.0f} steps/min)" if not ckpt_path and minutes > 0 else ""
         log.info("step %d after %.1f min of fitting%s", trainer.global_step, minutes, rate)
