@@ -11,11 +11,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import stmc
+from stmc.errors import InputError
 from stmc.export import to_litert, to_onnx
 from stmc.export.cli import main
 from stmc.export.graph import offline_error, state_names
 from stmc.export.litert import open_litert
-from stmc.export.onnx import flush_path, open_onnx, read_metadata
+from stmc.export.onnx import companion_path, open_onnx, read_metadata
 from stmc.model import checkpoint
 from stmc.model.stft import STFT
 from tests.randmodel import randomise_norms, split_points, unets
@@ -66,8 +67,41 @@ def test_graph_contract_names_dynamic_batch_and_zero_state_metadata(exported):
     assert shapes[:-1] == [list(s) for s in stream.engine.state_shapes()]
     assert int(meta["delay"]) == model.receptive_field[1]
     assert json.loads(meta["model_config"]) == json.loads(json.dumps(model.config))
-    assert flush_path(path).exists() == bool(model.receptive_field[1])
-    assert meta["flush"] == (flush_path(path).name if model.receptive_field[1] else "")
+    assert companion_path(path, "flush").exists() == bool(model.receptive_field[1])
+    assert meta["flush"] == (companion_path(path, "flush").name if model.receptive_field[1] else "")
+
+
+def test_settled_graph_drops_the_time_masks_and_takes_over_only_once_they_are_all_ones(exported, tmp_path):
+    """A look-ahead model's step graph masks the layer outputs that precede a stream's start; the settled graph has
+    no masks (fewer nodes) and the driver switches to it at ``settles_at``, derived from the step, not written by
+    hand: switching earlier streams wrong frames, and a graph whose metadata has no settled graph (exported before
+    it) streams exactly on the masked step alone."""
+    model, path = exported
+    meta = read_metadata(path)
+    if not model.receptive_field[1]:  # a causal step has no masks: one graph
+        assert "settled" not in meta and not companion_path(path, "settled").exists()
+        return
+    settled = companion_path(path, "settled")
+    assert meta["settled"] == settled.name and int(meta["settles_at"]) == max(model.delays) > 0
+    kinds = [{node.op_type for node in onnx.load(str(p)).graph.node} for p in (path, settled)]
+    assert "GreaterOrEqual" in kinds[0] and "GreaterOrEqual" not in kinds[1]
+    spec = utterance_spectrum(1.0)
+    with torch.no_grad():
+        expected = model(spec)
+
+    def streamed(settles_at: int | None) -> torch.Tensor:
+        stream = open_onnx(path)
+        if settles_at is None:
+            stream.engine.meta.settled = ""  # as a file from before the settled graph
+        else:
+            stream.engine.meta.settles_at = settles_at
+        return torch.cat([stream(spec[..., t : t + 1]) for t in range(spec.shape[-1])] + [stream.flush()], -1)
+
+    torch.testing.assert_close(streamed(int(meta["settles_at"])), expected, atol=1e-4, rtol=0)
+    torch.testing.assert_close(streamed(None), expected, atol=1e-4, rtol=0)
+    assert (streamed(1) - expected).abs().max() > 1e-2
+    with pytest.raises(InputError, match=r"settled graph of a step graph, not one to open; open the step"):
+        open_onnx(settled)
 
 
 @pytest.mark.parametrize("batch", [1, 3])

@@ -51,10 +51,15 @@ def test_litert_file_holds_the_contract_in_its_own_metadata(exported):
     assert meta["method"] == "stmc" and int(meta["delay"]) == model.receptive_field[1] == stream.delay
     assert json.loads(meta["model_config"]) == model.config and meta["batch"] == "1"
     signatures = stream.engine.interpreter.get_signature_list()
-    assert sorted(signatures) == (["flush", "step"] if stream.delay else ["step"])
+    assert sorted(signatures) == (["flush", "settled", "step"] if stream.delay else ["step"])
+    assert int(meta.get("settles_at", 0)) == max(model.delays)
     operators = operator_names(path)  # built-in operators only: the file runs wherever LiteRT runs
     # one fully connected product per layer (the converter computed PReLU layers' twice from F.prelu)
     assert operator_counts(path)["FULLY_CONNECTED"] == len(model.layers)
+    if stream.delay:  # the settled step: the same layers without the time masks
+        settled = operator_counts(path, "settled")
+        assert settled["FULLY_CONNECTED"] == len(model.layers)
+        assert sum(settled.values()) < sum(operator_counts(path).values())
     assert "FULLY_CONNECTED" in operators and "CUSTOM" not in operators and "unknown" not in operators
     stream(torch.zeros(1, 2, model.n_freq, 1))
     shapes = [list(t.shape[1:]) for t in stream.get_state()[:-1]]

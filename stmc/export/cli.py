@@ -77,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StmcError as err:
         parser.exit(1, f"error: {err}\n")
     meta = read_metadata(path)
-    flush = "a flush signature" if is_litert else onnx.flush_path(path)
+    flush = "a flush signature" if is_litert else onnx.companion_path(path, "flush")
     print(f"wrote {path}" + (f" and {flush}" if meta["flush"] else ""))
     print(
         f"  {meta['method']} step; state: {len(json.loads(meta['state_shapes']))} tensors, look-ahead "

@@ -6,12 +6,16 @@ A step graph is one call of an engine's pure step (:meth:`stmc.stream.engines.Mo
     outputs  out    [B, 2, n_freq, frames_per_call] float32, next_state_0 .. next_state_N
 
 ``state_0 .. state_{N-1}`` are the engine's float32 buffers and ``state_N`` each stream's time in frames (int64
-``[B]``); a new stream starts from zeros. The metadata (string values, JSON where structured) tells a runtime how
-to drive it; :func:`metadata` writes it at export, :class:`GraphMetadata` reads and checks it. The exporters
-(:mod:`stmc.export`) store it in their format's own metadata; the engines (:mod:`stmc.export.onnx`,
-:mod:`stmc.export.litert`) read it there and run the graph through :class:`GraphEngine`, which owns the per-call
-part of the contract (the feeds, the frames-per-call loop, the flush) so that a runtime only says how to run a
-graph on named inputs.
+``[B]``); a new stream starts from zeros. A model with look-ahead masks the layer outputs that stand for time before
+a stream's start; from time ``settles_at`` on none can, and a second graph of the same contract without the masks
+(``settled``, fewer operators per hop) computes the same step.
+
+The metadata (string values, JSON where structured) tells a runtime how to drive the graphs; :func:`metadata`
+writes it at export, :class:`GraphMetadata` reads and checks it. The exporters (:mod:`stmc.export`) store it in
+their format's own metadata; the engines (:mod:`stmc.export.onnx`, :mod:`stmc.export.litert`) read it there and run
+the graphs through :class:`GraphEngine`, which owns the per-call part of the contract (the feeds, the
+frames-per-call loop, the choice of the settled graph, the flush) so that a runtime only says how to run a graph on
+named inputs.
 """
 
 from __future__ import annotations
@@ -49,11 +53,14 @@ def metadata(
     frames_per_call: int,
     flush: str,
     batch: int | None = None,
+    settled: str = "",
+    settles_at: int = 0,
 ) -> dict[str, str]:
     """What a runtime needs to drive the graph: state layout (the time last), look-ahead, the model and the STFT.
 
     ``flush`` names the flush graph (a file or a signature; empty without look-ahead); ``batch`` is the fixed
-    number of streams of a graph traced with static shapes (None: any).
+    number of streams of a graph traced with static shapes (None: any); ``settled`` names the step graph without
+    time masks that may run once every stream's time is ``settles_at`` or more (empty: none).
     """
     shapes = [list(shape) for shape in state_shapes] + [[]]
     meta = {
@@ -70,6 +77,8 @@ def metadata(
     }
     if batch is not None:
         meta["batch"] = str(batch)
+    if settled:
+        meta.update(settled=settled, settles_at=str(settles_at))
     return meta
 
 
@@ -77,6 +86,12 @@ class GraphMetadata:
     """The parsed metadata of a step graph at ``source`` (named in errors)."""
 
     def __init__(self, meta: dict[str, str], source: str) -> None:
+        role = meta.get("role", "step")
+        if role != "step":
+            raise InputError(
+                f"{source} is the {role} graph of a step graph, not one to open; open the step graph next to it "
+                f"(the same name without .{role})"
+            )
         missing = [key for key in REQUIRED if key not in meta]
         if missing:
             raise InputError(
@@ -95,6 +110,8 @@ class GraphMetadata:
         self.flush = meta["flush"]
         self.batch = int(meta["batch"]) if "batch" in meta else None
         self.precision = meta.get("precision", "float32")  # graphs before int8 export were all float32
+        self.settled = meta.get("settled", "")  # graphs before it have only the masked step
+        self.settles_at = int(meta.get("settles_at", "0"))
         self.source = source
 
     def check_inputs(self, found: dict[str, tuple[list[int], str]]) -> None:
@@ -126,7 +143,8 @@ class GraphEngine(Engine):
     """An exported step graph behind the stream driver: the metadata's layout, the inputs fed from the driver's
     state, ``frames_per_call`` frames per run, and the flush graph for a flush. A runtime subclass sets
     ``self.meta`` (checked against its graph's inputs) and runs a graph on named numpy inputs (:meth:`run_step`,
-    or its own :meth:`call` where it can feed the state without arrays)."""
+    or its own :meth:`call` where it can feed the state without arrays): the settled step graph where the metadata
+    has one and every stream's time has reached ``settles_at``, else the step graph."""
 
     meta: GraphMetadata
 
@@ -139,8 +157,9 @@ class GraphEngine(Engine):
     def state_shapes(self) -> list[tuple[int, ...]]:
         return self.meta.state_shapes
 
-    def run_step(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The step graph on ``frames`` and the state -> ``out`` and ``next_state_*``."""
+    def run_step(self, inputs: dict[str, np.ndarray], settled: bool = False) -> dict[str, np.ndarray]:
+        """The step graph (``settled``: the settled one) on ``frames`` and the state -> ``out`` and
+        ``next_state_*``."""
         raise NotImplementedError
 
     def run_flush(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
@@ -161,19 +180,20 @@ class GraphEngine(Engine):
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         if clock.end is not None:  # a flush: the flush graph knows its D zero frames
             return torch.from_numpy(self.run_flush(self.feeds(state, clock.time))), state
-        size, time = self.frames_per_call, clock.time
+        size, time, settled = self.frames_per_call, clock.time, clock.settled or 0
         outs = []
         for start in range(0, chunk.shape[-1], size):
-            out, state, time = self.call(chunk[..., start : start + size], state, time)
+            calm = bool(self.meta.settled) and settled + start >= self.meta.settles_at
+            out, state, time = self.call(chunk[..., start : start + size], state, time, calm)
             outs.append(out)
         return torch.cat(outs, -1), state
 
     def call(
-        self, frames: torch.Tensor, state: list[torch.Tensor], time: torch.Tensor
+        self, frames: torch.Tensor, state: list[torch.Tensor], time: torch.Tensor, settled: bool = False
     ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
-        """One run of the step graph: ``frames_per_call`` frames and the state -> ``out``, the next state and time
-        (tensors the caller may keep)."""
-        result = self.run_step({INPUT: np.ascontiguousarray(frames.numpy()), **self.feeds(state, time)})
+        """One run of the step graph (``settled``: the settled one): ``frames_per_call`` frames and the state ->
+        ``out``, the next state and time (tensors the caller may keep)."""
+        result = self.run_step({INPUT: np.ascontiguousarray(frames.numpy()), **self.feeds(state, time)}, settled)
         *state, time = [torch.from_numpy(result[f"next_{name}"]) for name in self.meta.names]
         return torch.from_numpy(result[OUTPUT]), state, time
 
@@ -283,14 +303,37 @@ def fold_table(bins: int) -> np.ndarray:
 
 
 class StepGraph(nn.Module):
-    """``(frames, *state) -> (out, *next_state)``: one engine step, the function the step graph holds."""
+    """``(frames, *state) -> (out, *next_state)``: one engine step, the function the step graph holds; with
+    ``settled`` (see :func:`settle_point`) the settled step graph's, without the time masks."""
 
-    def __init__(self, engine: ModelEngine) -> None:
+    def __init__(self, engine: ModelEngine, settled: int = 0) -> None:
         super().__init__()
-        self.engine = engine
+        self.engine, self.settled = engine, settled
 
     def forward(self, frames: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return self.engine.pure_step(frames, *state)
+        return self.engine.pure_step(frames, *state, settled=self.settled)
+
+
+class _Offsets(Clock):
+    """A clock that masks nothing and records where the frames an engine asked it to mask begin."""
+
+    def __init__(self, time: torch.Tensor) -> None:
+        super().__init__(time)
+        self.offsets: list[int] = []
+
+    def clip(self, y: torch.Tensor, offset: int) -> torch.Tensor:
+        self.offsets.append(offset)
+        return y
+
+
+def settle_point(model: UNet, engine: ModelEngine, frames_per_call: int) -> int:
+    """The stream time from which no layer output of ``engine``'s step can precede a stream's start (0: none ever
+    can): from there on its step graph's time masks are all ones, and the settled step graph computes the same."""
+    frames, *state = trace_inputs(model, engine, 1, frames_per_call)
+    clock = _Offsets(state[-1])
+    with torch.no_grad():
+        engine.step(frames, state[:-1], clock)
+    return max([0, *(-offset for offset in clock.offsets)])
 
 
 class FlushGraph(nn.Module):

@@ -3,8 +3,9 @@
 :func:`open_litert` gives a :class:`stmc.stream.driver.Stream` like every other: ``s(chunk [B, 2, F, t])`` returns
 the mask frames delayed by ``D``, ``s.flush()`` the last ``D`` frames, ``s.reset()`` / ``s.reset(mask)`` restart
 streams. The file holds the ``step`` signature (the contract of :mod:`stmc.export.graph`) and, for look-ahead
-models, ``flush``; it is run by ``ai_edge_litert``'s interpreter (its default CPU kernels, XNNPACK) with one
-thread unless told otherwise. Shapes are static: ``B`` must be the batch the graph was exported for.
+models, ``settled`` (the step without time masks, from ``settles_at`` on) and ``flush``; it is run by
+``ai_edge_litert``'s interpreter (its default CPU kernels, XNNPACK) with one thread unless told otherwise. Shapes
+are static: ``B`` must be the batch the graph was exported for.
 
 The metadata lives in the file's own metadata list (entry ``stmc``, a JSON object of the step-graph metadata)
 and is checked against the signature's inputs on load, so a file whose metadata belongs to another graph is
@@ -33,6 +34,7 @@ from stmc.export.graph import (
     StepGraph,
     check_export_args,
     metadata,
+    settle_point,
     state_names,
     trace_inputs,
 )
@@ -43,7 +45,7 @@ from stmc.stream.driver import Stream
 from stmc.stream.engines import ENGINES
 
 METADATA_NAME = "stmc"
-STEP, FLUSH = "step", "flush"  # the signatures
+STEP, SETTLED, FLUSH = "step", "settled", "flush"  # the signatures
 IDENTIFIER = b"TFL3"  # the flatbuffer file identifier of LiteRT models, at bytes 4..7
 
 
@@ -59,11 +61,17 @@ def _model(path: str | Path):
 
 def operator_names(path: str | Path) -> list[str]:
     """The operator kinds a LiteRT file uses (``CUSTOM`` would be one the runtime does not have built in)."""
-    return sorted(operator_counts(path))
+    return sorted(set().union(*(operator_counts(path, name) for name in signature_names(path))))
 
 
-def operator_counts(path: str | Path, signature: int = 0) -> dict[str, int]:
-    """How many operators of each kind the ``signature``-th subgraph of a LiteRT file runs."""
+def signature_names(path: str | Path) -> list[str]:
+    """The signatures of a LiteRT file."""
+    model, _ = _model(path)
+    return [model.SignatureDefs(i).SignatureKey().decode() for i in range(model.SignatureDefsLength())]
+
+
+def operator_counts(path: str | Path, signature: str = STEP) -> dict[str, int]:
+    """How many operators of each kind a LiteRT file's ``signature`` runs."""
     from collections import Counter
 
     from ai_edge_litert import schema_py_generated as schema
@@ -72,7 +80,10 @@ def operator_counts(path: str | Path, signature: int = 0) -> dict[str, int]:
     names = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
     codes = [model.OperatorCodes(i) for i in range(model.OperatorCodesLength())]
     kinds = [names.get(max(c.BuiltinCode(), c.DeprecatedBuiltinCode()), "unknown") for c in codes]
-    graph = model.Subgraphs(signature)
+    keys = {model.SignatureDefs(i).SignatureKey().decode(): i for i in range(model.SignatureDefsLength())}
+    if signature not in keys:
+        raise InputError(f"{path} has no signature {signature!r} (it has {', '.join(sorted(keys))})")
+    graph = model.Subgraphs(model.SignatureDefs(keys[signature]).SubgraphIndex())
     return dict(Counter(kinds[graph.Operators(i).OpcodeIndex()] for i in range(graph.OperatorsLength())))
 
 
@@ -93,18 +104,20 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 
 
 class LiteRTEngine(GraphEngine):
-    """The ``step`` signature (``frames_per_call`` frames per call) and, with look-ahead, ``flush``."""
+    """The ``step`` signature (``frames_per_call`` frames per call) and, with look-ahead, ``settled`` and
+    ``flush``."""
 
     def __init__(self, path: str | Path, threads: int = 1) -> None:
         from ai_edge_litert.interpreter import Interpreter
 
         self.path = Path(path)
         super().__init__(GraphMetadata(read_metadata(self.path), str(self.path)))
-        flush = self.meta.flush
+        flush, settled = self.meta.flush, self.meta.settled
         self.interpreter = Interpreter(model_path=str(self.path), num_threads=threads)
         signatures = self.interpreter.get_signature_list()
-        if STEP not in signatures or (flush and flush not in signatures):
-            needs = STEP + (f" and {flush}" if flush else "")
+        needed = [name for name in (STEP, settled, flush) if name]
+        if any(name not in signatures for name in needed):
+            needs = " and ".join(needed)
             raise InputError(
                 f"{self.path}: signatures {sorted(signatures)}, its metadata needs {needs}; export it "
                 "with python -m stmc.export"
@@ -113,9 +126,12 @@ class LiteRTEngine(GraphEngine):
         details = self.step_runner.get_input_details()
         self.meta.check_inputs({name: (list(d["shape"]), np.dtype(d["dtype"]).name) for name, d in details.items()})
         self.flush_runner = self.interpreter.get_signature_runner(flush) if flush else None
+        self.runners = {False: self.step_runner}
+        if settled:
+            self.runners[True] = self.interpreter.get_signature_runner(settled)
 
-    def run_step(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self.step_runner(**inputs)
+    def run_step(self, inputs: dict[str, np.ndarray], settled: bool = False) -> dict[str, np.ndarray]:
+        return self.runners[settled](**inputs)
 
     def run_flush(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         return self.flush_runner(**inputs)[OUTPUT]
@@ -147,11 +163,12 @@ def to_litert(
     """Export ``model``'s ``method`` step (``stmc``, ``inc`` or ``window``) to one LiteRT (``.tflite``) file.
 
     The file holds the signature ``step`` (the step-graph contract of :mod:`stmc.export.graph`) and, for look-ahead
-    models, ``flush`` (state in, the last ``D`` frames out); the metadata goes into the file's own metadata list
-    (entry ``stmc``, JSON). Shapes are static: ``batch`` streams and ``frames_per_call`` frames per call, both in
-    the metadata. Only built-in LiteRT operators: the time, int64 in the contract, is kept int64 (``enable_x64``),
-    and every layer is a gather and a fully connected product (:class:`ExportLayer`). Written atomically; the
-    converter's own output is checked by :class:`open_litert` on load.
+    models, ``settled`` (the same without time masks) and ``flush`` (state in, the last ``D`` frames out); the
+    metadata goes into the file's own metadata list (entry ``stmc``, JSON). Shapes are static: ``batch`` streams and
+    ``frames_per_call`` frames per call, both in the metadata. Only built-in LiteRT operators: the time, int64 in
+    the contract, is kept int64 (``enable_x64``), and every layer is a gather and a fully connected product
+    (:class:`ExportLayer`). Written atomically; the converter's own output is checked by :class:`open_litert` on
+    load.
     """
     check_export_args(model, frames_per_call)
     if method not in ENGINES:
@@ -173,6 +190,12 @@ def to_litert(
         inputs = dict(zip([INPUT, *names], [frames, *state], strict=True))
         step = Signature(StepGraph(engine), [*inputs], [OUTPUT, *state_names(len(state), "next_")])
         converter = litert_torch.signature(STEP, step, sample_kwargs=inputs)
+        settles_at = settle_point(model, engine, frames_per_call)
+        if settles_at:
+            settled = Signature(
+                StepGraph(engine, settled=settles_at), [*inputs], [OUTPUT, *state_names(len(state), "next_")]
+            )
+            converter = converter.signature(SETTLED, settled, sample_kwargs=inputs)
         if engine.delay:
             flush = Signature(FlushGraph(engine), names, [OUTPUT])
             converter = converter.signature(FLUSH, flush, sample_kwargs={name: inputs[name] for name in names})
@@ -187,12 +210,16 @@ def to_litert(
                 frames_per_call,
                 FLUSH if engine.delay else "",
                 batch,
+                SETTLED if settles_at else "",
+                settles_at,
             )
             data = converted.read_bytes()
             if quantize is not None:
                 spectra = calibration_spectra(calibration, model.n_freq)
                 feeds = calibration_feeds(model, spectra, frames_per_call, batch)
-                data = quantize_litert(data, feeds, FLUSH if engine.delay else None)
+                data = quantize_litert(
+                    data, feeds, FLUSH if engine.delay else None, SETTLED if settles_at else None, settles_at
+                )
             data = with_litert_metadata(data, {**meta, "precision": PRECISIONS[quantize]})
         atomic_write(path, writer=lambda tmp: Path(tmp).write_bytes(data))
     finally:  # the model's mode as it was, also when the converter fails

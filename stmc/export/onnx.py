@@ -5,6 +5,8 @@ engines: ``s(chunk [B, 2, F, t])`` returns the mask frames delayed by ``D`` (not
 ``s.flush()`` the last ``D`` frames, ``s.reset()`` / ``s.reset(mask)`` restart all / chosen streams. ``t`` must
 be a multiple of the graph's ``frames_per_call`` (any ``t`` for the default 1). The graph contract (input and
 output names, the metadata) is :mod:`stmc.export.graph`'s; ONNX keeps the metadata as ``stmc.*`` metadata_props.
+A look-ahead model's graphs are three files: ``model.onnx`` (the step), ``model.settled.onnx`` (the step without
+time masks, from ``settles_at`` on) and ``model.flush.onnx``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from stmc.export.graph import (
     StepGraph,
     check_export_args,
     metadata,
+    settle_point,
     state_names,
     trace_inputs,
 )
@@ -69,19 +72,23 @@ class OnnxEngine(GraphEngine):
         types = {"tensor(float)": "float32", "tensor(int64)": "int64"}
         self.meta.check_inputs({i.name: (i.shape, types.get(i.type, i.type)) for i in self.step_session.get_inputs()})
         self.outputs = [o.name for o in self.step_session.get_outputs()]
-        flush = self.meta.flush
+        flush, settled = self.meta.flush, self.meta.settled
         self.flush_session = session(self.path.parent / flush, threads) if flush else None
-        self.turns: Turns | None = None
+        self.sessions = {False: self.step_session}
+        if settled:
+            self.sessions[True] = session(self.path.parent / settled, threads)
+        self.turns: dict[bool, Turns] = {}
 
     def call(
-        self, frames: torch.Tensor, state: list[torch.Tensor], time: torch.Tensor
+        self, frames: torch.Tensor, state: list[torch.Tensor], time: torch.Tensor, settled: bool = False
     ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
         """The step through :class:`Turns`: bound buffers instead of new arrays per run (a third of a small model's
         time per hop went into feeding and fetching 2 x N arrays)."""
         shapes = [tuple(frames.shape), *(tuple(t.shape) for t in state), tuple(time.shape)]
-        if self.turns is None or self.turns.shapes != shapes:
-            self.turns = Turns(self.step_session, shapes, [INPUT, *self.meta.names], self.outputs)
-        return self.turns(frames, state, time)
+        turns = self.turns.get(settled)
+        if turns is None or turns.shapes != shapes:
+            turns = self.turns[settled] = Turns(self.sessions[settled], shapes, [INPUT, *self.meta.names], self.outputs)
+        return turns(frames, state, time)
 
     def run_flush(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         return self.flush_session.run(None, inputs)[0]
@@ -143,10 +150,11 @@ def open_onnx(path: str | Path, threads: int = 1) -> Stream:
 OPSET = 17
 
 
-def flush_path(path: str | Path) -> Path:
-    """Where the flush graph of the step graph at ``path`` lives: ``model.onnx`` -> ``model.flush.onnx``."""
+def companion_path(path: str | Path, role: str) -> Path:
+    """Where the ``role`` graph (``flush``, ``settled``) of the step graph at ``path`` lives: ``model.onnx`` ->
+    ``model.flush.onnx``."""
     path = Path(path)
-    return path.with_name(f"{path.stem}.flush{path.suffix or '.onnx'}")
+    return path.with_name(f"{path.stem}.{role}{path.suffix or '.onnx'}")
 
 
 def _trace(
@@ -239,19 +247,35 @@ def _export_stmc(
     engine = STMCEngine(model, layer_form=ExportLayer)
     frames, *state = trace_inputs(model, engine, 2, frames_per_call)  # 2: no size-1 broadcast is baked in
     n = len(state)
-    flush_name = flush_path(path).name if engine.delay else ""
-    meta = metadata(model, "stmc", engine.state_shapes(), engine.delay, frames_per_call, flush_name)
+    settles_at = settle_point(model, engine, frames_per_call)
+    flush, settled = (companion_path(path, role) if engine.delay else None for role in ("flush", "settled"))
+    meta = metadata(
+        model,
+        "stmc",
+        engine.state_shapes(),
+        engine.delay,
+        frames_per_call,
+        flush.name if flush else "",
+        settled=settled.name if settles_at else "",
+        settles_at=settles_at,
+    )
     names = [INPUT, *state_names(n)], [OUTPUT, *state_names(n, "next_")]
     with tempfile.TemporaryDirectory(dir=path.parent) as folder:  # never a half-written file at `path`
-        step = _trace(StepGraph(engine), (frames, *state), Path(folder), *names, opset)
+        steps = {path: ("step", StepGraph(engine))}
+        if settles_at:
+            steps[settled] = ("settled", StepGraph(engine, settled=settles_at))
+        feeds = None
         if quantize is not None:
-            fp32, quantized = Path(folder) / "fp32.onnx", Path(folder) / "quantized.onnx"
-            _write(step, fp32, meta)
             feeds = calibration_feeds(model, calibration_spectra(calibration, model.n_freq), frames_per_call)
-            quantize_onnx(fp32, quantized, feeds)
-            step = onnx.load(str(quantized))
-        _write(step, path, {**meta, "precision": PRECISIONS[quantize]})
-        if engine.delay:  # float32 always: it runs once per utterance
-            flush = _trace(FlushGraph(engine), tuple(state), Path(folder), state_names(n), [OUTPUT], opset)
-            _write(flush, flush_path(path), meta)
+        for target, (role, graph) in steps.items():
+            step = _trace(graph, (frames, *state), Path(folder), *names, opset)
+            if feeds is not None:  # the settled graph calibrated on the settled steps
+                fp32, quantized = Path(folder) / "fp32.onnx", Path(folder) / "quantized.onnx"
+                _write(step, fp32, meta)
+                quantize_onnx(fp32, quantized, [f for f in feeds if f[names[0][-1]].min() >= graph.settled] or feeds)
+                step = onnx.load(str(quantized))
+            _write(step, target, {**meta, "precision": PRECISIONS[quantize], "role": role})
+        if flush:  # float32 always: it runs once per utterance
+            graph = _trace(FlushGraph(engine), tuple(state), Path(folder), state_names(n), [OUTPUT], opset)
+            _write(graph, flush, {**meta, "role": "flush"})
     return path

@@ -170,14 +170,17 @@ def quantize_onnx(fp32_path: Path, out: Path, feeds: list[dict]) -> None:
     )
 
 
-def quantize_litert(data: bytes, feeds: list[dict[str, np.ndarray]], flush: str | None) -> bytes:
+def quantize_litert(
+    data: bytes, feeds: list[dict[str, np.ndarray]], flush: str | None, settled: str | None = None, settles_at: int = 0
+) -> bytes:
     """The LiteRT file ``data`` with int8 fully connected layers (int8 weights per channel, int8 activations), by
-    ``ai-edge-quantizer`` (the converter's venv), calibrated on ``feeds`` for the step signature and on their
-    state for the ``flush`` signature (None: none)."""
+    ``ai-edge-quantizer`` (the converter's venv), calibrated on ``feeds`` for the step signature, on those of them
+    at stream times from ``settles_at`` on for the ``settled`` signature, and on their state for the ``flush`` signature
+    (None: no such signature)."""
     from ai_edge_quantizer import qtyping, quantizer, recipe_manager
     from ai_edge_quantizer.algorithm_manager import AlgorithmName
 
-    from stmc.export.graph import INPUT
+    from stmc.export.graph import INPUT, state_names
 
     recipe = recipe_manager.RecipeManager()
     recipe.add_static_config(
@@ -190,6 +193,9 @@ def quantize_litert(data: bytes, feeds: list[dict[str, np.ndarray]], flush: str 
     tool = quantizer.Quantizer(bytearray(data))
     tool.load_quantization_recipe(recipe.get_quantization_recipe())
     signatures = {"step": feeds}
+    if settled:
+        time = state_names(len(feeds[0]) - 1)[-1]
+        signatures[settled] = [feed for feed in feeds if feed[time].min() >= settles_at] or feeds
     if flush:
         signatures[flush] = [{name: value for name, value in feed.items() if name != INPUT} for feed in feeds]
     return bytes(tool.quantize(tool.calibrate(signatures)).quantized_model)

@@ -101,11 +101,12 @@ class ModelEngine(Engine):
         """The layer chain on features ``[B, t, F, 2]``, updating ``state`` (a list the step owns)."""
         raise NotImplementedError
 
-    def pure_step(self, chunk: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """One step as a function of its inputs, ``(chunk, *state, time) -> (out, *next_state, next_time)``, every
-        layer output masked by tensor ops: what ``torch.compile`` and the ONNX export trace."""
+    def pure_step(self, chunk: torch.Tensor, *state: torch.Tensor, settled: int = 0) -> tuple[torch.Tensor, ...]:
+        """One step as a function of its inputs, ``(chunk, *state, time) -> (out, *next_state, next_time)``: what
+        ``torch.compile`` and the exporters trace. Every layer output that may precede a stream's start is masked by
+        tensor ops, unless ``settled`` (a lower bound of every stream's time) says it cannot."""
         *buffers, time = state
-        out, buffers = self.step(chunk, buffers, Clock(time))
+        out, buffers = self.step(chunk, buffers, Clock(time, settled=settled))
         return (out, *buffers, time + chunk.shape[-1])
 
 
