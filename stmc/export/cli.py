@@ -33,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="stmc-export", description=main.__doc__)
     parser.add_argument(
         "out",
-        help="path of the step graph: .onnx (look-ahead models add <name>.flush.onnx) or "
+        help="path of the step graph: .onnx (look-ahead models add <name>.settled.onnx and <name>.flush.onnx) or "
         ".tflite (LiteRT, one file; needs the converter: make litert)",
     )
     parser.add_argument("--ckpt", help="checkpoint from train.py; without it a fresh untrained model (dry run)")
@@ -77,8 +77,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StmcError as err:
         parser.exit(1, f"error: {err}\n")
     meta = read_metadata(path)
-    flush = "a flush signature" if is_litert else onnx.companion_path(path, "flush")
-    print(f"wrote {path}" + (f" and {flush}" if meta["flush"] else ""))
+    roles = [role for role in ("settled", "flush") if meta.get(role)]
+    if is_litert:
+        print(f"wrote {path}" + "".join(f" (+ the {role} signature)" for role in roles))
+    else:
+        print(f"wrote {path}" + "".join(f" and {onnx.companion_path(path, role)}" for role in roles))
     print(
         f"  {meta['method']} step; state: {len(json.loads(meta['state_shapes']))} tensors, look-ahead "
         f"D={meta['delay']} frames, {meta['frames_per_call']} frame(s) per call, {meta.get('precision', 'float32')}"
