@@ -42,6 +42,7 @@ from scipy import stats
 from scripts.common import evaluated_models, write_csv
 from stmc.files import atomic_write
 from stmc.model.stft import HOP, SAMPLE_RATE
+from stmc.model.unet import architecture
 
 PAPER = {"first_frame_gain_db": 0.177, "last_frame_gain_db": 0.019, "causal_loss_percent": 6.0}
 
@@ -325,6 +326,23 @@ def draw(path: Path, models: Sequence[dict[str, Any]], summary: Sequence[dict[st
     plt.close(fig)
 
 
+def mixed_placements(models: Sequence[dict[str, Any]]) -> str:
+    """Why ``models`` do not make one sweep, or ``""``: models of one look-ahead with their future frames in
+    different layers (``model.lookahead_layers``) are different experiments, and averaging them hides it."""
+    layers: dict[int, set[tuple[int, ...]]] = defaultdict(set)
+    for model in models:
+        if model["model_config"]:
+            layers[model["lookahead"]].add(tuple(architecture(model["model_config"])["lookahead_layers"]))
+    for lookahead, found in sorted(layers.items()):
+        if len(found) > 1:
+            named = " and ".join(str(list(f)) for f in sorted(found))
+            return (
+                f"look-ahead {lookahead}: the models have their future frames in different layers ({named}); "
+                "evaluate one placement (model.lookahead_layers) at a time"
+            )
+    return ""
+
+
 def sweep_width(models: Sequence[dict[str, Any]]) -> float | None:
     """The width of the look-ahead sweep among ``models``: the one evaluated at the most distinct look-aheads
     (ties: the most models); None without models."""
@@ -357,6 +375,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not models:
         parser.error(f"no evaluated models of width {width} in {args.results}")
     models.sort(key=lambda m: (m["lookahead"], str(m["seed"])))
+    mixed = mixed_placements(models)
+    if mixed:
+        parser.error(mixed)
     summary = summarize(models)
     g = gains(summary)
     paired = paired_differences(models, summary)

@@ -74,8 +74,7 @@ def test_graph_contract_names_dynamic_batch_and_zero_state_metadata(exported):
 def test_settled_graph_drops_the_time_masks_and_takes_over_only_once_they_are_all_ones(exported, tmp_path):
     """A look-ahead model's step graph masks the layer outputs that precede a stream's start; the settled graph has
     no masks (fewer nodes) and the driver switches to it at ``settles_at``, derived from the step, not written by
-    hand: switching earlier streams wrong frames, and a graph whose metadata has no settled graph (exported before
-    it) streams exactly on the masked step alone."""
+    hand: switching earlier streams wrong frames."""
     model, path = exported
     meta = read_metadata(path)
     if not model.receptive_field[1]:  # a causal step has no masks: one graph
@@ -88,20 +87,42 @@ def test_settled_graph_drops_the_time_masks_and_takes_over_only_once_they_are_al
     spec = utterance_spectrum(1.0)
     with torch.no_grad():
         expected = model(spec)
-
-    def streamed(settles_at: int | None) -> torch.Tensor:
+    for settles_at, exact in ((int(meta["settles_at"]), True), (1, False)):
         stream = open_onnx(path)
-        if settles_at is None:
-            stream.engine.meta.settled = ""  # as a file from before the settled graph
-        else:
-            stream.engine.meta.settles_at = settles_at
-        return torch.cat([stream(spec[..., t : t + 1]) for t in range(spec.shape[-1])] + [stream.flush()], -1)
-
-    torch.testing.assert_close(streamed(int(meta["settles_at"])), expected, atol=1e-4, rtol=0)
-    torch.testing.assert_close(streamed(None), expected, atol=1e-4, rtol=0)
-    assert (streamed(1) - expected).abs().max() > 1e-2
+        stream.engine.meta.settles_at = settles_at
+        out = torch.cat([stream(spec[..., t : t + 1]) for t in range(spec.shape[-1])] + [stream.flush()], -1)
+        assert ((out - expected).abs().max() < 1e-4) == exact, settles_at
     with pytest.raises(InputError, match=r"settled graph of a step graph, not one to open; open the step"):
         open_onnx(settled)
+
+
+def strip_metadata(path, *keys: str) -> None:
+    """Rewrite the ONNX graph at ``path`` without the metadata ``keys``: a file of an older export."""
+    graph = onnx.load(str(path))
+    kept = [p for p in graph.metadata_props if p.key.removeprefix("stmc.") not in keys]
+    del graph.metadata_props[:]
+    graph.metadata_props.extend(kept)
+    onnx.save(graph, str(path))
+
+
+def test_files_of_an_older_export_stream_and_a_mismatched_set_is_refused(tmp_path):
+    """Graphs from before the settled graph (no ``settled``, ``settles_at``, ``role``) stream exactly on the masked
+    step; a missing settled graph, or one left over from another export, is a one-line error, not wrong audio."""
+    torch.manual_seed(3)
+    model = randomise_norms(stmc.UNet(depth=3, n_freq=33, lookahead=3, width=0.25), 3)
+    old = to_onnx(model, tmp_path / "old" / "m.onnx")
+    companion_path(old, "settled").unlink()
+    strip_metadata(old, "settled", "settles_at", "role", "precision")
+    strip_metadata(companion_path(old, "flush"), "settled", "settles_at", "role", "precision")
+    assert offline_error(model, open_onnx(old), frames=24) < 1e-5
+    path = to_onnx(model, tmp_path / "new" / "m.onnx")
+    other = to_onnx(stmc.UNet(depth=3, n_freq=33, lookahead=3, width=0.5), tmp_path / "other" / "m.onnx")
+    companion_path(other, "settled").replace(companion_path(path, "settled"))
+    with pytest.raises(InputError, match=r"m.settled.onnx is not the settled graph of .*m.onnx \(left over"):
+        open_onnx(path)
+    companion_path(path, "settled").unlink()
+    with pytest.raises(InputError, match=r"needs its settled graph .*m.settled.onnx, which is missing"):
+        open_onnx(path)
 
 
 @pytest.mark.parametrize("batch", [1, 3])

@@ -74,7 +74,9 @@ def test_inc_and_window_steps_in_litert_equal_offline(method, lookahead, tmp_pat
     torch.manual_seed(lookahead)
     model = randomise_norms(stmc.UNet(depth=3, n_freq=33, lookahead=lookahead, width=0.25), lookahead)
     stream = open_litert(to_litert(model, tmp_path / f"{method}.tflite", method))
-    assert stream.engine.method == method and read_metadata(stream.engine.path)["method"] == method
+    meta = read_metadata(stream.engine.path)
+    assert stream.engine.method == method and meta["method"] == method
+    assert int(meta["settles_at"]) > 0  # these steps mask the frames of their history before a stream's start
     assert offline_error(model, stream, frames=24, batch=1) < 1e-4
 
 
@@ -85,7 +87,8 @@ def test_cli_exports_to_litert_with_a_batch_and_checks_it(tmp_path, capsys):
     out = tmp_path / "w.tflite"
     assert main([str(out), "--depth", "2", "--width", "0.25", "--lookahead", "1", "--batch", "2"]) == 0
     printed = capsys.readouterr().out
-    assert f"wrote {out} and a flush signature" in printed and "LiteRT vs offline PyTorch" in printed
+    assert f"wrote {out} (+ the settled signature) (+ the flush signature)" in printed
+    assert "LiteRT vs offline PyTorch" in printed
     assert "LiteRT operators: " in printed and "FULLY_CONNECTED" in printed
     stream = open_litert(out)
     with pytest.raises(ValueError, match=r"exported for 2 stream\(s\) per call, got 3; export it with --batch 3"):
@@ -166,6 +169,7 @@ def test_int8_litert_file_quantizes_its_fully_connected_layers(tmp_path, lookahe
     calibration = [torch.randn(1, 2, 33, 40, generator=torch.Generator().manual_seed(i)) for i in range(3)]
     path = to_litert(model, tmp_path / "int8.tflite", quantize="int8", calibration=calibration)
     assert read_metadata(path)["precision"] == "int8"
-    assert {"QUANTIZE", "DEQUANTIZE", "FULLY_CONNECTED"} <= set(operator_names(path))
+    for signature in ["step", "settled"] if lookahead else ["step"]:
+        assert {"QUANTIZE", "DEQUANTIZE", "FULLY_CONNECTED"} <= set(operator_counts(path, signature)), signature
     relative = relative_mask_error(model, open_litert(path))
     assert 1e-4 < relative < 0.1, relative  # quantized, and a few per cent of the mask's energy at most

@@ -19,9 +19,10 @@ from stmc.errors import InputError
 from stmc.evaluation.settings import Settings
 from stmc.export import read_metadata, to_onnx
 from stmc.export.graph import offline_error
-from stmc.export.onnx import open_onnx
+from stmc.export.onnx import companion_path, open_onnx
 from tests.randmodel import relative_mask_error, tiny_unet
 from tests.test_evaluate import ROOT, run_evaluate
+from tests.test_export import strip_metadata
 
 
 def spectra(count: int = 3, frames: int = 40, seed: int = 0) -> list[torch.Tensor]:
@@ -49,6 +50,8 @@ def test_int8_step_runs_integer_gemms_close_to_the_float_step(tmp_path, lookahea
     ops = optimized_ops(int8)
     assert "QGemm" in ops and "Gemm" not in ops
     assert "QGemm" not in optimized_ops(fp32)
+    if lookahead:  # the settled step is quantized too
+        assert "QGemm" in optimized_ops(companion_path(int8, "settled"))
     assert offline_error(model, open_onnx(fp32)) < 1e-5
     relative = relative_mask_error(model, open_onnx(int8), batch=2)
     assert 1e-4 < relative < 0.1, relative  # quantized, and a few per cent of the mask's energy at most
@@ -74,6 +77,9 @@ def test_int8_calibration_bad_input_is_one_line(tmp_path):
         with pytest.raises(InputError, match=message) as caught:
             to_onnx(model, tmp_path / "out.onnx", **kwargs)
         assert "\n" not in str(caught.value)
+    lookahead = tiny_unet(2)  # chunks of one frame never reach the time its settled step graph takes over
+    with pytest.raises(InputError, match=r"no calibration chunk reaches stream time \d+, .*give chunks of more than"):
+        to_onnx(lookahead, tmp_path / "out.onnx", quantize="int8", calibration=[torch.randn(1, 2, lookahead.n_freq, 1)])
     assert not (tmp_path / "out.onnx").exists()  # nothing half-written
 
 
@@ -122,11 +128,8 @@ def test_a_graph_from_before_the_precision_key_still_streams_as_float32(tmp_path
     stream exactly (the step-graph contract did not change)."""
     model = tiny_unet(1)
     path = to_onnx(model, tmp_path / "old.onnx")
-    graph = onnx.load(str(path))
-    kept = [p for p in graph.metadata_props if p.key != "stmc.precision"]
-    del graph.metadata_props[:]
-    graph.metadata_props.extend(kept)
-    onnx.save(graph, str(path))
+    for graph in (path, companion_path(path, "settled"), companion_path(path, "flush")):
+        strip_metadata(graph, "precision")
     assert "precision" not in read_metadata(path)
     stream = open_onnx(path)
     assert stream.engine.meta.precision == "float32"

@@ -18,20 +18,28 @@ from stmc.evaluation.results import results_document, write_results
 from stmc.evaluation.summary import model_summary
 from stmc.model.unet import UNet
 
-TINY = {"depth": 2, "channels": [4, 8], "lookahead_layers": "first", "n_freq": 513, "compress": 0.3}
+TINY = {"depth": 7, "channels": [4, 8, 8, 8, 8, 8, 8], "lookahead_layers": "spread", "n_freq": 513, "compress": 0.3}
 ITEMS = [{"split": "test_real", "noise_type": kind, "name": f"u{i}"} for i, kind in enumerate(["hum", "babble", "hum"])]
 
 
-def synthetic_results(folder: Path, models: list[tuple[int, float, int, float]], tstmc: bool = True) -> Path:
+def synthetic_results(
+    folder: Path, models: list[tuple[int, float, int, float]], tstmc: bool = True, placement: str = "spread"
+) -> Path:
     """A results.json as evaluate.py writes it, for models ``(lookahead, width, seed, SI-SNRi)`` (``tstmc=False``:
-    the ablation's checkpoints)."""
+    the ablation's checkpoints; ``placement``: their ``lookahead_layers``)."""
     baselines = [{"mixture": {"si_snr": 5.0, "si_snri": 0.0}, "wiener": {"si_snr": 7.0, "si_snri": 2.0}}] * 3
     entries = []
     for lookahead, width, seed, score in models:
         info = {
             "name": f"L{lookahead}-w{width}-s{seed}",
             "checkpoint": f"/runs/{'' if tstmc else 'ablation/'}L{lookahead}/w{width}/s{seed}.ckpt",
-            "model_config": {**TINY, "lookahead": lookahead, "width": width, **({} if tstmc else {"tstmc": False})},
+            "model_config": {
+                **TINY,
+                "lookahead": lookahead,
+                "width": width,
+                "lookahead_layers": placement,
+                **({} if tstmc else {"tstmc": False}),
+            },
             "lookahead": lookahead,
             "width": width,
             "seed": seed,
@@ -64,6 +72,21 @@ def test_evaluated_models_are_read_from_nested_results(tmp_path):
     synthetic_results(tmp_path / "b" / "c", [(2, 1.0, 1, 4.0), (0, 1.0, 0, 3.0)])
     models = evaluated_models([tmp_path])
     assert sorted((m["lookahead"], m["seed"], m["si_snri"]) for m in models) == [(0, 0, 3.0), (2, 1, 4.0)]
+
+
+def test_lookahead_figure_refuses_a_sweep_that_mixes_placements(tmp_path, capsys):
+    """Look-ahead 2 in the first two layers and spread along the chain are different experiments: a sweep holding
+    both (an old run folder re-used after the default changed) is refused, naming the layers; look-ahead 0 and 14
+    are the same network whatever the placement, so mixing their names is fine."""
+    synthetic_results(tmp_path / "old", [(0, 1.0, 0, 3.0), (2, 1.0, 0, 3.1), (14, 1.0, 0, 3.4)], placement="first")
+    synthetic_results(tmp_path / "new", [(0, 1.0, 1, 3.0), (14, 1.0, 1, 3.4)])
+    lookahead_figure.main([str(tmp_path / "old"), str(tmp_path / "new"), "--out", str(tmp_path / "fig")])
+    synthetic_results(tmp_path / "new2", [(2, 1.0, 1, 3.3)])
+    with pytest.raises(SystemExit):
+        lookahead_figure.main([str(tmp_path), "--out", str(tmp_path / "fig")])
+    assert "look-ahead 2: the models have their future frames in different layers ([0, 1] and [3, 10])" in (
+        capsys.readouterr().err
+    )
 
 
 def test_lookahead_figure_means_gains_and_files(tmp_path):

@@ -17,9 +17,17 @@ import pytest
 import torch
 
 import stmc
+import stmc.model.checkpoint
 from stmc.data.synthetic import demo_like_tree
 from stmc.training.module import WarmupCosine
-from stmc.training.run import ConfigError, TrainingStopped, resolve_checkpoint, resolve_precision, train
+from stmc.training.run import (
+    ConfigError,
+    TrainingStopped,
+    check_resumable,
+    resolve_checkpoint,
+    resolve_precision,
+    train,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -353,6 +361,21 @@ def test_resuming_with_another_model_or_an_unreadable_file_is_a_config_error(cor
     with pytest.raises(ConfigError, match=unreadable) as err:
         train(compose_train(tiny_run(corpus, tmp_path / "c", f"ckpt_path={garbage}")))
     assert "weights_only=False" not in str(err.value)
+
+
+@pytest.mark.parametrize(("lookahead", "same"), [(0, True), (14, True), (2, False)])
+def test_resuming_compares_the_layers_a_placement_names_not_its_name(tmp_path, lookahead, same):
+    """A checkpoint trained with ``lookahead_layers=first`` (the default before ``spread``) resumes under the new
+    default where both name the same layers (look-ahead 0 and 14), and is refused where they do not."""
+    old = stmc.model.checkpoint.save(
+        stmc.UNet(lookahead=lookahead, lookahead_layers="first", width=0.25), tmp_path / "old.ckpt"
+    )
+    current = stmc.UNet(lookahead=lookahead, width=0.25)
+    if same:
+        check_resumable(str(old), current)
+    else:
+        with pytest.raises(ConfigError, match=r"model.lookahead_layers=\[0, 1\] \(this config: \[3, 10\]\)"):
+            check_resumable(str(old), current)
 
 
 def test_a_resumed_run_continues_in_its_own_folder(corpus, tmp_path, compose_train):

@@ -68,10 +68,11 @@ def _check_spec(spec: Mapping[str, str], key: str, named: bool = False, recordin
 
 
 class ResumableLoader(DataLoader):
-    """The training loader of a one-process run: its :class:`EpochSampler` continues an interrupted epoch from the
-    trainer's restored progress, so the loader has no state of its own to save. The (empty) ``state_dict`` /
-    ``load_state_dict`` pair tells Lightning so: a run resumed mid-epoch is exact, not the "unreliable" resume it
-    warns about for loaders without one."""
+    """The training loader: its :class:`EpochSampler` continues an interrupted epoch from the trainer's restored
+    progress (a distributed run restarts that epoch, see ``SpeechDataModule._training_position``), so the loader has
+    no state of its own to save. The (empty) ``state_dict`` / ``load_state_dict`` pair tells Lightning so, instead
+    of its warning about an "unreliable" resume, and keeps checkpoints of one-process and distributed runs
+    resumable by each other."""
 
     def state_dict(self) -> dict:
         return {}
@@ -247,8 +248,7 @@ class SpeechDataModule(LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self._require(self.train_set, "fit")
-        resumable = self.trainer is None or self.trainer.world_size == 1
-        return (ResumableLoader if resumable else DataLoader)(
+        return ResumableLoader(
             self.train_set,
             batch_size=self.batch_size,
             sampler=EpochSampler(len(self.train_set), self._training_position),

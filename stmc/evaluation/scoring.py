@@ -27,6 +27,7 @@ from stmc.evaluation.references import REFERENCE_SYSTEMS, wiener
 from stmc.evaluation.settings import OFFLINE, Item, Row, Settings
 from stmc.model.enhancer import Enhancer, EnhancerStream
 from stmc.model.stft import SAMPLE_RATE
+from stmc.model.unet import architecture
 from stmc.stream.driver import Stream
 from stmc.stream.engines import METHODS
 
@@ -57,7 +58,7 @@ def graph_stream(enhancer: Enhancer, graph: str) -> EnhancerStream:
     if graph not in _GRAPHS:
         _GRAPHS[graph] = json.loads(stmc.export.read_metadata(graph)["model_config"]), stmc.export.open(graph)
     config, frames = _GRAPHS[graph]
-    if config != enhancer.model.config:
+    if architecture(config) != architecture(enhancer.model.config):
         raise InputError(
             f"graph={graph} was exported from another architecture ({config}); the checkpoint's is "
             f"{enhancer.model.config}: export it with python -m stmc.export <file> --ckpt <checkpoint>"

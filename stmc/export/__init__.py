@@ -14,13 +14,13 @@ the metadata (``state_shapes``/``state_dtypes``, without the batch axis); zeroin
 that stream alone. ``out`` is the bounded complex mask of the frames ``D = delay`` hops earlier; the first ``D``
 outputs of a fresh stream precede its start (zeros, drop them).
 
-Look-ahead models also get a **settled step graph** (ONNX: ``<name>.settled.onnx``; LiteRT: the ``settled`` signature;
-named in the metadata's ``settled``): the step without its time masks, exact once every stream's time has reached the
-metadata's ``settles_at``, with fewer operators per hop. And a **flush graph** (ONNX: ``<name>.flush.onnx``; LiteRT:
-the ``flush`` signature; named in the metadata's ``flush``): inputs ``state_0 .. state_N``, output ``out [B, 2,
-n_freq, D]``, the last ``D`` mask frames of every stream in the batch, computed as offline inference's zero padding
-would give them (each layer's outputs past the end are masked). It is pure: to end only some streams of a batch, take
-their rows and zero their state rows.
+Steps that mask time (look-ahead models; LiteRT's ``inc`` and ``window`` steps) also get a **settled step graph**
+(ONNX: ``<name>.settled.onnx``; LiteRT: the ``settled`` signature; named in the metadata's ``settled``): the step
+without its time masks, exact once every stream's time has reached the metadata's ``settles_at``, with fewer operators
+per hop. And a **flush graph** (ONNX: ``<name>.flush.onnx``; LiteRT: the ``flush`` signature; named in the metadata's
+``flush``): inputs ``state_0 .. state_N``, output ``out [B, 2, n_freq, D]``, the last ``D`` mask frames of every
+stream in the batch, computed as offline inference's zero padding would give them (each layer's outputs past the end
+are masked). It is pure: to end only some streams of a batch, take their rows and zero their state rows.
 
 ONNX (STMC step): the engine's own code (registers, delay lines, time masks: every mask that can fire as tensor
 ops) is traced by the TorchScript exporter (``onnxscript``, which the dynamo exporter needs, is not a dependency).

@@ -112,7 +112,19 @@ class GraphMetadata:
         self.precision = meta.get("precision", "float32")  # graphs before int8 export were all float32
         self.settled = meta.get("settled", "")  # graphs before it have only the masked step
         self.settles_at = int(meta.get("settles_at", "0"))
+        self.raw = meta
         self.source = source
+
+    def check_companion(self, meta: dict[str, str], role: str, source: str) -> None:
+        """Raise ``ValueError`` unless ``meta`` (of the graph file ``source``) is the ``role`` graph (``settled``,
+        ``flush``) of this step graph's export: a graph left over from another export must not stream."""
+        same = ("state_shapes", "model_config", "frames_per_call", "delay")
+        # no role: a flush graph from before the settled one
+        if meta.get("role", role) != role or any(meta.get(key) != self.raw.get(key) for key in same):
+            raise InputError(
+                f"{source} is not the {role} graph of {self.source} (left over from another export?); export "
+                "the model again: python -m stmc.export writes the files together"
+            )
 
     def check_inputs(self, found: dict[str, tuple[list[int], str]]) -> None:
         """Raise ``ValueError`` unless the graph's inputs (name -> shape, dtype name) are what the metadata says:
@@ -157,8 +169,8 @@ class GraphEngine(Engine):
     def state_shapes(self) -> list[tuple[int, ...]]:
         return self.meta.state_shapes
 
-    def run_step(self, inputs: dict[str, np.ndarray], settled: bool = False) -> dict[str, np.ndarray]:
-        """The step graph (``settled``: the settled one) on ``frames`` and the state -> ``out`` and
+    def run_step(self, inputs: dict[str, np.ndarray], use_settled: bool = False) -> dict[str, np.ndarray]:
+        """The step graph (``use_settled``: the settled one) on ``frames`` and the state -> ``out`` and
         ``next_state_*``."""
         raise NotImplementedError
 
@@ -183,17 +195,17 @@ class GraphEngine(Engine):
         size, time, settled = self.frames_per_call, clock.time, clock.settled or 0
         outs = []
         for start in range(0, chunk.shape[-1], size):
-            calm = bool(self.meta.settled) and settled + start >= self.meta.settles_at
-            out, state, time = self.call(chunk[..., start : start + size], state, time, calm)
+            use_settled = bool(self.meta.settled) and settled + start >= self.meta.settles_at
+            out, state, time = self.call(chunk[..., start : start + size], state, time, use_settled)
             outs.append(out)
         return torch.cat(outs, -1), state
 
     def call(
-        self, frames: torch.Tensor, state: list[torch.Tensor], time: torch.Tensor, settled: bool = False
+        self, frames: torch.Tensor, state: list[torch.Tensor], time: torch.Tensor, use_settled: bool = False
     ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
-        """One run of the step graph (``settled``: the settled one): ``frames_per_call`` frames and the state ->
-        ``out``, the next state and time (tensors the caller may keep)."""
-        result = self.run_step({INPUT: np.ascontiguousarray(frames.numpy()), **self.feeds(state, time)}, settled)
+        """One run of the step graph (``use_settled``: the settled one): ``frames_per_call`` frames and the state
+        -> ``out``, the next state and time (tensors the caller may keep)."""
+        result = self.run_step({INPUT: np.ascontiguousarray(frames.numpy()), **self.feeds(state, time)}, use_settled)
         *state, time = [torch.from_numpy(result[f"next_{name}"]) for name in self.meta.names]
         return torch.from_numpy(result[OUTPUT]), state, time
 
@@ -314,7 +326,7 @@ class StepGraph(nn.Module):
         return self.engine.pure_step(frames, *state, settled=self.settled)
 
 
-class _Offsets(Clock):
+class _MaskRecorder(Clock):
     """A clock that masks nothing and records where the frames an engine asked it to mask begin."""
 
     def __init__(self, time: torch.Tensor) -> None:
@@ -330,7 +342,7 @@ def settle_point(model: UNet, engine: ModelEngine, frames_per_call: int) -> int:
     """The stream time from which no layer output of ``engine``'s step can precede a stream's start (0: none ever
     can): from there on its step graph's time masks are all ones, and the settled step graph computes the same."""
     frames, *state = trace_inputs(model, engine, 1, frames_per_call)
-    clock = _Offsets(state[-1])
+    clock = _MaskRecorder(state[-1])
     with torch.no_grad():
         engine.step(frames, state[:-1], clock)
     return max([0, *(-offset for offset in clock.offsets)])

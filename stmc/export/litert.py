@@ -2,9 +2,9 @@
 
 :func:`open_litert` gives a :class:`stmc.stream.driver.Stream` like every other: ``s(chunk [B, 2, F, t])`` returns
 the mask frames delayed by ``D``, ``s.flush()`` the last ``D`` frames, ``s.reset()`` / ``s.reset(mask)`` restart
-streams. The file holds the ``step`` signature (the contract of :mod:`stmc.export.graph`) and, for look-ahead
-models, ``settled`` (the step without time masks, from ``settles_at`` on) and ``flush``; it is run by
-``ai_edge_litert``'s interpreter (its default CPU kernels, XNNPACK) with one thread unless told otherwise. Shapes
+streams. The file holds the ``step`` signature (the contract of :mod:`stmc.export.graph`), ``settled`` (the step
+without time masks, from ``settles_at`` on) for steps that mask time, and ``flush`` for look-ahead models; it is run
+by ``ai_edge_litert``'s interpreter (its default CPU kernels, XNNPACK) with one thread unless told otherwise. Shapes
 are static: ``B`` must be the batch the graph was exported for.
 
 The metadata lives in the file's own metadata list (entry ``stmc``, a JSON object of the step-graph metadata)
@@ -130,8 +130,8 @@ class LiteRTEngine(GraphEngine):
         if settled:
             self.runners[True] = self.interpreter.get_signature_runner(settled)
 
-    def run_step(self, inputs: dict[str, np.ndarray], settled: bool = False) -> dict[str, np.ndarray]:
-        return self.runners[settled](**inputs)
+    def run_step(self, inputs: dict[str, np.ndarray], use_settled: bool = False) -> dict[str, np.ndarray]:
+        return self.runners[use_settled](**inputs)
 
     def run_flush(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         return self.flush_runner(**inputs)[OUTPUT]
@@ -162,13 +162,13 @@ def to_litert(
 ) -> Path:
     """Export ``model``'s ``method`` step (``stmc``, ``inc`` or ``window``) to one LiteRT (``.tflite``) file.
 
-    The file holds the signature ``step`` (the step-graph contract of :mod:`stmc.export.graph`) and, for look-ahead
-    models, ``settled`` (the same without time masks) and ``flush`` (state in, the last ``D`` frames out); the
-    metadata goes into the file's own metadata list (entry ``stmc``, JSON). Shapes are static: ``batch`` streams and
-    ``frames_per_call`` frames per call, both in the metadata. Only built-in LiteRT operators: the time, int64 in
-    the contract, is kept int64 (``enable_x64``), and every layer is a gather and a fully connected product
-    (:class:`ExportLayer`). Written atomically; the converter's own output is checked by :class:`open_litert` on
-    load.
+    The file holds the signature ``step`` (the step-graph contract of :mod:`stmc.export.graph`), ``settled`` (the
+    same without time masks) for steps that mask time, and, for look-ahead models, ``flush`` (state in, the last
+    ``D`` frames out); the metadata goes into the file's own metadata list (entry ``stmc``, JSON). Shapes are
+    static: ``batch`` streams and ``frames_per_call`` frames per call, both in the metadata. Only built-in LiteRT
+    operators: the time, int64 in the contract, is kept int64 (``enable_x64``), and every layer is a gather and a
+    fully connected product (:class:`ExportLayer`). Written atomically; the converter's own output is checked by
+    :class:`open_litert` on load.
     """
     check_export_args(model, frames_per_call)
     if method not in ENGINES:
@@ -184,7 +184,7 @@ def to_litert(
     path, training = Path(path), model.training
     model.eval()
     try:
-        engine = ENGINES[method](model, layer_form=functools.partial(ExportLayer, prelu_as_select=True))
+        engine = ENGINES[method](model, functools.partial(ExportLayer, prelu_as_select=True), exported=True)
         frames, *state = trace_inputs(model, engine, batch, frames_per_call)
         names = state_names(len(state))
         inputs = dict(zip([INPUT, *names], [frames, *state], strict=True))

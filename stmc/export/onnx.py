@@ -35,7 +35,7 @@ from stmc.export.graph import (
     state_names,
     trace_inputs,
 )
-from stmc.export.quantize import PRECISIONS, calibration_feeds, calibration_spectra, quantize_onnx
+from stmc.export.quantize import PRECISIONS, calibration_feeds, calibration_spectra, feeds_from, quantize_onnx
 from stmc.files import atomic_write
 from stmc.model.unet import UNet
 from stmc.stream.driver import Stream
@@ -63,7 +63,8 @@ def session(path: str | Path, threads: int = 1):
 
 
 class OnnxEngine(GraphEngine):
-    """The step graph (``frames_per_call`` frames per call) and, for look-ahead models, the flush graph."""
+    """The step graph (``frames_per_call`` frames per call) and, for look-ahead models, the settled and the flush
+    graphs."""
 
     def __init__(self, path: str | Path, threads: int = 1) -> None:
         self.path = Path(path)
@@ -73,21 +74,33 @@ class OnnxEngine(GraphEngine):
         self.meta.check_inputs({i.name: (i.shape, types.get(i.type, i.type)) for i in self.step_session.get_inputs()})
         self.outputs = [o.name for o in self.step_session.get_outputs()]
         flush, settled = self.meta.flush, self.meta.settled
-        self.flush_session = session(self.path.parent / flush, threads) if flush else None
+        self.flush_session = self.companion("flush", flush, threads) if flush else None
         self.sessions = {False: self.step_session}
         if settled:
-            self.sessions[True] = session(self.path.parent / settled, threads)
+            self.sessions[True] = self.companion("settled", settled, threads)
         self.turns: dict[bool, Turns] = {}
 
+    def companion(self, role: str, name: str, threads: int):
+        """The session of the ``role`` graph the step graph's metadata names, checked to belong to it."""
+        path = self.path.parent / name
+        if not path.is_file():
+            raise InputError(
+                f"{self.path} needs its {role} graph {path}, which is missing: keep the files of one export "
+                "together (python -m stmc.export writes them)"
+            )
+        self.meta.check_companion(read_metadata(path), role, str(path))
+        return session(path, threads)
+
     def call(
-        self, frames: torch.Tensor, state: list[torch.Tensor], time: torch.Tensor, settled: bool = False
+        self, frames: torch.Tensor, state: list[torch.Tensor], time: torch.Tensor, use_settled: bool = False
     ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
         """The step through :class:`Turns`: bound buffers instead of new arrays per run (a third of a small model's
         time per hop went into feeding and fetching 2 x N arrays)."""
-        shapes = [tuple(frames.shape), *(tuple(t.shape) for t in state), tuple(time.shape)]
-        turns = self.turns.get(settled)
-        if turns is None or turns.shapes != shapes:
-            turns = self.turns[settled] = Turns(self.sessions[settled], shapes, [INPUT, *self.meta.names], self.outputs)
+        turns, batch = self.turns.get(use_settled), frames.shape[0]
+        if turns is None or turns.shapes[0] != tuple(frames.shape):  # the driver checked the state against the batch
+            shapes = [tuple(frames.shape), *((batch, *shape) for shape in self.meta.state_shapes), (batch,)]
+            turns = Turns(self.sessions[use_settled], shapes, [INPUT, *self.meta.names], self.outputs)
+            self.turns[use_settled] = turns
         return turns(frames, state, time)
 
     def run_flush(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
@@ -241,14 +254,16 @@ def to_onnx(
 def _export_stmc(
     model: UNet, path: Path, frames_per_call: int, opset: int, quantize: str | None, calibration: object
 ) -> Path:
-    """:func:`to_onnx`'s work: the step graph and, with look-ahead, the flush graph, each written atomically."""
+    """:func:`to_onnx`'s work: with look-ahead the settled and the flush graphs, then the step graph that names them,
+    each written atomically (a step graph is never there before the graphs it names)."""
     # traced: the PyTorch operators, every time mask that can fire as tensor ops (Clock without `settled`), the
     # layers as Gather + Gemm nodes
-    engine = STMCEngine(model, layer_form=ExportLayer)
+    engine = STMCEngine(model, layer_form=ExportLayer, exported=True)
     frames, *state = trace_inputs(model, engine, 2, frames_per_call)  # 2: no size-1 broadcast is baked in
     n = len(state)
     settles_at = settle_point(model, engine, frames_per_call)
-    flush, settled = (companion_path(path, role) if engine.delay else None for role in ("flush", "settled"))
+    flush = companion_path(path, "flush") if engine.delay else None
+    settled = companion_path(path, "settled") if settles_at else None
     meta = metadata(
         model,
         "stmc",
@@ -256,26 +271,24 @@ def _export_stmc(
         engine.delay,
         frames_per_call,
         flush.name if flush else "",
-        settled=settled.name if settles_at else "",
+        settled=settled.name if settled else "",
         settles_at=settles_at,
     )
     names = [INPUT, *state_names(n)], [OUTPUT, *state_names(n, "next_")]
     with tempfile.TemporaryDirectory(dir=path.parent) as folder:  # never a half-written file at `path`
-        steps = {path: ("step", StepGraph(engine))}
-        if settles_at:
-            steps[settled] = ("settled", StepGraph(engine, settled=settles_at))
         feeds = None
         if quantize is not None:
             feeds = calibration_feeds(model, calibration_spectra(calibration, model.n_freq), frames_per_call)
-        for target, (role, graph) in steps.items():
-            step = _trace(graph, (frames, *state), Path(folder), *names, opset)
-            if feeds is not None:  # the settled graph calibrated on the settled steps
-                fp32, quantized = Path(folder) / "fp32.onnx", Path(folder) / "quantized.onnx"
-                _write(step, fp32, meta)
-                quantize_onnx(fp32, quantized, [f for f in feeds if f[names[0][-1]].min() >= graph.settled] or feeds)
-                step = onnx.load(str(quantized))
-            _write(step, target, {**meta, "precision": PRECISIONS[quantize], "role": role})
         if flush:  # float32 always: it runs once per utterance
             graph = _trace(FlushGraph(engine), tuple(state), Path(folder), state_names(n), [OUTPUT], opset)
             _write(graph, flush, {**meta, "role": "flush"})
+        steps = [(settled, "settled", settles_at)] if settled else []
+        for target, role, settled_from in [*steps, (path, "step", 0)]:
+            step = _trace(StepGraph(engine, settled=settled_from), (frames, *state), Path(folder), *names, opset)
+            if feeds is not None:  # the settled graph calibrated on the steps it runs
+                fp32, quantized = Path(folder) / "fp32.onnx", Path(folder) / "quantized.onnx"
+                _write(step, fp32, meta)
+                quantize_onnx(fp32, quantized, feeds_from(feeds, settled_from))
+                step = onnx.load(str(quantized))
+            _write(step, target, {**meta, "precision": PRECISIONS[quantize], "role": role})
     return path

@@ -140,6 +140,22 @@ def calibration_feeds(
     return feeds
 
 
+def feeds_from(feeds: list[dict[str, np.ndarray]], settles_at: int) -> list[dict[str, np.ndarray]]:
+    """The calibration feeds of the steps a settled graph runs (every stream's time at least ``settles_at``; all of
+    them for 0): what it must be calibrated on, as its activations differ from the masked step's in the first
+    frames. ``ValueError`` when there are none."""
+    from stmc.export.graph import state_names
+
+    time = state_names(len(feeds[0]) - 1)[-1]
+    chosen = [feed for feed in feeds if feed[time].min() >= settles_at]
+    if not chosen:
+        raise InputError(
+            f"int8 calibration: no calibration chunk reaches stream time {settles_at}, where the model's settled "
+            f"step graph takes over; give chunks of more than {settles_at} frames"
+        )
+    return chosen
+
+
 def quantize_onnx(fp32_path: Path, out: Path, feeds: list[dict]) -> None:
     """Write the int8 form of the float step graph at ``fp32_path`` to ``out`` (see the module docstring)."""
     from onnxruntime.quantization import (
@@ -171,7 +187,11 @@ def quantize_onnx(fp32_path: Path, out: Path, feeds: list[dict]) -> None:
 
 
 def quantize_litert(
-    data: bytes, feeds: list[dict[str, np.ndarray]], flush: str | None, settled: str | None = None, settles_at: int = 0
+    data: bytes,
+    feeds: list[dict[str, np.ndarray]],
+    flush: str | None,
+    settled: str | None = None,
+    settles_at: int = 0,
 ) -> bytes:
     """The LiteRT file ``data`` with int8 fully connected layers (int8 weights per channel, int8 activations), by
     ``ai-edge-quantizer`` (the converter's venv), calibrated on ``feeds`` for the step signature, on those of them
@@ -180,7 +200,7 @@ def quantize_litert(
     from ai_edge_quantizer import qtyping, quantizer, recipe_manager
     from ai_edge_quantizer.algorithm_manager import AlgorithmName
 
-    from stmc.export.graph import INPUT, state_names
+    from stmc.export.graph import INPUT
 
     recipe = recipe_manager.RecipeManager()
     recipe.add_static_config(
@@ -194,8 +214,7 @@ def quantize_litert(
     tool.load_quantization_recipe(recipe.get_quantization_recipe())
     signatures = {"step": feeds}
     if settled:
-        time = state_names(len(feeds[0]) - 1)[-1]
-        signatures[settled] = [feed for feed in feeds if feed[time].min() >= settles_at] or feeds
+        signatures[settled] = feeds_from(feeds, settles_at)
     if flush:
         signatures[flush] = [{name: value for name, value in feed.items() if name != INPUT} for feed in feeds]
     return bytes(tool.quantize(tool.calibrate(signatures)).quantized_model)

@@ -15,7 +15,8 @@ Our choices where the paper is silent (documented in docs/architecture.md):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -49,6 +50,16 @@ def lookahead_placement(n_layers: int, lookahead: int, how: str | Sequence[int])
     if how == "spread":
         return sorted({(2 * i + 1) * n_layers // (2 * lookahead) for i in range(lookahead)})
     raise InputError(f"lookahead_layers={how!r}: choose one of {PLACEMENTS} or a list of layer indices")
+
+
+def architecture(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A model config as the network it names: implied keys filled in and the look-ahead placement as its layer
+    indices, so that configs of one network compare equal however they name it (``first`` and ``spread`` are the
+    same layers at look-ahead 0 and ``2 * depth``; a config without the key predates ``spread``, the default)."""
+    full = {**IMPLIED_CONFIG, **config}
+    how = full.get("lookahead_layers", "first")
+    full["lookahead_layers"] = lookahead_placement(2 * full["depth"], full["lookahead"], how)
+    return full
 
 
 class UNet(nn.Module):

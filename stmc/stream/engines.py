@@ -48,16 +48,16 @@ def last_frames(x: torch.Tensor, count: int) -> torch.Tensor:
     return x[:, -count:] if count else x[:, :0]
 
 
-def shift(register: torch.Tensor, x: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A shift register's step: ``(register + x, its last count frames)``.
+def shift(register: torch.Tensor, x: torch.Tensor, count: int, share: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """A shift register's step: ``(cat(register, x), its last count frames)``.
 
-    In a traced step (the export) whose ``x`` is exactly ``count`` frames, the new register is ``x`` itself: the
-    graph writes that state without copying a slice of the concatenation. Eagerly it stays a view of the
-    concatenation, so that no two state tensors share memory (``x`` may also feed a skip's delay line, and the
-    native step shifts registers in place).
+    With ``share`` and ``x`` exactly ``count`` frames, the new register is ``x`` itself: an exported step graph
+    then writes that state without copying a slice of the concatenation (its runtime copies every output into a
+    buffer of its own). Otherwise it is a view of the concatenation, so that no two state tensors share memory
+    (``x`` may also feed a skip's delay line, and the native step shifts registers in place).
     """
     joined = torch.cat([register, x], TIME)
-    if 0 < count == x.shape[TIME] and (torch.jit.is_tracing() or torch.compiler.is_compiling()):
+    if share and 0 < count == x.shape[TIME]:
         return joined, x
     return joined, last_frames(joined, count)
 
@@ -76,10 +76,15 @@ def padded_walk(model: UNet, layers: list[FrozenLayer], h: torch.Tensor, clip=No
 
 
 class ModelEngine(Engine):
-    """An engine over a :class:`UNet`'s frozen layers (``layer_form`` turns each into what the engine runs)."""
+    """An engine over a :class:`UNet`'s frozen layers (``layer_form`` turns each into what the engine runs).
 
-    def __init__(self, model: UNet, layer_form: Callable[[FrozenLayer], object] | None = None) -> None:
-        self.model, self.layer_form = model, layer_form
+    ``exported``: the engine is traced into a step graph whose runtime copies the outputs (see :func:`shift`).
+    """
+
+    def __init__(
+        self, model: UNet, layer_form: Callable[[FrozenLayer], object] | None = None, exported: bool = False
+    ) -> None:
+        self.model, self.layer_form, self.exported = model, layer_form, exported
         self.delay, self.n_freq = model.receptive_field[1], model.n_freq
         self.load()
 
@@ -147,12 +152,12 @@ class STMCEngine(ModelEngine):
                 y, registers[k] = self.overlap[k](x, registers[k])
                 return clock.clip(y, -model.delays[k])
             layer = self.layers[k]
-            x, registers[k] = shift(registers[k], x, layer.past + layer.future)
+            x, registers[k] = shift(registers[k], x, layer.past + layer.future, self.exported)
             return clock.clip(layer(x), -model.delays[k])
 
         def join(k: int, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
             if k in slots:
-                skip, registers[slots[k]] = shift(registers[slots[k]], skip, model.join_delay(k))
+                skip, registers[slots[k]] = shift(registers[slots[k]], skip, model.join_delay(k), self.exported)
             frames = int(x.shape[TIME])  # static in a traced step: no slice where the skip has x's length
             return merge(k, x, skip if skip.shape[TIME] == frames else skip[:, :frames])
 

@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from stmc.conf import group_options, missing_keys
 from stmc.errors import ConfigError, InputError, StmcError
 from stmc.model import checkpoint
-from stmc.model.unet import IMPLIED_CONFIG, UNet
+from stmc.model.unet import UNet, architecture
 from stmc.training.module import NonFiniteLossError
 
 log = logging.getLogger(__name__)
@@ -216,7 +216,7 @@ def check_resumable(path: str, model: UNet) -> None:
         saved = checkpoint.read(path)[checkpoint.KEY]["model_config"]
     except InputError as err:
         raise ConfigError(f"ckpt_path: {err}") from None
-    saved, current = {**IMPLIED_CONFIG, **saved}, {**IMPLIED_CONFIG, **model.config}
+    saved, current = architecture(saved), architecture(model.config)
     differ = [k for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
     if differ:
         settings = ", ".join(f"model.{k}={saved.get(k)} (this config: {current.get(k)})" for k in differ)
