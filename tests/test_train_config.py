@@ -194,6 +194,10 @@ def test_busy_cores_reads_the_runnable_tasks_less_this_process(tmp_path, monkeyp
     assert training.busy_cores(samples=1) == 2
     loadavg.write_text("0.01 0.02 0.00 1/412 31337\n")
     assert training.busy_cores(samples=1) == 0
+    reads = iter(["3/412", "1/412", "3/412"])  # two tasks ran at the first and last read only: passing, not busy
+    monkeypatch.setattr(training, "LOADAVG", type("Reads", (), {"read_text": lambda self: f"1 1 1 {next(reads)} 9"})())
+    assert training.busy_cores(samples=3, interval=0) == 0
+    monkeypatch.setattr(training, "LOADAVG", loadavg)
     loadavg.unlink()  # no /proc (not Linux): nothing known to be busy
     assert training.busy_cores(samples=1) == 0
 

@@ -140,19 +140,20 @@ def resolve_precision(cfg: DictConfig, probe: Callable[[str], float] | None = No
 LOADAVG = Path("/proc/loadavg")  # its 4th field: runnable tasks / all tasks
 
 
-def busy_cores(samples: int = 5, interval: float = 0.1) -> int:
-    """Cores kept busy by other processes right now: the most runnable tasks seen in ``samples`` reads of
-    ``/proc/loadavg``, less this process (0 where that file does not exist)."""
-    seen = 0
+def busy_cores(samples: int = 10, interval: float = 0.1) -> int:
+    """Cores kept busy by other processes: the fewest runnable tasks seen in ``samples`` reads of ``/proc/loadavg``,
+    less this process (0 where that file does not exist). A busy process is runnable in every read; a passing one
+    (a shell command, a compiler) is not, and must not cost a 9-minute training one of its two threads."""
+    seen: int | None = None
     for i in range(samples):
         try:
             running = int(LOADAVG.read_text().split()[3].split("/")[0])
         except (OSError, IndexError, ValueError):
             return 0
-        seen = max(seen, running - 1)
+        seen = running - 1 if seen is None else min(seen, running - 1)
         if i + 1 < samples:
             time.sleep(interval)
-    return seen
+    return max(0, seen or 0)
 
 
 def training_threads(setting: int | str | None) -> int:
