@@ -38,6 +38,7 @@ from stmc.stream.engines import ModelEngine
 
 INPUT, OUTPUT = "frames", "out"
 REQUIRED = ("state_shapes", "state_dtypes", "frames_per_call", "delay", "n_freq", "model_config", "flush")
+EXPORT_IDENTITY = ("state_shapes", "model_config", "frames_per_call", "delay")  # equal in every graph of one export
 
 
 def state_names(count: int, prefix: str = "") -> list[str]:
@@ -112,15 +113,14 @@ class GraphMetadata:
         self.precision = meta.get("precision", "float32")  # graphs before int8 export were all float32
         self.settled = meta.get("settled", "")  # graphs before it have only the masked step
         self.settles_at = int(meta.get("settles_at", "0"))
-        self.raw = meta
+        self.identity = {key: meta.get(key) for key in EXPORT_IDENTITY}
         self.source = source
 
     def check_companion(self, meta: dict[str, str], role: str, source: str) -> None:
         """Raise ``ValueError`` unless ``meta`` (of the graph file ``source``) is the ``role`` graph (``settled``,
         ``flush``) of this step graph's export: a graph left over from another export must not stream."""
-        same = ("state_shapes", "model_config", "frames_per_call", "delay")
         # no role: a flush graph from before the settled one
-        if meta.get("role", role) != role or any(meta.get(key) != self.raw.get(key) for key in same):
+        if meta.get("role", role) != role or any(meta.get(key) != value for key, value in self.identity.items()):
             raise InputError(
                 f"{source} is not the {role} graph of {self.source} (left over from another export?); export "
                 "the model again: python -m stmc.export writes the files together"

@@ -64,10 +64,15 @@ def operator_names(path: str | Path) -> list[str]:
     return sorted(set().union(*(operator_counts(path, name) for name in signature_names(path))))
 
 
+def _subgraphs(model) -> dict[str, int]:
+    """Signature name -> index of its subgraph, of a LiteRT flatbuffer model."""
+    defs = [model.SignatureDefs(i) for i in range(model.SignatureDefsLength())]
+    return {d.SignatureKey().decode(): d.SubgraphIndex() for d in defs}
+
+
 def signature_names(path: str | Path) -> list[str]:
     """The signatures of a LiteRT file."""
-    model, _ = _model(path)
-    return [model.SignatureDefs(i).SignatureKey().decode() for i in range(model.SignatureDefsLength())]
+    return list(_subgraphs(_model(path)[0]))
 
 
 def operator_counts(path: str | Path, signature: str = STEP) -> dict[str, int]:
@@ -80,10 +85,10 @@ def operator_counts(path: str | Path, signature: str = STEP) -> dict[str, int]:
     names = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
     codes = [model.OperatorCodes(i) for i in range(model.OperatorCodesLength())]
     kinds = [names.get(max(c.BuiltinCode(), c.DeprecatedBuiltinCode()), "unknown") for c in codes]
-    keys = {model.SignatureDefs(i).SignatureKey().decode(): i for i in range(model.SignatureDefsLength())}
-    if signature not in keys:
-        raise InputError(f"{path} has no signature {signature!r} (it has {', '.join(sorted(keys))})")
-    graph = model.Subgraphs(model.SignatureDefs(keys[signature]).SubgraphIndex())
+    subgraphs = _subgraphs(model)
+    if signature not in subgraphs:
+        raise InputError(f"{path} has no signature {signature!r} (it has {', '.join(sorted(subgraphs))})")
+    graph = model.Subgraphs(subgraphs[signature])
     return dict(Counter(kinds[graph.Operators(i).OpcodeIndex()] for i in range(graph.OperatorsLength())))
 
 

@@ -55,10 +55,9 @@ def lookahead_placement(n_layers: int, lookahead: int, how: str | Sequence[int])
 def architecture(config: Mapping[str, Any]) -> dict[str, Any]:
     """A model config as the network it names: implied keys filled in and the look-ahead placement as its layer
     indices, so that configs of one network compare equal however they name it (``first`` and ``spread`` are the
-    same layers at look-ahead 0 and ``2 * depth``; a config without the key predates ``spread``, the default)."""
+    same layers at look-ahead 0 and ``2 * depth``)."""
     full = {**IMPLIED_CONFIG, **config}
-    how = full.get("lookahead_layers", "first")
-    full["lookahead_layers"] = lookahead_placement(2 * full["depth"], full["lookahead"], how)
+    full["lookahead_layers"] = lookahead_placement(2 * full["depth"], full["lookahead"], full["lookahead_layers"])
     return full
 
 
