@@ -9,8 +9,13 @@ import stmc
 
 
 def randomise_norms(model: stmc.UNet, seed: int) -> stmc.UNet:
-    """Give every BatchNorm and PReLU non-default values so that folding them is actually exercised."""
+    """Give every BatchNorm and PReLU non-default values so that folding them is actually exercised.
+
+    PReLU slopes are negative to positive, and above 1 in every second PReLU layer: exported graphs compute layers
+    whose slopes are all at most 1 in another form than the others (:class:`stmc.export.graph.ExportLayer`).
+    """
     gen = torch.Generator().manual_seed(seed)
+    prelus = 0
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
@@ -20,7 +25,9 @@ def randomise_norms(model: stmc.UNet, seed: int) -> stmc.UNet:
                 module.weight.copy_(1 + 0.2 * torch.randn(n, generator=gen))
                 module.bias.copy_(0.1 * torch.randn(n, generator=gen))
             elif isinstance(module, torch.nn.PReLU):
-                module.weight.copy_(torch.rand(module.weight.shape, generator=gen) * 0.5)
+                top = 1.5 if prelus % 2 else 1.0
+                module.weight.copy_(torch.rand(module.weight.shape, generator=gen) * (top + 0.5) - 0.5)
+                prelus += 1
     return model.eval()
 
 

@@ -71,6 +71,18 @@ def test_graph_contract_names_dynamic_batch_and_zero_state_metadata(exported):
     assert meta["flush"] == (companion_path(path, "flush").name if model.receptive_field[1] else "")
 
 
+def test_prelu_layers_of_both_forms_equal_offline(exported):
+    """Layers whose PReLU slopes are all at most 1 run as ``max(y, slope * y)``, the others as a ``PRelu`` node
+    (:class:`stmc.export.graph.ExportLayer`): the fixture's model has layers of both kinds, and the whole stream
+    equals offline (test_onnxruntime_over_a_whole_utterance_equals_offline)."""
+    model, path = exported
+    slopes = [layer.act.weight for layer in model.layers if layer.act is not None]
+    at_most_one = sum(bool((s <= 1).all()) for s in slopes)
+    ops = [node.op_type for node in onnx.load(str(path)).graph.node]
+    assert 0 < at_most_one < len(slopes)
+    assert (ops.count("Max"), ops.count("PRelu")) == (at_most_one, len(slopes) - at_most_one)
+
+
 def test_settled_graph_drops_the_time_masks_and_takes_over_only_once_they_are_all_ones(exported, tmp_path):
     """A look-ahead model's step graph masks the layer outputs that precede a stream's start; the settled graph has
     no masks (fewer nodes) and the driver switches to it at ``settles_at``, derived from the step, not written by

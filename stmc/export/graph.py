@@ -249,6 +249,7 @@ class ExportLayer(TimeContext, nn.Module):
         self.register_buffer("matrix", matrix.contiguous())
         self.register_buffer("bias", bias.contiguous())
         self.register_buffer("prelu", frozen.prelu)
+        self.slopes_at_most_one = frozen.prelu is not None and bool((frozen.prelu <= 1).all())
         self.tables: dict[tuple[int, int], np.ndarray] = {}
 
     def table(self, frames: int, bins: int) -> torch.Tensor:
@@ -273,7 +274,7 @@ class ExportLayer(TimeContext, nn.Module):
         if not self.transposed:
             cols = F.pad(flat, (0, 0, 0, 1)).index_select(1, self.table(frames, bins))
             y = torch.addmm(self.bias, cols.reshape(-1, self.matrix.shape[0]), self.matrix)
-            return self.activate(y).reshape(-1, out_frames, out_bins(bins, False), self.out_channels)
+            return self.activate(y.view(-1, out_frames, out_bins(bins, False), self.out_channels))
         cols = flat if self.taps == 1 else flat.index_select(1, self.table(frames, bins))
         y = torch.addmm(self.bias, cols.reshape(-1, self.matrix.shape[0]), self.matrix)
         # the overlap-add in frequency: input bin f's tap j lands on output bin 2f + j - 2, so every output bin sums
@@ -281,17 +282,25 @@ class ExportLayer(TimeContext, nn.Module):
         rows = F.pad(y.view(-1, bins * FREQ_KERNEL, self.out_channels), (0, 0, 0, 1))
         parts = [rows.index_select(1, torch.tensor(table)) for table in fold_table(bins)]
         y = functools.reduce(torch.add, parts)
-        return self.activate(y.view(-1, self.out_channels)).view(-1, out_frames, 2 * bins - 1, self.out_channels)
+        return self.activate(y.view(-1, out_frames, 2 * bins - 1, self.out_channels))
 
     def activate(self, y: torch.Tensor) -> torch.Tensor:
-        """PReLU on ``[rows, C']`` (a 2-D input: the channels are the last axis, as the layout's): a ``PRelu`` node,
-        or with ``prelu_as_select`` a select between ``y`` and ``y * slope``. The LiteRT converter lowers
-        ``prelu`` to a ReLU branch fused into the preceding fully connected op, which it then computes twice (21
-        instead of 14 per step); the select keeps one (2.7x -> 2.2x the native hop), while in onnxruntime the
-        ``PRelu`` node is the faster form (2.8x against 3.0x)."""
+        """PReLU on a layer output ``[B, T', F', C']``.
+
+        Where every slope is at most 1 (every trained model we have seen: -0.92 to 0.84) it is ``max(y, slope *
+        y)`` with the slopes tiled to ``[F', C']``: two branch-free elementwise nodes on whole rows. onnxruntime's
+        ``PRelu`` kernel selects per element with a branch that mispredicts on real activations, and broadcasts a
+        ``[C']`` slope in runs of ``C'`` numbers (docs/benchmarks.md, "Exported steps"). Otherwise a ``PRelu`` node,
+        or with ``prelu_as_select`` a select between ``y`` and ``y * slope``: the LiteRT converter lowers ``prelu``
+        to a ReLU branch fused into the preceding fully connected op, which it then computes twice."""
         if self.prelu is None:
             return y
-        return torch.where(y >= 0, y, y * self.prelu) if self.prelu_as_select else F.prelu(y, self.prelu)
+        if self.slopes_at_most_one:
+            bins, channels = (int(size) for size in y.shape[2:])  # static: a constant of the graph
+            return torch.maximum(y, y * self.prelu.expand(bins, channels))
+        if self.prelu_as_select:
+            return torch.where(y >= 0, y, y * self.prelu)
+        return F.prelu(y.reshape(-1, self.out_channels), self.prelu).view(y.shape)
 
 
 CENTRE_TAPS = (2, 3)  # the decoder's frequency taps that reach every output bin exactly once (see ExportLayer)
