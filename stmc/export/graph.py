@@ -154,9 +154,9 @@ class GraphMetadata:
 class GraphEngine(Engine):
     """An exported step graph behind the stream driver: the metadata's layout, the inputs fed from the driver's
     state, ``frames_per_call`` frames per run, and the flush graph for a flush. A runtime subclass sets
-    ``self.meta`` (checked against its graph's inputs) and runs a graph on named numpy inputs (:meth:`run_step`,
-    or its own :meth:`call` where it can feed the state without arrays): the settled step graph where the metadata
-    has one and every stream's time has reached ``settles_at``, else the step graph."""
+    ``self.meta`` (checked against its graph's inputs) and runs one step graph on the state (:meth:`call`): the
+    settled step graph where the metadata has one and every stream's time has reached ``settles_at``, else the
+    step graph."""
 
     meta: GraphMetadata
 
@@ -169,45 +169,41 @@ class GraphEngine(Engine):
     def state_shapes(self) -> list[tuple[int, ...]]:
         return self.meta.state_shapes
 
-    def run_step(self, inputs: dict[str, np.ndarray], use_settled: bool = False) -> dict[str, np.ndarray]:
-        """The step graph (``use_settled``: the settled one) on ``frames`` and the state -> ``out`` and
-        ``next_state_*``."""
+    def run_flush(self, state: list[torch.Tensor], time: torch.Tensor) -> torch.Tensor:
+        """The flush graph on the state and time -> ``out``, the last ``D`` frames."""
         raise NotImplementedError
-
-    def run_flush(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        """The flush graph on the state -> ``out``, the last ``D`` frames."""
-        raise NotImplementedError
-
-    def feeds(self, state: list[torch.Tensor], time: torch.Tensor) -> dict[str, np.ndarray]:
-        """The graphs' state inputs from the driver's state and time."""
-        if self.meta.batch is not None and time.shape[0] != self.meta.batch:
-            raise InputError(
-                f"{self.meta.source} was exported for {self.meta.batch} stream(s) per call, got "
-                f"{time.shape[0]}; export it with --batch {time.shape[0]}"
-            )
-        return dict(zip(self.meta.names, [t.numpy() for t in [*state, time]], strict=True))
 
     def step(
         self, chunk: torch.Tensor, state: list[torch.Tensor], clock: Clock
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        if self.meta.batch is not None and clock.time.shape[0] != self.meta.batch:
+            raise InputError(
+                f"{self.meta.source} was exported for {self.meta.batch} stream(s) per call, got "
+                f"{clock.time.shape[0]}; export it with --batch {clock.time.shape[0]}"
+            )
         if clock.end is not None:  # a flush: the flush graph knows its D zero frames
-            return torch.from_numpy(self.run_flush(self.feeds(state, clock.time))), state
+            return self.run_flush(state, clock.time), state
         size, time, settled = self.frames_per_call, clock.time, clock.settled or 0
+        if chunk.shape[-1] == size:  # one run (a hop per call): no slices, no concatenation
+            return self.call(chunk, state, time, self.settled_at(settled))[:2]
         outs = []
         for start in range(0, chunk.shape[-1], size):
-            use_settled = bool(self.meta.settled) and settled + start >= self.meta.settles_at
-            out, state, time = self.call(chunk[..., start : start + size], state, time, use_settled)
+            frames = chunk[..., start : start + size]
+            out, state, time = self.call(frames, state, time, self.settled_at(settled + start))
             outs.append(out)
         return torch.cat(outs, -1), state
+
+    def settled_at(self, time: int) -> bool:
+        """Whether the settled step graph computes the step at ``time``, a lower bound of every stream's time."""
+        return bool(self.meta.settled) and time >= self.meta.settles_at
 
     def call(
         self, frames: torch.Tensor, state: list[torch.Tensor], time: torch.Tensor, use_settled: bool = False
     ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
         """One run of the step graph (``use_settled``: the settled one): ``frames_per_call`` frames and the state
-        -> ``out``, the next state and time (tensors the caller may keep)."""
-        result = self.run_step({INPUT: np.ascontiguousarray(frames.numpy()), **self.feeds(state, time)}, use_settled)
-        *state, time = [torch.from_numpy(result[f"next_{name}"]) for name in self.meta.names]
-        return torch.from_numpy(result[OUTPUT]), state, time
+        -> ``out`` (a tensor the caller may keep), the next state and time (the runtime's buffers, which the next
+        call reads)."""
+        raise NotImplementedError
 
 
 def offline_error(model: UNet, stream: Stream, frames: int = 64, batch: int = 2, seed: int = 0) -> float:

@@ -110,7 +110,7 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 
 class LiteRTEngine(GraphEngine):
     """The ``step`` signature (``frames_per_call`` frames per call) and, with look-ahead, ``settled`` and
-    ``flush``."""
+    ``flush``, each run on its tensors' own memory (:class:`BoundSignature`)."""
 
     def __init__(self, path: str | Path, threads: int = 1) -> None:
         from ai_edge_litert.interpreter import Interpreter
@@ -127,19 +127,64 @@ class LiteRTEngine(GraphEngine):
                 f"{self.path}: signatures {sorted(signatures)}, its metadata needs {needs}; export it "
                 "with python -m stmc.export"
             )
-        self.step_runner = self.interpreter.get_signature_runner(STEP)
-        details = self.step_runner.get_input_details()
+        details = self.interpreter.get_signature_runner(STEP).get_input_details()
         self.meta.check_inputs({name: (list(d["shape"]), np.dtype(d["dtype"]).name) for name, d in details.items()})
-        self.flush_runner = self.interpreter.get_signature_runner(flush) if flush else None
-        self.runners = {False: self.step_runner}
+        names = self.meta.names
+        inputs, outputs = [INPUT, *names], [OUTPUT, *(f"next_{name}" for name in names)]
+        self.steps = {False: BoundSignature(self.interpreter, STEP, inputs, outputs)}
         if settled:
-            self.runners[True] = self.interpreter.get_signature_runner(settled)
+            self.steps[True] = BoundSignature(self.interpreter, settled, inputs, outputs)
+        self.flush_signature = BoundSignature(self.interpreter, flush, names, [OUTPUT]) if flush else None
 
-    def run_step(self, inputs: dict[str, np.ndarray], use_settled: bool = False) -> dict[str, np.ndarray]:
-        return self.runners[use_settled](**inputs)
+    def call(
+        self, frames: torch.Tensor, state: list[torch.Tensor], time: torch.Tensor, use_settled: bool = False
+    ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        """The step on the signature's tensors; the next state is its output tensors, which the next call copies
+        into the inputs (the interpreter cannot swap buffers as onnxruntime's binding does)."""
+        signature = self.steps[use_settled]
+        outputs = signature([frames, *state, time])
+        return outputs[0].clone(), outputs[1:-1], outputs[-1]
 
-    def run_flush(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        return self.flush_runner(**inputs)[OUTPUT]
+    def run_flush(self, state: list[torch.Tensor], time: torch.Tensor) -> torch.Tensor:
+        return self.flush_signature([*state, time])[0].clone()
+
+
+class BoundSignature:
+    """One signature of a LiteRT interpreter, run on its input and output tensors' own memory.
+
+    A run copies the given tensors into the input tensors and invokes the signature's subgraph; the outputs are
+    torch views of the output tensors, valid until the signature runs again. The interpreter's signature runner
+    copies every input and output through a new numpy array instead: 2 x 16 calls and allocations per hop, a
+    sixth of a step (docs/benchmarks.md). The views come from the interpreter's own wrapper (``tensor`` with a
+    subgraph index, ``Invoke``), which its Python class uses the same way; the shapes are static, so the tensors
+    never move after the allocation here.
+    """
+
+    def __init__(self, interpreter, name: str, inputs: list[str], outputs: list[str]) -> None:
+        runner = interpreter.get_signature_runner(name)
+        wrapper = interpreter._interpreter  # noqa: SLF001  (see the class docstring)
+        subgraph = wrapper.GetSubgraphIndexFromSignature(name)
+        wrapper.AllocateTensors(subgraph)
+        input_details, output_details = runner.get_input_details(), runner.get_output_details()
+        if set(inputs) != set(input_details) or set(outputs) != set(output_details):
+            raise InputError(
+                f"signature {name!r} has inputs {sorted(input_details)} and outputs {sorted(output_details)}, not "
+                f"those of a step graph's {name}; export the model again with python -m stmc.export"
+            )
+        self.invoke = functools.partial(wrapper.Invoke, subgraph)
+
+        def view(details: dict) -> torch.Tensor:
+            return torch.from_numpy(wrapper.tensor(wrapper, details["index"], subgraph))
+
+        self.input_tensors = [view(input_details[name]) for name in inputs]
+        self.output_tensors = [view(output_details[name]) for name in outputs]
+
+    def __call__(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        for target, tensor in zip(self.input_tensors, tensors, strict=True):
+            if target is not tensor:
+                target.copy_(tensor)
+        self.invoke()
+        return self.output_tensors
 
 
 def open_litert(path: str | Path, threads: int = 1) -> Stream:

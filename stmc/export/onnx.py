@@ -15,7 +15,6 @@ import tempfile
 import warnings
 from pathlib import Path
 
-import numpy as np
 import onnx
 import torch
 from torch import nn
@@ -103,8 +102,9 @@ class OnnxEngine(GraphEngine):
             self.turns[use_settled] = turns
         return turns(frames, state, time)
 
-    def run_flush(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        return self.flush_session.run(None, inputs)[0]
+    def run_flush(self, state: list[torch.Tensor], time: torch.Tensor) -> torch.Tensor:
+        inputs = dict(zip(self.meta.names, [tensor.numpy() for tensor in [*state, time]], strict=True))
+        return torch.from_numpy(self.flush_session.run(None, inputs)[0])
 
 
 class Turns:
