@@ -33,8 +33,8 @@ from stmc.errors import InputError
 from stmc.model.layers import FREQ_KERNEL, FREQ_STRIDE, FrozenLayer, TimeContext, out_bins
 from stmc.model.stft import HOP, N_FFT, SAMPLE_RATE
 from stmc.model.unet import UNet
-from stmc.stream.driver import Clock, Engine, Stream
-from stmc.stream.engines import ModelEngine
+from stmc.stream.driver import TIME, Clock, Engine, Stream
+from stmc.stream.engines import ModelEngine, shift
 
 INPUT, OUTPUT = "frames", "out"
 REQUIRED = ("state_shapes", "state_dtypes", "frames_per_call", "delay", "n_freq", "model_config", "flush")
@@ -229,7 +229,8 @@ class ExportLayer(TimeContext, nn.Module):
     decoder layers gather the ``taps`` frames of each input bin, multiply by the weight with columns ``(freq tap,
     C')`` and add the five taps' columns into the output bins they land on (the transposed convolution's
     overlap-add in frequency, as three gathers and two adds). Sizes are static: the index tables are built for the
-    traced sizes.
+    traced sizes. :meth:`step` is the STMC step of a layer with a one-frame register, which needs no gather in
+    time (see there).
     """
 
     def __init__(self, frozen: FrozenLayer, prelu_as_select: bool = False) -> None:
@@ -243,6 +244,9 @@ class ExportLayer(TimeContext, nn.Module):
             matrix = matrix.view(matrix.shape[0], -1, FREQ_KERNEL).transpose(1, 2).reshape(matrix.shape[0], -1)
             bias = torch.cat([bias * (tap in CENTRE_TAPS) for tap in range(FREQ_KERNEL)])
         self.register_buffer("matrix", matrix.contiguous())
+        if not self.transposed:  # the same rows ordered (freq tap, tap, C) for step()'s operand
+            by_bin = matrix.view(self.taps, FREQ_KERNEL, -1, matrix.shape[1]).transpose(0, 1)
+            self.register_buffer("matrix_bins_first", by_bin.reshape(matrix.shape).contiguous())
         self.register_buffer("bias", bias.contiguous())
         self.register_buffer("prelu", frozen.prelu)
         self.slopes_at_most_one = frozen.prelu is not None and bool((frozen.prelu <= 1).all())
@@ -269,9 +273,40 @@ class ExportLayer(TimeContext, nn.Module):
         flat = x.reshape(-1, frames * bins, channels)
         if not self.transposed:
             cols = F.pad(flat, (0, 0, 0, 1)).index_select(1, self.table(frames, bins))
-            y = torch.addmm(self.bias, cols.reshape(-1, self.matrix.shape[0]), self.matrix)
-            return self.activate(y.view(-1, out_frames, out_bins(bins, False), self.out_channels))
+            return self.encode(cols, self.matrix, out_frames, bins)
         cols = flat if self.taps == 1 else flat.index_select(1, self.table(frames, bins))
+        return self.decode(cols, out_frames, bins)
+
+    def step(self, register: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The STMC step: register ``[B, past + future, F, C]`` and new frames ``[B, t, F, C]`` -> the output frames
+        and the next register, as :func:`stmc.stream.engines.shift` and :meth:`forward` compute them.
+
+        With a one-frame register and one new frame (every layer of a causal model, streamed a hop per call) the
+        two frames side by side in channels are each bin's time taps: one ``Concat`` replaces the concatenation
+        in time, its reshape and the gather of the frames of each bin (the decoder's whole im2col; the encoder's
+        gather then moves ``taps x C`` numbers per index instead of ``C``). One run on the paper's causal model:
+        onnxruntime 1.66x -> 1.59x the native hop (docs/benchmarks.md).
+        """
+        if not (register.shape[TIME] == x.shape[TIME] == 1):
+            joined, register = shift(register, x, self.past + self.future, share=True)
+            return self(joined), register
+        bins = int(x.shape[2])
+        taps = torch.cat([register, x], -1).reshape(-1, bins, self.taps * int(x.shape[3]))  # [B, F, (tap, C)]
+        if self.transposed:
+            return self.decode(taps, 1, bins), x
+        freq = FREQ_STRIDE * np.arange(out_bins(bins, False))[:, None] + np.arange(FREQ_KERNEL) - FREQ_KERNEL // 2
+        index = torch.tensor(np.where((freq >= 0) & (freq < bins), freq, bins).reshape(-1))  # out of range: zero row
+        cols = F.pad(taps, (0, 0, 0, 1)).index_select(1, index)
+        return self.encode(cols, self.matrix_bins_first, 1, bins), x
+
+    def encode(self, cols: torch.Tensor, matrix: torch.Tensor, out_frames: int, bins: int) -> torch.Tensor:
+        """An encoder layer's output ``[B, T', F', C']`` from its im2col rows (in ``matrix``'s row order)."""
+        y = torch.addmm(self.bias, cols.reshape(-1, matrix.shape[0]), matrix)
+        return self.activate(y.view(-1, out_frames, out_bins(bins, False), self.out_channels))
+
+    def decode(self, cols: torch.Tensor, out_frames: int, bins: int) -> torch.Tensor:
+        """A decoder layer's output ``[B, T', 2 bins - 1, C']`` from its rows of time taps ``(tap, C)``, one per
+        input bin."""
         y = torch.addmm(self.bias, cols.reshape(-1, self.matrix.shape[0]), self.matrix)
         # the overlap-add in frequency: input bin f's tap j lands on output bin 2f + j - 2, so every output bin sums
         # the (at most 3) rows (f, j) of `fold_table` that land on it; absent ones read the zero row at the end

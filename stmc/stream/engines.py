@@ -78,7 +78,8 @@ def padded_walk(model: UNet, layers: list[FrozenLayer], h: torch.Tensor, clip=No
 class ModelEngine(Engine):
     """An engine over a :class:`UNet`'s frozen layers (``layer_form`` turns each into what the engine runs).
 
-    ``exported``: the engine is traced into a step graph whose runtime copies the outputs (see :func:`shift`).
+    ``exported``: the engine is traced into a step graph whose runtime copies the outputs (see :func:`shift`); its
+    layers are :class:`stmc.export.graph.ExportLayer` and take their STMC step themselves (``layer.step``).
     """
 
     def __init__(
@@ -152,8 +153,12 @@ class STMCEngine(ModelEngine):
                 y, registers[k] = self.overlap[k](x, registers[k])
                 return clock.clip(y, -model.delays[k])
             layer = self.layers[k]
-            x, registers[k] = shift(registers[k], x, layer.past + layer.future, self.exported)
-            return clock.clip(layer(x), -model.delays[k])
+            if self.exported:  # the exported layer's own step (stmc.export.graph.ExportLayer.step)
+                y, registers[k] = layer.step(registers[k], x)
+            else:
+                x, registers[k] = shift(registers[k], x, layer.past + layer.future, share=False)
+                y = layer(x)
+            return clock.clip(y, -model.delays[k])
 
         def join(k: int, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
             if k in slots:
