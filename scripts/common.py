@@ -98,10 +98,17 @@ def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
 def architecture(models: Sequence[dict[str, Any]], lookahead: int, width: float) -> UNet:
     """The U-Net to time, at this look-ahead and width: the architecture of the evaluated models (those with this
     look-ahead and width first), else the default depth-7 model. Weights are seeded random: speed and memory do
-    not depend on them."""
+    not depend on their values, only on their form: PReLU slopes are drawn per channel within the range of the
+    trained checkpoints (-0.92 to 0.84), where a fresh model's are all 0.25, which a graph converter may fold into
+    one scalar and an exporter may write in another form (stmc.export.graph.ExportLayer.activate)."""
     config = base_config(models, lookahead, width)
     torch.manual_seed(0)
-    return UNet(**{**config, "lookahead": lookahead, "width": width}).eval()
+    model = UNet(**{**config, "lookahead": lookahead, "width": width}).eval()
+    with torch.no_grad():
+        for layer in model.layers:
+            if layer.act is not None:
+                layer.act.weight.uniform_(-0.9, 0.8)
+    return model
 
 
 def base_config(models: Sequence[dict[str, Any]], lookahead: int = 0, width: float = 1.0) -> dict[str, Any]:

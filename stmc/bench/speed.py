@@ -227,6 +227,10 @@ def measure(
     if ablation:
         torch.manual_seed(0)
         without_tstmc = UNet(**{**model.config, "tstmc": False}).eval()
+        with torch.no_grad():  # the same PReLU slopes (their form decides how exporters write them)
+            for ours, theirs in zip(model.layers, without_tstmc.layers, strict=True):
+                if ours.act is not None:
+                    theirs.act.weight.copy_(ours.act.weight)
         streams[ABLATION] = streaming(without_tstmc, "stmc", native=False)
     if compile:
         streams.update({f"{method} (compiled)": streaming(model, method, compile=True) for method in METHODS})
