@@ -86,6 +86,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     from stmc.export.litert import LiteRTEngine, read_metadata
     from stmc.stream.driver import Stream
 
+    # the driver's small tensor ops on one thread too: torch's default pool (every core) cost 0.1 ms per hop of a
+    # 0.54 ms LiteRT step (2 cores, Zen 4, 2026-12-07), which the rows before then carry
+    torch.set_num_threads(1)
+
     meta = read_metadata(args.path)
     spec = torch.randn(
         int(meta.get("batch", 1)),
