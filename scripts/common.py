@@ -98,9 +98,10 @@ def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
 def architecture(models: Sequence[dict[str, Any]], lookahead: int, width: float) -> UNet:
     """The U-Net to time, at this look-ahead and width: the architecture of the evaluated models (those with this
     look-ahead and width first), else the default depth-7 model. Weights are seeded random: speed and memory do
-    not depend on their values, only on their form: PReLU slopes are drawn per channel within the range of the
-    trained checkpoints (-0.92 to 0.84), where a fresh model's are all 0.25, which a graph converter may fold into
-    one scalar and an exporter may write in another form (stmc.export.graph.ExportLayer.activate)."""
+    not depend on their values, only on their form: PReLU slopes are drawn per channel within the range most trained
+    slopes fall in (-0.9 to 0.8), where a fresh model's are all 0.25, which a graph converter folds into one
+    scalar. (A layer with a slope above 1, as the 2026-12-07 quickstart checkpoint has one, exports one node more:
+    stmc.export.graph.ExportLayer.activate.)"""
     config = base_config(models, lookahead, width)
     torch.manual_seed(0)
     model = UNet(**{**config, "lookahead": lookahead, "width": width}).eval()

@@ -72,15 +72,17 @@ def test_graph_contract_names_dynamic_batch_and_zero_state_metadata(exported):
 
 
 def test_prelu_layers_of_both_forms_equal_offline(exported):
-    """Layers whose PReLU slopes are all at most 1 run as ``max(y, slope * y)``, the others as a ``PRelu`` node
-    (:class:`stmc.export.graph.ExportLayer`): the fixture's model has layers of both kinds, and the whole stream
-    equals offline (test_onnxruntime_over_a_whole_utterance_equals_offline)."""
+    """Layers whose PReLU slopes are all at most 1 run as ``max(y, slope * y)``, the others as ``y + (slope - 1) *
+    min(y, 0)`` (:class:`stmc.export.graph.ExportLayer`), never as a ``PRelu`` node: the fixture's model has layers
+    of both kinds, and the whole stream equals offline (test_onnxruntime_over_a_whole_utterance_equals_offline)."""
     model, path = exported
     slopes = [layer.act.weight for layer in model.layers if layer.act is not None]
     at_most_one = sum(bool((s <= 1).all()) for s in slopes)
-    ops = [node.op_type for node in onnx.load(str(path)).graph.node]
+    nodes = onnx.load(str(path)).graph.node
+    ops = [node.op_type for node in nodes]
+    below_zero = sum(node.op_type == "Clip" and node.input[1] == "" for node in nodes)  # min(y, 0): no lower bound
     assert 0 < at_most_one < len(slopes)
-    assert (ops.count("Max"), ops.count("PRelu")) == (at_most_one, len(slopes) - at_most_one)
+    assert (ops.count("Max"), below_zero, ops.count("PRelu")) == (at_most_one, len(slopes) - at_most_one, 0)
 
 
 def test_settled_graph_drops_the_time_masks_and_takes_over_only_once_they_are_all_ones(exported, tmp_path):

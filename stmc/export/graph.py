@@ -233,10 +233,9 @@ class ExportLayer(TimeContext, nn.Module):
     time (see there).
     """
 
-    def __init__(self, frozen: FrozenLayer, prelu_as_select: bool = False) -> None:
+    def __init__(self, frozen: FrozenLayer) -> None:
         super().__init__()
         self.past, self.future, self.transposed = frozen.past, frozen.future, frozen.transposed
-        self.prelu_as_select = prelu_as_select
         self.out_channels = frozen.out_channels
         matrix, bias = frozen.matrix, frozen.bias
         if self.transposed:  # columns (cout, freq tap) -> (freq tap, cout); the bias rides on the one tap that
@@ -316,22 +315,21 @@ class ExportLayer(TimeContext, nn.Module):
         return self.activate(y.view(-1, out_frames, 2 * bins - 1, self.out_channels))
 
     def activate(self, y: torch.Tensor) -> torch.Tensor:
-        """PReLU on a layer output ``[B, T', F', C']``.
+        """PReLU on a layer output ``[B, T', F', C']``, as branch-free elementwise nodes with the slopes tiled to
+        ``[F', C']``: ``max(y, slope * y)`` where every slope is at most 1 (most layers of trained models), else
+        ``y + (slope - 1) * min(y, 0)``.
 
-        Where every slope is at most 1 (every trained model we have seen: -0.92 to 0.84) it is ``max(y, slope *
-        y)`` with the slopes tiled to ``[F', C']``: two branch-free elementwise nodes on whole rows. onnxruntime's
-        ``PRelu`` kernel selects per element with a branch that mispredicts on real activations, and broadcasts a
-        ``[C']`` slope in runs of ``C'`` numbers (docs/benchmarks.md, "Exported steps"). Otherwise a ``PRelu`` node,
-        or with ``prelu_as_select`` a select between ``y`` and ``y * slope``: the LiteRT converter lowers ``prelu``
-        to a ReLU branch fused into the preceding fully connected op, which it then computes twice."""
+        Not a ``PRelu`` node: onnxruntime's kernel selects per element with a branch that mispredicts on real
+        activations and broadcasts a ``[C']`` slope in runs of ``C'`` numbers (0.4x the native hop per step on the
+        paper's causal model); and the LiteRT converter lowers ``prelu`` to a ReLU branch fused into the preceding
+        fully connected op, which it then computes twice (docs/benchmarks.md, "Exported steps")."""
         if self.prelu is None:
             return y
+        bins, channels = (int(size) for size in y.shape[2:])  # static: a constant of the graph
+        slope = self.prelu.expand(bins, channels)
         if self.slopes_at_most_one:
-            bins, channels = (int(size) for size in y.shape[2:])  # static: a constant of the graph
-            return torch.maximum(y, y * self.prelu.expand(bins, channels))
-        if self.prelu_as_select:
-            return torch.where(y >= 0, y, y * self.prelu)
-        return F.prelu(y.reshape(-1, self.out_channels), self.prelu).view(y.shape)
+            return torch.maximum(y, y * slope)
+        return y + torch.clamp(y, max=0) * (slope - 1)
 
 
 CENTRE_TAPS = (2, 3)  # the decoder's frequency taps that reach every output bin exactly once (see ExportLayer)

@@ -234,7 +234,7 @@ def to_litert(
     path, training = Path(path), model.training
     model.eval()
     try:
-        engine = ENGINES[method](model, functools.partial(ExportLayer, prelu_as_select=True), exported=True)
+        engine = ENGINES[method](model, ExportLayer, exported=True)
         frames, *state = trace_inputs(model, engine, batch, frames_per_call)
         names = state_names(len(state))
         inputs = dict(zip([INPUT, *names], [frames, *state], strict=True))
