@@ -280,23 +280,26 @@ class ExportLayer(TimeContext, nn.Module):
         """The STMC step: register ``[B, past + future, F, C]`` and new frames ``[B, t, F, C]`` -> the output frames
         and the next register, as :func:`stmc.stream.engines.shift` and :meth:`forward` compute them.
 
-        With a one-frame register and one new frame (every layer of a causal model, streamed a hop per call) the
-        two frames side by side in channels are each bin's time taps: one ``Concat`` replaces the concatenation
-        in time, its reshape and the gather of the frames of each bin (the decoder's whole im2col; the encoder's
-        gather then moves ``taps x C`` numbers per index instead of ``C``). One run on the paper's causal model:
-        onnxruntime 1.66x -> 1.59x the native hop (docs/benchmarks.md).
+        With one new frame (a hop per call) the register's frames and the new one side by side in channels are
+        each bin's time taps: a ``Concat`` replaces the concatenation in time, its reshape and the gather of the
+        frames of each bin (the decoder's whole im2col; the encoder's gather then moves ``taps x C`` numbers per
+        index instead of ``C``). One interleaved run on the paper's causal model (Zen 4): onnxruntime 1.61x ->
+        1.53x, LiteRT 1.51x -> 1.41x the native hop (docs/benchmarks.md).
         """
-        if not (register.shape[TIME] == x.shape[TIME] == 1):
-            joined, register = shift(register, x, self.past + self.future, share=True)
+        count = self.past + self.future
+        if x.shape[TIME] != 1:
+            joined, register = shift(register, x, count, share=True)
             return self(joined), register
+        frames = [register[:, i : i + 1] for i in range(count)] + [x]  # the time taps, oldest first
         bins = int(x.shape[2])
-        taps = torch.cat([register, x], -1).reshape(-1, bins, self.taps * int(x.shape[3]))  # [B, F, (tap, C)]
+        taps = torch.cat(frames, -1).reshape(-1, bins, self.taps * int(x.shape[3]))  # [B, F, (tap, C)]
+        register = torch.cat(frames[1:], TIME) if count > 1 else x if count else x[:, :0]
         if self.transposed:
-            return self.decode(taps, 1, bins), x
+            return self.decode(taps, 1, bins), register
         freq = FREQ_STRIDE * np.arange(out_bins(bins, False))[:, None] + np.arange(FREQ_KERNEL) - FREQ_KERNEL // 2
         index = torch.tensor(np.where((freq >= 0) & (freq < bins), freq, bins).reshape(-1))  # out of range: zero row
         cols = F.pad(taps, (0, 0, 0, 1)).index_select(1, index)
-        return self.encode(cols, self.matrix_bins_first, 1, bins), x
+        return self.encode(cols, self.matrix_bins_first, 1, bins), register
 
     def encode(self, cols: torch.Tensor, matrix: torch.Tensor, out_frames: int, bins: int) -> torch.Tensor:
         """An encoder layer's output ``[B, T', F', C']`` from its im2col rows (in ``matrix``'s row order)."""
