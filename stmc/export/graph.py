@@ -290,7 +290,9 @@ class ExportLayer(TimeContext, nn.Module):
         if x.shape[TIME] != 1:
             joined, register = shift(register, x, count, share=True)
             return self(joined), register
-        frames = [register[:, i : i + 1] for i in range(count)] + [x]  # the time taps, oldest first
+        # the time taps, oldest first (a one-frame register as it is: a traced slice of all of it is still a node)
+        frames = [register] if count == 1 else [register[:, i : i + 1] for i in range(count)]
+        frames.append(x)
         bins = int(x.shape[2])
         taps = torch.cat(frames, -1).reshape(-1, bins, self.taps * int(x.shape[3]))  # [B, F, (tap, C)]
         register = torch.cat(frames[1:], TIME) if count > 1 else x if count else x[:, :0]
