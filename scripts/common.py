@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from stmc.bench.speed import with_trained_slopes
 from stmc.evaluation.settings import ALL, OFFLINE
 from stmc.files import atomic_write
 from stmc.model.unet import UNet
@@ -97,19 +98,11 @@ def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
 
 def architecture(models: Sequence[dict[str, Any]], lookahead: int, width: float) -> UNet:
     """The U-Net to time, at this look-ahead and width: the architecture of the evaluated models (those with this
-    look-ahead and width first), else the default depth-7 model. Weights are seeded random: speed and memory do
-    not depend on their values, only on their form: PReLU slopes are drawn per channel within the range most trained
-    slopes fall in (-0.9 to 0.8), where a fresh model's are all 0.25, which a graph converter folds into one
-    scalar. (A layer with a slope above 1, as the 2026-12-07 quickstart checkpoint has one, exports one node more:
-    stmc.export.graph.ExportLayer.activate.)"""
+    look-ahead and width first), else the default depth-7 model. Weights are seeded random, PReLU slopes as trained
+    ones are (:func:`stmc.bench.speed.with_trained_slopes`): speed and memory depend on no weight's value."""
     config = base_config(models, lookahead, width)
     torch.manual_seed(0)
-    model = UNet(**{**config, "lookahead": lookahead, "width": width}).eval()
-    with torch.no_grad():
-        for layer in model.layers:
-            if layer.act is not None:
-                layer.act.weight.uniform_(-0.9, 0.8)
-    return model
+    return with_trained_slopes(UNet(**{**config, "lookahead": lookahead, "width": width}).eval())
 
 
 def base_config(models: Sequence[dict[str, Any]], lookahead: int = 0, width: float = 1.0) -> dict[str, Any]:

@@ -433,6 +433,19 @@ def test_throughput_table_has_each_batch_and_its_share_of_the_gemm_roof(capsys):
         assert share == pytest.approx(streams / roof, rel=0.02)
 
 
+@pytest.mark.litert
+def test_throughput_has_litert_rows_for_each_batch(capsys):
+    """--litert adds the LiteRT steps, float32 and int8, each exported for the batch it is timed at (its static
+    batch), beside the native step."""
+    from stmc.bench import throughput
+
+    args = ["--models", "causal", "--batches", "1", "2", "--rounds", "1", "--hops", "1", "--no-onnx", "--litert"]
+    throughput.main(args)
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| causal")]
+    found = {(r[1].strip(), int(r[2])) for r in rows}
+    assert {(e, b) for e in ("LiteRT fp32", "LiteRT int8") for b in (1, 2)} <= found
+
+
 def test_seed_paired_differences_cancel_the_seed_offsets():
     """Each seed shifts every look-ahead by the same offset (what common random numbers aim for): paired by
     seed, the difference is exact and its interval tight and above zero, while the seed SD is large."""

@@ -148,6 +148,18 @@ def peak_bytes(
     return tracker.peak + (native.scratch_bytes if native is not None else 0)
 
 
+def with_trained_slopes(model: UNet, seed: int = 0) -> UNet:
+    """``model`` with its PReLU slopes drawn per channel within the range most trained slopes fall in (-0.9 to 0.8),
+    in place. A fresh model's are all 0.25, which a graph converter folds into one scalar (LiteRT: a LEAKY_RELU),
+    so a timed graph would not be the one a trained model exports. Speed depends on no other weight's value."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in model.layers:
+            if layer.act is not None:
+                layer.act.weight.copy_(torch.rand(layer.act.weight.shape, generator=generator) * 1.7 - 0.9)
+    return model
+
+
 def timing_calibration(model: UNet) -> list[torch.Tensor]:
     """Random spectra to calibrate an int8 graph that is only timed (its speed does not depend on the ranges;
     its quality is measured with evaluate.py on a graph calibrated on real audio)."""
@@ -169,6 +181,18 @@ def exported_stream(model: UNet, quantize: str | None = None) -> Stream:
     with tempfile.TemporaryDirectory() as folder:
         path = to_onnx(model, Path(folder) / "step.onnx", quantize=quantize, calibration=calibration)
         return open_onnx(path, threads=1)
+
+
+def exported_litert_stream(model: UNet, batch: int, quantize: str | None = None) -> Stream:
+    """The exported STMC step in LiteRT (one interpreter thread, in this process) for ``batch`` streams, its static
+    batch; ``quantize="int8"`` as :func:`exported_stream`. Needs the converter (``make litert``)."""
+    from stmc.export import to_litert
+    from stmc.export.litert import open_litert
+
+    calibration = timing_calibration(model) if quantize else None
+    with tempfile.TemporaryDirectory() as folder:
+        path = to_litert(model, Path(folder) / "step.tflite", batch=batch, quantize=quantize, calibration=calibration)
+        return open_litert(path, threads=1)
 
 
 def litert_processes(models: dict[str, tuple[UNet, str, str | None]], frames: int) -> dict[str, LiteRTProcess]:
@@ -227,10 +251,7 @@ def measure(
     if ablation:
         torch.manual_seed(0)
         without_tstmc = UNet(**{**model.config, "tstmc": False}).eval()
-        with torch.no_grad():  # the same PReLU slopes (their form decides how exporters write them)
-            for ours, theirs in zip(model.layers, without_tstmc.layers, strict=True):
-                if ours.act is not None:
-                    theirs.act.weight.copy_(ours.act.weight)
+        with_trained_slopes(without_tstmc)
         streams[ABLATION] = streaming(without_tstmc, "stmc", native=False)
     if compile:
         streams.update({f"{method} (compiled)": streaming(model, method, compile=True) for method in METHODS})

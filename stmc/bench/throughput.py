@@ -2,8 +2,10 @@
 
 ``python -m stmc.bench.throughput`` pins one thread and, for the default causal and non-causal models, times one hop
 (one 16 ms frame per stream) of a batch of ``B`` streams through the native STMC step (float32, and bfloat16 where
-the CPU has bf16 instructions) and through the exported ONNX step in onnxruntime (float32 and int8), interleaved in
-rounds (medians). A stream needs one hop every 16 ms, so a core carries
+the CPU has bf16 instructions), the exported ONNX step in onnxruntime (float32 and int8) and, with ``--litert`` (run
+with ``.venv-litert/bin/python``), the LiteRT step exported for that batch (float32 and int8), interleaved in rounds
+(medians). The models' PReLU slopes are drawn as trained ones are (:func:`stmc.bench.speed.with_trained_slopes`).
+A stream needs one hop every 16 ms, so a core carries
 ``B × 16 ms / (time per batched hop)`` streams in real time. The roof is what the machine's GEMM alone would
 allow: ``16 ms × GEMM rate / MACs per hop`` streams, the rate measured here with ``torch.mm`` on one thread
 (fp32, and bf16 for reference).
@@ -18,7 +20,14 @@ from collections.abc import Sequence
 
 import torch
 
-from stmc.bench.speed import MODELS, count_macs, exported_stream, offline_frozen
+from stmc.bench.speed import (
+    MODELS,
+    count_macs,
+    exported_litert_stream,
+    exported_stream,
+    offline_frozen,
+    with_trained_slopes,
+)
 from stmc.model.stft import HOP, SAMPLE_RATE
 from stmc.model.unet import UNet
 from stmc.stream.engines import streaming
@@ -46,16 +55,21 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def measure(model: UNet, batches: Sequence[int], rounds: int, hops: int, onnx: bool) -> list[dict]:
+def measure(
+    model: UNet, batches: Sequence[int], rounds: int, hops: int, onnx: bool, litert: bool = False
+) -> list[dict]:
     """Per engine and batch: median seconds per batched hop and the real-time streams per core."""
     model = model.eval()
-    engines = {"native fp32": lambda: streaming(model, "stmc", native=True)}
+    engines = {"native fp32": lambda b: streaming(model, "stmc", native=True)}
     if bf16_kernels():  # the bf16 step's speed means something only on the CPU's bf16 instructions
-        engines["native bf16"] = lambda: streaming(model, "stmc", dtype=torch.bfloat16)
+        engines["native bf16"] = lambda b: streaming(model, "stmc", dtype=torch.bfloat16)
     if onnx:
-        engines["onnxruntime fp32"] = lambda: exported_stream(model)
-        engines["onnxruntime int8"] = lambda: exported_stream(model, "int8")
-    streams = {(name, b): make() for name, make in engines.items() for b in batches}
+        engines["onnxruntime fp32"] = lambda b: exported_stream(model)
+        engines["onnxruntime int8"] = lambda b: exported_stream(model, "int8")
+    if litert:  # a LiteRT step has a static batch: one export per batch
+        engines["LiteRT fp32"] = lambda b: exported_litert_stream(model, b)
+        engines["LiteRT int8"] = lambda b: exported_litert_stream(model, b, "int8")
+    streams = {(name, b): make(b) for name, make in engines.items() for b in batches}
     chunks = {b: torch.randn(b, 2, model.n_freq, 1) for b in batches}
     for (_, b), stream in streams.items():
         for _ in range(20):  # past the start-up masking, steady state
@@ -103,23 +117,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (medians over all of them)")
     parser.add_argument("--hops", type=int, default=10, help="batched hops per engine and batch per round")
     parser.add_argument("--no-onnx", dest="onnx", action="store_false", help="skip the onnxruntime rows")
+    parser.add_argument(
+        "--litert", action="store_true", help="also the LiteRT steps (needs the converter: make litert, .venv-litert)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(0)
     fp32, bf16 = gemm_rate(torch.float32), gemm_rate(torch.bfloat16, size=256)
     results, macs = {}, {}
     for name in args.models:
-        model = UNet(lookahead=MODELS[name]).eval()
+        model = with_trained_slopes(UNet(lookahead=MODELS[name]).eval())
         spec = torch.zeros(1, 2, model.n_freq, 8)
         macs[name] = count_macs(lambda model=model, spec=spec: offline_frozen(model)(spec)) / 8  # = an STMC hop's
-        results[name] = measure(model, args.batches, args.rounds, args.hops, args.onnx)
+        results[name] = measure(model, args.batches, args.rounds, args.hops, args.onnx, args.litert)
     print(
         f"one thread; torch.mm 1024³ fp32 {fp32 / 1e9:.1f} GMAC/s, bf16 {bf16 / 1e9:.2f} GMAC/s (256³); MACs per "
         "hop " + ", ".join(f"{name} {m / 1e6:.2f} M" for name, m in macs.items())
     )
     print(
         "native bf16: "
-        + ("the step's AVX512-BF16 kernel" if bf16_kernels() else "no row: this CPU has no bf16 instructions")
+        + ("oneDNN's AVX512-BF16 brgemm" if bf16_kernels() else "no row: this CPU has no bf16 instructions")
     )
     print(table(results, macs, fp32))
 
