@@ -163,13 +163,15 @@ def test_benchmark_worker_times_hops_and_measures_its_own_resident_growth(export
 @pytest.mark.parametrize("lookahead", [0, 2], ids=["causal", "lookahead"])
 def test_int8_litert_file_quantizes_its_fully_connected_layers(tmp_path, lookahead):
     """ai-edge-quantizer's int8 file: QUANTIZE / DEQUANTIZE around int8 fully connected layers, metadata saying
-    int8, masks within quantization error of offline PyTorch (and not equal to it)."""
+    int8, masks within quantization error of offline PyTorch (and not equal to it), for a graph of batch 1 and one
+    of a static batch of 3 (calibrated on single-stream chunks regrouped to its batch)."""
     torch.manual_seed(lookahead)
     model = randomise_norms(stmc.UNet(depth=3, n_freq=33, lookahead=lookahead, width=0.25), lookahead)
     calibration = [torch.randn(1, 2, 33, 40, generator=torch.Generator().manual_seed(i)) for i in range(3)]
-    path = to_litert(model, tmp_path / "int8.tflite", quantize="int8", calibration=calibration)
+    batch = 3 if lookahead else 1
+    path = to_litert(model, tmp_path / "int8.tflite", batch=batch, quantize="int8", calibration=calibration)
     assert read_metadata(path)["precision"] == "int8"
     for signature in ["step", "settled"] if lookahead else ["step"]:
         assert {"QUANTIZE", "DEQUANTIZE", "FULLY_CONNECTED"} <= set(operator_counts(path, signature)), signature
-    relative = relative_mask_error(model, open_litert(path))
+    relative = relative_mask_error(model, open_litert(path), batch=batch)
     assert 1e-4 < relative < 0.1, relative  # quantized, and a few per cent of the mask's energy at most

@@ -266,9 +266,9 @@ def to_litert(
             data = converted.read_bytes()
             if quantize is not None:
                 spectra = calibration_spectra(calibration, model.n_freq)
-                feeds = calibration_feeds(model, spectra, frames_per_call, batch)
+                feeds = calibration_feeds(model, spectra, frames_per_call)
                 data = quantize_litert(
-                    data, feeds, FLUSH if engine.delay else None, SETTLED if settles_at else None, settles_at
+                    data, feeds, batch, FLUSH if engine.delay else None, SETTLED if settles_at else None, settles_at
                 )
             data = with_litert_metadata(data, {**meta, "precision": PRECISIONS[quantize]})
         atomic_write(path, writer=lambda tmp: Path(tmp).write_bytes(data))

@@ -103,20 +103,16 @@ def calibration_spectra(calibration: object, n_freq: int) -> Iterator[torch.Tens
 
 
 def calibration_feeds(
-    model: UNet,
-    spectra: Iterable[torch.Tensor],
-    frames_per_call: int,
-    batch: int | None = None,
-    hops: int = CALIBRATION_HOPS,
+    model: UNet, spectra: Iterable[torch.Tensor], frames_per_call: int, hops: int = CALIBRATION_HOPS
 ) -> list[dict[str, np.ndarray]]:
     """The step graph's inputs (``frames``, ``state_0 .. state_N``) at up to ``hops`` calls spread evenly over the
     spectra, each streamed from a fresh state by the model's own STMC stream (the state every exported step
-    carries): what the quantized graph will see, whatever runtime runs it. ``batch``: a graph's fixed number of
-    streams, which single-stream spectra are repeated to."""
+    carries): what the quantized graph will see, whatever runtime runs it. Each feed has its spectrum's batch;
+    :func:`in_batches` regroups them for a graph of a fixed batch."""
     from stmc.export.graph import INPUT, state_names
     from stmc.stream.engines import streaming
 
-    spectra = [spec.expand(batch, -1, -1, -1) if batch and spec.shape[0] == 1 else spec for spec in spectra]
+    spectra = list(spectra)
     calls = sum(spec.shape[-1] // frames_per_call for spec in spectra)
     if not calls:
         raise InputError(
@@ -138,6 +134,17 @@ def calibration_feeds(
             stream(frames)
             call += 1
     return feeds
+
+
+def in_batches(feeds: list[dict[str, np.ndarray]], batch: int) -> list[dict[str, np.ndarray]]:
+    """``feeds`` regrouped along the batch axis into feeds of exactly ``batch`` streams each (the last one filled
+    from the first rows): every calibration call once, for a graph of static batch. The ranges a quantizer takes
+    are over all elements, whatever the grouping, so a batch-128 graph is calibrated on the same numbers as a
+    batch-1 one, in memory of the calls' size and not 128 times it."""
+    rows = {name: np.concatenate([feed[name] for feed in feeds]) for name in feeds[0]}
+    count = next(iter(rows.values())).shape[0]
+    order = np.arange(-(-count // batch) * batch) % count
+    return [{name: value[order[i : i + batch]] for name, value in rows.items()} for i in range(0, len(order), batch)]
 
 
 def feeds_from(feeds: list[dict[str, np.ndarray]], settles_at: int) -> list[dict[str, np.ndarray]]:
@@ -189,14 +196,15 @@ def quantize_onnx(fp32_path: Path, out: Path, feeds: list[dict]) -> None:
 def quantize_litert(
     data: bytes,
     feeds: list[dict[str, np.ndarray]],
+    batch: int,
     flush: str | None,
     settled: str | None = None,
     settles_at: int = 0,
 ) -> bytes:
-    """The LiteRT file ``data`` with int8 fully connected layers (int8 weights per channel, int8 activations), by
-    ``ai-edge-quantizer`` (the converter's venv), calibrated on ``feeds`` for the step signature, on those of them
-    at stream times from ``settles_at`` on for the ``settled`` signature, and on their state for the ``flush`` signature
-    (None: no such signature)."""
+    """The LiteRT file ``data`` (of static ``batch``) with int8 fully connected layers (int8 weights per channel,
+    int8 activations), by ``ai-edge-quantizer`` (the converter's venv), calibrated on ``feeds`` for the step
+    signature, on those of them at stream times from ``settles_at`` on for the ``settled`` signature, and on their
+    state for the ``flush`` signature (None: no such signature)."""
     from ai_edge_quantizer import qtyping, quantizer, recipe_manager
     from ai_edge_quantizer.algorithm_manager import AlgorithmName
 
@@ -212,9 +220,11 @@ def quantize_litert(
     )
     tool = quantizer.Quantizer(bytearray(data))
     tool.load_quantization_recipe(recipe.get_quantization_recipe())
-    signatures = {"step": feeds}
+    signatures = {"step": in_batches(feeds, batch)}
     if settled:
-        signatures[settled] = feeds_from(feeds, settles_at)
+        signatures[settled] = in_batches(feeds_from(feeds, settles_at), batch)
     if flush:
-        signatures[flush] = [{name: value for name, value in feed.items() if name != INPUT} for feed in feeds]
+        signatures[flush] = in_batches(
+            [{name: value for name, value in feed.items() if name != INPUT} for feed in feeds], batch
+        )
     return bytes(tool.quantize(tool.calibrate(signatures)).quantized_model)
