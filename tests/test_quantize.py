@@ -42,14 +42,15 @@ def optimized_ops(path) -> set[str]:
 
 @pytest.mark.parametrize("lookahead", [0, 2], ids=["causal", "lookahead"])
 def test_int8_step_runs_integer_gemms_close_to_the_float_step(tmp_path, lookahead):
-    """The int8 graph computes its layers as QGemm (int8 x int8), not float Gemms with dequantized weights; its
-    masks stay within quantization error of offline PyTorch, while the float graph's equal it."""
+    """The int8 graph computes its layers as QGemm (int8 x int8), not float Gemms with dequantized weights, with
+    float outputs (no DequantizeLinear after them); its masks stay within quantization error of offline PyTorch,
+    while the float graph's equal it."""
     model = tiny_unet(lookahead)
     fp32 = to_onnx(model, tmp_path / "fp32.onnx")
     int8 = to_onnx(model, tmp_path / "int8.onnx", quantize="int8", calibration=spectra())
     assert read_metadata(int8)["precision"] == "int8" and read_metadata(fp32)["precision"] == "float32"
     ops = optimized_ops(int8)
-    assert "QGemm" in ops and "Gemm" not in ops
+    assert "QGemm" in ops and "Gemm" not in ops and "DequantizeLinear" not in ops
     assert "QGemm" not in optimized_ops(fp32)
     if lookahead:  # the settled step is quantized too
         assert "QGemm" in optimized_ops(companion_path(int8, "settled"))

@@ -2,7 +2,7 @@
 
 The step graph's layers are ``Gather`` + ``Gemm`` (:class:`stmc.export.graph.ExportLayer`). Each exporter uses its
 runtime's own quantizer on those products: ``onnxruntime.quantization.quantize_static`` (QDQ format: per-channel
-int8 weights, per-tensor uint8 activations; onnxruntime then fuses each into an integer ``QGemm``) and
+int8 weights, per-tensor uint8 inputs, float outputs; onnxruntime then fuses each into an integer ``QGemm``) and
 ``ai-edge-quantizer`` for LiteRT (int8 fully connected layers). The activation ranges come from the step's inputs
 over calibration audio: by default the demo corpus's validation recordings (``val_*/noisy``), else a folder of
 16 kHz audio or an iterable of spectrum chunks ``[B, 2, F, t]``. Everything else (registers, im2col gathers, PReLU,
@@ -190,6 +190,8 @@ def quantize_onnx(fp32_path: Path, out: Path, feeds: list[dict]) -> None:
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
         calibrate_method=CalibrationMethod.MinMax,
+        # a QGemm with float output: requantizing it (the default) costs a DequantizeLinear per layer and precision
+        extra_options={"OpTypesToExcludeOutputQuantization": QUANTIZED_OPS},
     )
 
 
