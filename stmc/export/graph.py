@@ -294,13 +294,13 @@ class ExportLayer(TimeContext, nn.Module):
         frames = [register] if count == 1 else [register[:, i : i + 1] for i in range(count)]
         frames.append(x)
         bins = int(x.shape[2])
-        taps = torch.cat(frames, -1).reshape(-1, bins, self.taps * int(x.shape[3]))  # [B, F, (tap, C)]
+        taps = torch.cat(frames, -1)  # [B, 1, F, (tap, C)]
         register = torch.cat(frames[1:], TIME) if count > 1 else x if count else x[:, :0]
         if self.transposed:
             return self.decode(taps, 1, bins), register
         freq = FREQ_STRIDE * np.arange(out_bins(bins, False))[:, None] + np.arange(FREQ_KERNEL) - FREQ_KERNEL // 2
         index = torch.tensor(np.where((freq >= 0) & (freq < bins), freq, bins).reshape(-1))  # out of range: zero row
-        cols = F.pad(taps, (0, 0, 0, 1)).index_select(1, index)
+        cols = F.pad(taps, (0, 0, 0, 1)).index_select(2, index)  # in place in [B, 1, F, ...]: no reshape first
         return self.encode(cols, self.matrix_bins_first, 1, bins), register
 
     def encode(self, cols: torch.Tensor, matrix: torch.Tensor, out_frames: int, bins: int) -> torch.Tensor:
@@ -314,10 +314,9 @@ class ExportLayer(TimeContext, nn.Module):
         y = torch.addmm(self.bias, cols.reshape(-1, self.matrix.shape[0]), self.matrix)
         # the overlap-add in frequency: input bin f's tap j lands on output bin 2f + j - 2, so every output bin sums
         # the (at most 3) rows (f, j) of `fold_table` that land on it; absent ones read the zero row at the end
-        rows = F.pad(y.view(-1, bins * FREQ_KERNEL, self.out_channels), (0, 0, 0, 1))
-        parts = [rows.index_select(1, torch.tensor(table)) for table in fold_table(bins)]
-        y = functools.reduce(torch.add, parts)
-        return self.activate(y.view(-1, out_frames, 2 * bins - 1, self.out_channels))
+        rows = F.pad(y.view(-1, out_frames, bins * FREQ_KERNEL, self.out_channels), (0, 0, 0, 1))
+        parts = [rows.index_select(2, torch.tensor(table)) for table in fold_table(bins)]
+        return self.activate(functools.reduce(torch.add, parts))
 
     def activate(self, y: torch.Tensor) -> torch.Tensor:
         """PReLU on a layer output ``[B, T', F', C']``, as branch-free elementwise nodes with the slopes tiled to
