@@ -163,15 +163,23 @@ def test_benchmark_worker_times_hops_and_measures_its_own_resident_growth(export
 @pytest.mark.parametrize("lookahead", [0, 2], ids=["causal", "lookahead"])
 def test_int8_litert_file_quantizes_its_fully_connected_layers(tmp_path, lookahead):
     """ai-edge-quantizer's int8 file: QUANTIZE / DEQUANTIZE around int8 fully connected layers, metadata saying
-    int8, masks within quantization error of offline PyTorch (and not equal to it), for a graph of batch 1 and one
-    of a static batch of 3 (calibrated on single-stream chunks regrouped to its batch)."""
+    int8, masks within quantization error of offline PyTorch (and not equal to it). A file of static batch 3 takes
+    the ranges calibrated on its batch-1 conversion (whose tensors are numbered differently): each of its streams
+    equals the batch-1 file's on the same input, so every layer got its own ranges."""
     torch.manual_seed(lookahead)
     model = randomise_norms(stmc.UNet(depth=3, n_freq=33, lookahead=lookahead, width=0.25), lookahead)
     calibration = [torch.randn(1, 2, 33, 40, generator=torch.Generator().manual_seed(i)) for i in range(3)]
-    batch = 3 if lookahead else 1
-    path = to_litert(model, tmp_path / "int8.tflite", batch=batch, quantize="int8", calibration=calibration)
+    path = to_litert(model, tmp_path / "int8.tflite", quantize="int8", calibration=calibration)
     assert read_metadata(path)["precision"] == "int8"
     for signature in ["step", "settled"] if lookahead else ["step"]:
         assert {"QUANTIZE", "DEQUANTIZE", "FULLY_CONNECTED"} <= set(operator_counts(path, signature)), signature
-    relative = relative_mask_error(model, open_litert(path), batch=batch)
+    relative = relative_mask_error(model, open_litert(path))
     assert 1e-4 < relative < 0.1, relative  # quantized, and a few per cent of the mask's energy at most
+    batched = to_litert(model, tmp_path / "int8x3.tflite", batch=3, quantize="int8", calibration=calibration)
+    spec = torch.randn(3, 2, 33, 24, generator=torch.Generator().manual_seed(5))
+    single, together = open_litert(path), open_litert(batched)
+    streams = torch.cat([together(spec), together.flush()], -1)
+    for b in range(3):
+        single.reset()
+        alone = torch.cat([single(spec[b : b + 1]), single.flush()], -1)
+        assert (streams[b : b + 1] - alone).abs().max() < 1e-5, b

@@ -235,46 +235,56 @@ def to_litert(
     model.eval()
     try:
         engine = ENGINES[method](model, ExportLayer, exported=True)
-        frames, *state = trace_inputs(model, engine, batch, frames_per_call)
-        names = state_names(len(state))
-        inputs = dict(zip([INPUT, *names], [frames, *state], strict=True))
-        step = Signature(StepGraph(engine), [*inputs], [OUTPUT, *state_names(len(state), "next_")])
-        converter = litert_torch.signature(STEP, step, sample_kwargs=inputs)
         settles_at = settle_point(model, engine, frames_per_call)
-        if settles_at:
-            settled = Signature(
-                StepGraph(engine, settled=settles_at), [*inputs], [OUTPUT, *state_names(len(state), "next_")]
+        data = converted_signatures(litert_torch, model, engine, batch, frames_per_call, settles_at)
+        meta = metadata(
+            model,
+            method,
+            engine.state_shapes(),
+            engine.delay,
+            frames_per_call,
+            FLUSH if engine.delay else "",
+            batch,
+            SETTLED if settles_at else "",
+            settles_at,
+        )
+        if quantize is not None:
+            feeds = calibration_feeds(model, calibration_spectra(calibration, model.n_freq), frames_per_call)
+            # calibrated on a batch-1 conversion: the ranges do not depend on the batch, the quantizer's memory does
+            # (it keeps every intermediate tensor of a call: ~0.2 GiB per stream of the non-causal step)
+            single = (
+                data
+                if batch == 1
+                else converted_signatures(litert_torch, model, engine, 1, frames_per_call, settles_at)
             )
-            converter = converter.signature(SETTLED, settled, sample_kwargs=inputs)
-        if engine.delay:
-            flush = Signature(FlushGraph(engine), names, [OUTPUT])
-            converter = converter.signature(FLUSH, flush, sample_kwargs={name: inputs[name] for name in names})
-        with torch.no_grad(), tempfile.TemporaryDirectory() as folder:
-            converted = Path(folder) / "model.tflite"
-            converter.convert(enable_x64=True).export(str(converted))
-            meta = metadata(
-                model,
-                method,
-                engine.state_shapes(),
-                engine.delay,
-                frames_per_call,
-                FLUSH if engine.delay else "",
-                batch,
-                SETTLED if settles_at else "",
-                settles_at,
+            data = quantize_litert(
+                data, single, feeds, FLUSH if engine.delay else None, SETTLED if settles_at else None, settles_at
             )
-            data = converted.read_bytes()
-            if quantize is not None:
-                spectra = calibration_spectra(calibration, model.n_freq)
-                feeds = calibration_feeds(model, spectra, frames_per_call)
-                data = quantize_litert(
-                    data, feeds, batch, FLUSH if engine.delay else None, SETTLED if settles_at else None, settles_at
-                )
-            data = with_litert_metadata(data, {**meta, "precision": PRECISIONS[quantize]})
+        data = with_litert_metadata(data, {**meta, "precision": PRECISIONS[quantize]})
         atomic_write(path, writer=lambda tmp: Path(tmp).write_bytes(data))
     finally:  # the model's mode as it was, also when the converter fails
         model.train(training)
     return path
+
+
+def converted_signatures(litert_torch, model: UNet, engine, batch: int, frames_per_call: int, settles_at: int) -> bytes:
+    """The converter's LiteRT file of ``engine``'s signatures (step; settled from ``settles_at``, if any; flush, for
+    look-ahead) for ``batch`` streams."""
+    frames, *state = trace_inputs(model, engine, batch, frames_per_call)
+    names = state_names(len(state))
+    inputs = dict(zip([INPUT, *names], [frames, *state], strict=True))
+    outputs = [OUTPUT, *state_names(len(state), "next_")]
+    converter = litert_torch.signature(STEP, Signature(StepGraph(engine), [*inputs], outputs), sample_kwargs=inputs)
+    if settles_at:
+        settled = Signature(StepGraph(engine, settled=settles_at), [*inputs], outputs)
+        converter = converter.signature(SETTLED, settled, sample_kwargs=inputs)
+    if engine.delay:
+        flush = Signature(FlushGraph(engine), names, [OUTPUT])
+        converter = converter.signature(FLUSH, flush, sample_kwargs={name: inputs[name] for name in names})
+    with torch.no_grad(), tempfile.TemporaryDirectory() as folder:
+        converted = Path(folder) / "model.tflite"
+        converter.convert(enable_x64=True).export(str(converted))
+        return converted.read_bytes()
 
 
 def with_litert_metadata(data: bytes, meta: dict[str, str]) -> bytes:

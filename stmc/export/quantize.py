@@ -138,13 +138,31 @@ def calibration_feeds(
 
 def in_batches(feeds: list[dict[str, np.ndarray]], batch: int) -> list[dict[str, np.ndarray]]:
     """``feeds`` regrouped along the batch axis into feeds of exactly ``batch`` streams each (the last one filled
-    from the first rows): every calibration call once, for a graph of static batch. The ranges a quantizer takes
-    are over all elements, whatever the grouping, so a batch-128 graph is calibrated on the same numbers as a
-    batch-1 one, in memory of the calls' size and not 128 times it."""
+    from the first rows): every calibration call once, for a graph of a static batch (LiteRT calibrates on a batch-1
+    conversion: spectra of several streams become one feed per stream). A quantizer's ranges are over all elements,
+    whatever the grouping."""
     rows = {name: np.concatenate([feed[name] for feed in feeds]) for name in feeds[0]}
     count = next(iter(rows.values())).shape[0]
     order = np.arange(-(-count // batch) * batch) % count
     return [{name: value[order[i : i + batch]] for name, value in rows.items()} for i in range(0, len(order), batch)]
+
+
+def product_tensors(data: bytes) -> list[list[str]]:
+    """The input and output tensor names of every fully connected op of the LiteRT file ``data``, subgraph by
+    subgraph in op order: one list per subgraph."""
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    graph = flatbuffer_utils.read_model_from_bytearray(bytearray(data))
+    found = []
+    for subgraph in graph.subgraphs:
+        names = []
+        for op in subgraph.operators:
+            code = graph.operatorCodes[op.opcodeIndex]
+            if max(code.builtinCode, code.deprecatedBuiltinCode) == schema.BuiltinOperator.FULLY_CONNECTED:
+                names += [subgraph.tensors[i].name.decode() for i in [op.inputs[0], op.outputs[0]]]
+        found.append(names)
+    return found
 
 
 def feeds_from(feeds: list[dict[str, np.ndarray]], settles_at: int) -> list[dict[str, np.ndarray]]:
@@ -197,14 +215,15 @@ def quantize_onnx(fp32_path: Path, out: Path, feeds: list[dict]) -> None:
 
 def quantize_litert(
     data: bytes,
+    single: bytes,
     feeds: list[dict[str, np.ndarray]],
-    batch: int,
     flush: str | None,
     settled: str | None = None,
     settles_at: int = 0,
 ) -> bytes:
-    """The LiteRT file ``data`` (of static ``batch``) with int8 fully connected layers (int8 weights per channel,
-    int8 activations), by ``ai-edge-quantizer`` (the converter's venv), calibrated on ``feeds`` for the step
+    """The LiteRT file ``data`` with int8 fully connected layers (int8 weights per channel, int8 activations), by
+    ``ai-edge-quantizer`` (the converter's venv). The ranges are calibrated on ``single``, the same graphs for one
+    stream (``data`` itself where its batch is 1; the tensor names are the same), on ``feeds`` for the step
     signature, on those of them at stream times from ``settles_at`` on for the ``settled`` signature, and on their
     state for the ``flush`` signature (None: no such signature)."""
     from ai_edge_quantizer import qtyping, quantizer, recipe_manager
@@ -220,13 +239,23 @@ def quantize_litert(
         weight_num_bits=8,
         algorithm_key=AlgorithmName.MIN_MAX_UNIFORM_QUANT,
     )
-    tool = quantizer.Quantizer(bytearray(data))
-    tool.load_quantization_recipe(recipe.get_quantization_recipe())
-    signatures = {"step": in_batches(feeds, batch)}
+    signatures = {"step": in_batches(feeds, 1)}
     if settled:
-        signatures[settled] = in_batches(feeds_from(feeds, settles_at), batch)
+        signatures[settled] = in_batches(feeds_from(feeds, settles_at), 1)
     if flush:
         signatures[flush] = in_batches(
-            [{name: value for name, value in feed.items() if name != INPUT} for feed in feeds], batch
+            [{name: value for name, value in feed.items() if name != INPUT} for feed in feeds], 1
         )
-    return bytes(tool.quantize(tool.calibrate(signatures)).quantized_model)
+    calibrator = quantizer.Quantizer(bytearray(single))
+    calibrator.load_quantization_recipe(recipe.get_quantization_recipe())
+    ranges = calibrator.calibrate(signatures)
+    if single is not data:  # the converter numbers tensors per trace: the k-th product's tensors take its ranges
+        ranges = {
+            to: ranges[name]
+            for pair in zip(product_tensors(single), product_tensors(data), strict=True)
+            for name, to in zip(*pair, strict=True)
+            if name in ranges
+        }
+    tool = quantizer.Quantizer(bytearray(data))
+    tool.load_quantization_recipe(recipe.get_quantization_recipe())
+    return bytes(tool.quantize(ranges).quantized_model)
