@@ -113,13 +113,7 @@ def main(argv: list[str] | None = None) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument(
-        "--batches",
-        nargs="+",
-        type=int,
-        help="streams per call (default 1 8 32 128; with --litert 1 8 32: the non-causal LiteRT int8 export at batch "
-        "128 ran out of 24 GiB in ai-edge-quantizer's calibration)",
-    )
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 8, 32, 128])
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (medians over all of them)")
     parser.add_argument("--hops", type=int, default=10, help="batched hops per engine and batch per round")
     parser.add_argument("--no-onnx", dest="onnx", action="store_false", help="skip the onnxruntime rows")
@@ -127,7 +121,6 @@ def main(argv: list[str] | None = None) -> None:
         "--litert", action="store_true", help="also the LiteRT steps (needs the converter: make litert, .venv-litert)"
     )
     args = parser.parse_args(argv)
-    args.batches = args.batches or ([1, 8, 32] if args.litert else [1, 8, 32, 128])
     torch.set_num_threads(1)
     torch.manual_seed(0)
     fp32, bf16 = gemm_rate(torch.float32), gemm_rate(torch.bfloat16, size=256)
