@@ -20,7 +20,7 @@ from stmc.evaluation.settings import Settings
 from stmc.export import read_metadata, to_onnx
 from stmc.export.graph import offline_error
 from stmc.export.onnx import companion_path, open_onnx
-from stmc.export.quantize import in_batches
+from stmc.export.quantize import per_stream
 from tests.randmodel import relative_mask_error, tiny_unet
 from tests.test_evaluate import ROOT, run_evaluate
 from tests.test_export import strip_metadata
@@ -59,24 +59,22 @@ def test_int8_step_runs_integer_gemms_close_to_the_float_step(tmp_path, lookahea
     assert 1e-4 < relative < 0.1, relative  # quantized, and a few per cent of the mask's energy at most
 
 
-def test_calibration_regrouped_to_a_static_batch_takes_every_call_once():
-    """A graph of static batch B is calibrated on feeds of exactly B streams that hold every calibration call once
-    (the last feed filled from the first calls), not on each call repeated B times (128 x the memory: a batch-128
-    LiteRT int8 export ran out of 24 GiB)."""
+def test_calibration_feeds_split_per_stream_take_every_call_once():
+    """LiteRT calibrates on a one-stream graph: the feeds of batched spectra become one feed per stream and call,
+    every call once and in order, the rows of one call together across inputs."""
     sizes = [1, 1, 2, 1, 3]  # calls of single-stream and batched spectra
     feeds, call = [], 0
     for size in sizes:
         rows = np.arange(call, call + size)
         feeds.append({"frames": rows[:, None, None] * np.ones((1, 2, 4), np.float32), "state_1": rows})
         call += size
-    for batch in (1, 3, 4, 8, 20):
-        grouped = in_batches(feeds, batch)
-        assert len(grouped) == -(-call // batch)
-        assert all(feed["frames"].shape == (batch, 2, 4) and feed["state_1"].shape == (batch,) for feed in grouped)
-        taken = np.concatenate([feed["state_1"] for feed in grouped])
-        assert np.array_equal(taken[:call], np.arange(call)) and set(taken[call:]) <= set(range(call))
-        frames = np.concatenate([feed["frames"] for feed in grouped])
-        assert np.array_equal(frames[:, 0, 0], taken)  # the rows of one call stay together across inputs
+    single = per_stream(feeds)
+    assert len(single) == call
+    assert all(feed["frames"].shape == (1, 2, 4) and feed["state_1"].shape == (1,) for feed in single)
+    taken = np.concatenate([feed["state_1"] for feed in single])
+    assert np.array_equal(taken, np.arange(call))
+    frames = np.concatenate([feed["frames"] for feed in single])
+    assert np.array_equal(frames[:, 0, 0], taken)  # the rows of one call stay together across inputs
 
 
 def test_int8_calibration_bad_input_is_one_line(tmp_path):

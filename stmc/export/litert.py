@@ -75,21 +75,48 @@ def signature_names(path: str | Path) -> list[str]:
     return list(_subgraphs(_model(path)[0]))
 
 
+def _kinds(model) -> list[str]:
+    """The operator kind (``FULLY_CONNECTED``, ...) of each operator code of a LiteRT flatbuffer model."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    names = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
+    codes = [model.OperatorCodes(i) for i in range(model.OperatorCodesLength())]
+    return [names.get(max(c.BuiltinCode(), c.DeprecatedBuiltinCode()), "unknown") for c in codes]
+
+
 def operator_counts(path: str | Path, signature: str = STEP) -> dict[str, int]:
     """How many operators of each kind a LiteRT file's ``signature`` runs."""
     from collections import Counter
 
-    from ai_edge_litert import schema_py_generated as schema
-
     model, _ = _model(path)
-    names = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
-    codes = [model.OperatorCodes(i) for i in range(model.OperatorCodesLength())]
-    kinds = [names.get(max(c.BuiltinCode(), c.DeprecatedBuiltinCode()), "unknown") for c in codes]
+    kinds = _kinds(model)
     subgraphs = _subgraphs(model)
     if signature not in subgraphs:
         raise InputError(f"{path} has no signature {signature!r} (it has {', '.join(sorted(subgraphs))})")
     graph = model.Subgraphs(subgraphs[signature])
     return dict(Counter(kinds[graph.Operators(i).OpcodeIndex()] for i in range(graph.OperatorsLength())))
+
+
+def twin_tensors(source: bytes, target: bytes) -> dict[str, str]:
+    """The input and output tensors of each fully connected op of the LiteRT file ``source`` -> those of the same op
+    in ``target``, a conversion of the same graphs for another batch: the k-th such op of a signature is the same
+    layer in both, while the converter numbers tensors per trace."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    def product_tensors(data: bytes) -> dict[str, list[str]]:  # signature -> its products' (input, output) names
+        model = schema.Model.GetRootAs(data, 0)
+        kinds, found = _kinds(model), {}
+        for signature, index in _subgraphs(model).items():
+            graph = model.Subgraphs(index)
+            ops = [graph.Operators(i) for i in range(graph.OperatorsLength())]
+            fully_connected = [op for op in ops if kinds[op.OpcodeIndex()] == "FULLY_CONNECTED"]
+            found[signature] = [
+                graph.Tensors(t).Name().decode() for op in fully_connected for t in (op.Inputs(0), op.Outputs(0))
+            ]
+        return found
+
+    ours, theirs = product_tensors(source), product_tensors(target)
+    return {name: twin for signature in ours for name, twin in zip(ours[signature], theirs[signature], strict=True)}
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
@@ -258,7 +285,13 @@ def to_litert(
                 else converted_signatures(litert_torch, model, engine, 1, frames_per_call, settles_at)
             )
             data = quantize_litert(
-                data, single, feeds, FLUSH if engine.delay else None, SETTLED if settles_at else None, settles_at
+                data,
+                single,
+                twin_tensors(single, data),
+                feeds,
+                FLUSH if engine.delay else None,
+                SETTLED if settles_at else None,
+                settles_at,
             )
         data = with_litert_metadata(data, {**meta, "precision": PRECISIONS[quantize]})
         atomic_write(path, writer=lambda tmp: Path(tmp).write_bytes(data))

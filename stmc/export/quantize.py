@@ -107,8 +107,8 @@ def calibration_feeds(
 ) -> list[dict[str, np.ndarray]]:
     """The step graph's inputs (``frames``, ``state_0 .. state_N``) at up to ``hops`` calls spread evenly over the
     spectra, each streamed from a fresh state by the model's own STMC stream (the state every exported step
-    carries): what the quantized graph will see, whatever runtime runs it. Each feed has its spectrum's batch;
-    :func:`in_batches` regroups them for a graph of a fixed batch."""
+    carries): what the quantized graph will see, whatever runtime runs it. Each feed has its spectrum's batch
+    (:func:`per_stream` splits them)."""
     from stmc.export.graph import INPUT, state_names
     from stmc.stream.engines import streaming
 
@@ -136,33 +136,14 @@ def calibration_feeds(
     return feeds
 
 
-def in_batches(feeds: list[dict[str, np.ndarray]], batch: int) -> list[dict[str, np.ndarray]]:
-    """``feeds`` regrouped along the batch axis into feeds of exactly ``batch`` streams each (the last one filled
-    from the first rows): every calibration call once, for a graph of a static batch (LiteRT calibrates on a batch-1
-    conversion: spectra of several streams become one feed per stream). A quantizer's ranges are over all elements,
-    whatever the grouping."""
-    rows = {name: np.concatenate([feed[name] for feed in feeds]) for name in feeds[0]}
-    count = next(iter(rows.values())).shape[0]
-    order = np.arange(-(-count // batch) * batch) % count
-    return [{name: value[order[i : i + batch]] for name, value in rows.items()} for i in range(0, len(order), batch)]
-
-
-def product_tensors(data: bytes) -> list[list[str]]:
-    """The input and output tensor names of every fully connected op of the LiteRT file ``data``, subgraph by
-    subgraph in op order: one list per subgraph."""
-    from ai_edge_litert import schema_py_generated as schema
-    from ai_edge_litert.tools import flatbuffer_utils
-
-    graph = flatbuffer_utils.read_model_from_bytearray(bytearray(data))
-    found = []
-    for subgraph in graph.subgraphs:
-        names = []
-        for op in subgraph.operators:
-            code = graph.operatorCodes[op.opcodeIndex]
-            if max(code.builtinCode, code.deprecatedBuiltinCode) == schema.BuiltinOperator.FULLY_CONNECTED:
-                names += [subgraph.tensors[i].name.decode() for i in [op.inputs[0], op.outputs[0]]]
-        found.append(names)
-    return found
+def per_stream(feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    """``feeds`` as one feed per stream (a spectrum of several streams gives one per stream and call), for a
+    calibration on a graph of one stream: every call once, in order."""
+    return [
+        {name: value[row : row + 1] for name, value in feed.items()}
+        for feed in feeds
+        for row in range(next(iter(feed.values())).shape[0])
+    ]
 
 
 def feeds_from(feeds: list[dict[str, np.ndarray]], settles_at: int) -> list[dict[str, np.ndarray]]:
@@ -216,16 +197,21 @@ def quantize_onnx(fp32_path: Path, out: Path, feeds: list[dict]) -> None:
 def quantize_litert(
     data: bytes,
     single: bytes,
+    twins: dict[str, str],
     feeds: list[dict[str, np.ndarray]],
     flush: str | None,
     settled: str | None = None,
     settles_at: int = 0,
 ) -> bytes:
     """The LiteRT file ``data`` with int8 fully connected layers (int8 weights per channel, int8 activations), by
-    ``ai-edge-quantizer`` (the converter's venv). The ranges are calibrated on ``single``, the same graphs for one
-    stream (``data`` itself where its batch is 1; the tensor names are the same), on ``feeds`` for the step
-    signature, on those of them at stream times from ``settles_at`` on for the ``settled`` signature, and on their
-    state for the ``flush`` signature (None: no such signature)."""
+    ``ai-edge-quantizer`` (the converter's venv), calibrated on ``feeds`` for the step signature, on those of them
+    at stream times from ``settles_at`` on for the ``settled`` signature, and on their state for the ``flush``
+    signature (None: no such signature).
+
+    The calibration runs on ``single``, the same graphs for one stream (``data`` itself where its batch is 1), whose
+    fully connected ops' tensors ``twins`` names in ``data`` (:func:`stmc.export.litert.twin_tensors`): the
+    quantizer keeps every intermediate tensor of a calibration call, so calibrating a batch-B file itself took B
+    times the memory (24 GiB were not enough for the non-causal step at batch 128)."""
     from ai_edge_quantizer import qtyping, quantizer, recipe_manager
     from ai_edge_quantizer.algorithm_manager import AlgorithmName
 
@@ -239,23 +225,17 @@ def quantize_litert(
         weight_num_bits=8,
         algorithm_key=AlgorithmName.MIN_MAX_UNIFORM_QUANT,
     )
-    signatures = {"step": in_batches(feeds, 1)}
+    signatures = {"step": per_stream(feeds)}
     if settled:
-        signatures[settled] = in_batches(feeds_from(feeds, settles_at), 1)
+        signatures[settled] = per_stream(feeds_from(feeds, settles_at))
     if flush:
-        signatures[flush] = in_batches(
-            [{name: value for name, value in feed.items() if name != INPUT} for feed in feeds], 1
+        signatures[flush] = per_stream(
+            [{name: value for name, value in feed.items() if name != INPUT} for feed in feeds]
         )
     calibrator = quantizer.Quantizer(bytearray(single))
     calibrator.load_quantization_recipe(recipe.get_quantization_recipe())
     ranges = calibrator.calibrate(signatures)
-    if single is not data:  # the converter numbers tensors per trace: the k-th product's tensors take its ranges
-        ranges = {
-            to: ranges[name]
-            for pair in zip(product_tensors(single), product_tensors(data), strict=True)
-            for name, to in zip(*pair, strict=True)
-            if name in ranges
-        }
+    ranges = {twins[name]: qsv for name, qsv in ranges.items() if name in twins}
     tool = quantizer.Quantizer(bytearray(data))
     tool.load_quantization_recipe(recipe.get_quantization_recipe())
     return bytes(tool.quantize(ranges).quantized_model)
