@@ -1,4 +1,4 @@
-"""Random small U-Nets with non-trivial inference statistics, for property tests."""
+"""Random small U-Nets with non-trivial inference statistics, and chunked feeding, for property tests."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import torch
 from hypothesis import strategies as st
 
 import stmc
+from stmc.stream.driver import Stream
 
 
 def randomise_norms(model: stmc.UNet, seed: int) -> stmc.UNet:
@@ -71,6 +72,15 @@ def split_points(draw, total: int, max_chunk: int) -> list[int]:
             sizes.append(size)
             left -= size
     return sizes
+
+
+def stream_all(stream: Stream, spec: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """The stream's output for ``spec`` fed in chunks of ``sizes`` frames, then its flush."""
+    outs, start = [], 0
+    for size in sizes:
+        outs.append(stream(spec[..., start : start + size]))
+        start += size
+    return torch.cat(outs + [stream.flush()], -1)
 
 
 def relative_mask_error(model: stmc.UNet, stream, batch: int = 1, frames: int = 64) -> float:

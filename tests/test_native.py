@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 import stmc
 from stmc.stream import native
 from stmc.stream.native import NativeOffline
-from tests.randmodel import split_points, unets
+from tests.randmodel import split_points, stream_all, unets
 
 
 @pytest.mark.compiler
@@ -199,18 +199,17 @@ def test_bf16_step_rounds_its_gemm_operands_and_sums_in_float32(model, batch, da
     frames = data.draw(st.integers(1, 24))
     spec = torch.randn(batch, 2, model.n_freq, frames)
     bf16 = stmc.streaming(model, dtype=torch.bfloat16)
-    reference = Stream(STMCEngine(model, layer_form=RoundedOperands))
-    start, outs, expected = 0, [], []
-    for size in split_points(data.draw, frames, 6):
-        chunk = spec[..., start : start + size]
-        outs.append(bf16(chunk))
-        expected.append(reference(chunk))
-        start += size
-    out, expected = torch.cat([*outs, bf16.flush()], -1), torch.cat([*expected, reference.flush()], -1)
+    streams = [bf16, Stream(STMCEngine(model, layer_form=RoundedOperands)), stmc.streaming(model)]
+    sizes = split_points(data.draw, frames, 6)
+    out, expected, float32 = (stream_all(stream, spec, sizes) for stream in streams)
     # a sum that lands on the other side of a bf16 rounding boundary (another order of the float32 sums) moves
-    # the next layer's input by one bf16 step: rare, and bounded; anything else is a wrong kernel
-    differ = (out - expected).abs()
-    assert float(differ.max()) < 2e-2 and float((differ > 2e-4).float().mean()) < 0.01
+    # the next layer's input by one bf16 step, as rounding moves every input: such flips are rare and bounded, but
+    # in a short output one of them can reach a third of its values; a kernel that skips the rounding, or sums in
+    # bf16, moves nearly all of them, so a quarter of the outputs must stay far closer to the reference than
+    # float32 is
+    differ, rounding = (out - expected).abs(), (float32 - expected).abs()
+    assert float(differ.max()) < 2e-2
+    assert float(differ.quantile(0.25)) <= 0.1 * float(rounding.quantile(0.25))
     assert bf16.engine.native and bf16.engine.gemm_dtype == torch.bfloat16
 
 

@@ -11,18 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import stmc
-from stmc.stream.driver import Stream
-from tests.randmodel import randomise_norms, split_points, unets
+from tests.randmodel import randomise_norms, split_points, stream_all, unets
 
 PROPERTY = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-def stream_all(stream: Stream, spec: torch.Tensor, sizes: list[int]) -> torch.Tensor:
-    outs, start = [], 0
-    for size in sizes:
-        outs.append(stream(spec[..., start : start + size]))
-        start += size
-    return torch.cat(outs + [stream.flush()], -1)
 
 
 # every engine: STMC with its native step and on PyTorch operators, INC, window (each a quarter of the examples)
