@@ -361,6 +361,24 @@ def test_gemm_kernels_times_the_hops_own_gemms():
     assert chain[0] > 0 and chain[1] > 0
 
 
+def test_gemm_kernels_onnx_graph_runs_the_hops_gemms_beside_the_exported_step():
+    """The onnxruntime graph computes one product per layer of the hop's shapes into the bound outputs; the
+    exported step and the native hop are timed beside it."""
+    from scripts import gemm_kernels
+
+    model = UNet(width=0.25).eval()
+    shapes = gemm_kernels.hop_shapes(model)
+    graph = gemm_kernels.GemmGraph(shapes)
+    graph()
+    for i, weight in enumerate(graph.weights):
+        x, y = graph.buffers[f"x{i}"], graph.buffers[f"y{i}"]
+        assert (y.shape[0], *weight.shape) == shapes[i]
+        torch.testing.assert_close(y, x @ weight, rtol=1e-4, atol=1e-4)
+    timed = gemm_kernels.time_onnx(model, rounds=1, calls=2)
+    assert set(timed) == {"onnxruntime Gemm nodes only", "onnxruntime exported step", "native step"}
+    assert all(seconds > 0 for seconds in timed.values())
+
+
 def paired_models(folder: Path, seed_offsets: dict[int, list[float]], gain: float) -> list[dict]:
     """Models of look-ahead 0 and 2 whose per-utterance offline SI-SNRi is ``base + seed offset (+ gain at 2)``,
     written as the ``results.json`` + ``utterances.csv`` pair that evaluate.py leaves."""
