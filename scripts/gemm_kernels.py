@@ -11,9 +11,10 @@ model's frozen layers). This times them with the two kernels libtorch_cpu carrie
 CPUs), which the native STMC step (``stmc/stream/native.py``) uses. One thread; rounds alternate the kernels over the
 whole chain; medians. It says how much of the native step's speed is the kernel, on the CPU at hand.
 
-``--onnx`` also times a graph of only the hop's 14 ``Gemm`` nodes in onnxruntime (same shapes, inputs and outputs
-bound once) interleaved with the whole exported ONNX step and the native hop, both behind the stream driver: what
-of the exported step's time is its GEMMs and what the ~140 nodes around them cost (docs/benchmarks.md).
+``--onnx`` also times a graph of only the hop's ``Gemm`` nodes in onnxruntime (one per layer, the same shapes,
+inputs and outputs bound once) interleaved with the whole exported ONNX step and the native hop, both behind the
+stream driver: what of the exported step's time is its GEMMs and what the nodes around them cost
+(docs/benchmarks.md). Its rounds are ``--rounds`` ÷ 100, each of ``CALLS`` calls of every run.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +33,7 @@ from stmc.model.unet import UNet
 from stmc.stream.native import build
 
 SOURCE = Path(__file__).with_name("gemm_kernels.cpp")
+CALLS = 40  # calls per run in each interleaved round of --onnx
 
 
 def hop_shapes(model: UNet) -> list[tuple[int, int, int]]:
@@ -90,7 +93,7 @@ class GemmGraph:
         self.session.run_with_iobinding(self.binding)
 
 
-def time_onnx(model: UNet, rounds: int, calls: int = 40) -> dict[str, float]:
+def time_onnx(model: UNet, rounds: int, calls: int = CALLS) -> dict[str, float]:
     """Median seconds per call of the hop's GEMMs as onnxruntime ``Gemm`` nodes, of the whole exported ONNX step and
     of the native hop (both streamed one frame per call), in interleaved rounds of ``calls`` calls each."""
     from stmc.bench.speed import exported_stream, with_trained_slopes
@@ -98,8 +101,8 @@ def time_onnx(model: UNet, rounds: int, calls: int = 40) -> dict[str, float]:
 
     model = with_trained_slopes(model)
     frame = torch.randn(1, 2, model.n_freq, 1)
-    exported, native = exported_stream(model), streaming(model)
-    runs = {
+    exported, native = exported_stream(model), streaming(model, native=True)
+    runs: dict[str, Callable[[], object]] = {
         "onnxruntime Gemm nodes only": GemmGraph(hop_shapes(model)),
         "onnxruntime exported step": lambda: exported(frame),
         "native step": lambda: native(frame),
@@ -122,8 +125,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--lookahead", type=int, default=0)
     parser.add_argument("--width", type=float, default=1.0)
-    parser.add_argument("--rounds", type=int, default=1000)
-    parser.add_argument("--onnx", action="store_true", help="also time the GEMMs as onnxruntime Gemm nodes")
+    parser.add_argument("--rounds", type=int, default=1000, help="kernel rounds (--onnx: this ÷ 100 rounds)")
+    parser.add_argument(
+        "--onnx", action="store_true", help="also the GEMMs as onnxruntime Gemm nodes beside the exported step"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     shapes = hop_shapes(UNet(lookahead=args.lookahead, width=args.width).eval())
@@ -140,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
         rounds = max(1, args.rounds // 100)
         timed = time_onnx(UNet(lookahead=args.lookahead, width=args.width).eval(), rounds)
         native = timed["native step"]
-        print(f"\nper call, medians of {rounds} interleaved rounds of 40 calls\n")
+        print(f"\nper call, medians of {rounds} interleaved rounds of {CALLS} calls\n")
         print("| run | ms per call | ÷ native step |\n|---|---:|---:|")
         for name, seconds in timed.items():
             print(f"| {name} | {seconds * 1e3:.3f} | {seconds / native:.2f} |")

@@ -19,7 +19,7 @@ from stmc.export.litert import open_litert
 from stmc.export.onnx import companion_path, open_onnx, read_metadata
 from stmc.model import checkpoint
 from stmc.model.stft import STFT
-from tests.randmodel import randomise_norms, split_points, unets
+from tests.randmodel import randomise_norms, split_points, stream_all, unets
 
 
 @pytest.fixture(scope="module", params=[0, 14], ids=["causal", "noncausal"])
@@ -268,11 +268,7 @@ def test_onnx_engine_behind_the_driver_equals_offline(model, batch, data, tmp_pa
     frames = data.draw(st.integers(0, 24))
     spec = torch.randn(batch, 2, model.n_freq, frames)
     stream = open_onnx(to_onnx(model, tmp_path / f"random{data.draw(st.integers(0, 10**9))}.onnx"))
-    outs, start = [], 0
-    for size in split_points(data.draw, frames, 8):
-        outs.append(stream(spec[..., start : start + size]))
-        start += size
-    out = torch.cat([*outs, stream.flush()], -1)
+    out = stream_all(stream, spec, split_points(data.draw, frames, 8))
     with torch.no_grad():
         expected = model(spec)
     assert out.shape == expected.shape

@@ -196,20 +196,22 @@ def test_bf16_step_rounds_its_gemm_operands_and_sums_in_float32(model, batch, da
     from stmc.stream.driver import Stream
     from stmc.stream.engines import STMCEngine
 
-    frames = data.draw(st.integers(1, 24))
-    spec = torch.randn(batch, 2, model.n_freq, frames)
+    frames, seed = data.draw(st.integers(1, 24)), data.draw(st.integers(0, 2**31 - 1))
+    spec = torch.randn(batch, 2, model.n_freq, frames, generator=torch.Generator().manual_seed(seed))
     bf16 = stmc.streaming(model, dtype=torch.bfloat16)
     streams = [bf16, Stream(STMCEngine(model, layer_form=RoundedOperands)), stmc.streaming(model)]
     sizes = split_points(data.draw, frames, 6)
     out, expected, float32 = (stream_all(stream, spec, sizes) for stream in streams)
-    # a sum that lands on the other side of a bf16 rounding boundary (another order of the float32 sums) moves
-    # the next layer's input by one bf16 step, as rounding moves every input: such flips are rare and bounded, but
-    # in a short output one of them can reach a third of its values; a kernel that skips the rounding, or sums in
-    # bf16, moves nearly all of them, so a quarter of the outputs must stay far closer to the reference than
-    # float32 is
-    differ, rounding = (out - expected).abs(), (float32 - expected).abs()
+    # A float32 sum that lands on the other side of a bf16 rounding boundary (the kernels sum in another order)
+    # moves the next layer's input by one bf16 step: rare and bounded, but in a short output one such flip can move
+    # a third of the values. A kernel that skips the rounding (its error is then the rounding's own: float32 against
+    # the reference) or sums in bf16 moves nearly all of them. So: the lower quartile of |bf16 - reference| is at
+    # most a tenth of the lower quartile of |float32 - reference| over the output, and at most half of it in every
+    # stream of the batch (a fault in one row).
+    differ, rounding = (out - expected).abs().flatten(1), (float32 - expected).abs().flatten(1)
     assert float(differ.max()) < 2e-2
     assert float(differ.quantile(0.25)) <= 0.1 * float(rounding.quantile(0.25))
+    assert bool((differ.quantile(0.25, dim=1) <= 0.5 * rounding.quantile(0.25, dim=1)).all())
     assert bf16.engine.native and bf16.engine.gemm_dtype == torch.bfloat16
 
 

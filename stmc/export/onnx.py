@@ -49,9 +49,9 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     return {p.key[len(META) :]: p.value for p in props if p.key.startswith(META)}
 
 
-def session(path: str | Path | bytes, threads: int = 1):
-    """An onnxruntime CPU session of the graph at ``path`` (or serialized in ``bytes``) with ``threads`` intra-op
-    threads, sequential execution (timing-friendly)."""
+def session(graph: str | Path | bytes, threads: int = 1):
+    """An onnxruntime CPU session of the graph file at ``graph`` (or the serialized graph itself) with ``threads``
+    intra-op threads, sequential execution (timing-friendly)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -59,8 +59,8 @@ def session(path: str | Path | bytes, threads: int = 1):
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 3
-    graph = path if isinstance(path, bytes) else str(path)
-    return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+    source = graph if isinstance(graph, bytes) else str(graph)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
 class OnnxEngine(GraphEngine):
