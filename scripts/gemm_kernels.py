@@ -131,7 +131,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    shapes = hop_shapes(UNet(lookahead=args.lookahead, width=args.width).eval())
+    model = UNet(lookahead=args.lookahead, width=args.width).eval()
+    shapes = hop_shapes(model)
     per_shape, chain = time_kernels(shapes, args.rounds)
     print(
         f"one-frame GEMMs of a hop, lookahead {args.lookahead}, width {args.width}; one thread; medians of "
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"| all | chain of {len(shapes)} | {chain[0] * 1e6:.0f} | {chain[1] * 1e6:.0f} | {chain[0] / chain[1]:.2f} |")
     if args.onnx:
         rounds = max(1, args.rounds // 100)
-        timed = time_onnx(UNet(lookahead=args.lookahead, width=args.width).eval(), rounds)
+        timed = time_onnx(model, rounds)
         native = timed["native step"]
         print(f"\nper call, medians of {rounds} interleaved rounds of {CALLS} calls\n")
         print("| run | ms per call | ÷ native step |\n|---|---:|---:|")

@@ -16,7 +16,8 @@
 - ``stmc per-call overhead``: the native step on a depth-1 U-Net with one channel (a few thousand MACs), i.e.
   what a call costs around the network: the driver's checks and time bookkeeping, the binding, the output;
 
-interleaved in rounds so that background load hits every method alike, and reports medians and ratios from
+interleaved in rounds so that background load hits every method alike (PReLU slopes drawn as trained ones are:
+:func:`with_trained_slopes`), and reports medians and ratios from
 that one run. MACs are counted (``torch.utils.flop_counter``) on the calls themselves, not derived. Peak
 memory is the most bytes held at once by tensors that the call allocates plus the stream's state (plus, for
 the native step, its preallocated buffers; the native step counts its own GEMMs' MACs); for LiteRT rows it is
@@ -251,7 +252,10 @@ def measure(
     if ablation:
         torch.manual_seed(0)
         without_tstmc = UNet(**{**model.config, "tstmc": False}).eval()
-        with_trained_slopes(without_tstmc)
+        with torch.no_grad():  # the same PReLU slopes (their form decides how exporters write them)
+            for ours, theirs in zip(model.layers, without_tstmc.layers, strict=True):
+                if ours.act is not None:
+                    theirs.act.weight.copy_(ours.act.weight)
         streams[ABLATION] = streaming(without_tstmc, "stmc", native=False)
     if compile:
         streams.update({f"{method} (compiled)": streaming(model, method, compile=True) for method in METHODS})
@@ -367,7 +371,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     results = {}
     for name in args.models:
-        model = UNet(lookahead=MODELS[name], width=args.width)
+        model = with_trained_slopes(UNet(lookahead=MODELS[name], width=args.width))
         results[name] = measure(model, args.frames, args.rounds, args.hops, args.compile, args.onnx, litert=args.litert)
     params = {
         name: sum(p.numel() for p in UNet(lookahead=MODELS[name], width=args.width).parameters())
