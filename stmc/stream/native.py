@@ -6,8 +6,9 @@ than the GEMMs themselves. The native step does the same arithmetic on buffers a
 own state tensors, shifted in place), with libtorch_cpu's small-GEMM kernel (``at::native::cpublas::brgemm``:
 oneDNN's JIT micro-kernel on AVX2 CPUs, BLAS elsewhere), which on one-frame shapes is faster than the BLAS
 call behind ``torch.mm``. With ``dtype=torch.bfloat16`` (:func:`stmc.stream.engines.streaming`) the GEMMs round
-their operands to bfloat16 and sum in float32 on the step's own AVX512-BF16 kernel (libtorch's bf16 brgemm has
-no fast path without AMX); a CPU without those instructions gets the same numbers through the float32 GEMM.
+their operands to bfloat16 and sum in float32 on libtorch_cpu's bf16 brgemm where the CPU has AVX512-BF16 (the
+step writes each left operand straight as bfloat16); a CPU without those instructions gets the same numbers
+through the float32 GEMM.
 
 The library is compiled on first use with the system C++ compiler (``$CXX``, else ``g++``; ~2 s, for this
 CPU) into ``$STMC_NATIVE_CACHE`` (default ``~/.cache/stmc-native``), keyed by the source, the torch version
@@ -229,8 +230,8 @@ def native_gemm(library: ctypes.CDLL, x: torch.Tensor, w: torch.Tensor, y: torch
 def gemm_mismatch(shapes: list[tuple[int, int, int]], dtype: torch.dtype = torch.float32) -> str | None:
     """Why the native GEMM cannot be trusted on one of these ``(rows, cols, inner)`` shapes, or None.
 
-    The step binds an internal libtorch function by a hand-written prototype (and, for bfloat16 operands, runs
-    its own kernel); a torch release that changed the function's meaning under the same name would compute wrong
+    The step binds internal libtorch functions by hand-written prototypes (the float32 and the bfloat16
+    brgemm); a torch release that changed the function's meaning under the same name would compute wrong
     audio silently. So each distinct shape is checked once per process: seeded random operands through the
     step's own GEMM path against :func:`reference_gemm`.
     """
