@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -183,3 +184,50 @@ def test_int8_litert_file_quantizes_its_fully_connected_layers(tmp_path, lookahe
         single.reset()
         alone = torch.cat([single(spec[b : b + 1]), single.flush()], -1)
         assert (streams[b : b + 1] - alone).abs().max() < 1e-5, b
+
+
+@pytest.mark.litert
+def test_litert_int8_ranges_are_the_calibration_quantiles(tmp_path):
+    """The ranges an int8 LiteRT file is quantized with (:func:`quantile_ranges`) are each fully connected op's
+    input and output quantiles over the calibration calls (the smallest values at or past them, to one histogram
+    bin),
+    widened to hold 0; at quantile 0 its extremes."""
+    from ai_edge_quantizer import quantizer
+    from ai_edge_quantizer.utils import tfl_interpreter_utils as tfl
+
+    from stmc.export.litert import twin_tensors
+    from stmc.export.quantize import (
+        RANGE_HISTOGRAM_BINS,
+        calibration_feeds,
+        litert_recipe,
+        per_stream,
+        quantile_ranges,
+    )
+
+    torch.manual_seed(0)
+    model = randomise_norms(stmc.UNet(depth=3, n_freq=33, width=0.25), 0)
+    data = to_litert(model, tmp_path / "float.tflite").read_bytes()
+    spectra = [torch.randn(1, 2, 33, 30, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    signatures = {"step": per_stream(calibration_feeds(model, spectra, 1))}
+    calibrator = quantizer.Quantizer(bytearray(data))
+    calibrator.load_quantization_recipe(litert_recipe())
+    ranges = calibrator.calibrate(signatures)
+    names = set(twin_tensors(data, data))
+    interpreter = tfl.create_tfl_interpreter(data, num_threads=1)
+    values = {name: [] for name in names}
+    for feed in signatures["step"]:
+        tfl.invoke_interpreter_signature(interpreter, feed, "step")
+        for name, tensor in tfl.get_tensor_name_to_content_map(interpreter).items():
+            if name in names:
+                values[name].append(tensor.ravel())
+    values = {name: np.concatenate(parts) for name, parts in values.items()}
+    for quantile in (0.0, 0.02):
+        narrowed = quantile_ranges(data, signatures, names, ranges, quantile)
+        assert set(narrowed) == names
+        for name, tensor in values.items():
+            bin_width = (tensor.max() - tensor.min()) / RANGE_HISTOGRAM_BINS
+            low, high = np.quantile(tensor, [quantile, 1 - quantile], method="inverted_cdf")
+            assert abs(float(narrowed[name]["min"].min()) - min(low, 0)) <= 1.01 * bin_width, name
+            assert abs(float(narrowed[name]["max"].max()) - max(high, 0)) <= 1.01 * bin_width, name
+            assert np.shape(narrowed[name]["min"]) == np.shape(ranges[name]["min"])
+    assert any(float(narrowed[n]["max"].max()) < 0.99 * values[n].max() for n in names)  # 2 % narrows some

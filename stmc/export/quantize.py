@@ -4,8 +4,9 @@ The step graph's layers are ``Gather`` + ``Gemm`` (:class:`stmc.export.graph.Exp
 runtime's own quantizer on those products: ``onnxruntime.quantization.quantize_static`` (QDQ format: per-channel
 int8 weights, per-tensor uint8 inputs, float outputs; onnxruntime then fuses each into an integer ``QGemm``) and
 ``ai-edge-quantizer`` for LiteRT (int8 fully connected layers). The activation ranges come from the step's inputs
-over calibration audio: by default the demo corpus's validation recordings (``val_*/noisy``), else a folder of
-16 kHz audio or an iterable of spectrum chunks ``[B, 2, F, t]``. Everything else (registers, im2col gathers, PReLU,
+over calibration audio (for LiteRT, each tensor's 1e-5 and 1 - 1e-5 quantiles rather than its extremes, see
+:data:`LITERT_RANGE_QUANTILE`): by default the demo corpus's validation recordings (``val_*/noisy``), else a folder
+of 16 kHz audio or an iterable of spectrum chunks ``[B, 2, F, t]``. Everything else (registers, im2col gathers, PReLU,
 the mask's bound) stays float, and the state the graph carries stays float32: the contract of
 :mod:`stmc.export.graph` is unchanged, and the metadata's ``precision`` says ``int8``. The ONNX flush graph stays
 float (it runs once per utterance); a LiteRT file's flush signature is quantized with its step.
@@ -25,6 +26,11 @@ from stmc.model.unet import UNet
 
 PRECISIONS = {None: "float32", "int8": "int8"}  # an exporter's quantize -> the graph metadata's precision
 CALIBRATION_HOPS = 512  # step-graph inputs the ranges are measured on, spread evenly over the calibration audio
+# LiteRT activation ranges: each fully connected op's input and output between these quantiles over the calibration
+# calls, not their extremes, whose rare outliers coarsen every value's int8 step (TFLite requantizes each output to
+# int8 too). Chosen on val_real among 3e-6 .. 3e-4 (docs/deployment.md); 1e-3 clips too much.
+LITERT_RANGE_QUANTILE = 1e-5
+RANGE_HISTOGRAM_BINS = 1 << 14  # the quantiles' resolution: 1/64 of an int8 step of the min/max range
 QUANTIZED_OPS = ["Gemm"]
 
 
@@ -212,10 +218,32 @@ def quantize_litert(
     fully connected ops' tensors ``twins`` names in ``data`` (:func:`stmc.export.litert.twin_tensors`): the
     quantizer keeps every intermediate tensor of a calibration call, so calibrating a batch-B file itself took B
     times the memory (24 GiB were not enough for the non-causal step at batch 128)."""
-    from ai_edge_quantizer import qtyping, quantizer, recipe_manager
-    from ai_edge_quantizer.algorithm_manager import AlgorithmName
+    from ai_edge_quantizer import quantizer
 
     from stmc.export.graph import INPUT
+
+    signatures = {"step": per_stream(feeds)}
+    if settled:
+        signatures[settled] = per_stream(feeds_from(feeds, settles_at))
+    if flush:
+        signatures[flush] = per_stream(
+            [{name: value for name, value in feed.items() if name != INPUT} for feed in feeds]
+        )
+    calibrator = quantizer.Quantizer(bytearray(single))
+    calibrator.load_quantization_recipe(litert_recipe())
+    ranges = calibrator.calibrate(signatures)
+    ranges = {**ranges, **quantile_ranges(single, signatures, set(twins), ranges, LITERT_RANGE_QUANTILE)}
+    ranges = {twins[name]: qsv for name, qsv in ranges.items() if name in twins}
+    tool = quantizer.Quantizer(bytearray(data))
+    tool.load_quantization_recipe(litert_recipe())
+    return bytes(tool.quantize(ranges).quantized_model)
+
+
+def litert_recipe() -> list[dict]:
+    """ai-edge-quantizer's recipe of the int8 LiteRT files: static int8 fully connected layers (per-channel int8
+    weights, per-tensor int8 activations)."""
+    from ai_edge_quantizer import qtyping, recipe_manager
+    from ai_edge_quantizer.algorithm_manager import AlgorithmName
 
     recipe = recipe_manager.RecipeManager()
     recipe.add_static_config(
@@ -225,17 +253,46 @@ def quantize_litert(
         weight_num_bits=8,
         algorithm_key=AlgorithmName.MIN_MAX_UNIFORM_QUANT,
     )
-    signatures = {"step": per_stream(feeds)}
-    if settled:
-        signatures[settled] = per_stream(feeds_from(feeds, settles_at))
-    if flush:
-        signatures[flush] = per_stream(
-            [{name: value for name, value in feed.items() if name != INPUT} for feed in feeds]
-        )
-    calibrator = quantizer.Quantizer(bytearray(single))
-    calibrator.load_quantization_recipe(recipe.get_quantization_recipe())
-    ranges = calibrator.calibrate(signatures)
-    ranges = {twins[name]: qsv for name, qsv in ranges.items() if name in twins}
-    tool = quantizer.Quantizer(bytearray(data))
-    tool.load_quantization_recipe(recipe.get_quantization_recipe())
-    return bytes(tool.quantize(ranges).quantized_model)
+    return recipe.get_quantization_recipe()
+
+
+def quantile_ranges(
+    data: bytes, signatures: dict[str, list[dict]], names: set[str], ranges: dict[str, dict], quantile: float
+) -> dict[str, dict]:
+    """The ranges (ai-edge-quantizer's QSVs, ``min`` / ``max``) of the tensors ``names`` of the LiteRT file ``data``
+    as their ``quantile`` and ``1 - quantile`` values over the calibration calls ``signatures`` (from a histogram
+    over their extremes; every range keeps 0, as int8 zero points need); ``ranges`` gives each QSV's form."""
+    from ai_edge_quantizer.utils import tfl_interpreter_utils as tfl
+
+    interpreter = tfl.create_tfl_interpreter(data, num_threads=1)
+    names = names & set(ranges)
+
+    def values():  # (name, values) of every call, in order
+        for signature, feeds in signatures.items():
+            index = tfl.get_signature_main_subgraph_index(interpreter, signature)
+            details = [d for d in interpreter.get_tensor_details(index) if d["name"] in names]
+            for feed in feeds:
+                tfl.invoke_interpreter_signature(interpreter, feed, signature)
+                for detail in details:
+                    yield detail["name"], tfl.get_tensor_data(interpreter, detail, index)
+
+    extremes = {}
+    for name, tensor in values():
+        low, high = extremes.get(name, (np.inf, -np.inf))
+        extremes[name] = (min(low, float(tensor.min())), max(high, float(tensor.max())))
+    counts = {name: np.zeros(RANGE_HISTOGRAM_BINS, np.int64) for name in extremes}
+    for name, tensor in values():
+        counts[name] += np.histogram(tensor, RANGE_HISTOGRAM_BINS, extremes[name])[0]
+    narrowed = {}
+    for name, histogram in counts.items():
+        edges = np.linspace(*extremes[name], RANGE_HISTOGRAM_BINS + 1)
+        cumulative = np.cumsum(histogram) / histogram.sum()
+        low = edges[np.searchsorted(cumulative, quantile)]  # the edges of the bins holding the quantiles
+        high = edges[np.searchsorted(cumulative, 1 - quantile) + 1]
+        shape = np.shape(ranges[name]["min"])
+        narrowed[name] = {
+            **ranges[name],
+            "min": np.full(shape, min(low, 0.0), np.float32),
+            "max": np.full(shape, max(high, 0.0), np.float32),
+        }
+    return narrowed
