@@ -190,8 +190,7 @@ def test_int8_litert_file_quantizes_its_fully_connected_layers(tmp_path, lookahe
 def test_litert_int8_ranges_are_the_calibration_quantiles(tmp_path):
     """The ranges an int8 LiteRT file is quantized with (:func:`quantile_ranges`) are each fully connected op's
     input and output quantiles over the calibration calls (the smallest values at or past them, to one histogram
-    bin),
-    widened to hold 0; at quantile 0 its extremes."""
+    bin), widened to hold 0; at quantile 0 its extremes."""
     from ai_edge_quantizer import quantizer
     from ai_edge_quantizer.utils import tfl_interpreter_utils as tfl
 
