@@ -187,46 +187,57 @@ def test_int8_litert_file_quantizes_its_fully_connected_layers(tmp_path, lookahe
 
 
 @pytest.mark.litert
-def test_litert_int8_ranges_are_the_calibration_quantiles(tmp_path):
-    """The ranges an int8 LiteRT file is quantized with (:func:`quantile_ranges`) are each fully connected op's
-    input and output quantiles over the calibration calls (the smallest values at or past them, to one histogram
-    bin), widened to hold 0; at quantile 0 its extremes."""
+def test_litert_int8_ranges_are_the_calibration_quantiles(tmp_path, monkeypatch):
+    """The activation ranges of an int8 LiteRT file are each fully connected op's input and output quantiles over
+    the calibration calls of every signature (step, settled, flush of a look-ahead model; the smallest values at or
+    past them, to one histogram bin), widened to hold 0, and at quantile 0 its extremes: :func:`quantile_ranges`
+    against numpy, and the int8 file's scales against those ranges (not ai-edge-quantizer's own)."""
     from ai_edge_quantizer import quantizer
     from ai_edge_quantizer.utils import tfl_interpreter_utils as tfl
 
+    from stmc.export import quantize
     from stmc.export.litert import twin_tensors
-    from stmc.export.quantize import (
-        RANGE_HISTOGRAM_BINS,
-        calibration_feeds,
-        litert_recipe,
-        per_stream,
-        quantile_ranges,
-    )
 
     torch.manual_seed(0)
-    model = randomise_norms(stmc.UNet(depth=3, n_freq=33, width=0.25), 0)
-    data = to_litert(model, tmp_path / "float.tflite").read_bytes()
+    model = randomise_norms(stmc.UNet(depth=3, n_freq=33, lookahead=2, width=0.25), 0)
+    path = to_litert(model, tmp_path / "float.tflite")
+    data, meta = path.read_bytes(), read_metadata(path)
     spectra = [torch.randn(1, 2, 33, 30, generator=torch.Generator().manual_seed(i)) for i in range(2)]
-    signatures = {"step": per_stream(calibration_feeds(model, spectra, 1))}
+    feeds = quantize.calibration_feeds(model, spectra, 1)
+    signatures = quantize.calibration_signatures(feeds, meta["flush"], meta["settled"], int(meta["settles_at"]))
+    assert len(signatures) == 3
     calibrator = quantizer.Quantizer(bytearray(data))
-    calibrator.load_quantization_recipe(litert_recipe())
+    calibrator.load_quantization_recipe(quantize.litert_recipe())
     ranges = calibrator.calibrate(signatures)
     names = set(twin_tensors(data, data))
     interpreter = tfl.create_tfl_interpreter(data, num_threads=1)
     values = {name: [] for name in names}
-    for feed in signatures["step"]:
-        tfl.invoke_interpreter_signature(interpreter, feed, "step")
-        for name, tensor in tfl.get_tensor_name_to_content_map(interpreter).items():
-            if name in names:
-                values[name].append(tensor.ravel())
+    for signature, calls in signatures.items():
+        index = tfl.get_signature_main_subgraph_index(interpreter, signature)
+        for feed in calls:
+            tfl.invoke_interpreter_signature(interpreter, feed, signature)
+            for name, tensor in tfl.get_tensor_name_to_content_map(interpreter, index).items():
+                if name in names:
+                    values[name].append(tensor.ravel())
     values = {name: np.concatenate(parts) for name, parts in values.items()}
     for quantile in (0.0, 0.02):
-        narrowed = quantile_ranges(data, signatures, names, ranges, quantile)
+        narrowed = quantize.quantile_ranges(data, signatures, names, ranges, quantile)
         assert set(narrowed) == names
         for name, tensor in values.items():
-            bin_width = (tensor.max() - tensor.min()) / RANGE_HISTOGRAM_BINS
+            bin_width = (tensor.max() - tensor.min()) / quantize.RANGE_HISTOGRAM_BINS
             low, high = np.quantile(tensor, [quantile, 1 - quantile], method="inverted_cdf")
             assert abs(float(narrowed[name]["min"].min()) - min(low, 0)) <= 1.01 * bin_width, name
             assert abs(float(narrowed[name]["max"].max()) - max(high, 0)) <= 1.01 * bin_width, name
             assert np.shape(narrowed[name]["min"]) == np.shape(ranges[name]["min"])
-    assert any(float(narrowed[n]["max"].max()) < 0.99 * values[n].max() for n in names)  # 2 % narrows some
+    monkeypatch.setattr(quantize, "LITERT_RANGE_QUANTILE", 0.02)
+    int8 = to_litert(model, tmp_path / "int8.tflite", quantize="int8", calibration=spectra)
+    scales = {
+        detail["name"]: float(detail["quantization_parameters"]["scales"][0])
+        for detail in tfl.create_tfl_interpreter(str(int8), num_threads=1).get_tensor_details()
+        if detail["name"] in names and len(detail["quantization_parameters"]["scales"]) == 1
+    }
+    assert scales, "no int8 activation among the fully connected ops' tensors"
+    own = {name: float(ranges[name]["max"].max() - ranges[name]["min"].min()) / 255 for name in scales}
+    for name, scale in scales.items():
+        assert scale == pytest.approx(float(narrowed[name]["max"].max() - narrowed[name]["min"].min()) / 255, rel=1e-3)
+    assert any(scale < 0.9 * own[name] for name, scale in scales.items())  # narrower than the quantizer's own

@@ -4,12 +4,12 @@ The step graph's layers are ``Gather`` + ``Gemm`` (:class:`stmc.export.graph.Exp
 runtime's own quantizer on those products: ``onnxruntime.quantization.quantize_static`` (QDQ format: per-channel
 int8 weights, per-tensor uint8 inputs, float outputs; onnxruntime then fuses each into an integer ``QGemm``) and
 ``ai-edge-quantizer`` for LiteRT (int8 fully connected layers). The activation ranges come from the step's inputs
-over calibration audio (for LiteRT, each tensor's 1e-5 and 1 - 1e-5 quantiles rather than its extremes, see
-:data:`LITERT_RANGE_QUANTILE`): by default the demo corpus's validation recordings (``val_*/noisy``), else a folder
-of 16 kHz audio or an iterable of spectrum chunks ``[B, 2, F, t]``. Everything else (registers, im2col gathers, PReLU,
-the mask's bound) stays float, and the state the graph carries stays float32: the contract of
-:mod:`stmc.export.graph` is unchanged, and the metadata's ``precision`` says ``int8``. The ONNX flush graph stays
-float (it runs once per utterance); a LiteRT file's flush signature is quantized with its step.
+over calibration audio (for LiteRT, quantiles of each tensor's values: :data:`LITERT_RANGE_QUANTILE`): by default
+the demo corpus's validation recordings (``val_*/noisy``), else a folder of 16 kHz audio or an iterable of spectrum
+chunks ``[B, 2, F, t]``. Everything else (registers, im2col gathers, PReLU, the mask's bound) stays float, and the
+state the graph carries stays float32: the contract of :mod:`stmc.export.graph` is unchanged, and the metadata's
+``precision`` says ``int8``. The ONNX flush graph stays float (it runs once per utterance); a LiteRT file's flush
+signature is quantized with its step.
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ from stmc.model.unet import UNet
 
 PRECISIONS = {None: "float32", "int8": "int8"}  # an exporter's quantize -> the graph metadata's precision
 CALIBRATION_HOPS = 512  # step-graph inputs the ranges are measured on, spread evenly over the calibration audio
-# LiteRT activation ranges: each fully connected op's input and output between these quantiles over the calibration
-# calls, not their extremes, whose rare outliers coarsen every value's int8 step (TFLite requantizes each output to
-# int8 too). Chosen on val_real among 3e-6 .. 3e-4 (docs/deployment.md); 1e-3 clips too much.
+# LiteRT activation ranges: each fully connected op's input and output between this quantile and its complement over
+# the calibration calls. ai-edge-quantizer's own ranges (a moving average of each call's min and max) are wider than
+# the bulk of the values needs, and their int8 steps too coarse (TFLite requantizes each output to int8 too). Chosen
+# on val_real among 3e-6 .. 3e-4 (docs/deployment.md); 1e-3 clips too much.
 LITERT_RANGE_QUANTILE = 1e-5
 RANGE_HISTOGRAM_BINS = 1 << 14  # the quantiles' resolution: 1/64 of an int8 step of the min/max range
 QUANTIZED_OPS = ["Gemm"]
@@ -212,7 +213,8 @@ def quantize_litert(
     """The LiteRT file ``data`` with int8 fully connected layers (int8 weights per channel, int8 activations), by
     ``ai-edge-quantizer`` (the converter's venv), calibrated on ``feeds`` for the step signature, on those of them
     at stream times from ``settles_at`` on for the ``settled`` signature, and on their state for the ``flush``
-    signature (None: no such signature).
+    signature (None: no such signature); each fully connected op's activation range is the quantiles of
+    :func:`quantile_ranges` at :data:`LITERT_RANGE_QUANTILE`.
 
     The calibration runs on ``single``, the same graphs for one stream (``data`` itself where its batch is 1), whose
     fully connected ops' tensors ``twins`` names in ``data`` (:func:`stmc.export.litert.twin_tensors`): the
@@ -220,6 +222,23 @@ def quantize_litert(
     times the memory (24 GiB were not enough for the non-causal step at batch 128)."""
     from ai_edge_quantizer import quantizer
 
+    signatures = calibration_signatures(feeds, flush, settled, settles_at)
+    calibrator = quantizer.Quantizer(bytearray(single))
+    calibrator.load_quantization_recipe(litert_recipe())
+    ranges = calibrator.calibrate(signatures)
+    ranges = {**ranges, **quantile_ranges(single, signatures, set(twins), ranges, LITERT_RANGE_QUANTILE)}
+    ranges = {twins[name]: qsv for name, qsv in ranges.items() if name in twins}
+    tool = quantizer.Quantizer(bytearray(data))
+    tool.load_quantization_recipe(litert_recipe())
+    return bytes(tool.quantize(ranges).quantized_model)
+
+
+def calibration_signatures(
+    feeds: list[dict[str, np.ndarray]], flush: str | None, settled: str | None, settles_at: int
+) -> dict[str, list[dict[str, np.ndarray]]]:
+    """The calibration calls of each signature of a LiteRT file for one stream: the step's on every feed, the
+    ``settled`` step's on those from stream time ``settles_at`` on, the ``flush``'s on their state (a signature
+    that is None is not in the file)."""
     from stmc.export.graph import INPUT
 
     signatures = {"step": per_stream(feeds)}
@@ -229,14 +248,7 @@ def quantize_litert(
         signatures[flush] = per_stream(
             [{name: value for name, value in feed.items() if name != INPUT} for feed in feeds]
         )
-    calibrator = quantizer.Quantizer(bytearray(single))
-    calibrator.load_quantization_recipe(litert_recipe())
-    ranges = calibrator.calibrate(signatures)
-    ranges = {**ranges, **quantile_ranges(single, signatures, set(twins), ranges, LITERT_RANGE_QUANTILE)}
-    ranges = {twins[name]: qsv for name, qsv in ranges.items() if name in twins}
-    tool = quantizer.Quantizer(bytearray(data))
-    tool.load_quantization_recipe(litert_recipe())
-    return bytes(tool.quantize(ranges).quantized_model)
+    return signatures
 
 
 def litert_recipe() -> list[dict]:
@@ -261,7 +273,9 @@ def quantile_ranges(
 ) -> dict[str, dict]:
     """The ranges (ai-edge-quantizer's QSVs, ``min`` / ``max``) of the tensors ``names`` of the LiteRT file ``data``
     as their ``quantile`` and ``1 - quantile`` values over the calibration calls ``signatures`` (from a histogram
-    over their extremes; every range keeps 0, as int8 zero points need); ``ranges`` gives each QSV's form."""
+    over their extremes; every range keeps 0, as int8 zero points need); ``ranges`` gives each QSV's form. Values
+    are pooled by tensor name over the signatures' main subgraphs, as ai-edge-quantizer pools them; a name in none
+    of them keeps its range from ``ranges``."""
     from ai_edge_quantizer.utils import tfl_interpreter_utils as tfl
 
     interpreter = tfl.create_tfl_interpreter(data, num_threads=1)

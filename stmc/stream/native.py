@@ -356,6 +356,8 @@ class NativeGraph:
         mismatch = gemm_mismatch(gemms, gemm_dtype)
         if mismatch is not None:
             raise KernelMismatch(f"the native STMC step is not used: {mismatch}")
+        if gemm_dtype == torch.bfloat16 and loaded.stmc_bf16_kernels():
+            cols = 1  # the bf16 kernels' operands are written straight into `operand`, never as float32 rows
         self.cols, self.spread = torch.zeros(cols), torch.zeros(spread)
         self.packed: list[torch.Tensor] = []  # bf16: each layer's matrix packed for the bf16 GEMM
         self.operand = torch.zeros(0, dtype=torch.uint8)

@@ -17,7 +17,7 @@
 #include <cstring>
 #include <string>
 #include <exception>
-#if defined(__AVX512BF16__)
+#if defined(__AVX512BF16__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #include <immintrin.h>
 #define STMC_BF16_KERNELS 1
 #else
@@ -91,7 +91,7 @@ void gemm(int64_t rows, int64_t cols, int64_t inner, const float* x, int64_t ldx
 
 // ---- bfloat16 GEMMs with float32 accumulation ----
 // Operands are rounded to bfloat16 (round to nearest even); products and sums are float32. Where the compiler
-// targets AVX512-BF16, the right operand is packed as [ceil(inner / 2)][cols rounded up to 16][2] bfloat16 pairs (the
+// targets AVX512-BF16 (with AVX512BW/VL, for the masked 16-bit stores), the right operand is packed as [ceil(inner / 2)][cols rounded up to 16][2] bfloat16 pairs (the
 // VNNI layout) and the product runs on libtorch_cpu's bf16 brgemm (oneDNN's JIT vdpbf16ps micro-kernel: 10 % faster
 // than the hand-written one it replaced, same sums, docs/benchmarks.md); elsewhere the same rounded operands are
 // stored as float32 and go through the float32 GEMM (the same numbers up to the order of the sums: bf16 x bf16
@@ -170,8 +170,8 @@ struct Bf16Rows {
   void zero(int64_t r, int64_t k, int64_t n) { std::memset(data + r * ld + k, 0, n * sizeof(uint16_t)); }
 };
 
-// y[rows, cols] = A @ packed on libtorch_cpu's bf16 brgemm, float32 sums; fill(rows) writes A[rows, inner] as
-// bfloat16 through a Bf16Rows over `operand`.
+// y[rows, cols] = A @ packed on libtorch_cpu's bf16 brgemm, float32 sums; fill(a) writes A[rows, inner] as
+// bfloat16 through the Bf16Rows a over `operand`.
 template <class Fill>
 void bf16_product(int64_t rows, int64_t cols, int64_t inner, Fill&& fill, const void* packed, void* operand,
                   float* y, int64_t ldy, int64_t* macs) {
@@ -203,27 +203,25 @@ void gemm_bf16(int64_t rows, int64_t cols, int64_t inner, const float* x, int64_
 #endif
 }
 
-// y[rows, cols] = A @ the layer's matrix, in the layer's precision. fill(rows) writes A[rows, inner] through a
-// Float32Rows or Bf16Rows: on the bf16 kernels straight as bfloat16, with no float32 copy between. `direct`, if
-// not null, is A already in memory as float32 rows of stride `inner`, read in place by a float32 GEMM.
+// y[rows, cols] = A @ the layer's matrix, in the layer's precision. fill(a) writes A[rows, inner] through the
+// sink a, a Float32Rows or Bf16Rows: on the bf16 kernels straight as bfloat16, with no float32 copy between.
+// `direct`, if not null, is A already in memory as float32 rows of stride `inner`, read in place by a float32 GEMM.
 template <class Fill>
 void layer_product(const LayerSpec& L, StepSpec& S, int64_t rows, int64_t cols, int64_t inner, Fill&& fill,
                    const float* direct, float* y, int64_t ldy) {
 #if STMC_BF16_KERNELS
-  if (L.packed != nullptr) {
-    bf16_product(rows, cols, inner, fill, L.packed, S.operand, y, ldy, &S.macs);
-    return;
-  }
+  if (L.packed != nullptr) return bf16_product(rows, cols, inner, fill, L.packed, S.operand, y, ldy, &S.macs);
 #endif
   if (direct == nullptr) {
     Float32Rows a{S.cols, inner};
     fill(a);
     direct = S.cols;
   }
+#if !STMC_BF16_KERNELS
   if (L.packed != nullptr)  // bf16 without the kernels: the rounded operand through the float32 GEMM
-    gemm_bf16(rows, cols, inner, direct, inner, L.packed, S.operand, y, ldy, &S.macs);
-  else
-    gemm(rows, cols, inner, direct, inner, L.matrix, y, ldy, &S.macs);
+    return gemm_bf16(rows, cols, inner, direct, inner, L.packed, S.operand, y, ldy, &S.macs);
+#endif
+  gemm(rows, cols, inner, direct, inner, L.matrix, y, ldy, &S.macs);
 }
 
 // Frame `tap` (0 = oldest) of row b: a register slot, or the current frame for a stream's newest tap.
