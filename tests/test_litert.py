@@ -221,7 +221,7 @@ def test_litert_int8_ranges_are_the_calibration_quantiles(tmp_path, monkeypatch)
                     values[name].append(tensor.ravel())
     values = {name: np.concatenate(parts) for name, parts in values.items()}
     for quantile in (0.0, 0.02):
-        narrowed = quantize.quantile_ranges(data, signatures, names, ranges, quantile)
+        narrowed = quantize.quantile_ranges(data, signatures, names, quantile)
         assert set(narrowed) == names
         for name, tensor in values.items():
             bin_width = (tensor.max() - tensor.min()) / quantize.RANGE_HISTOGRAM_BINS

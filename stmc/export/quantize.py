@@ -218,16 +218,16 @@ def quantize_litert(
 
     The calibration runs on ``single``, the same graphs for one stream (``data`` itself where its batch is 1), whose
     fully connected ops' tensors ``twins`` names in ``data`` (:func:`stmc.export.litert.twin_tensors`): the
-    quantizer keeps every intermediate tensor of a calibration call, so calibrating a batch-B file itself took B
+    calibration interpreter keeps every intermediate tensor of a call, so calibrating a batch-B file itself took B
     times the memory (24 GiB were not enough for the non-causal step at batch 128)."""
     from ai_edge_quantizer import quantizer
 
-    signatures = calibration_signatures(feeds, flush, settled, settles_at)
-    calibrator = quantizer.Quantizer(bytearray(single))
-    calibrator.load_quantization_recipe(litert_recipe())
-    ranges = calibrator.calibrate(signatures)
-    ranges = {**ranges, **quantile_ranges(single, signatures, set(twins), ranges, LITERT_RANGE_QUANTILE)}
-    ranges = {twins[name]: qsv for name, qsv in ranges.items() if name in twins}
+    # these are every range the recipe needs (the fully connected ops' inputs and outputs), so ai-edge-quantizer's
+    # own calibration (a moving average of each call's min and max) would be a pass over the calls to throw away
+    ranges = quantile_ranges(
+        single, calibration_signatures(feeds, flush, settled, settles_at), set(twins), LITERT_RANGE_QUANTILE
+    )
+    ranges = {twins[name]: qsv for name, qsv in ranges.items()}
     tool = quantizer.Quantizer(bytearray(data))
     tool.load_quantization_recipe(litert_recipe())
     return bytes(tool.quantize(ranges).quantized_model)
@@ -269,22 +269,22 @@ def litert_recipe() -> list[dict]:
 
 
 def quantile_ranges(
-    data: bytes, signatures: dict[str, list[dict]], names: set[str], ranges: dict[str, dict], quantile: float
+    data: bytes, signatures: dict[str, list[dict]], names: set[str], quantile: float
 ) -> dict[str, dict]:
-    """The ranges (ai-edge-quantizer's QSVs, ``min`` / ``max``) of the tensors ``names`` of the LiteRT file ``data``
-    as their ``quantile`` and ``1 - quantile`` values over the calibration calls ``signatures`` (from a histogram
-    over their extremes; every range keeps 0, as int8 zero points need); ``ranges`` gives each QSV's form. Values
-    are pooled by tensor name over the signatures' main subgraphs, as ai-edge-quantizer pools them; a name in none
-    of them keeps its range from ``ranges``."""
+    """The activation ranges of the tensors ``names`` of the LiteRT file ``data``, as ai-edge-quantizer takes them
+    (``{"min", "max"}`` arrays of the tensor's rank): their ``quantile`` and ``1 - quantile`` values over the
+    calibration calls ``signatures`` (from a histogram over their extremes; every range keeps 0, as int8 zero points
+    need). Values are pooled by tensor name over the signatures' main subgraphs, as ai-edge-quantizer pools them."""
     from ai_edge_quantizer.utils import tfl_interpreter_utils as tfl
 
     interpreter = tfl.create_tfl_interpreter(data, num_threads=1)
-    names = names & set(ranges)
+    ranks = {}
 
     def values():  # (name, values) of every call, in order
         for signature, feeds in signatures.items():
             index = tfl.get_signature_main_subgraph_index(interpreter, signature)
             details = [d for d in interpreter.get_tensor_details(index) if d["name"] in names]
+            ranks.update((d["name"], len(d["shape"])) for d in details)
             for feed in feeds:
                 tfl.invoke_interpreter_signature(interpreter, feed, signature)
                 for detail in details:
@@ -297,16 +297,15 @@ def quantile_ranges(
     counts = {name: np.zeros(RANGE_HISTOGRAM_BINS, np.int64) for name in extremes}
     for name, tensor in values():
         counts[name] += np.histogram(tensor, RANGE_HISTOGRAM_BINS, extremes[name])[0]
-    narrowed = {}
+    ranges = {}
     for name, histogram in counts.items():
         edges = np.linspace(*extremes[name], RANGE_HISTOGRAM_BINS + 1)
         cumulative = np.cumsum(histogram) / histogram.sum()
         low = edges[np.searchsorted(cumulative, quantile)]  # the edges of the bins holding the quantiles
         high = edges[np.searchsorted(cumulative, 1 - quantile) + 1]
-        shape = np.shape(ranges[name]["min"])
-        narrowed[name] = {
-            **ranges[name],
+        shape = (1,) * ranks[name]
+        ranges[name] = {
             "min": np.full(shape, min(low, 0.0), np.float32),
             "max": np.full(shape, max(high, 0.0), np.float32),
         }
-    return narrowed
+    return ranges
