@@ -277,8 +277,8 @@ def to_litert(
         )
         if quantize is not None:
             feeds = calibration_feeds(model, calibration_spectra(calibration, model.n_freq), frames_per_call)
-            # calibrated on a batch-1 conversion: the ranges do not depend on the batch, the quantizer's memory does
-            # (it keeps every intermediate tensor of a call: ~0.2 GiB per stream of the non-causal step)
+            # calibrated on a batch-1 conversion: the ranges do not depend on the batch, the calibration's memory does
+            # (its interpreter keeps every intermediate tensor of a call: ~0.2 GiB per stream of the non-causal step)
             single = (
                 data
                 if batch == 1
