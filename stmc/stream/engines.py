@@ -101,7 +101,7 @@ class ModelEngine(Engine):
         self, chunk: torch.Tensor, state: list[torch.Tensor], clock: Clock
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         state = list(state)  # replaced, never written in place
-        return self.model.through_frames(chunk, lambda h: self.walk(h, state, clock)), state
+        return self.model.through_frames(chunk, lambda h: self.walk(h, state, clock), self.exported), state
 
     def walk(self, h: torch.Tensor, state: list[torch.Tensor], clock: Clock) -> torch.Tensor:
         """The layer chain on features ``[B, t, F, 2]``, updating ``state`` (a list the step owns)."""
