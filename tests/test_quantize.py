@@ -13,15 +13,17 @@ import onnxruntime as ort
 import pytest
 import soundfile as sf
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from stmc.data.synthetic import demo_like_tree
 from stmc.errors import InputError
 from stmc.evaluation.settings import Settings
 from stmc.export import read_metadata, to_onnx
 from stmc.export.graph import offline_error
-from stmc.export.onnx import companion_path, open_onnx
+from stmc.export.onnx import LAYER_FORMS, companion_path, open_onnx
 from stmc.export.quantize import per_stream
-from tests.randmodel import relative_mask_error, tiny_unet
+from tests.randmodel import relative_mask_error, split_points, stream_all, tiny_unet, unets
 from tests.test_evaluate import ROOT, run_evaluate
 from tests.test_export import strip_metadata
 
@@ -41,22 +43,44 @@ def optimized_ops(path) -> set[str]:
 
 
 @pytest.mark.parametrize("lookahead", [0, 2], ids=["causal", "lookahead"])
-def test_int8_step_runs_integer_gemms_close_to_the_float_step(tmp_path, lookahead):
-    """The int8 graph computes its layers as QGemm (int8 x int8), not float Gemms with dequantized weights, with
-    float outputs (no DequantizeLinear after them); its masks stay within quantization error of offline PyTorch,
-    while the float graph's equal it."""
+def test_int8_step_runs_integer_convolutions_close_to_the_float_step(tmp_path, lookahead):
+    """The int8 graph computes its layers as QLinearConv (int8 x int8), not float convolutions with dequantized
+    weights or float Gemms; its masks stay within quantization error of offline PyTorch, while the float graph's
+    equal it."""
     model = tiny_unet(lookahead)
     fp32 = to_onnx(model, tmp_path / "fp32.onnx")
     int8 = to_onnx(model, tmp_path / "int8.onnx", quantize="int8", calibration=spectra())
     assert read_metadata(int8)["precision"] == "int8" and read_metadata(fp32)["precision"] == "float32"
     ops = optimized_ops(int8)
-    assert "QGemm" in ops and "Gemm" not in ops and "DequantizeLinear" not in ops
-    assert "QGemm" not in optimized_ops(fp32)
+    assert "QLinearConv" in ops and not ops & {"Conv", "Gemm", "QGemm", "MatMul"}
+    assert "QLinearConv" not in optimized_ops(fp32)
     if lookahead:  # the settled step is quantized too
-        assert "QGemm" in optimized_ops(companion_path(int8, "settled"))
+        assert "QLinearConv" in optimized_ops(companion_path(int8, "settled"))
     assert offline_error(model, open_onnx(fp32)) < 1e-5
     relative = relative_mask_error(model, open_onnx(int8), batch=2)
     assert 1e-4 < relative < 0.1, relative  # quantized, and a few per cent of the mask's energy at most
+
+
+@settings(
+    max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
+@given(model=unets(max_depth=4), batch=st.integers(1, 3), data=st.data())
+def test_int8_graphs_convolution_form_in_float_equals_offline(model, batch, data, tmp_path, monkeypatch):
+    """What the int8 export quantizes, the step with every layer one Conv (encoders strided, decoders as two
+    polyphase convolutions interleaved), exported in float32: random U-Nets, frames per call and chunkings, then the
+    flush, equal offline."""
+    monkeypatch.setitem(LAYER_FORMS, None, LAYER_FORMS["int8"])
+    per_call = data.draw(st.integers(1, 3))
+    frames = per_call * data.draw(st.integers(0, 8))
+    spec = torch.randn(batch, 2, model.n_freq, frames)
+    path = tmp_path / f"conv{data.draw(st.integers(0, 10**9))}.onnx"
+    stream = open_onnx(to_onnx(model, path, frames_per_call=per_call))
+    assert "Conv" in optimized_ops(path) and "Gemm" not in optimized_ops(path)
+    sizes = [size * per_call for size in split_points(data.draw, frames // per_call, 4)]
+    out = stream_all(stream, spec, sizes)
+    with torch.no_grad():
+        expected = model(spec)
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=0)
 
 
 def test_calibration_feeds_split_per_stream_take_every_call_once():

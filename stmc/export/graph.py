@@ -221,7 +221,36 @@ def offline_error(model: UNet, stream: Stream, frames: int = 64, batch: int = 2,
 # -- the modules both writers trace: one engine step, its flush, its layers as Gather + Gemm nodes --
 
 
-class ExportLayer(TimeContext, nn.Module):
+class ExportedLayer(TimeContext, nn.Module):
+    """What every form of a :class:`FrozenLayer` in an exported graph shares: its time context, the frozen
+    ``[B, T, F, C]`` layout of its input and output, and its PReLU as elementwise nodes (:meth:`activate`)."""
+
+    def __init__(self, frozen: FrozenLayer) -> None:
+        super().__init__()
+        self.past, self.future, self.transposed = frozen.past, frozen.future, frozen.transposed
+        self.out_channels = frozen.out_channels
+        self.register_buffer("prelu", frozen.prelu)
+        self.slopes_at_most_one = frozen.prelu is not None and bool((frozen.prelu <= 1).all())
+
+    def activate(self, y: torch.Tensor) -> torch.Tensor:
+        """PReLU on a layer output ``[B, T', F', C']``, as branch-free elementwise nodes with the slopes tiled to
+        ``[F', C']``: ``max(y, slope * y)`` where every slope is at most 1 (most layers of trained models), else
+        ``y + (slope - 1) * min(y, 0)``.
+
+        Not a ``PRelu`` node: onnxruntime's kernel selects per element with a branch that mispredicts on real
+        activations and broadcasts a ``[C']`` slope in runs of ``C'`` numbers (0.4x the native hop per step on the
+        paper's causal model); and the LiteRT converter lowers ``prelu`` to a ReLU branch fused into the preceding
+        fully connected op, which it then computes twice (docs/benchmarks.md, "Exported steps")."""
+        if self.prelu is None:
+            return y
+        bins, channels = (int(size) for size in y.shape[2:])  # static: a constant of the graph
+        slope = self.prelu.expand(bins, channels)
+        if self.slopes_at_most_one:
+            return torch.maximum(y, y * slope)
+        return y + torch.clamp(y, max=0) * (slope - 1)
+
+
+class ExportLayer(ExportedLayer):
     """A :class:`FrozenLayer` as the nodes of an exported graph, in the frozen ``[B, T, F, C]`` layout (no transposes):
     a ``Gather`` of the im2col rows and one ``Gemm``, the native step's arithmetic.
 
@@ -234,9 +263,7 @@ class ExportLayer(TimeContext, nn.Module):
     """
 
     def __init__(self, frozen: FrozenLayer) -> None:
-        super().__init__()
-        self.past, self.future, self.transposed = frozen.past, frozen.future, frozen.transposed
-        self.out_channels = frozen.out_channels
+        super().__init__(frozen)
         matrix, bias = frozen.matrix, frozen.bias
         if self.transposed:  # columns (cout, freq tap) -> (freq tap, cout); the bias rides on the one tap that
             # reaches every output bin exactly once (tap 2 the even bins, tap 3 the odd ones)
@@ -247,8 +274,6 @@ class ExportLayer(TimeContext, nn.Module):
             by_bin = matrix.view(self.taps, FREQ_KERNEL, -1, matrix.shape[1]).transpose(0, 1)
             self.register_buffer("matrix_bins_first", by_bin.reshape(matrix.shape).contiguous())
         self.register_buffer("bias", bias.contiguous())
-        self.register_buffer("prelu", frozen.prelu)
-        self.slopes_at_most_one = frozen.prelu is not None and bool((frozen.prelu <= 1).all())
         self.tables: dict[tuple[int, int], np.ndarray] = {}
 
     def table(self, frames: int, bins: int) -> torch.Tensor:
@@ -318,24 +343,57 @@ class ExportLayer(TimeContext, nn.Module):
         parts = [rows.index_select(2, torch.tensor(table)) for table in fold_table(bins)]
         return self.activate(functools.reduce(torch.add, parts))
 
-    def activate(self, y: torch.Tensor) -> torch.Tensor:
-        """PReLU on a layer output ``[B, T', F', C']``, as branch-free elementwise nodes with the slopes tiled to
-        ``[F', C']``: ``max(y, slope * y)`` where every slope is at most 1 (most layers of trained models), else
-        ``y + (slope - 1) * min(y, 0)``.
 
-        Not a ``PRelu`` node: onnxruntime's kernel selects per element with a branch that mispredicts on real
-        activations and broadcasts a ``[C']`` slope in runs of ``C'`` numbers (0.4x the native hop per step on the
-        paper's causal model); and the LiteRT converter lowers ``prelu`` to a ReLU branch fused into the preceding
-        fully connected op, which it then computes twice (docs/benchmarks.md, "Exported steps")."""
-        if self.prelu is None:
-            return y
-        bins, channels = (int(size) for size in y.shape[2:])  # static: a constant of the graph
-        slope = self.prelu.expand(bins, channels)
-        if self.slopes_at_most_one:
-            return torch.maximum(y, y * slope)
-        return y + torch.clamp(y, max=0) * (slope - 1)
+class ConvExportLayer(ExportedLayer):
+    """A :class:`FrozenLayer` as one ``Conv`` over ``[B, C, T, F]`` between two transposes of the frozen layout: the
+    form of onnxruntime's int8 graph, where the quantized ``Conv`` becomes a ``QLinearConv`` that onnxruntime runs in
+    the channels-last layout (its transposes cancel) with the im2col inside the kernel, instead of the ``Gather``,
+    ``Reshape`` and ``Gemm`` nodes of :class:`ExportLayer` (one interleaved run on the paper's causal model, Zen 4:
+    0.93x -> 0.75x the native float32 hop; in float32 the convolution is the slower form, docs/benchmarks.md).
+
+    A decoder layer (transposed in frequency, stride 2) is its two polyphase convolutions in one: output bin ``2m``
+    sums input bins ``m + 1, m, m - 1`` through frequency taps 0, 2, 4 and bin ``2m + 1`` bins ``m + 1, m`` through
+    taps 1, 3, so a 3-tap convolution with output channels ``(parity, C')`` gives both, and a reshape interleaves
+    them (the odd phase's third tap is zero, the last odd bin falls outside and is sliced off).
+    """
+
+    def __init__(self, frozen: FrozenLayer) -> None:
+        super().__init__(frozen)
+        taps, cout, matrix = self.taps, self.out_channels, frozen.matrix
+        if not self.transposed:  # rows (tap, freq tap, C), columns C' -> [C', C, tap, freq tap]
+            weight, bias = matrix.view(taps, FREQ_KERNEL, -1, cout).permute(3, 2, 0, 1), frozen.bias
+        else:  # rows (tap, C), columns (C', freq tap) -> [(parity, C'), C, tap, 3]
+            by_tap = matrix.view(taps, -1, cout, FREQ_KERNEL).permute(3, 2, 1, 0)  # [freq tap, C', C, tap]
+            weight = matrix.new_zeros(FREQ_STRIDE, cout, by_tap.shape[2], taps, POLYPHASE_TAPS)
+            for parity in range(FREQ_STRIDE):
+                for k in range(POLYPHASE_TAPS):
+                    tap = FREQ_KERNEL - 1 - FREQ_STRIDE * k + parity  # output bin 2m + parity from input m + k - 1
+                    if 0 <= tap < FREQ_KERNEL:
+                        weight[parity, :, :, :, k] = by_tap[tap]
+            weight, bias = weight.flatten(0, 1), frozen.bias.repeat(FREQ_STRIDE)
+        self.register_buffer("weight", weight.contiguous())
+        self.register_buffer("bias", bias.contiguous())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, T, F, C]`` -> ``[B, T - past - future, F', C']``, valid in time like the frozen layer."""
+        frames, bins = x.shape[1] - self.taps + 1, int(x.shape[2])
+        planes = x.permute(0, 3, 1, 2)
+        if not self.transposed:
+            y = F.conv2d(planes, self.weight, self.bias, stride=(1, FREQ_STRIDE), padding=(0, FREQ_KERNEL // 2))
+            return self.activate(y.permute(0, 2, 3, 1))
+        y = F.conv2d(planes, self.weight, self.bias, padding=(0, POLYPHASE_TAPS // 2)).permute(0, 2, 3, 1)
+        # [B, T', F, (parity, C')] -> [B, T', (F, parity), C']: output bins 2m and 2m + 1 side by side
+        y = y.reshape(-1, frames, FREQ_STRIDE * bins, self.out_channels)
+        return self.activate(y[:, :, : out_bins(bins, True)])
+
+    def step(self, register: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The STMC step: register ``[B, past + future, F, C]`` and new frames -> the output frames and the next
+        register, as :func:`stmc.stream.engines.shift` and :meth:`forward` compute them."""
+        joined, register = shift(register, x, self.past + self.future, share=True)
+        return self(joined), register
 
 
+POLYPHASE_TAPS = 3  # input bins a decoder output bin draws on (ConvExportLayer)
 CENTRE_TAPS = (2, 3)  # the decoder's frequency taps that reach every output bin exactly once (see ExportLayer)
 FOLD_ROWS = 3  # the most (input bin, tap) pairs that land on one output bin of a decoder layer
 

@@ -23,6 +23,7 @@ from stmc.errors import InputError
 from stmc.export.graph import (
     INPUT,
     OUTPUT,
+    ConvExportLayer,
     ExportLayer,
     FlushGraph,
     GraphEngine,
@@ -163,6 +164,9 @@ def open_onnx(path: str | Path, threads: int = 1) -> Stream:
 # -- the writer --
 
 OPSET = 17
+# float32: each layer as Gather + Gemm nodes; int8: as one Conv, which onnxruntime runs as a QLinearConv with the
+# im2col inside (in float32 the Conv is the slower form; docs/benchmarks.md)
+LAYER_FORMS = {None: ExportLayer, "int8": ConvExportLayer}
 
 
 def companion_path(path: str | Path, role: str) -> Path:
@@ -259,8 +263,8 @@ def _export_stmc(
     """:func:`to_onnx`'s work: with look-ahead the settled and the flush graphs, then the step graph that names them,
     each written atomically (a step graph is never there before the graphs it names)."""
     # traced: the PyTorch operators, every time mask that can fire as tensor ops (Clock without `settled`), the
-    # layers as Gather + Gemm nodes
-    engine = STMCEngine(model, layer_form=ExportLayer, exported=True)
+    # layers in the precision's form
+    engine = STMCEngine(model, layer_form=LAYER_FORMS[quantize], exported=True)
     frames, *state = trace_inputs(model, engine, 2, frames_per_call)  # 2: no size-1 broadcast is baked in
     n = len(state)
     settles_at = settle_point(model, engine, frames_per_call)

@@ -1,12 +1,13 @@
 """Static int8 post-training quantization of exported step graphs, calibrated on real audio.
 
-The step graph's layers are ``Gather`` + ``Gemm`` (:class:`stmc.export.graph.ExportLayer`). Each exporter uses its
-runtime's own quantizer on those products: ``onnxruntime.quantization.quantize_static`` (QDQ format: per-channel
-int8 weights, per-tensor uint8 inputs, float outputs; onnxruntime then fuses each into an integer ``QGemm``) and
-``ai-edge-quantizer`` for LiteRT (int8 fully connected layers). The activation ranges come from the step's inputs
-over calibration audio (for LiteRT, quantiles of each tensor's values: :data:`LITERT_RANGE_QUANTILE`): by default
-the demo corpus's validation recordings (``val_*/noisy``), else a folder of 16 kHz audio or an iterable of spectrum
-chunks ``[B, 2, F, t]``. Everything else (registers, im2col gathers, PReLU, the mask's bound) stays float, and the
+Each exporter uses its runtime's own quantizer on the layers' products: ``onnxruntime.quantization.quantize_static``
+on an ONNX step whose layers are one ``Conv`` each (:class:`stmc.export.graph.ConvExportLayer`; QDQ format:
+per-channel int8 weights, per-tensor uint8 inputs and outputs; onnxruntime then fuses each into an integer
+``QLinearConv``), and ``ai-edge-quantizer`` for LiteRT on the fully connected ops of the ``Gather`` + ``Gemm`` form
+(:class:`stmc.export.graph.ExportLayer`). The activation ranges come from the step's inputs over calibration audio
+(for LiteRT, quantiles of each tensor's values: :data:`LITERT_RANGE_QUANTILE`): by default the demo corpus's
+validation recordings (``val_*/noisy``), else a folder of 16 kHz audio or an iterable of spectrum chunks
+``[B, 2, F, t]``. Everything else (registers, LiteRT's im2col gathers, PReLU, the mask's bound) stays float, and the
 state the graph carries stays float32: the contract of :mod:`stmc.export.graph` is unchanged, and the metadata's
 ``precision`` says ``int8``. The ONNX flush graph stays float (it runs once per utterance); a LiteRT file's flush
 signature is quantized with its step.
@@ -32,7 +33,7 @@ CALIBRATION_HOPS = 512  # step-graph inputs the ranges are measured on, spread e
 # on val_real among 3e-6 .. 3e-4 (docs/deployment.md); 1e-3 clips too much.
 LITERT_RANGE_QUANTILE = 1e-5
 RANGE_HISTOGRAM_BINS = 1 << 14  # the quantiles' resolution: 1/64 of an int8 step of the min/max range
-QUANTIZED_OPS = ["Gemm"]
+QUANTIZED_OPS = ["Conv"]  # of the ONNX graph
 
 
 def default_calibration() -> list[Path]:
@@ -196,8 +197,6 @@ def quantize_onnx(fp32_path: Path, out: Path, feeds: list[dict]) -> None:
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
         calibrate_method=CalibrationMethod.MinMax,
-        # a QGemm with float output: requantizing it (the default) costs a DequantizeLinear per layer and precision
-        extra_options={"OpTypesToExcludeOutputQuantization": QUANTIZED_OPS},
     )
 
 
