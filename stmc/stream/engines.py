@@ -79,7 +79,9 @@ class ModelEngine(Engine):
     """An engine over a :class:`UNet`'s frozen layers (``layer_form`` turns each into what the engine runs).
 
     ``exported``: the engine is traced into a step graph whose runtime copies the outputs (see :func:`shift`); its
-    layers are :class:`stmc.export.graph.ExportLayer` and take their STMC step themselves (``layer.step``).
+    layers are forms of :class:`stmc.export.graph.ExportedLayer` and take their STMC step themselves
+    (``layer.step``), and the spectrum's compression and bound run on ``[B, 2, F * T]``
+    (:meth:`stmc.model.unet.UNet.through_frames`).
     """
 
     def __init__(
@@ -153,7 +155,7 @@ class STMCEngine(ModelEngine):
                 y, registers[k] = self.overlap[k](x, registers[k])
                 return clock.clip(y, -model.delays[k])
             layer = self.layers[k]
-            if self.exported:  # the exported layer's own step (stmc.export.graph.ExportLayer.step)
+            if self.exported:  # the exported layer's own step (e.g. stmc.export.graph.ExportLayer.step)
                 y, registers[k] = layer.step(registers[k], x)
             else:
                 x, registers[k] = shift(registers[k], x, layer.past + layer.future, share=False)
