@@ -203,10 +203,14 @@ class UNet(nn.Module):
             return from_frames(self.bound(walk(self.features(to_frames(spec), dim=-1)), dim=-1))
 
         def flat(x: torch.Tensor) -> torch.Tensor:
-            return x.reshape(-1, x.shape[1], x.shape[2] * x.shape[3])
+            channels, bins, frames = (int(size) for size in x.shape[1:])  # constants of the graph, not Shape nodes
+            return x.reshape(-1, channels, bins * frames)
 
-        out = from_frames(walk(to_frames(self.features(flat(spec), dim=1).view(-1, *spec.shape[1:]))))
-        return self.bound(flat(out), dim=1).view(-1, *out.shape[1:])
+        def unflat(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+            return x.view(-1, *(int(size) for size in like.shape[1:]))
+
+        out = from_frames(walk(to_frames(unflat(self.features(flat(spec), dim=1), spec))))
+        return unflat(self.bound(flat(out), dim=1), out)
 
     def check_input(self, spec: torch.Tensor, batch: int | None = None) -> None:
         """Raise ``ValueError`` naming the expected shape unless ``spec`` is ``[B, 2, n_freq, T]`` of the weights'
