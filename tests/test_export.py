@@ -58,7 +58,7 @@ def test_steady_state_step_broadcasts_nothing_along_a_last_axis_of_size_one(expo
     of 0.4 µs): no elementwise node of the step a stream runs once settled (float32 and int8) does that; the spectrum's
     compression and bound run on ``[B, 2, F * T]`` (time masks, in the first frames' step only, may)."""
     model, path = exported
-    int8 = to_onnx(model, tmp_path / "int8.onnx", quantize="int8", calibration=[torch.randn(1, 2, 513, 24)])
+    int8 = to_onnx(model, tmp_path / "int8.onnx", quantize="int8", calibration=[torch.randn(1, 2, model.n_freq, 40)])
     for graph in (path, int8):
         settled = companion_path(graph, "settled")
         assert slow_broadcasts(settled if settled.is_file() else graph) == []

@@ -218,10 +218,10 @@ def offline_error(model: UNet, stream: Stream, frames: int = 64, batch: int = 2,
     return float((out - expected).abs().max())
 
 
-# -- the modules both writers trace: one engine step, its flush, its layers as Gather + Gemm nodes --
+# -- the modules both writers trace: one engine step, its flush, its layers as graph nodes --
 
 
-class ExportedLayer(TimeContext, nn.Module):
+class GraphLayer(TimeContext, nn.Module):
     """What every form of a :class:`FrozenLayer` in an exported graph shares: its time context, the frozen
     ``[B, T, F, C]`` layout of its input and output, and its PReLU as elementwise nodes (:meth:`activate`)."""
 
@@ -250,7 +250,7 @@ class ExportedLayer(TimeContext, nn.Module):
         return y + torch.clamp(y, max=0) * (slope - 1)
 
 
-class ExportLayer(ExportedLayer):
+class ExportLayer(GraphLayer):
     """A :class:`FrozenLayer` as the nodes of an exported graph, in the frozen ``[B, T, F, C]`` layout (no transposes):
     a ``Gather`` of the im2col rows and one ``Gemm``, the native step's arithmetic.
 
@@ -344,7 +344,7 @@ class ExportLayer(ExportedLayer):
         return self.activate(functools.reduce(torch.add, parts))
 
 
-class ConvExportLayer(ExportedLayer):
+class ConvExportLayer(GraphLayer):
     """A :class:`FrozenLayer` as one ``Conv`` over ``[B, C, T, F]`` between two transposes of the frozen layout: the
     form of onnxruntime's int8 graph, where the quantized ``Conv`` becomes a ``QLinearConv`` that onnxruntime runs in
     the channels-last layout (its transposes cancel) with the im2col inside the kernel, instead of the ``Gather``,
@@ -354,7 +354,7 @@ class ConvExportLayer(ExportedLayer):
     A decoder layer (transposed in frequency, stride 2) is its two polyphase convolutions in one: output bin ``2m``
     sums input bins ``m + 1, m, m - 1`` through frequency taps 0, 2, 4 and bin ``2m + 1`` bins ``m + 1, m`` through
     taps 1, 3, so a 3-tap convolution with output channels ``(parity, C')`` gives both, and a reshape interleaves
-    them (the odd phase's third tap is zero, the last odd bin falls outside and is sliced off).
+    them (the odd phase's tap on input bin ``m - 1`` is zero; its last bin falls outside and is sliced off).
     """
 
     def __init__(self, frozen: FrozenLayer) -> None:
@@ -367,7 +367,9 @@ class ConvExportLayer(ExportedLayer):
             weight = matrix.new_zeros(FREQ_STRIDE, cout, by_tap.shape[2], taps, POLYPHASE_TAPS)
             for parity in range(FREQ_STRIDE):
                 for k in range(POLYPHASE_TAPS):
-                    tap = FREQ_KERNEL - 1 - FREQ_STRIDE * k + parity  # output bin 2m + parity from input m + k - 1
+                    # output bin 2m + parity from input bin m + k - 1, through frequency tap (2m + parity) -
+                    # 2(m + k - 1) + 2
+                    tap = FREQ_KERNEL // 2 + FREQ_STRIDE * (POLYPHASE_TAPS // 2 - k) + parity
                     if 0 <= tap < FREQ_KERNEL:
                         weight[parity, :, :, :, k] = by_tap[tap]
             weight, bias = weight.flatten(0, 1), frozen.bias.repeat(FREQ_STRIDE)
@@ -376,7 +378,7 @@ class ConvExportLayer(ExportedLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, T, F, C]`` -> ``[B, T - past - future, F', C']``, valid in time like the frozen layer."""
-        frames, bins = x.shape[1] - self.taps + 1, int(x.shape[2])
+        frames, bins = int(x.shape[1]) - self.taps + 1, int(x.shape[2])
         planes = x.permute(0, 3, 1, 2)
         if not self.transposed:
             y = F.conv2d(planes, self.weight, self.bias, stride=(1, FREQ_STRIDE), padding=(0, FREQ_KERNEL // 2))
@@ -393,7 +395,7 @@ class ConvExportLayer(ExportedLayer):
         return self(joined), register
 
 
-POLYPHASE_TAPS = 3  # input bins a decoder output bin draws on (ConvExportLayer)
+POLYPHASE_TAPS = -(-FREQ_KERNEL // FREQ_STRIDE)  # input bins a decoder output bin draws on (ConvExportLayer): 3
 CENTRE_TAPS = (2, 3)  # the decoder's frequency taps that reach every output bin exactly once (see ExportLayer)
 FOLD_ROWS = 3  # the most (input bin, tap) pairs that land on one output bin of a decoder layer
 

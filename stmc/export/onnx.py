@@ -167,6 +167,7 @@ OPSET = 17
 # float32: each layer as Gather + Gemm nodes; int8: as one Conv, which onnxruntime runs as a QLinearConv with the
 # im2col inside (in float32 the Conv is the slower form; docs/benchmarks.md)
 LAYER_FORMS = {None: ExportLayer, "int8": ConvExportLayer}
+QUANTIZED_OPS = ["Conv"]  # the int8 form's products, what the quantizer quantizes
 
 
 def companion_path(path: str | Path, role: str) -> Path:
@@ -294,7 +295,7 @@ def _export_stmc(
             if feeds is not None:  # the settled graph calibrated on the steps it runs
                 fp32, quantized = Path(folder) / "fp32.onnx", Path(folder) / "quantized.onnx"
                 _write(step, fp32, meta)
-                quantize_onnx(fp32, quantized, feeds_from(feeds, settled_from))
+                quantize_onnx(fp32, quantized, feeds_from(feeds, settled_from), QUANTIZED_OPS)
                 step = onnx.load(str(quantized))
             _write(step, target, {**meta, "precision": PRECISIONS[quantize], "role": role})
     return path

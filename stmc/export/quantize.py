@@ -33,7 +33,6 @@ CALIBRATION_HOPS = 512  # step-graph inputs the ranges are measured on, spread e
 # on val_real among 3e-6 .. 3e-4 (docs/deployment.md); 1e-3 clips too much.
 LITERT_RANGE_QUANTILE = 1e-5
 RANGE_HISTOGRAM_BINS = 1 << 14  # the quantiles' resolution: 1/64 of an int8 step of the min/max range
-QUANTIZED_OPS = ["Conv"]  # of the ONNX graph
 
 
 def default_calibration() -> list[Path]:
@@ -170,8 +169,9 @@ def feeds_from(feeds: list[dict[str, np.ndarray]], settles_at: int) -> list[dict
     return chosen
 
 
-def quantize_onnx(fp32_path: Path, out: Path, feeds: list[dict]) -> None:
-    """Write the int8 form of the float step graph at ``fp32_path`` to ``out`` (see the module docstring)."""
+def quantize_onnx(fp32_path: Path, out: Path, feeds: list[dict], op_types: list[str]) -> None:
+    """Write the int8 form of the float step graph at ``fp32_path`` to ``out``, its ``op_types`` nodes quantized (see
+    the module docstring)."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -192,7 +192,7 @@ def quantize_onnx(fp32_path: Path, out: Path, feeds: list[dict]) -> None:
         str(out),
         Feeds(),
         quant_format=QuantFormat.QDQ,
-        op_types_to_quantize=QUANTIZED_OPS,
+        op_types_to_quantize=op_types,
         per_channel=True,
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,

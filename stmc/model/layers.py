@@ -246,10 +246,11 @@ class OverlapAddLayer(TimeContext):
     def __call__(self, x: torch.Tensor, pending: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """New input frames ``[B, T, F, C]`` and the pending sums ``[B, taps - 1, F', C']`` -> the ``T`` completed
         output frames (the first ``future`` frames behind the first input's) and the new pending sums."""
-        batch, frames = x.shape[:2]
-        taps, lag = self.taps, self.taps - 1
-        parts = self.spread(x).reshape(batch, frames, -1, taps, self.bias.shape[0])  # [B, T, F', tap, C']
-        full = torch.cat([pending, pending.new_zeros(batch, frames, *pending.shape[2:])], 1)
+        frames, taps, lag = x.shape[1], self.taps, self.taps - 1
+        # no size is the batch's: an exported step graph takes any batch (the exporter folds traced sizes it can infer)
+        spread = self.spread(x)
+        parts = spread.reshape(-1, frames, spread.shape[2], taps, self.bias.shape[0])  # [B, T, F', tap, C']
+        full = F.pad(pending, (0, 0, 0, 0, 0, frames))  # the pending sums and `frames` zero frames
         for tap in range(taps):  # window tap j of input frame i completes output frame i + taps - 1 - j
             full[:, lag - tap : lag - tap + frames] += parts[:, :, :, tap]
         y = full[:, :frames] + self.bias

@@ -191,26 +191,26 @@ class UNet(nn.Module):
         return out * (torch.tanh(magnitude) / magnitude)
 
     def through_frames(
-        self, spec: torch.Tensor, walk: Callable[[torch.Tensor], torch.Tensor], exported: bool = False
+        self, spec: torch.Tensor, walk: Callable[[torch.Tensor], torch.Tensor], flat: bool = False
     ) -> torch.Tensor:
         """``spec [B, 2, F, T]`` -> bounded mask ``[B, 2, F, T']``, with ``walk`` running the frozen layers on the
         features laid out ``[B, T, F, 2]`` (compression and bound work there too: contiguous, fast per frame).
 
-        ``exported`` (a traced step graph, ``T`` static): compression and bound on ``[B, 2, F * T]`` instead, so
+        ``flat`` (for a traced step graph, ``T`` static): compression and bound on ``[B, 2, F * T]`` instead, so
         that no tensor they broadcast ends in an axis of size 1 or 2: onnxruntime broadcasts along such an axis one
         element at a time, ~5 µs a node on 513 bins instead of 0.4 µs (docs/benchmarks.md)."""
-        if not exported:
+        if not flat:
             return from_frames(self.bound(walk(self.features(to_frames(spec), dim=-1)), dim=-1))
 
-        def flat(x: torch.Tensor) -> torch.Tensor:
+        def flatten(x: torch.Tensor) -> torch.Tensor:
             channels, bins, frames = (int(size) for size in x.shape[1:])  # constants of the graph, not Shape nodes
             return x.reshape(-1, channels, bins * frames)
 
-        def unflat(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        def unflatten(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
             return x.view(-1, *(int(size) for size in like.shape[1:]))
 
-        out = from_frames(walk(to_frames(unflat(self.features(flat(spec), dim=1), spec))))
-        return unflat(self.bound(flat(out), dim=1), out)
+        out = from_frames(walk(to_frames(unflatten(self.features(flatten(spec), dim=1), spec))))
+        return unflatten(self.bound(flatten(out), dim=1), out)
 
     def check_input(self, spec: torch.Tensor, batch: int | None = None) -> None:
         """Raise ``ValueError`` naming the expected shape unless ``spec`` is ``[B, 2, n_freq, T]`` of the weights'

@@ -79,7 +79,7 @@ class ModelEngine(Engine):
     """An engine over a :class:`UNet`'s frozen layers (``layer_form`` turns each into what the engine runs).
 
     ``exported``: the engine is traced into a step graph whose runtime copies the outputs (see :func:`shift`); its
-    layers are forms of :class:`stmc.export.graph.ExportedLayer` and take their STMC step themselves
+    layers are forms of :class:`stmc.export.graph.GraphLayer` and take their STMC step themselves
     (``layer.step``), and the spectrum's compression and bound run on ``[B, 2, F * T]``
     (:meth:`stmc.model.unet.UNet.through_frames`).
     """
@@ -103,7 +103,7 @@ class ModelEngine(Engine):
         self, chunk: torch.Tensor, state: list[torch.Tensor], clock: Clock
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         state = list(state)  # replaced, never written in place
-        return self.model.through_frames(chunk, lambda h: self.walk(h, state, clock), self.exported), state
+        return self.model.through_frames(chunk, lambda h: self.walk(h, state, clock), flat=self.exported), state
 
     def walk(self, h: torch.Tensor, state: list[torch.Tensor], clock: Clock) -> torch.Tensor:
         """The layer chain on features ``[B, t, F, 2]``, updating ``state`` (a list the step owns)."""
