@@ -249,6 +249,12 @@ class GraphLayer(TimeContext, nn.Module):
             return torch.maximum(y, y * slope)
         return y + torch.clamp(y, max=0) * (slope - 1)
 
+    def step(self, register: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The STMC step: register ``[B, past + future, F, C]`` and new frames ``[B, t, F, C]`` -> the output frames
+        and the next register, as :func:`stmc.stream.engines.shift` and the layer's ``forward`` compute them."""
+        joined, register = shift(register, x, self.past + self.future, share=True)
+        return self(joined), register
+
 
 class ExportLayer(GraphLayer):
     """A :class:`FrozenLayer` as the nodes of an exported graph, in the frozen ``[B, T, F, C]`` layout (no transposes):
@@ -302,19 +308,15 @@ class ExportLayer(GraphLayer):
         return self.decode(cols, out_frames, bins)
 
     def step(self, register: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The STMC step: register ``[B, past + future, F, C]`` and new frames ``[B, t, F, C]`` -> the output frames
-        and the next register, as :func:`stmc.stream.engines.shift` and :meth:`forward` compute them.
-
-        With one new frame (a hop per call) the register's frames and the new one side by side in channels are
-        each bin's time taps: a ``Concat`` replaces the concatenation in time, its reshape and the gather of the
-        frames of each bin (the decoder's whole im2col; the encoder's gather then moves ``taps x C`` numbers per
-        index instead of ``C``). One interleaved run on the paper's causal model (Zen 4): onnxruntime 1.61x ->
-        1.53x, LiteRT 1.51x -> 1.41x the native hop (docs/benchmarks.md).
+        """:meth:`GraphLayer.step`; with one new frame (a hop per call) the register's frames and the new one side by
+        side in channels are each bin's time taps: a ``Concat`` replaces the concatenation in time, its reshape and
+        the gather of the frames of each bin (the decoder's whole im2col; the encoder's gather then moves ``taps x C``
+        numbers per index instead of ``C``). One interleaved run on the paper's causal model (Zen 4): onnxruntime
+        1.61x -> 1.53x, LiteRT 1.51x -> 1.41x the native hop (docs/benchmarks.md).
         """
         count = self.past + self.future
         if x.shape[TIME] != 1:
-            joined, register = shift(register, x, count, share=True)
-            return self(joined), register
+            return super().step(register, x)
         # the time taps, oldest first (a one-frame register as it is: a traced slice of all of it is still a node)
         frames = [register] if count == 1 else [register[:, i : i + 1] for i in range(count)]
         frames.append(x)
@@ -387,12 +389,6 @@ class ConvExportLayer(GraphLayer):
         # [B, T', F, (parity, C')] -> [B, T', (F, parity), C']: output bins 2m and 2m + 1 side by side
         y = y.reshape(-1, frames, FREQ_STRIDE * bins, self.out_channels)
         return self.activate(y[:, :, : out_bins(bins, True)])
-
-    def step(self, register: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The STMC step: register ``[B, past + future, F, C]`` and new frames -> the output frames and the next
-        register, as :func:`stmc.stream.engines.shift` and :meth:`forward` compute them."""
-        joined, register = shift(register, x, self.past + self.future, share=True)
-        return self(joined), register
 
 
 POLYPHASE_TAPS = -(-FREQ_KERNEL // FREQ_STRIDE)  # input bins a decoder output bin draws on (ConvExportLayer): 3
