@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from stmc.data.synthetic import demo_like_tree
 from stmc.errors import InputError
 from stmc.evaluation.settings import Settings
 from stmc.export import read_metadata, to_onnx
-from stmc.export.graph import offline_error
+from stmc.export.graph import ConvExportLayer, offline_error
 from stmc.export.onnx import LAYER_FORMS, companion_path, open_onnx
 from stmc.export.quantize import per_stream
 from tests.randmodel import relative_mask_error, split_points, stream_all, tiny_unet, unets
@@ -35,29 +36,29 @@ def spectra(count: int = 3, frames: int = 40, seed: int = 0) -> list[torch.Tenso
     return [torch.randn(1, 2, 513, frames, generator=generator) for _ in range(count)]
 
 
-def optimized_ops(path) -> set[str]:
-    """The operators onnxruntime runs for the graph at ``path`` after its own fusions."""
+def optimized_ops(path) -> Counter[str]:
+    """The operators onnxruntime runs for the graph at ``path`` after its own fusions, with their counts."""
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(path) + ".optimized"
     options.log_severity_level = 3
     ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return {node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node}
+    return Counter(node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node)
 
 
 @pytest.mark.parametrize("lookahead", [0, 2], ids=["causal", "lookahead"])
 def test_int8_step_runs_integer_convolutions_close_to_the_float_step(tmp_path, lookahead):
-    """The int8 graph computes its layers as QLinearConv (int8 x int8), not float convolutions with dequantized
-    weights or float Gemms; its masks stay within quantization error of offline PyTorch, while the float graph's
-    equal it."""
+    """The int8 graph computes its inner layers as QLinearConv (int8 x int8), not float convolutions with
+    dequantized weights, and the two layers on the spectrum's channels as float Gemms; its masks stay within
+    quantization error of offline PyTorch, while the float graph's equal it."""
     model = tiny_unet(lookahead)
     fp32 = to_onnx(model, tmp_path / "fp32.onnx")
     int8 = to_onnx(model, tmp_path / "int8.onnx", quantize="int8", calibration=spectra())
     assert read_metadata(int8)["precision"] == "int8" and read_metadata(fp32)["precision"] == "float32"
-    ops = optimized_ops(int8)
-    assert "QLinearConv" in ops and not ops & {"Conv", "Gemm", "QGemm", "MatMul"}
-    assert "Gemm" in optimized_ops(fp32) and "Conv" not in optimized_ops(fp32)  # float32 keeps Gather + Gemm
-    if lookahead:  # the settled step is quantized too
-        assert "QLinearConv" in optimized_ops(companion_path(int8, "settled"))
+    for graph in [int8, *([companion_path(int8, "settled")] if lookahead else [])]:  # the settled step too
+        ops = optimized_ops(graph)
+        assert ops["QLinearConv"] == len(model.layers) - 2 and ops["Gemm"] == 2, ops
+        assert not ops.keys() & {"Conv", "QGemm", "MatMul"}, ops
+    assert optimized_ops(fp32)["Gemm"] == len(model.layers) and "Conv" not in optimized_ops(fp32)  # Gather + Gemm
     assert offline_error(model, open_onnx(fp32)) < 1e-5
     relative = relative_mask_error(model, open_onnx(int8), batch=2)
     assert 1e-4 < relative < 0.1, relative  # quantized, and a few per cent of the mask's energy at most
@@ -68,10 +69,10 @@ def test_int8_step_runs_integer_convolutions_close_to_the_float_step(tmp_path, l
 )
 @given(tstmc=st.booleans(), batch=st.integers(1, 3), data=st.data())
 def test_int8_graphs_convolution_form_in_float_equals_offline(tstmc, batch, data, tmp_path, monkeypatch):
-    """What the int8 export quantizes, the step with every layer one Conv (encoders strided, decoders as two
+    """The layer form the int8 export quantizes, every layer one Conv (encoders strided, decoders as two
     polyphase convolutions interleaved), exported in float32: random U-Nets (the ablation's overlap-add decoder
     too), frames per call and chunkings, then the flush, equal offline."""
-    monkeypatch.setitem(LAYER_FORMS, None, LAYER_FORMS["int8"])
+    monkeypatch.setitem(LAYER_FORMS, None, ConvExportLayer)
     model = data.draw(unets(max_depth=4, tstmc=tstmc))
     per_call = data.draw(st.integers(1, 3))
     frames = per_call * data.draw(st.integers(0, 8))

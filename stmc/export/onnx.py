@@ -27,6 +27,7 @@ from stmc.export.graph import (
     ExportLayer,
     FlushGraph,
     GraphEngine,
+    GraphLayer,
     GraphMetadata,
     StepGraph,
     check_export_args,
@@ -37,7 +38,8 @@ from stmc.export.graph import (
 )
 from stmc.export.quantize import PRECISIONS, calibration_feeds, calibration_spectra, feeds_from, quantize_onnx
 from stmc.files import atomic_write
-from stmc.model.unet import UNet
+from stmc.model.layers import FrozenLayer
+from stmc.model.unet import SPECTRUM_CHANNELS, UNet
 from stmc.stream.driver import Stream
 from stmc.stream.engines import STMCEngine
 
@@ -164,9 +166,23 @@ def open_onnx(path: str | Path, threads: int = 1) -> Stream:
 # -- the writer --
 
 OPSET = 17
-# float32: each layer as Gather + Gemm nodes; int8: as one Conv, which onnxruntime runs as a QLinearConv with the
-# im2col inside (in float32 the Conv is the slower form; docs/benchmarks.md)
-LAYER_FORMS = {None: ExportLayer, "int8": ConvExportLayer}
+
+
+def int8_layer(frozen: FrozenLayer) -> GraphLayer:
+    """A layer of the int8 step graph: one ``Conv``, which the quantizer and onnxruntime turn into a ``QLinearConv``
+    with the im2col inside (in float32 the ``Conv`` is the slower form; docs/benchmarks.md). The layers on the
+    spectrum's real and imaginary channels, the first encoder layer (which reads them) and the last decoder layer
+    (which writes the mask), stay float32 ``Gather`` + ``Gemm`` as in the float32 graph: their products are too
+    thin for int8 kernels to pay (20 x 16 and 64 x 10 per bin; one int8 product of the first layer's shape took
+    longer than the float32 one), their activations are the largest of the step (quantizing and dequantizing
+    them costs more than their products save), and they carry the widest ranges, the input spectrum and the mask.
+    """
+    on_spectrum = SPECTRUM_CHANNELS in (frozen.in_channels, frozen.out_channels)
+    return ExportLayer(frozen) if on_spectrum else ConvExportLayer(frozen)
+
+
+# float32: each layer as Gather + Gemm nodes; int8: see int8_layer
+LAYER_FORMS = {None: ExportLayer, "int8": int8_layer}
 QUANTIZED_OPS = ["Conv"]  # the int8 form's products, what the quantizer quantizes
 
 

@@ -189,6 +189,11 @@ class FrozenLayer(TimeContext):
     def out_channels(self) -> int:
         return self.bias.shape[0]
 
+    @property
+    def in_channels(self) -> int:
+        """The input's channels: the matrix rows are ``(tap, C)`` (decoder) or ``(tap, freq tap, C)`` (encoder)."""
+        return self.matrix.shape[0] // (self.taps * (1 if self.transposed else FREQ_KERNEL))
+
     def out_bins(self, bins: int) -> int:
         return out_bins(bins, self.transposed)
 
