@@ -23,9 +23,10 @@ from stmc.data.synthetic import demo_like_tree
 from stmc.errors import InputError
 from stmc.evaluation.settings import Settings
 from stmc.export import read_metadata, to_onnx
-from stmc.export.graph import ConvExportLayer, offline_error
+from stmc.export.graph import ConvExportLayer, ExportLayer, offline_error
 from stmc.export.onnx import LAYER_FORMS, companion_path, open_onnx
 from stmc.export.quantize import per_stream
+from stmc.stream.engines import STMCEngine
 from tests.randmodel import relative_mask_error, split_points, stream_all, tiny_unet, unets
 from tests.test_evaluate import ROOT, run_evaluate
 from tests.test_export import strip_metadata
@@ -36,7 +37,7 @@ def spectra(count: int = 3, frames: int = 40, seed: int = 0) -> list[torch.Tenso
     return [torch.randn(1, 2, 513, frames, generator=generator) for _ in range(count)]
 
 
-def optimized_ops(path) -> Counter[str]:
+def optimized_ops(path: str | Path) -> Counter[str]:
     """The operators onnxruntime runs for the graph at ``path`` after its own fusions, with their counts."""
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(path) + ".optimized"
@@ -62,6 +63,19 @@ def test_int8_step_runs_integer_convolutions_close_to_the_float_step(tmp_path, l
     assert offline_error(model, open_onnx(fp32)) < 1e-5
     relative = relative_mask_error(model, open_onnx(int8), batch=2)
     assert 1e-4 < relative < 0.1, relative  # quantized, and a few per cent of the mask's energy at most
+
+
+@settings(max_examples=25, deadline=None)
+@given(tstmc=st.booleans(), data=st.data())
+def test_int8_step_keeps_exactly_the_first_and_last_layers_float(tstmc, data):
+    """The int8 form is chosen by position in the chain: its first and last layers (a ``tstmc=False`` last layer's
+    overlap-add product too) stay float32 ``Gather`` + ``Gemm``, every other layer is a ``Conv``, whatever the
+    channel counts (inner layers with the spectrum's 2 channels included)."""
+    model = data.draw(unets(max_depth=4, tstmc=tstmc))
+    engine = STMCEngine(model, layer_form=LAYER_FORMS["int8"], exported=True)
+    forms = [type(engine.overlap[k].spread if k in engine.overlap else layer) for k, layer in enumerate(engine.layers)]
+    last = len(model.layers) - 1
+    assert forms == [ExportLayer if k in (0, last) else ConvExportLayer for k in range(last + 1)]
 
 
 @settings(

@@ -28,10 +28,10 @@ Its layers (:class:`stmc.model.layers.FrozenLayer`, im2col + GEMM via ``unfold``
 sizes the tracer loses), so the graph runs the same folded weights as the native step computes them: each layer a
 ``Gather`` of its im2col rows and one ``Gemm`` in the frozen ``[B, T, F, C]`` layout, no transposes
 (:class:`ExportLayer`); the int8 step has one ``Conv`` per layer instead (:class:`ConvExportLayer`), which
-onnxruntime runs as a ``QLinearConv``. The trace uses a fixed batch of 2 and static sizes, so that no shape
-arithmetic is left in the graph (a graph with symbolic sizes carries hundreds of ``Shape``/``Gather`` nodes and ran
-several times slower per call); no node depends on the batch size, so the batch axis of the inputs and outputs is
-then declared symbolic (tests run batches 1 to 4).
+onnxruntime runs as a ``QLinearConv``, but for its first and last layers, which stay float32 ``Gather`` + ``Gemm``.
+The trace uses a fixed batch of 2 and static sizes, so that no shape arithmetic is left in the graph (a graph with
+symbolic sizes carries hundreds of ``Shape``/``Gather`` nodes and ran several times slower per call); no node depends
+on the batch size, so the batch axis of the inputs and outputs is then declared symbolic (tests run batches 1 to 4).
 
 LiteRT (STMC, INC and window steps, the three methods of the paper's Table 1): the same modules converted by
 ``litert-torch`` (an optional install: ``make litert``), static shapes, built-in operators only.

@@ -39,7 +39,7 @@ from stmc.export.graph import (
 from stmc.export.quantize import PRECISIONS, calibration_feeds, calibration_spectra, feeds_from, quantize_onnx
 from stmc.files import atomic_write
 from stmc.model.layers import FrozenLayer
-from stmc.model.unet import SPECTRUM_CHANNELS, UNet
+from stmc.model.unet import UNet
 from stmc.stream.driver import Stream
 from stmc.stream.engines import STMCEngine
 
@@ -168,21 +168,16 @@ def open_onnx(path: str | Path, threads: int = 1) -> Stream:
 OPSET = 17
 
 
-def int8_layer(frozen: FrozenLayer) -> GraphLayer:
-    """A layer of the int8 step graph: one ``Conv``, which the quantizer and onnxruntime turn into a ``QLinearConv``
-    with the im2col inside (in float32 the ``Conv`` is the slower form; docs/benchmarks.md). The layers on the
-    spectrum's real and imaginary channels, the first encoder layer (which reads them) and the last decoder layer
-    (which writes the mask), stay float32 ``Gather`` + ``Gemm`` as in the float32 graph: their products are too
-    thin for int8 kernels to pay (20 x 16 and 64 x 10 per bin; one int8 product of the first layer's shape took
-    longer than the float32 one), their activations are the largest of the step (quantizing and dequantizing
-    them costs more than their products save), and they carry the widest ranges, the input spectrum and the mask.
-    """
-    on_spectrum = SPECTRUM_CHANNELS in (frozen.in_channels, frozen.out_channels)
-    return ExportLayer(frozen) if on_spectrum else ConvExportLayer(frozen)
+def int8_layer_form(frozen: FrozenLayer) -> GraphLayer:
+    """The form of a layer in the int8 step graph: one ``Conv``, which the quantizer and onnxruntime turn into a
+    ``QLinearConv`` with the im2col inside (in float32 the ``Conv`` is the slower form); the chain's first and last
+    layers (``on_spectrum``) stay float32 ``Gather`` + ``Gemm``: their products are too thin for int8 to pay for
+    quantizing their large activations, and they carry the widest ranges (docs/deployment.md, "int8 graphs")."""
+    return ExportLayer(frozen) if frozen.on_spectrum else ConvExportLayer(frozen)
 
 
-# float32: each layer as Gather + Gemm nodes; int8: see int8_layer
-LAYER_FORMS = {None: ExportLayer, "int8": int8_layer}
+# float32: each layer as Gather + Gemm nodes; int8: see int8_layer_form
+LAYER_FORMS = {None: ExportLayer, "int8": int8_layer_form}
 QUANTIZED_OPS = ["Conv"]  # the int8 form's products, what the quantizer quantizes
 
 

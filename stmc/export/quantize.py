@@ -1,13 +1,14 @@
 """Static int8 post-training quantization of exported step graphs, calibrated on real audio.
 
 Each exporter uses its runtime's own quantizer on the layers' products: ``onnxruntime.quantization.quantize_static``
-on an ONNX step whose layers are one ``Conv`` each (:class:`stmc.export.graph.ConvExportLayer`; QDQ format:
+on an ONNX step whose inner layers are one ``Conv`` each (:class:`stmc.export.graph.ConvExportLayer`; QDQ format:
 per-channel int8 weights, per-tensor uint8 inputs and outputs; onnxruntime then fuses each into an integer
 ``QLinearConv``), and ``ai-edge-quantizer`` for LiteRT on the fully connected ops of the ``Gather`` + ``Gemm`` form
 (:class:`stmc.export.graph.ExportLayer`). The activation ranges come from the step's inputs over calibration audio
 (for LiteRT, quantiles of each tensor's values: :data:`LITERT_RANGE_QUANTILE`): by default the demo corpus's
 validation recordings (``val_*/noisy``), else a folder of 16 kHz audio or an iterable of spectrum chunks
-``[B, 2, F, t]``. Everything else (registers, LiteRT's im2col gathers, PReLU, the mask's bound) stays float, and the
+``[B, 2, F, t]``. Everything else (registers, LiteRT's im2col gathers, PReLU, the mask's bound, the ONNX step's
+first and last layers: :func:`stmc.export.onnx.int8_layer_form`) stays float, and the
 state the graph carries stays float32: the contract of :mod:`stmc.export.graph` is unchanged, and the metadata's
 ``precision`` says ``int8``. The ONNX flush graph stays float (it runs once per utterance); a LiteRT file's flush
 signature is quantized with its step.

@@ -176,6 +176,10 @@ class FrozenLayer(TimeContext):
     One im2col and one GEMM per call whatever the number of frames (rows are frequency positions, which is
     the fast orientation for the few-bin deep layers), so a single streamed frame costs the same multiplies
     as one frame of a long sequence. Same time context as the layer, valid in time.
+
+    ``on_spectrum``: the layer is the chain's first (it reads the compressed spectrum) or last (it writes the mask),
+    set by :meth:`stmc.model.unet.UNet.frozen`; an exported form may treat those two apart (the int8 ONNX step keeps
+    them float32).
     """
 
     past: int
@@ -184,15 +188,11 @@ class FrozenLayer(TimeContext):
     matrix: torch.Tensor
     bias: torch.Tensor
     prelu: torch.Tensor | None
+    on_spectrum: bool = False
 
     @property
     def out_channels(self) -> int:
         return self.bias.shape[0]
-
-    @property
-    def in_channels(self) -> int:
-        """The input's channels: the matrix rows are ``(tap, C)`` (decoder) or ``(tap, freq tap, C)`` (encoder)."""
-        return self.matrix.shape[0] // (self.taps * (1 if self.transposed else FREQ_KERNEL))
 
     def out_bins(self, bins: int) -> int:
         return out_bins(bins, self.transposed)
@@ -245,7 +245,7 @@ class OverlapAddLayer(TimeContext):
         taps, cout = layer.taps, layer.out_channels
         matrix = layer.matrix.view(taps, -1, cout * FREQ_KERNEL).permute(1, 0, 2).reshape(-1, taps * cout * FREQ_KERNEL)
         zeros = torch.zeros(taps * cout, dtype=layer.bias.dtype, device=layer.bias.device)
-        spread = FrozenLayer(0, 0, True, matrix.contiguous(), zeros, None)
+        spread = FrozenLayer(0, 0, True, matrix.contiguous(), zeros, None, layer.on_spectrum)
         return cls(layer.past, layer.future, spread if form is None else form(spread), layer.bias, layer.prelu)
 
     def __call__(self, x: torch.Tensor, pending: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,6 +16,7 @@ Our choices where the paper is silent (documented in docs/architecture.md):
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -242,8 +243,10 @@ class UNet(nn.Module):
         return torch.cat(outs, -1)
 
     def frozen(self) -> list[FrozenLayer]:
-        """Inference form of every layer (BatchNorm folded), in chain order."""
-        return [layer.frozen() for layer in self.layers]
+        """Inference form of every layer (BatchNorm folded), in chain order; the first and the last are marked
+        ``on_spectrum``."""
+        last = len(self.layers) - 1
+        return [replace(layer.frozen(), on_spectrum=k in (0, last)) for k, layer in enumerate(self.layers)]
 
 
 def check_spectrum(spec: torch.Tensor, n_freq: int, dtype: torch.dtype, batch: int | None = None) -> None:
