@@ -29,7 +29,6 @@ DEFAULT_CHANNELS = (16, 32, 48, 64, 96, 128, 160)
 # config keys left out at their default value (so that older checkpoints' configs stay equal)
 IMPLIED_CONFIG = {"tstmc": True}
 PLACEMENTS = ("first", "last", "spread")
-SPECTRUM_CHANNELS = 2  # the network's input and output channels: (real, imag)
 FEATURE_EPS = 1e-12  # keeps the input compression X * (|X|^2 + eps)^((compress - 1) / 2) finite at X = 0
 BOUND_EPS = 1e-12  # floor on |z| in the mask bound z * tanh(|z|) / |z|
 WINDOW_FRAMES = 1024  # offline inference of long inputs in windows of this many frames (16 s): see UNet.windowed
@@ -123,13 +122,13 @@ class UNet(nn.Module):
         layers = []
         with torch.random.fork_rng(devices=[]):  # the modules' own default initialisation leaves no trace
             for level in range(depth):
-                cin = SPECTRUM_CHANNELS if level == 0 else widths[level - 1]
+                cin = 2 if level == 0 else widths[level - 1]
                 layers.append(TemporalLayer(cin, widths[level], 1, int(level in ahead), False))
             for j in range(depth):
                 level = depth - 1 - j
                 cin = widths[level] * (1 if j == 0 else 2)
                 final = level == 0
-                cout = SPECTRUM_CHANNELS if final else widths[level - 1]
+                cout = 2 if final else widths[level - 1]
                 layers.append(TemporalLayer(cin, cout, 1, int(depth + j in ahead), True, final, tstmc))
         for k, layer in enumerate(layers):
             layer.initialize((init_key, k))
